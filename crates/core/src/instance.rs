@@ -1,0 +1,681 @@
+//! The agent's per-instance state machine: observations in, actions out.
+//!
+//! The agent runtime owns one [`InstanceMachine`] per local instance. It
+//! feeds it what happened ([`Input`]: the process started or exited, a probe
+//! answered, a hook finished, the controller assigned a role, the host lease
+//! is about to be lost, time passed) and executes the returned [`Action`]s
+//! (spawn, run the role hook, kill), publishing [`InstanceMachine::status`]
+//! whenever a step says so. Time is an argument: `now` is a monotonic
+//! duration since an origin the runtime chooses.
+//!
+//! # Rules
+//!
+//! - A process always starts in its app's non-primary role; it becomes
+//!   primary only through the hook, and only for the incarnation the grant
+//!   names.
+//! - The role a process has *acknowledged* ([`InstanceStatus::acting`]) is
+//!   what the controller relies on: it changes when the hook succeeds.
+//! - A primary that cannot confirm stepping down is killed, unless its
+//!   process is frozen (stopped by a signal): then it is `fenced` and told
+//!   again as soon as it answers.
+//! - A failed promotion may have half-happened: the process is killed.
+//! - Exits are restarted with exponential backoff; quick exits in a row
+//!   mark the instance crash-looping (the controller never promotes it).
+
+use std::time::Duration;
+
+use crate::controller::default_role;
+use crate::health::{CheckTracker, combine};
+use crate::model::{Health, InstanceStatus, ProcessState, Role};
+use crate::topology::{HaMode, RestartPolicy};
+
+/// Longest wait between two attempts to deliver a role that failed.
+pub const MAX_HOOK_RETRY: Duration = Duration::from_secs(5);
+/// First wait before re-delivering a role that failed.
+pub const FIRST_HOOK_RETRY: Duration = Duration::from_millis(250);
+
+/// Why a hook failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookFailure {
+    /// What went wrong (timeout, exit code, HTTP status).
+    pub error: String,
+    /// The process was stopped (frozen by a signal) when the hook failed.
+    pub process_stopped: bool,
+}
+
+/// What happened to the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed (the runtime calls this at [`InstanceMachine::next_wakeup`]).
+    Tick,
+    /// The controller's assignment for this instance.
+    Assigned {
+        /// The desired role.
+        role: Role,
+        /// The app's epoch (for a primary: the grant's epoch).
+        epoch: u64,
+        /// For a primary: the (incarnation, session) the grant is for.
+        grant: Option<(u64, i64)>,
+        /// The generation of the assignment.
+        generation: u64,
+    },
+    /// The process of the last [`Action::Spawn`] started.
+    Spawned {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The last [`Action::Spawn`] failed.
+    SpawnFailed {
+        /// Why.
+        error: String,
+    },
+    /// The process exited.
+    Exited {
+        /// How ("exited with code 1", "killed by signal 9").
+        how: String,
+    },
+    /// A health check answered.
+    Probe {
+        /// Index of the check in the app's list.
+        check: usize,
+        /// The process incarnation that was probed.
+        incarnation: u64,
+        /// Its result.
+        result: Result<(), String>,
+    },
+    /// A hook of [`Action::RunHook`] finished.
+    HookDone {
+        /// The role it delivered.
+        role: Role,
+        /// The epoch it delivered.
+        epoch: u64,
+        /// The incarnation it was run for.
+        incarnation: u64,
+        /// Its result.
+        result: Result<(), HookFailure>,
+    },
+    /// The host lease may be lost: step down now (self-fencing).
+    Fence,
+    /// The host lease is held again, in this session (lease id).
+    Unfence {
+        /// The new session.
+        session: i64,
+    },
+    /// The agent is shutting down: stop the process for good.
+    Stop,
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start the process with this role in its environment.
+    Spawn {
+        /// Its incarnation number.
+        incarnation: u64,
+        /// `TANDEM_ROLE`.
+        role: Role,
+        /// `TANDEM_EPOCH`.
+        epoch: u64,
+    },
+    /// Deliver a role through the app's hook, then report [`Input::HookDone`].
+    RunHook {
+        /// The role.
+        role: Role,
+        /// The epoch.
+        epoch: u64,
+        /// The incarnation it is for.
+        incarnation: u64,
+    },
+    /// Kill the process group at once (SIGKILL).
+    Kill {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Stop the process gracefully (SIGTERM, then SIGKILL after the app's
+    /// stop timeout).
+    Terminate,
+    /// The status changed: publish [`InstanceMachine::status`].
+    Publish,
+}
+
+/// The result of one input: actions to run and sentences to log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Actions, in order.
+    pub actions: Vec<Action>,
+    /// Why, for the log.
+    pub notes: Vec<String>,
+}
+
+impl Step {
+    fn act(&mut self, a: Action) {
+        if a == Action::Publish && self.actions.contains(&Action::Publish) {
+            return;
+        }
+        self.actions.push(a);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proc {
+    Pending,
+    Spawning,
+    Running,
+    Backoff { until: Duration },
+    Stopping,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookState {
+    Idle,
+    InFlight { role: Role, epoch: u64 },
+    RetryAt(Duration),
+}
+
+/// The state of one local instance, driven by [`Input`]s.
+#[derive(Debug, Clone)]
+pub struct InstanceMachine {
+    name: String,
+    host: String,
+    ha: HaMode,
+    has_hook: bool,
+    policy: RestartPolicy,
+    trackers: Vec<CheckTracker>,
+    proc: Proc,
+    pid: Option<u32>,
+    incarnation: u64,
+    started_at: Duration,
+    desired_role: Role,
+    desired_epoch: u64,
+    desired_grant: Option<(u64, i64)>,
+    seen_generation: u64,
+    session: i64,
+    acting: Role,
+    acting_epoch: u64,
+    hook: HookState,
+    hook_failures: u32,
+    quick_exits: u32,
+    backoff: Duration,
+    crash_looping: bool,
+    restarts: u32,
+    last_exit: Option<String>,
+    fenced: bool,
+}
+
+/// Settings of one instance, taken from the topology.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// `app/instance`, for messages.
+    pub name: String,
+    /// The host it runs on.
+    pub host: String,
+    /// The app's HA mode.
+    pub ha: HaMode,
+    /// Whether the app has a role hook.
+    pub has_hook: bool,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// (failures before unhealthy, successes before healthy) of each check.
+    pub checks: Vec<(u32, u32)>,
+    /// The agent's session (host lease id) at creation.
+    pub session: i64,
+}
+
+impl InstanceMachine {
+    /// A machine for an instance not started yet.
+    pub fn new(spec: InstanceSpec) -> InstanceMachine {
+        let role = default_role(spec.ha);
+        InstanceMachine {
+            backoff: spec.restart.initial_backoff,
+            trackers: spec
+                .checks
+                .iter()
+                .map(|&(f, s)| CheckTracker::new(f, s))
+                .collect(),
+            name: spec.name,
+            host: spec.host,
+            ha: spec.ha,
+            has_hook: spec.has_hook,
+            policy: spec.restart,
+            proc: Proc::Pending,
+            pid: None,
+            incarnation: 0,
+            started_at: Duration::ZERO,
+            desired_role: role,
+            desired_epoch: 0,
+            desired_grant: None,
+            seen_generation: 0,
+            session: spec.session,
+            acting: Role::Stopped,
+            acting_epoch: 0,
+            hook: HookState::Idle,
+            hook_failures: 0,
+            quick_exits: 0,
+            crash_looping: false,
+            restarts: 0,
+            last_exit: None,
+            fenced: false,
+        }
+    }
+
+    /// What the agent publishes about this instance.
+    pub fn status(&self) -> InstanceStatus {
+        let process = match self.proc {
+            Proc::Pending | Proc::Spawning => ProcessState::Pending,
+            Proc::Running | Proc::Stopping => ProcessState::Running,
+            Proc::Backoff { .. } => ProcessState::Backoff,
+            Proc::Stopped => ProcessState::Stopped,
+        };
+        let running = process == ProcessState::Running;
+        let promoting = matches!(
+            self.hook,
+            HookState::InFlight {
+                role: Role::Primary,
+                ..
+            }
+        );
+        InstanceStatus {
+            host: self.host.clone(),
+            process,
+            pid: if running { self.pid } else { None },
+            session: self.session,
+            incarnation: self.incarnation,
+            seen_generation: self.seen_generation,
+            health: if running {
+                combine(&self.trackers)
+            } else {
+                Health::Unknown
+            },
+            health_detail: self
+                .trackers
+                .iter()
+                .find_map(|t| t.last_failure().map(str::to_string)),
+            // A promotion in flight may already have taken effect.
+            acting: if running && promoting {
+                Role::Primary
+            } else if running {
+                self.acting
+            } else if self.crash_looping && process == ProcessState::Backoff {
+                Role::Failed
+            } else {
+                Role::Stopped
+            },
+            acting_epoch: self.acting_epoch,
+            crash_looping: self.crash_looping,
+            restarts: self.restarts,
+            last_exit: self.last_exit.clone(),
+        }
+    }
+
+    /// The pid of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The current incarnation (number of starts).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// True once the process is stopped for good after [`Input::Stop`].
+    pub fn is_stopped(&self) -> bool {
+        self.proc == Proc::Stopped
+    }
+
+    /// When the runtime must call [`Input::Tick`] next, if ever.
+    pub fn next_wakeup(&self) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        let mut consider = |t: Duration| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Proc::Backoff { until } = self.proc {
+            consider(until);
+        }
+        if self.proc == Proc::Running && (self.quick_exits > 0 || self.crash_looping) {
+            consider(self.started_at + self.policy.stable_after);
+        }
+        if let HookState::RetryAt(t) = self.hook {
+            consider(t);
+        }
+        next
+    }
+
+    /// Feeds one input; returns what to do.
+    pub fn handle(&mut self, input: Input, now: Duration) -> Step {
+        let mut step = Step::default();
+        match input {
+            Input::Tick => self.tick(now, &mut step),
+            Input::Assigned {
+                role,
+                epoch,
+                grant,
+                generation,
+            } => {
+                if generation < self.seen_generation {
+                    return step;
+                }
+                let changed = (role, epoch, grant)
+                    != (self.desired_role, self.desired_epoch, self.desired_grant);
+                if generation != self.seen_generation {
+                    self.seen_generation = generation;
+                    step.act(Action::Publish);
+                }
+                self.desired_role = role;
+                self.desired_epoch = epoch;
+                self.desired_grant = grant;
+                if changed && matches!(self.hook, HookState::RetryAt(_)) {
+                    self.hook = HookState::Idle;
+                }
+                self.tick(now, &mut step);
+            }
+            Input::Spawned { pid } => {
+                if self.proc != Proc::Spawning {
+                    return step;
+                }
+                self.proc = Proc::Running;
+                self.pid = Some(pid);
+                self.started_at = now;
+                for t in &mut self.trackers {
+                    t.reset();
+                }
+                step.act(Action::Publish);
+                self.reconcile(now, &mut step);
+            }
+            Input::SpawnFailed { error } => {
+                if self.proc != Proc::Spawning {
+                    return step;
+                }
+                self.started_at = now;
+                self.exited(format!("failed to start: {error}"), now, &mut step);
+            }
+            Input::Exited { how } => match self.proc {
+                Proc::Stopping => {
+                    self.proc = Proc::Stopped;
+                    self.pid = None;
+                    self.acting = Role::Stopped;
+                    self.last_exit = Some(how);
+                    self.hook = HookState::Idle;
+                    step.act(Action::Publish);
+                }
+                Proc::Running => self.exited(how, now, &mut step),
+                _ => {}
+            },
+            Input::Probe {
+                check,
+                incarnation,
+                result,
+            } => {
+                if self.proc != Proc::Running || incarnation != self.incarnation {
+                    return step;
+                }
+                let before = combine(&self.trackers);
+                let Some(t) = self.trackers.get_mut(check) else {
+                    return step;
+                };
+                t.record(result);
+                let after = combine(&self.trackers);
+                if after != before {
+                    step.act(Action::Publish);
+                    step.notes.push(format!("{} is {after}", self.name));
+                    if after == Health::Healthy && matches!(self.hook, HookState::RetryAt(_)) {
+                        // It answers again: deliver its role at once.
+                        self.hook = HookState::Idle;
+                        self.reconcile(now, &mut step);
+                    }
+                }
+            }
+            Input::HookDone {
+                role,
+                epoch,
+                incarnation,
+                result,
+            } => self.hook_done(role, epoch, incarnation, result, now, &mut step),
+            Input::Fence => {
+                if !self.fenced {
+                    self.fenced = true;
+                    step.notes.push(format!(
+                        "{}: host lease cannot be renewed: stepping down before it can expire",
+                        self.name
+                    ));
+                }
+                if self.proc == Proc::Running {
+                    match self.hook {
+                        HookState::InFlight {
+                            role: Role::Primary,
+                            ..
+                        } => step.act(Action::Kill {
+                            reason: format!(
+                                "{}: lease about to be lost while a promotion is in flight",
+                                self.name
+                            ),
+                        }),
+                        HookState::InFlight { .. } => {}
+                        _ => {
+                            self.hook = HookState::Idle;
+                            self.reconcile(now, &mut step);
+                        }
+                    }
+                }
+            }
+            Input::Unfence { session } => {
+                if session != self.session {
+                    self.session = session;
+                    step.act(Action::Publish);
+                }
+                if self.fenced {
+                    self.fenced = false;
+                    self.reconcile(now, &mut step);
+                }
+            }
+            Input::Stop => match self.proc {
+                Proc::Running => {
+                    self.proc = Proc::Stopping;
+                    step.act(Action::Terminate);
+                }
+                Proc::Stopping | Proc::Stopped => {}
+                Proc::Pending | Proc::Backoff { .. } | Proc::Spawning => {
+                    self.proc = Proc::Stopped;
+                    step.act(Action::Publish);
+                }
+            },
+        }
+        step
+    }
+
+    fn tick(&mut self, now: Duration, step: &mut Step) {
+        match self.proc {
+            Proc::Pending => self.spawn(step),
+            Proc::Backoff { until } if now >= until => self.spawn(step),
+            Proc::Running => {
+                if (self.quick_exits > 0 || self.crash_looping)
+                    && now >= self.started_at + self.policy.stable_after
+                {
+                    self.quick_exits = 0;
+                    self.backoff = self.policy.initial_backoff;
+                    if self.crash_looping {
+                        self.crash_looping = false;
+                        step.notes.push(format!(
+                            "{} runs stably again: no longer crash-looping",
+                            self.name
+                        ));
+                        step.act(Action::Publish);
+                    }
+                }
+                if let HookState::RetryAt(t) = self.hook
+                    && now >= t
+                {
+                    self.hook = HookState::Idle;
+                }
+                self.reconcile(now, step);
+            }
+            _ => {}
+        }
+    }
+
+    fn spawn(&mut self, step: &mut Step) {
+        self.incarnation += 1;
+        self.proc = Proc::Spawning;
+        self.hook = HookState::Idle;
+        let role = default_role(self.ha);
+        self.acting = role;
+        self.acting_epoch = self.desired_epoch;
+        step.act(Action::Spawn {
+            incarnation: self.incarnation,
+            role,
+            epoch: self.desired_epoch,
+        });
+    }
+
+    fn exited(&mut self, how: String, now: Duration, step: &mut Step) {
+        let ran = now.saturating_sub(self.started_at);
+        if ran < self.policy.stable_after {
+            self.quick_exits += 1;
+        } else {
+            self.quick_exits = 1;
+            self.backoff = self.policy.initial_backoff;
+        }
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.policy.max_backoff);
+        let was_looping = self.crash_looping;
+        self.crash_looping = self.quick_exits >= self.policy.crashloop_after;
+        self.restarts += 1;
+        self.pid = None;
+        self.acting = Role::Stopped;
+        self.hook = HookState::Idle;
+        self.proc = Proc::Backoff { until: now + delay };
+        step.notes.push(format!(
+            "{} {how}; restarting in {} ms",
+            self.name,
+            delay.as_millis()
+        ));
+        if self.crash_looping && !was_looping {
+            step.notes.push(format!(
+                "{} is crash-looping ({} quick exits in a row): it will not be promoted until it runs for {} ms",
+                self.name,
+                self.quick_exits,
+                self.policy.stable_after.as_millis()
+            ));
+        }
+        self.last_exit = Some(how);
+        step.act(Action::Publish);
+    }
+
+    /// The role the process should have now, as (role, epoch).
+    fn target(&self) -> (Role, u64) {
+        let fallback = default_role(self.ha);
+        if self.desired_role == Role::Primary
+            && (self.fenced || self.desired_grant != Some((self.incarnation, self.session)))
+        {
+            (fallback, self.desired_epoch)
+        } else {
+            (self.desired_role, self.desired_epoch)
+        }
+    }
+
+    fn reconcile(&mut self, _now: Duration, step: &mut Step) {
+        if self.proc != Proc::Running || self.hook != HookState::Idle {
+            return;
+        }
+        let (role, epoch) = self.target();
+        let needed = if role == Role::Primary {
+            self.acting != Role::Primary || self.acting_epoch != epoch
+        } else {
+            self.acting != role
+        };
+        if !needed {
+            return;
+        }
+        if !self.has_hook {
+            self.acting = role;
+            self.acting_epoch = epoch;
+            step.act(Action::Publish);
+            return;
+        }
+        self.hook = HookState::InFlight { role, epoch };
+        step.act(Action::RunHook {
+            role,
+            epoch,
+            incarnation: self.incarnation,
+        });
+    }
+
+    fn hook_done(
+        &mut self,
+        role: Role,
+        epoch: u64,
+        incarnation: u64,
+        result: Result<(), HookFailure>,
+        now: Duration,
+        step: &mut Step,
+    ) {
+        if incarnation != self.incarnation
+            || !matches!(self.proc, Proc::Running)
+            || self.hook != (HookState::InFlight { role, epoch })
+        {
+            return;
+        }
+        self.hook = HookState::Idle;
+        match result {
+            Ok(()) => {
+                self.hook_failures = 0;
+                self.acting = role;
+                self.acting_epoch = epoch;
+                step.notes
+                    .push(format!("{} is now {role} (epoch {epoch})", self.name));
+                step.act(Action::Publish);
+                self.reconcile(now, step);
+            }
+            Err(f) => {
+                self.hook_failures += 1;
+                if role == Role::Primary {
+                    // It may have taken the role or not: it cannot be trusted.
+                    self.acting = Role::Primary;
+                    self.acting_epoch = epoch;
+                    step.act(Action::Publish);
+                    step.act(Action::Kill {
+                        reason: format!(
+                            "{}: promotion hook failed ({}); the process may or may not act as primary, so it is killed",
+                            self.name, f.error
+                        ),
+                    });
+                } else if self.acting == Role::Primary && (self.fenced || !f.process_stopped) {
+                    step.act(Action::Kill {
+                        reason: format!(
+                            "{}: could not confirm stepping down ({}): killed so that it cannot act as primary",
+                            self.name, f.error
+                        ),
+                    });
+                } else {
+                    if self.acting == Role::Primary {
+                        self.acting = Role::Fenced;
+                        step.notes.push(format!(
+                            "{} is frozen and could not be told to step down ({}): fenced until it answers",
+                            self.name, f.error
+                        ));
+                        step.act(Action::Publish);
+                    }
+                    let shift = self.hook_failures.saturating_sub(1).min(5);
+                    let delay = (FIRST_HOOK_RETRY * (1u32 << shift)).min(MAX_HOOK_RETRY);
+                    step.notes.push(format!(
+                        "{}: delivering role {role} failed ({}); retrying in {} ms",
+                        self.name,
+                        f.error,
+                        delay.as_millis()
+                    ));
+                    self.hook = HookState::RetryAt(now + delay);
+                }
+            }
+        }
+    }
+}
+
+/// The [`Input::Assigned`] that an app's role assignment means for one of
+/// its instances.
+pub fn assignment(roles: &crate::model::AppRoles, ha: HaMode, instance: &str) -> Input {
+    let grant = roles.primary.as_ref().filter(|g| g.instance == instance);
+    Input::Assigned {
+        role: roles.role_of(instance, default_role(ha)),
+        epoch: grant.map_or(roles.epoch, |g| g.epoch),
+        grant: grant.map(|g| (g.incarnation, g.session)),
+        generation: roles.generation,
+    }
+}

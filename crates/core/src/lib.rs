@@ -1,0 +1,21 @@
+//! tandem's pure core.
+//!
+//! Everything that decides lives here and nothing here performs I/O, spawns
+//! a task or reads a clock: time arrives as an argument, effects leave as
+//! returned actions. The runtime (`tandem-agent`) executes those actions
+//! and feeds back what happened. Every safety rule of DESIGN.md is enforced
+//! and tested in this crate.
+//!
+//! - [`topology`]: the declarative topology file, parsed and validated.
+//! - [`model`]: the shared vocabulary (roles, statuses, role assignments,
+//!   events) as stored in the coordination store.
+//! - [`controller`]: the controller's decision function.
+//! - [`instance`]: the agent's per-instance state machine.
+//! - [`health`]: health-check hysteresis.
+#![deny(missing_docs)]
+
+pub mod controller;
+pub mod health;
+pub mod instance;
+pub mod model;
+pub mod topology;

@@ -1,0 +1,511 @@
+//! The shared vocabulary: roles, instance statuses, role assignments,
+//! intents and events, exactly as they are stored in the coordination store
+//! (JSON) and shown by the API.
+//!
+//! Who writes what:
+//! - an agent writes the [`InstanceStatus`] of each instance it runs, bound
+//!   to its host lease (so it vanishes when the host is lost);
+//! - the controller writes each app's [`AppRoles`] (durable: it carries the
+//!   app's epoch) and the [`Event`] log;
+//! - the API writes [`Intent`]s, which the controller resolves.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What an instance is doing now (DESIGN.md, "Role").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Serving, holding the app's current epoch.
+    Primary,
+    /// Running, not serving; ready to be promoted.
+    Backup,
+    /// Stopped on purpose (cold spare).
+    Standby,
+    /// An N+1 member, or the one instance of an app without HA.
+    Active,
+    /// A pool worker ready for a job.
+    Free,
+    /// A pool worker on a job.
+    Busy,
+    /// Not running.
+    Stopped,
+    /// Not running and crash-looping: not restarted for now, never promoted.
+    Failed,
+    /// Told to step down but could not confirm it (e.g. frozen by SIGSTOP):
+    /// not acting, waiting to be told its role again.
+    Fenced,
+}
+
+impl Role {
+    /// The spelling used in the store, the API and the environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Standby => "standby",
+            Role::Active => "active",
+            Role::Free => "free",
+            Role::Busy => "busy",
+            Role::Stopped => "stopped",
+            Role::Failed => "failed",
+            Role::Fenced => "fenced",
+        }
+    }
+
+    /// Parses the spelling of [`Role::as_str`].
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "primary" => Role::Primary,
+            "backup" => Role::Backup,
+            "standby" => Role::Standby,
+            "active" => Role::Active,
+            "free" => Role::Free,
+            "busy" => Role::Busy,
+            "stopped" => Role::Stopped,
+            "failed" => Role::Failed,
+            "fenced" => Role::Fenced,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of an instance's process, as its agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessState {
+    /// Not started yet.
+    Pending,
+    /// Running (it may still be unhealthy).
+    Running,
+    /// Exited; waiting for its restart backoff to elapse.
+    Backoff,
+    /// Stopped on purpose and not to be restarted.
+    Stopped,
+}
+
+/// Health as judged by the app's checks, with hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Not yet judged (just started).
+    Unknown,
+    /// Every check passes.
+    Healthy,
+    /// At least one check failed often enough.
+    Unhealthy,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        })
+    }
+}
+
+/// What an agent reports about one instance it runs. Stored at
+/// `status/{app}/{instance}`, bound to the host's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The host whose agent runs the instance.
+    pub host: String,
+    /// The process's state.
+    pub process: ProcessState,
+    /// Its pid while running.
+    pub pid: Option<u32>,
+    /// The agent's session: the id of the host lease it holds. A grant names
+    /// the session it was made in; a new session never acts on an old grant.
+    pub session: i64,
+    /// Counts the starts of this instance by this agent; a role grant names
+    /// the incarnation it was made for.
+    pub incarnation: u64,
+    /// The generation of the newest role assignment of the app the agent
+    /// has applied to this instance.
+    pub seen_generation: u64,
+    /// Health, with hysteresis.
+    pub health: Health,
+    /// Why the last check failed, if it did.
+    pub health_detail: Option<String>,
+    /// The role the running process has been told and acknowledged.
+    pub acting: Role,
+    /// The epoch that came with `acting`.
+    pub acting_epoch: u64,
+    /// Restarted too often in a row: never promoted until stable again.
+    pub crash_looping: bool,
+    /// Restarts since the agent started.
+    pub restarts: u32,
+    /// How the last run ended ("exited with code 1", "killed by signal 9").
+    pub last_exit: Option<String>,
+}
+
+impl InstanceStatus {
+    /// True if this process may be acting as primary right now: it runs and
+    /// has acknowledged (or is being told) a primary role it has not
+    /// acknowledged leaving.
+    pub fn may_act_as_primary(&self) -> bool {
+        self.process == ProcessState::Running && self.acting == Role::Primary
+    }
+
+    /// True if it could take the primary role: running, healthy, and not
+    /// crash-looping.
+    pub fn eligible(&self) -> bool {
+        self.process == ProcessState::Running
+            && self.health == Health::Healthy
+            && !self.crash_looping
+    }
+}
+
+/// The grant of an app's primary role to one incarnation of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryGrant {
+    /// The instance id.
+    pub instance: String,
+    /// The fencing epoch handed with the role.
+    pub epoch: u64,
+    /// The incarnation the grant is for; a restarted process is not primary.
+    pub incarnation: u64,
+    /// The agent session the grant is for (see [`InstanceStatus::session`]).
+    pub session: i64,
+}
+
+/// A withdrawn grant whose holder may still act on it: no other instance is
+/// promoted until the holder is confirmed to have stepped down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteppingDown {
+    /// The withdrawn grant.
+    pub grant: PrimaryGrant,
+    /// The generation of the assignment that withdrew it: the holder has
+    /// stepped down once it reports a non-primary role having seen it.
+    pub generation: u64,
+}
+
+impl SteppingDown {
+    /// True once the holder can no longer act on the withdrawn grant.
+    pub fn is_done(&self, status: Option<&InstanceStatus>) -> bool {
+        match status {
+            // Its host lease ended: its agent fenced it before that.
+            None => true,
+            Some(s) => {
+                s.session != self.grant.session
+                    || s.incarnation != self.grant.incarnation
+                    || s.process != ProcessState::Running
+                    || (s.acting != Role::Primary && s.seen_generation >= self.generation)
+            }
+        }
+    }
+}
+
+/// A planned switchover the controller is carrying out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSwitchover {
+    /// The intent being executed.
+    pub intent: String,
+    /// The instance to promote once the old primary has stepped down.
+    pub to: String,
+}
+
+/// The controller's role assignment for one app. Stored durably at
+/// `roles/{app}`; only the controller writes it, by compare-and-swap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRoles {
+    /// Counts the writes of this assignment; agents report the generation
+    /// they have applied.
+    pub generation: u64,
+    /// The last epoch handed out for this app (0: never). Strictly
+    /// increases with every grant, across restarts.
+    pub epoch: u64,
+    /// The current grant, if any.
+    pub primary: Option<PrimaryGrant>,
+    /// The role each instance should have (instances absent here: the
+    /// app's default non-primary role).
+    pub roles: BTreeMap<String, Role>,
+    /// A withdrawn grant whose holder has not yet confirmed stepping down.
+    pub stepping_down: Option<SteppingDown>,
+    /// A switchover in progress.
+    pub switchover: Option<PendingSwitchover>,
+    /// Why the last change was made.
+    pub reason: String,
+}
+
+impl AppRoles {
+    /// The desired role of `instance`, defaulting to `fallback`.
+    pub fn role_of(&self, instance: &str, fallback: Role) -> Role {
+        self.roles.get(instance).copied().unwrap_or(fallback)
+    }
+}
+
+/// What an operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum IntentKind {
+    /// A planned switchover, to the given instance or the best other one.
+    Switchover {
+        /// The target instance, if named.
+        to: Option<String>,
+    },
+}
+
+/// Where an intent stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum IntentState {
+    /// Recorded, not yet acted on.
+    Pending,
+    /// Under way.
+    Running,
+    /// Carried out.
+    Done {
+        /// What happened.
+        message: String,
+    },
+    /// Refused; nothing changed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An operator's request, recorded in the store at `intents/{app}` and
+/// resolved by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Unique id, chosen by whoever records it.
+    pub id: String,
+    /// The app it is about.
+    pub app: String,
+    /// What is asked.
+    #[serde(flatten)]
+    pub kind: IntentKind,
+    /// Where it stands.
+    pub outcome: IntentState,
+}
+
+/// Kinds of events in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// An instance was granted the primary role.
+    Promoted,
+    /// A primary was told to step down.
+    Demoted,
+    /// A primary failed (exited, unhealthy, host lost).
+    PrimaryFailed,
+    /// An instance's process exited.
+    InstanceExited,
+    /// An instance started (or restarted).
+    InstanceStarted,
+    /// An instance's health changed.
+    HealthChanged,
+    /// An instance is crash-looping.
+    CrashLoop,
+    /// A host's agent joined or its lease expired.
+    Host,
+    /// Nothing can be promoted.
+    NoCandidate,
+    /// An operator's intent was recorded, carried out or refused.
+    Intent,
+    /// The controller role moved.
+    Controller,
+}
+
+/// One entry of the append-only event log, stored at `events/{seq}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log, strictly increasing.
+    pub seq: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub t_ms: u64,
+    /// What kind of event.
+    pub kind: EventKind,
+    /// The app concerned, if any.
+    pub app: Option<String>,
+    /// The instance concerned, if any.
+    pub instance: Option<String>,
+    /// The epoch concerned, if any.
+    pub epoch: Option<u64>,
+    /// A sentence an operator can read: what happened and why.
+    pub message: String,
+}
+
+/// An event as decided by core, before the runtime stamps it with a
+/// sequence number and a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDraft {
+    /// What kind of event.
+    pub kind: EventKind,
+    /// The app concerned, if any.
+    pub app: Option<String>,
+    /// The instance concerned, if any.
+    pub instance: Option<String>,
+    /// The epoch concerned, if any.
+    pub epoch: Option<u64>,
+    /// What happened and why.
+    pub message: String,
+}
+
+impl EventDraft {
+    /// An event about an app.
+    pub fn app(kind: EventKind, app: &str, message: impl Into<String>) -> EventDraft {
+        EventDraft {
+            kind,
+            app: Some(app.to_string()),
+            instance: None,
+            epoch: None,
+            message: message.into(),
+        }
+    }
+
+    /// An event about one instance.
+    pub fn instance(
+        kind: EventKind,
+        app: &str,
+        instance: &str,
+        message: impl Into<String>,
+    ) -> EventDraft {
+        EventDraft {
+            instance: Some(instance.to_string()),
+            ..EventDraft::app(kind, app, message)
+        }
+    }
+
+    /// Sets the epoch.
+    pub fn with_epoch(mut self, epoch: u64) -> EventDraft {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// Stamps the draft into a log entry.
+    pub fn stamp(self, seq: u64, t_ms: u64) -> Event {
+        Event {
+            seq,
+            t_ms,
+            kind: self.kind,
+            app: self.app,
+            instance: self.instance,
+            epoch: self.epoch,
+            message: self.message,
+        }
+    }
+}
+
+/// The agent's registration, stored at `hosts/{host}` bound to its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// The host's name in the topology.
+    pub host: String,
+    /// The agent's pid.
+    pub pid: u32,
+    /// The agent's version.
+    pub version: String,
+}
+
+/// Store key layout, in one place.
+pub mod keys {
+    /// Prefix of every key tandem writes.
+    pub const ROOT: &str = "/tandem/";
+    /// The stored topology (JSON).
+    pub const TOPOLOGY: &str = "/tandem/topology";
+    /// The controller election key.
+    pub const CONTROLLER: &str = "/tandem/controller";
+    /// Prefix of host registrations.
+    pub const HOSTS: &str = "/tandem/hosts/";
+    /// Prefix of instance statuses.
+    pub const STATUS: &str = "/tandem/status/";
+    /// Prefix of role assignments.
+    pub const ROLES: &str = "/tandem/roles/";
+    /// Prefix of intents.
+    pub const INTENTS: &str = "/tandem/intents/";
+    /// Prefix of the event log.
+    pub const EVENTS: &str = "/tandem/events/";
+
+    /// `hosts/{host}`.
+    pub fn host(host: &str) -> String {
+        format!("{HOSTS}{host}")
+    }
+    /// `status/{app}/{instance}`.
+    pub fn status(app: &str, instance: &str) -> String {
+        format!("{STATUS}{app}/{instance}")
+    }
+    /// `roles/{app}`.
+    pub fn roles(app: &str) -> String {
+        format!("{ROLES}{app}")
+    }
+    /// `intents/{app}`.
+    pub fn intent(app: &str) -> String {
+        format!("{INTENTS}{app}")
+    }
+    /// `events/{seq}`, zero-padded so keys sort by sequence.
+    pub fn event(seq: u64) -> String {
+        format!("{EVENTS}{seq:020}")
+    }
+    /// Parses `status/{app}/{instance}` into its parts.
+    pub fn parse_status(key: &str) -> Option<(&str, &str)> {
+        key.strip_prefix(STATUS)?.split_once('/')
+    }
+    /// Parses the sequence number of an event key.
+    pub fn parse_event(key: &str) -> Option<u64> {
+        key.strip_prefix(EVENTS)?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_through_their_spelling() {
+        for role in [
+            Role::Primary,
+            Role::Backup,
+            Role::Standby,
+            Role::Active,
+            Role::Free,
+            Role::Busy,
+            Role::Stopped,
+            Role::Failed,
+            Role::Fenced,
+        ] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+            let json = serde_json::to_string(&role).unwrap();
+            assert_eq!(json, format!("\"{role}\""));
+        }
+        assert_eq!(Role::parse("leader"), None);
+    }
+
+    #[test]
+    fn status_keys_parse_back() {
+        let k = keys::status("wfm-server", "a");
+        assert_eq!(keys::parse_status(&k), Some(("wfm-server", "a")));
+        assert_eq!(keys::parse_event(&keys::event(42)), Some(42));
+        assert!(keys::event(9) < keys::event(10));
+    }
+
+    #[test]
+    fn intent_serializes_flat() {
+        let i = Intent {
+            id: "x".into(),
+            app: "web".into(),
+            kind: IntentKind::Switchover {
+                to: Some("b".into()),
+            },
+            outcome: IntentState::Pending,
+        };
+        let v = serde_json::to_value(&i).unwrap();
+        assert_eq!(v["kind"], "switchover");
+        assert_eq!(v["to"], "b");
+        assert_eq!(v["outcome"]["state"], "pending");
+        let back: Intent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, i);
+    }
+}

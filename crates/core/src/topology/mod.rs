@@ -1,0 +1,143 @@
+//! The topology file: what an operator writes to describe a platform (sites,
+//! hosts, apps and their instances, links), parsed and validated into a
+//! [`Topology`].
+//!
+//! [`parse`] takes the file's name and text (core reads no files) and either
+//! returns the model or [`Diagnostics`] listing *every* problem, each as
+//! `file:line:column: message`. Only a TOML syntax error stops the check
+//! early. The model is what the controller and the agents share: it is stored
+//! as JSON in the coordination store (durations as integer milliseconds, in
+//! fields named `..._ms`).
+//!
+//! # Format
+//!
+//! ```toml
+//! [cluster]                 # optional
+//! name = "quickstart"       # optional, default: the file name's stem
+//! lease_ttl = "3s"          # agent lease TTL (default 3s)
+//! renew_interval = "500ms"  # default 500ms
+//! fence_margin = "1s"       # default 1s: a primary whose lease cannot be renewed
+//!                           # is demoted this long before the lease can expire
+//!
+//! [[sites]]
+//! name = "dc1"
+//!
+//! [[hosts]]
+//! name = "local"
+//! site = "dc1"
+//! address = "127.0.0.1"     # an IP address (v4 or v6)
+//!
+//! [apps.web]                # the app's name is its key
+//! ha = "warm-standby"       # hot-standby | warm-standby | cold-standby | n-plus-1
+//!                           # | singleton | pool | none (supported today:
+//!                           # warm-standby, none)
+//! command = ["tandem", "demo-app", "--port", "{ports.http}"]
+//! env = { LOG = "info" }    # optional
+//! workdir = "."             # optional, default: the agent's
+//! stop_timeout = "5s"       # optional: SIGTERM, then SIGKILL after this long
+//!
+//! [apps.web.restart]        # optional, every key optional (defaults shown)
+//! initial_backoff = "100ms"
+//! max_backoff = "10s"
+//! stable_after = "10s"      # running this long resets the backoff
+//! crashloop_after = 3       # this many quick exits in a row = crash-looping
+//!
+//! [[apps.web.checks]]       # zero or more, all must pass
+//! kind = "http"             # "tcp" (port) | "http" (port, path = "/") | "exec" (command)
+//! port = "http"             # the name of one of each instance's ports
+//! path = "/health"
+//! interval = "200ms"        # default 1s
+//! timeout = "150ms"         # default 500ms, less than interval
+//! failures_before_unhealthy = 2   # default 3
+//! successes_before_healthy = 2    # default 2
+//!
+//! [apps.web.hook]           # optional: how an instance learns its role changed
+//! kind = "http"             # "http" (port, path): POST {app, instance, role, epoch}
+//!                           # "command" (command): ROLE and EPOCH appended as arguments
+//!                           # "signal" (signal): role written to $TANDEM_ROLE_FILE, then
+//!                           #   SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM,
+//!                           #   SIGCONT or SIGWINCH (the SIG prefix is optional)
+//! port = "http"
+//! path = "/tandem/role"
+//! timeout = "500ms"         # default 500ms; must be less than fence_margin
+//!
+//! [[apps.web.instances]]
+//! id = "a"                  # unique within the app
+//! host = "local"
+//! priority = 100            # default 0, higher wins the primary role
+//! ports = { http = 8081 }   # named ports; a port number is used once per host
+//!
+//! [[apps.web.instances]]
+//! id = "b"
+//! host = "local"
+//! ports = { http = 8082 }
+//!
+//! [apps.db]
+//! ha = "none"
+//! command = ["tandem", "demo-db", "--listen", "{address}:{ports.pg}"]
+//!
+//! [[apps.db.instances]]
+//! id = "a"
+//! host = "local"
+//! ports = { pg = 5432 }
+//!
+//! [[links]]
+//! from = "web"
+//! to = "db"
+//! cardinality = "one"       # "one" | "one-or-more" | "optional"
+//! tls = false               # optional, default false
+//! ```
+//!
+//! Durations are a positive whole number followed by `ms`, `s` or `m`
+//! (`500ms`, `2s`, `1m`), at most one day. Names of sites, hosts, apps,
+//! instances and ports match `[a-z0-9][a-z0-9_-]{0,62}`: they end up in
+//! store keys and URLs.
+//!
+//! Commands (of apps, exec checks and command hooks) and env values may hold
+//! placeholders, kept unexpanded in the model and expanded per instance by
+//! [`expand`]: `{app}`, `{instance}`, `{host}`, `{address}` and
+//! `{ports.NAME}` (which every instance of the app must have). `{{` and `}}`
+//! stand for literal braces; any other `{...}` is an error.
+
+mod diagnostic;
+mod duration;
+mod model;
+mod placeholder;
+mod validate;
+mod walk;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, parse_duration};
+pub use model::{
+    App, Cardinality, Check, CheckKind, Cluster, HOOK_SIGNALS, HaMode, Hook, Host, Instance, Link,
+    RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, hook_signal,
+};
+pub use placeholder::{expand, expand_all};
+pub use walk::is_valid_name;
+
+use diagnostic::Sink;
+use toml::de::DeTable;
+
+/// Parses and validates a topology. `file` is only used in diagnostics and
+/// to derive the default name (the file stem). Returns every problem found.
+pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
+    let mut sink = Sink::default();
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let message = e.message().trim().replace('\n', "; ");
+            sink.error(
+                &e.span().unwrap_or(0..0),
+                format!("invalid TOML: {message}"),
+            );
+            return Err(sink.finish(file, text));
+        }
+    };
+    let (topology, facts) = walk::walk(file, root.get_ref(), &mut sink);
+    validate::validate(text, &facts, &mut sink);
+    if sink.is_empty() {
+        Ok(topology)
+    } else {
+        Err(sink.finish(file, text))
+    }
+}

@@ -1,0 +1,461 @@
+//! The validated topology: what [`parse`](super::parse) returns and what is
+//! stored, as JSON, in the coordination store.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::duration_ms;
+
+/// HA modes that tandem can run today. The others parse, but validation
+/// rejects them (see `check_ha_mode_supported` in the validator); lift them
+/// one by one by adding them here.
+pub const SUPPORTED_HA_MODES: &[HaMode] = &[HaMode::WarmStandby, HaMode::None];
+
+/// A whole platform: sites, hosts, apps with their instances, and the links
+/// between apps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// `[cluster].name`, else the stem of the file name.
+    pub name: String,
+    /// Cluster-wide timing of leases and fencing.
+    pub cluster: Cluster,
+    /// Data centres, in file order.
+    pub sites: Vec<Site>,
+    /// Machines, each running one agent, in file order.
+    pub hosts: Vec<Host>,
+    /// Components, in file order.
+    pub apps: Vec<App>,
+    /// Declared connections between apps, in file order.
+    pub links: Vec<Link>,
+}
+
+impl Topology {
+    /// The app called `name`.
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The site called `name`.
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// Every instance placed on `host`, with its app, in file order (what one agent runs).
+    pub fn instances_on<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = (&'a App, &'a Instance)> + 'a {
+        self.apps
+            .iter()
+            .flat_map(move |app| app.instances_on(host).map(move |i| (app, i)))
+    }
+
+    /// The links whose `from` is `app` (what `app` connects to).
+    pub fn links_from<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
+        self.links.iter().filter(move |l| l.from == app)
+    }
+
+    /// The links whose `to` is `app` (who connects to `app`).
+    pub fn links_to<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
+        self.links.iter().filter(move |l| l.to == app)
+    }
+}
+
+/// Cluster-wide timing. Validation guarantees
+/// `renew_interval + fence_margin < lease_ttl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// How long an agent's lease (and so a primary role) stays valid without renewal (default 3s).
+    #[serde(rename = "lease_ttl_ms", with = "duration_ms")]
+    pub lease_ttl: Duration,
+    /// How often an agent renews its lease (default 500ms).
+    #[serde(rename = "renew_interval_ms", with = "duration_ms")]
+    pub renew_interval: Duration,
+    /// A primary that cannot renew its lease demotes itself this long before the lease can expire (default 1s).
+    #[serde(rename = "fence_margin_ms", with = "duration_ms")]
+    pub fence_margin: Duration,
+}
+
+impl Cluster {
+    /// Default `lease_ttl`.
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+    /// Default `renew_interval`.
+    pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(500);
+    /// Default `fence_margin`.
+    pub const DEFAULT_FENCE_MARGIN: Duration = Duration::from_secs(1);
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            lease_ttl: Self::DEFAULT_LEASE_TTL,
+            renew_interval: Self::DEFAULT_RENEW_INTERVAL,
+            fence_margin: Self::DEFAULT_FENCE_MARGIN,
+        }
+    }
+}
+
+/// A data centre.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// Unique site name.
+    pub name: String,
+}
+
+/// A machine in a site, running one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Unique host name (what `tandem agent --host` names).
+    pub name: String,
+    /// The site this host is in.
+    pub site: String,
+    /// The address other hosts and clients reach it at.
+    pub address: IpAddr,
+}
+
+/// A component, made redundant by its HA mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    /// Unique app name (its key under `[apps]`).
+    pub name: String,
+    /// How the instances are made redundant.
+    pub ha: HaMode,
+    /// Program and arguments, with placeholders unexpanded (see [`expand`](super::expand)).
+    pub command: Vec<String>,
+    /// Extra environment variables; values may hold placeholders.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the process, if not the agent's.
+    pub workdir: Option<String>,
+    /// Health checks, all of which must pass for an instance to be healthy.
+    pub checks: Vec<Check>,
+    /// What the agent does to tell an instance its role changed.
+    pub hook: Option<Hook>,
+    /// Restart backoff and crash-loop detection.
+    pub restart: RestartPolicy,
+    /// On stop: SIGTERM, then SIGKILL after this long (default 5s).
+    #[serde(rename = "stop_timeout_ms", with = "duration_ms")]
+    pub stop_timeout: Duration,
+    /// The copies of this app, in file order.
+    pub instances: Vec<Instance>,
+}
+
+impl App {
+    /// Default `stop_timeout`.
+    pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The instance with id `id`.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    /// The instances placed on `host`, in file order.
+    pub fn instances_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances.iter().filter(move |i| i.host == host)
+    }
+}
+
+/// One copy of an app, placed on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Id, unique within its app.
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Preference for the primary role: higher wins (default 0).
+    pub priority: i64,
+    /// Named ports, referenced by checks, hooks and `{ports.NAME}` placeholders.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl Instance {
+    /// The number of the port called `name`.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports.get(name).copied()
+    }
+}
+
+/// How an app's instances are made redundant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HaMode {
+    /// A running backup that also consumes input, taking over where the primary stopped.
+    #[serde(rename = "hot-standby")]
+    HotStandby,
+    /// A running backup that is told to act as primary when the primary fails.
+    #[serde(rename = "warm-standby")]
+    WarmStandby,
+    /// A stopped spare, started only when needed.
+    #[serde(rename = "cold-standby")]
+    ColdStandby,
+    /// All instances active, one more than needed.
+    #[serde(rename = "n-plus-1")]
+    NPlus1,
+    /// At most one instance running anywhere, ever.
+    #[serde(rename = "singleton")]
+    Singleton,
+    /// Workers that are free or busy.
+    #[serde(rename = "pool")]
+    Pool,
+    /// No redundancy: every instance just runs and is restarted.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl HaMode {
+    /// Every mode, in the order the docs list them.
+    pub const ALL: [HaMode; 7] = [
+        HaMode::HotStandby,
+        HaMode::WarmStandby,
+        HaMode::ColdStandby,
+        HaMode::NPlus1,
+        HaMode::Singleton,
+        HaMode::Pool,
+        HaMode::None,
+    ];
+
+    /// The spelling used in the topology file and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaMode::HotStandby => "hot-standby",
+            HaMode::WarmStandby => "warm-standby",
+            HaMode::ColdStandby => "cold-standby",
+            HaMode::NPlus1 => "n-plus-1",
+            HaMode::Singleton => "singleton",
+            HaMode::Pool => "pool",
+            HaMode::None => "none",
+        }
+    }
+
+    /// The mode spelled `s` in the topology file.
+    pub fn from_name(s: &str) -> Option<HaMode> {
+        HaMode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Whether tandem can run this mode today (see [`SUPPORTED_HA_MODES`]).
+    pub fn is_supported(self) -> bool {
+        SUPPORTED_HA_MODES.contains(&self)
+    }
+}
+
+impl fmt::Display for HaMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A health check of an instance, with its hysteresis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What is probed.
+    pub kind: CheckKind,
+    /// Time between probes (default 1s).
+    #[serde(rename = "interval_ms", with = "duration_ms")]
+    pub interval: Duration,
+    /// A probe that takes longer has failed (default 500ms; less than `interval`).
+    #[serde(rename = "timeout_ms", with = "duration_ms")]
+    pub timeout: Duration,
+    /// Consecutive failures that make a healthy instance unhealthy (default 3).
+    pub failures_before_unhealthy: u32,
+    /// Consecutive successes that make an unhealthy instance healthy (default 2).
+    pub successes_before_healthy: u32,
+}
+
+impl Check {
+    /// Default `interval`.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+    /// Default `timeout`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Default `failures_before_unhealthy`.
+    pub const DEFAULT_FAILURES_BEFORE_UNHEALTHY: u32 = 3;
+    /// Default `successes_before_healthy`.
+    pub const DEFAULT_SUCCESSES_BEFORE_HEALTHY: u32 = 2;
+}
+
+/// What a health check probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect to the instance's port called `port`.
+    Tcp {
+        /// Name of one of the instance's ports.
+        port: String,
+    },
+    /// An HTTP GET of `path` on the instance's port called `port`; 2xx is healthy.
+    Http {
+        /// Name of one of the instance's ports.
+        port: String,
+        /// Request path (default "/").
+        path: String,
+    },
+    /// A command run by the agent; exit status 0 is healthy.
+    Exec {
+        /// Program and arguments, with placeholders unexpanded.
+        command: Vec<String>,
+    },
+}
+
+/// How the agent tells an instance its role changed (one per app).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Hook {
+    /// Run a command; the agent appends ROLE and EPOCH as the last two arguments.
+    Command {
+        /// Program and arguments, with placeholders unexpanded.
+        command: Vec<String>,
+        /// The hook has failed if it has not exited by then.
+        #[serde(rename = "timeout_ms", with = "duration_ms")]
+        timeout: Duration,
+    },
+    /// POST JSON `{app, instance, role, epoch}` to `path` on the instance's port called `port`.
+    Http {
+        /// Name of one of the instance's ports.
+        port: String,
+        /// Request path.
+        path: String,
+        /// The hook has failed if it has not answered by then.
+        #[serde(rename = "timeout_ms", with = "duration_ms")]
+        timeout: Duration,
+    },
+    /// Write the role to `$TANDEM_ROLE_FILE`, then send the signal to the process.
+    Signal {
+        /// Canonical signal name, e.g. "SIGHUP".
+        signal: String,
+        /// Linux signal number.
+        number: i32,
+        /// How long the instance gets to act on the signal.
+        #[serde(rename = "timeout_ms", with = "duration_ms")]
+        timeout: Duration,
+    },
+}
+
+impl Hook {
+    /// Default hook `timeout`: below the default `fence_margin`, which every hook timeout must be.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// How long the hook may take.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Hook::Command { timeout, .. }
+            | Hook::Http { timeout, .. }
+            | Hook::Signal { timeout, .. } => *timeout,
+        }
+    }
+}
+
+/// Signals a signal hook may send: canonical name and Linux number.
+pub const HOOK_SIGNALS: &[(&str, i32)] = &[
+    ("SIGHUP", 1),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGTERM", 15),
+    ("SIGCONT", 18),
+    ("SIGWINCH", 28),
+];
+
+/// The canonical name and Linux number of a hook signal spelled `name`
+/// ("SIGHUP", "HUP", "hup" all give `("SIGHUP", 1)`).
+pub fn hook_signal(name: &str) -> Option<(&'static str, i32)> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    HOOK_SIGNALS.iter().copied().find(|(n, _)| *n == full)
+}
+
+/// How a crashed instance is restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// Wait before the first restart; doubles on each quick exit (default 100ms).
+    #[serde(rename = "initial_backoff_ms", with = "duration_ms")]
+    pub initial_backoff: Duration,
+    /// The backoff never grows beyond this (default 10s).
+    #[serde(rename = "max_backoff_ms", with = "duration_ms")]
+    pub max_backoff: Duration,
+    /// Running this long resets the backoff; exiting sooner is a quick exit (default 10s).
+    #[serde(rename = "stable_after_ms", with = "duration_ms")]
+    pub stable_after: Duration,
+    /// This many consecutive quick exits mean the instance is crash-looping (default 3).
+    pub crashloop_after: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            stable_after: Duration::from_secs(10),
+            crashloop_after: 3,
+        }
+    }
+}
+
+/// A declared connection from one app to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The app that connects.
+    pub from: String,
+    /// The app connected to.
+    pub to: String,
+    /// How many instances of `to` each instance of `from` needs.
+    pub cardinality: Cardinality,
+    /// Whether the connection uses TLS (default false).
+    pub tls: bool,
+}
+
+/// How many instances of the target app a link needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cardinality {
+    /// Exactly one (required).
+    One,
+    /// At least one (required).
+    OneOrMore,
+    /// Zero or more (not required).
+    Optional,
+}
+
+impl Cardinality {
+    /// Every cardinality.
+    pub const ALL: [Cardinality; 3] = [
+        Cardinality::One,
+        Cardinality::OneOrMore,
+        Cardinality::Optional,
+    ];
+
+    /// The spelling used in the topology file and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cardinality::One => "one",
+            Cardinality::OneOrMore => "one-or-more",
+            Cardinality::Optional => "optional",
+        }
+    }
+
+    /// The cardinality spelled `s` in the topology file.
+    pub fn from_name(s: &str) -> Option<Cardinality> {
+        Cardinality::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether a link of this cardinality that is down makes the instance degraded.
+    pub fn is_required(self) -> bool {
+        !matches!(self, Cardinality::Optional)
+    }
+}
+
+impl fmt::Display for Cardinality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

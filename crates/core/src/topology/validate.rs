@@ -1,0 +1,421 @@
+//! Second pass: checks what ties tables together (references, duplicates,
+//! ports, placeholders, timing across the cluster), on the facts the first
+//! pass gathered. Everything found is reported; nothing stops at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::diagnostic::{Sink, line_column};
+use super::duration::format_duration;
+use super::model::{HaMode, SUPPORTED_HA_MODES};
+use super::placeholder::{PLACEHOLDERS, Placeholder, Token, tokens};
+use super::walk::{
+    AppFacts, ClusterFacts, Facts, InstanceFacts, Named, Setting, Span, Src, did_you_mean,
+};
+
+/// Runs every cross-table check.
+pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink) {
+    let sites = first_definitions(text, sink, "site", "", facts.sites.iter().flatten());
+    let hosts = first_definitions(
+        text,
+        sink,
+        "host",
+        "",
+        facts.hosts.iter().filter_map(|h| h.name.as_ref()),
+    );
+    for host in &facts.hosts {
+        let unknown = host
+            .site
+            .as_ref()
+            .filter(|(site, _)| !sites.contains_key(site));
+        if let Some((site, span)) = unknown {
+            let of = host
+                .name
+                .as_ref()
+                .map_or(String::new(), |n| format!(" of host \"{}\"", n.0));
+            sink.error(
+                span,
+                format!(
+                    "unknown site \"{site}\"{of} {}",
+                    known("sites", site, sites.keys())
+                ),
+            );
+        }
+    }
+    for app in &facts.apps {
+        validate_app(text, sink, app, &hosts, &facts.cluster);
+    }
+    check_duplicate_ports(sink, facts, &hosts);
+    check_cluster_timing(sink, &facts.cluster);
+    check_links(text, sink, facts);
+}
+
+/// Rejects HA modes that parse but that tandem cannot run yet: the one place
+/// to lift them, mode by mode, through [`SUPPORTED_HA_MODES`].
+fn check_ha_mode_supported(sink: &mut Sink, app: &str, mode: HaMode, span: &Span) {
+    if !mode.is_supported() {
+        let supported: Vec<&str> = SUPPORTED_HA_MODES.iter().map(|m| m.as_str()).collect();
+        sink.error(
+            span,
+            format!(
+                "app \"{app}\": ha mode \"{mode}\" is not supported yet (supported: {})",
+                supported.join(", ")
+            ),
+        );
+    }
+}
+
+/// Reports every name defined twice; returns the first definition of each.
+fn first_definitions<'a>(
+    text: &str,
+    sink: &mut Sink,
+    kind: &str,
+    context: &str,
+    names: impl Iterator<Item = &'a Named>,
+) -> BTreeMap<String, Span> {
+    let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+    for (name, span) in names {
+        match seen.get(name) {
+            Some(first) => {
+                let (line, column) = line_column(text, first.start);
+                sink.error(span, format!("duplicate {kind} \"{name}\"{context} (first defined at line {line}, column {column})"));
+            }
+            None => {
+                seen.insert(name.clone(), span.clone());
+            }
+        }
+    }
+    seen
+}
+
+/// `(known hosts: a, b)` plus a "did you mean" hint, for unknown references.
+fn known<'a>(plural: &str, word: &str, names: impl Iterator<Item = &'a String>) -> String {
+    const SHOWN: usize = 10;
+    let all: Vec<&str> = names.map(String::as_str).collect();
+    if all.is_empty() {
+        return format!("(no {plural} are defined)");
+    }
+    let mut list = all
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if all.len() > SHOWN {
+        list.push_str(", ...");
+    }
+    format!(
+        "(known {plural}: {list}){}",
+        did_you_mean(word, all.iter().copied())
+    )
+}
+
+fn validate_app(
+    text: &str,
+    sink: &mut Sink,
+    app: &AppFacts,
+    hosts: &BTreeMap<String, Span>,
+    cluster: &ClusterFacts,
+) {
+    let name = &app.name;
+    if let Some((mode, span)) = &app.ha {
+        check_ha_mode_supported(sink, name, *mode, span);
+    }
+
+    let Some(instances) = &app.instances else {
+        return check_templates(text, sink, app, &[]);
+    };
+    match (instances.len(), &app.ha) {
+        (0, _) => sink.error(
+            &app.table,
+            format!("app \"{name}\" has no instances: add at least one [[apps.{name}.instances]]"),
+        ),
+        (n, Some((HaMode::WarmStandby, span))) if n < 2 => sink.error(
+            span,
+            format!(
+                "app \"{name}\": ha mode \"warm-standby\" needs at least two instances, found {n}"
+            ),
+        ),
+        _ => {}
+    }
+
+    first_definitions(
+        text,
+        sink,
+        "instance id",
+        &format!(" in app \"{name}\""),
+        instances.iter().filter_map(|i| i.id.as_ref()),
+    );
+    for instance in instances {
+        let unknown = instance
+            .host
+            .as_ref()
+            .filter(|(host, _)| !hosts.contains_key(host));
+        if let Some((host, span)) = unknown {
+            let of = instance
+                .id
+                .as_ref()
+                .map_or(String::new(), |i| format!(" for instance \"{}\"", i.0));
+            sink.error(
+                span,
+                format!(
+                    "unknown host \"{host}\"{of} of app \"{name}\" {}",
+                    known("hosts", host, hosts.keys())
+                ),
+            );
+        }
+    }
+
+    for (port, span) in &app.check_ports {
+        check_port_everywhere(sink, name, "check", port, span, instances);
+    }
+    if let Some(hook) = &app.hook {
+        if let Some((port, span)) = &hook.port {
+            check_port_everywhere(sink, name, "hook", port, span, instances);
+        }
+        match (hook.timeout.valid(), cluster.fence_margin.valid()) {
+            (Some(timeout), Some(fence)) if timeout >= fence => {
+                let at = match &hook.timeout.src {
+                    Src::Explicit(s) => s.clone(),
+                    _ => hook.table.clone(),
+                };
+                let default = if hook.timeout.src == Src::Default {
+                    "default "
+                } else {
+                    ""
+                };
+                sink.error(
+                    &at,
+                    format!(
+                        "hook timeout ({default}{}) of app \"{name}\" must be less than the cluster's fence_margin ({}): \
+                         self-fencing, this hook included, must finish before the lease can expire",
+                        format_duration(timeout),
+                        format_duration(fence)
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    check_templates(text, sink, app, instances);
+}
+
+/// Reports each instance that lacks the port a check or hook names.
+fn check_port_everywhere(
+    sink: &mut Sink,
+    app: &str,
+    what: &str,
+    port: &str,
+    span: &Span,
+    instances: &[InstanceFacts],
+) {
+    for instance in instances {
+        let (Some((id, _)), Some(names)) = (&instance.id, &instance.port_names) else {
+            continue;
+        };
+        if !names.iter().any(|n| n == port) {
+            let has = if names.is_empty() {
+                "it has no ports".to_string()
+            } else {
+                format!("its ports: {}", names.join(", "))
+            };
+            sink.error(span, format!("app \"{app}\": {what} port \"{port}\" is not a port of instance \"{id}\" ({has})"));
+        }
+    }
+}
+
+/// Checks the placeholders of every template of `app`.
+fn check_templates(text: &str, sink: &mut Sink, app: &AppFacts, instances: &[InstanceFacts]) {
+    let name = &app.name;
+    for template in &app.templates {
+        let at =
+            |start: usize, end: usize| inner_span(text, &template.span, &template.text, start, end);
+        for token in tokens(&template.text) {
+            match token {
+                Token::Text(_) => {}
+                Token::Unclosed { start, .. } => sink.error(
+                    &at(start, start + 1),
+                    format!(
+                        "unclosed \"{{\" in {} of app \"{name}\": close the placeholder, or write \"{{{{\" for a literal brace",
+                        template.what
+                    ),
+                ),
+                Token::Placeholder { name: inner, start, end } => match Placeholder::of(inner) {
+                    Placeholder::Unknown => sink.error(
+                        &at(start, end),
+                        format!(
+                            "unknown placeholder \"{{{inner}}}\" in {} of app \"{name}\" (expected one of: {PLACEHOLDERS}; write \"{{{{\" for a literal brace)",
+                            template.what
+                        ),
+                    ),
+                    Placeholder::Port(port) => {
+                        for instance in instances {
+                            let (Some((id, _)), Some(names)) = (&instance.id, &instance.port_names) else { continue };
+                            if !names.iter().any(|n| n == port) {
+                                sink.error(
+                                    &at(start, end),
+                                    format!(
+                                        "placeholder \"{{{inner}}}\" in {} of app \"{name}\": instance \"{id}\" has no port \"{port}\"",
+                                        template.what
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+/// The span of bytes `start..end` of a string value whose TOML form spans
+/// `span`, when the source writes it without escapes; else the whole value.
+fn inner_span(text: &str, span: &Span, value: &str, start: usize, end: usize) -> Span {
+    let Some(raw) = text.get(span.clone()) else {
+        return span.clone();
+    };
+    for quote in ["\"\"\"", "'''", "\"", "'"] {
+        let q = quote.len();
+        if raw.len() == value.len() + 2 * q
+            && raw.starts_with(quote)
+            && raw.ends_with(quote)
+            && raw.get(q..raw.len() - q) == Some(value)
+        {
+            return span.start + q + start..span.start + q + end;
+        }
+    }
+    span.clone()
+}
+
+/// Reports a port number used twice on one host, naming both owners.
+fn check_duplicate_ports(sink: &mut Sink, facts: &Facts, hosts: &BTreeMap<String, Span>) {
+    let mut owners: BTreeMap<(&str, u16), String> = BTreeMap::new();
+    let mut uses = Vec::new();
+    for app in &facts.apps {
+        for instance in app.instances.iter().flatten() {
+            let (Some((id, _)), Some((host, _))) = (&instance.id, &instance.host) else {
+                continue;
+            };
+            if !hosts.contains_key(host) {
+                continue;
+            }
+            for (port, number, span) in &instance.ports {
+                let owner = format!(
+                    "instance \"{id}\" of app \"{}\" (port \"{port}\")",
+                    app.name
+                );
+                uses.push((span.clone(), host.as_str(), *number, owner));
+            }
+        }
+    }
+    uses.sort_by_key(|u| u.0.start);
+    for (span, host, number, owner) in uses {
+        match owners.get(&(host, number)) {
+            Some(first) => sink.error(
+                &span,
+                format!(
+                    "duplicate port {number} on host \"{host}\": {first} and {owner} both use it"
+                ),
+            ),
+            None => {
+                owners.insert((host, number), owner);
+            }
+        }
+    }
+}
+
+/// The first explicit span among `settings`, else the `[cluster]` table.
+fn cluster_place(cluster: &ClusterFacts, settings: &[&Setting<Duration>]) -> Span {
+    settings
+        .iter()
+        .find_map(|s| match &s.src {
+            Src::Explicit(span) => Some(span.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| cluster.table.clone())
+}
+
+/// `renew_interval + fence_margin < lease_ttl`, and each alone too.
+fn check_cluster_timing(sink: &mut Sink, c: &ClusterFacts) {
+    let (Some(ttl), Some(renew), Some(fence)) = (
+        c.lease_ttl.valid(),
+        c.renew_interval.valid(),
+        c.fence_margin.valid(),
+    ) else {
+        return;
+    };
+    let f = format_duration;
+    let mut ok = true;
+    if renew >= ttl {
+        ok = false;
+        sink.error(
+            &cluster_place(c, &[&c.renew_interval, &c.lease_ttl]),
+            format!(
+                "renew_interval ({}) must be less than lease_ttl ({}) in [cluster]",
+                f(renew),
+                f(ttl)
+            ),
+        );
+    }
+    if fence >= ttl {
+        ok = false;
+        sink.error(
+            &cluster_place(c, &[&c.fence_margin, &c.lease_ttl]),
+            format!(
+                "fence_margin ({}) must be less than lease_ttl ({}) in [cluster]: a primary that cannot renew its lease \
+                 must demote itself before the lease can expire",
+                f(fence),
+                f(ttl)
+            ),
+        );
+    }
+    if ok && renew + fence >= ttl {
+        sink.error(
+            &cluster_place(c, &[&c.fence_margin, &c.renew_interval, &c.lease_ttl]),
+            format!(
+                "renew_interval ({}) + fence_margin ({}) must be less than lease_ttl ({}) in [cluster]: \
+                 the agent must get at least one renew attempt before it fences itself",
+                f(renew),
+                f(fence),
+                f(ttl)
+            ),
+        );
+    }
+}
+
+fn check_links(text: &str, sink: &mut Sink, facts: &Facts) {
+    let apps: BTreeSet<String> = facts.apps.iter().map(|a| a.name.clone()).collect();
+    let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for link in &facts.links {
+        for (dir, end) in [("from", &link.from), ("to", &link.to)] {
+            if let Some((app, span)) = end.as_ref().filter(|(app, _)| !apps.contains(app)) {
+                sink.error(
+                    span,
+                    format!(
+                        "link {dir} unknown app \"{app}\" {}",
+                        known("apps", app, apps.iter())
+                    ),
+                );
+            }
+        }
+        let (Some((from, from_span)), Some((to, _))) = (&link.from, &link.to) else {
+            continue;
+        };
+        if from == to {
+            sink.error(from_span, format!("link from app \"{from}\" to itself"));
+        }
+        match seen.get(&(from.as_str(), to.as_str())) {
+            Some(first) => {
+                let (line, column) = line_column(text, *first);
+                sink.error(
+                    &link.table,
+                    format!("duplicate link from \"{from}\" to \"{to}\" (first declared at line {line}, column {column})"),
+                );
+            }
+            None => {
+                seen.insert((from, to), link.table.start);
+            }
+        }
+    }
+}

@@ -1,0 +1,1293 @@
+//! First pass: walks the spanned TOML tree, builds the model and reports
+//! every problem that one table shows on its own (unknown keys, wrong types,
+//! missing keys, bad values). It also gathers, with their spans, the facts
+//! the second pass ([`super::validate`]) needs to check references between
+//! tables.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+use super::diagnostic::Sink;
+use super::duration::{format_duration, parse_duration};
+use super::model::{
+    App, Cardinality, Check, CheckKind, Cluster, HaMode, Hook, Host, Instance, Link, RestartPolicy,
+    Site, Topology, hook_signal,
+};
+
+/// A byte range in the topology text.
+pub(crate) type Span = Range<usize>;
+type Val<'i> = Spanned<DeValue<'i>>;
+type Key<'i> = Spanned<DeString<'i>>;
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// Not written: the default applies.
+    Default,
+    /// Written here, and valid.
+    Explicit(Span),
+    /// Written, but invalid (already reported).
+    Invalid,
+}
+
+/// A setting's value (or its default) and where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Setting<T> {
+    pub value: T,
+    pub src: Src,
+}
+
+impl<T: Copy> Setting<T> {
+    /// The value, unless it was invalid.
+    pub(crate) fn valid(&self) -> Option<T> {
+        (self.src != Src::Invalid).then_some(self.value)
+    }
+}
+
+/// A name or reference and where it was written.
+pub(crate) type Named = (String, Span);
+
+/// What the second pass needs to know about the file, with spans.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    pub cluster: ClusterFacts,
+    pub sites: Vec<Option<Named>>,
+    pub hosts: Vec<HostFacts>,
+    pub apps: Vec<AppFacts>,
+    pub links: Vec<LinkFacts>,
+}
+
+/// Cluster timing and where each value came from.
+#[derive(Debug)]
+pub(crate) struct ClusterFacts {
+    /// The `[cluster]` table, or the start of the file if there is none.
+    pub table: Span,
+    pub lease_ttl: Setting<Duration>,
+    pub renew_interval: Setting<Duration>,
+    pub fence_margin: Setting<Duration>,
+}
+
+impl Default for ClusterFacts {
+    fn default() -> Self {
+        let c = Cluster::default();
+        let default = |value| Setting {
+            value,
+            src: Src::Default,
+        };
+        ClusterFacts {
+            table: 0..0,
+            lease_ttl: default(c.lease_ttl),
+            renew_interval: default(c.renew_interval),
+            fence_margin: default(c.fence_margin),
+        }
+    }
+}
+
+/// A host's name, site reference and address.
+#[derive(Debug)]
+pub(crate) struct HostFacts {
+    pub name: Option<Named>,
+    pub site: Option<Named>,
+}
+
+/// An app, its instances and everything in it that refers to them.
+#[derive(Debug)]
+pub(crate) struct AppFacts {
+    pub name: String,
+    /// The app's table (its `[apps.NAME]` header, or its key).
+    pub table: Span,
+    pub ha: Option<(HaMode, Span)>,
+    /// Every string that may hold placeholders.
+    pub templates: Vec<Template>,
+    /// The `port` of each check that has one.
+    pub check_ports: Vec<Named>,
+    pub hook: Option<HookFacts>,
+    /// None if `instances` was not an array of tables.
+    pub instances: Option<Vec<InstanceFacts>>,
+}
+
+/// A string that may hold placeholders.
+#[derive(Debug)]
+pub(crate) struct Template {
+    pub text: String,
+    /// The TOML string's span, quotes included.
+    pub span: Span,
+    /// Where it is, for messages: e.g. `command`, `env LOG`, `check command`.
+    pub what: String,
+}
+
+/// A hook's port reference and timeout.
+#[derive(Debug)]
+pub(crate) struct HookFacts {
+    pub table: Span,
+    pub port: Option<Named>,
+    pub timeout: Setting<Duration>,
+}
+
+/// An instance's id, host and ports.
+#[derive(Debug)]
+pub(crate) struct InstanceFacts {
+    pub id: Option<Named>,
+    pub host: Option<Named>,
+    /// Valid ports: name, number, span of the number.
+    pub ports: Vec<(String, u16, Span)>,
+    /// Every port name written, valid or not; None if `ports` was not a table.
+    pub port_names: Option<Vec<String>>,
+}
+
+/// A link's endpoints.
+#[derive(Debug)]
+pub(crate) struct LinkFacts {
+    pub table: Span,
+    pub from: Option<Named>,
+    pub to: Option<Named>,
+}
+
+/// The result of reading one key.
+enum Got<T> {
+    /// The key is not there.
+    Absent,
+    /// The key is there but its value is wrong (reported).
+    Bad,
+    /// The key's value, and the value's span.
+    Ok(T, Span),
+}
+
+impl<T> Got<T> {
+    fn ok(self) -> Option<(T, Span)> {
+        match self {
+            Got::Ok(v, s) => Some((v, s)),
+            _ => None,
+        }
+    }
+
+    fn or_default(self, default: T) -> Setting<T> {
+        match self {
+            Got::Absent => Setting {
+                value: default,
+                src: Src::Default,
+            },
+            Got::Bad => Setting {
+                value: default,
+                src: Src::Invalid,
+            },
+            Got::Ok(value, span) => Setting {
+                value,
+                src: Src::Explicit(span),
+            },
+        }
+    }
+}
+
+/// What a TOML value is, for "found ..." in messages.
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// Whether `s` is a valid name of a site, host, app, instance or port:
+/// `[a-z0-9][a-z0-9_-]{0,62}` (names end up in store keys and URLs).
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && ok(&b[0])
+        && b[1..].iter().all(|c| ok(c) || *c == b'-' || *c == b'_')
+}
+
+/// The rule of [`is_valid_name`], for messages.
+const NAME_RULE: &str =
+    "use 1 to 63 characters from a-z, 0-9, \"-\" and \"_\", starting with a letter or digit";
+
+/// Reports `name` if it is not a valid name of a `kind`.
+fn check_name(sink: &mut Sink, kind: &str, name: &str, span: &Span) {
+    if !is_valid_name(name) {
+        sink.error(span, format!("invalid {kind} name \"{name}\": {NAME_RULE}"));
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// ` (did you mean "x"?)` if one of `candidates` is close to `word`.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let best = candidates
+        .into_iter()
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, c)| {
+            let close = *d <= 2.max(c.len() / 3) && *d < c.len().max(word.len());
+            let prefix = word.len() >= 3 && (c.starts_with(word) || word.starts_with(c));
+            close || prefix
+        })
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, c)) => format!(" (did you mean \"{c}\"?)"),
+        None => String::new(),
+    }
+}
+
+/// The entries of a table in file order (the tree keeps them sorted by key).
+fn entries<'a, 'i>(t: &'a DeTable<'i>) -> Vec<(&'a Key<'i>, &'a Val<'i>)> {
+    let mut v: Vec<_> = t.iter().collect();
+    v.sort_by_key(|(k, _)| k.span().start);
+    v
+}
+
+/// A table being read, with what it is (for messages).
+struct Tab<'a, 'i> {
+    t: &'a DeTable<'i>,
+    span: Span,
+    what: String,
+}
+
+impl<'a, 'i> Tab<'a, 'i> {
+    /// `v` as a table, or a report that it is not one.
+    fn of(sink: &mut Sink, v: &'a Val<'i>, what: impl Into<String>) -> Option<Self> {
+        let what = what.into();
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Tab {
+                t,
+                span: v.span(),
+                what,
+            }),
+            other => {
+                sink.error(
+                    &v.span(),
+                    format!("expected a table for {what}, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Val<'i>> {
+        self.t.get(key)
+    }
+
+    /// Reports every key not in `allowed`.
+    fn check_keys(&self, sink: &mut Sink, allowed: &[&str]) {
+        for (k, _) in entries(self.t) {
+            let key: &str = k.get_ref();
+            if !allowed.contains(&key) {
+                sink.error(
+                    &k.span(),
+                    format!(
+                        "unknown key \"{key}\" in {} (expected one of: {}){}",
+                        self.what,
+                        allowed.join(", "),
+                        did_you_mean(key, allowed.iter().copied())
+                    ),
+                );
+            }
+        }
+    }
+
+    fn missing(&self, sink: &mut Sink, key: &str) {
+        sink.error(
+            &self.span,
+            format!("missing key \"{key}\" in {}", self.what),
+        );
+    }
+
+    fn wrong_type(&self, sink: &mut Sink, key: &str, expected: &str, v: &Val<'i>) {
+        sink.error(
+            &v.span(),
+            format!(
+                "expected {expected} for \"{key}\" in {}, found {}",
+                self.what,
+                type_name(v.get_ref())
+            ),
+        );
+    }
+
+    /// Reports `key` (if present) as not applying here.
+    fn not_here(&self, sink: &mut Sink, key: &str, why: &str) {
+        if let Some((k, _)) = self.t.get_key_value(key) {
+            sink.error(&k.span(), format!("key \"{key}\" does not apply to {why}"));
+        }
+    }
+
+    fn string(&self, sink: &mut Sink, key: &str) -> Got<&'a str> {
+        match self.get(key) {
+            None => Got::Absent,
+            Some(v) => match v.get_ref() {
+                DeValue::String(s) => Got::Ok(s.as_ref(), v.span()),
+                _ => {
+                    self.wrong_type(sink, key, "a string", v);
+                    Got::Bad
+                }
+            },
+        }
+    }
+
+    fn required_string(&self, sink: &mut Sink, key: &str) -> Option<(&'a str, Span)> {
+        match self.string(sink, key) {
+            Got::Absent => {
+                self.missing(sink, key);
+                None
+            }
+            g => g.ok(),
+        }
+    }
+
+    /// A required name, checked against the name rule; kept even if it breaks it,
+    /// so that references to it do not report again.
+    fn name(&self, sink: &mut Sink, key: &str, kind: &str) -> Option<Named> {
+        let (name, span) = self.required_string(sink, key)?;
+        check_name(sink, kind, name, &span);
+        Some((name.to_string(), span))
+    }
+
+    fn integer(&self, sink: &mut Sink, key: &str) -> Got<i64> {
+        match self.get(key) {
+            None => Got::Absent,
+            Some(v) => match v.get_ref() {
+                DeValue::Integer(int) => match i64::from_str_radix(int.as_str(), int.radix()) {
+                    Ok(n) => Got::Ok(n, v.span()),
+                    Err(_) => {
+                        sink.error(
+                            &v.span(),
+                            format!(
+                                "integer {int} for \"{key}\" in {} is out of range",
+                                self.what
+                            ),
+                        );
+                        Got::Bad
+                    }
+                },
+                _ => {
+                    self.wrong_type(sink, key, "an integer", v);
+                    Got::Bad
+                }
+            },
+        }
+    }
+
+    /// An integer of at least 1 that fits a `u32`.
+    fn count(&self, sink: &mut Sink, key: &str) -> Got<u32> {
+        match self.integer(sink, key) {
+            Got::Ok(n, span) => match u32::try_from(n) {
+                Ok(n) if n >= 1 => Got::Ok(n, span),
+                _ => {
+                    sink.error(
+                        &span,
+                        format!("\"{key}\" in {} must be at least 1, found {n}", self.what),
+                    );
+                    Got::Bad
+                }
+            },
+            Got::Absent => Got::Absent,
+            Got::Bad => Got::Bad,
+        }
+    }
+
+    fn boolean(&self, sink: &mut Sink, key: &str) -> Got<bool> {
+        match self.get(key) {
+            None => Got::Absent,
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(b) => Got::Ok(*b, v.span()),
+                _ => {
+                    self.wrong_type(sink, key, "a boolean", v);
+                    Got::Bad
+                }
+            },
+        }
+    }
+
+    fn duration(&self, sink: &mut Sink, key: &str) -> Got<Duration> {
+        match self.get(key) {
+            None => Got::Absent,
+            Some(v) => match v.get_ref() {
+                DeValue::String(s) => match parse_duration(s) {
+                    Ok(d) => Got::Ok(d, v.span()),
+                    Err(e) => {
+                        sink.error(&v.span(), format!("{e} for \"{key}\" in {}", self.what));
+                        Got::Bad
+                    }
+                },
+                _ => {
+                    self.wrong_type(
+                        sink,
+                        key,
+                        "a duration string such as \"500ms\", \"2s\" or \"1m\"",
+                        v,
+                    );
+                    Got::Bad
+                }
+            },
+        }
+    }
+
+    /// A command: a non-empty array of strings whose first one (the program)
+    /// is not empty. Each string is recorded as a template.
+    fn command(
+        &self,
+        sink: &mut Sink,
+        key: &str,
+        what: &str,
+        templates: &mut Vec<Template>,
+    ) -> Got<Vec<String>> {
+        let Some(v) = self.get(key) else {
+            return Got::Absent;
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(
+                sink,
+                key,
+                "an array of strings (e.g. [\"program\", \"arg\"])",
+                v,
+            );
+            return Got::Bad;
+        };
+        if items.is_empty() {
+            sink.error(
+                &v.span(),
+                format!(
+                    "empty {what} in {}: give the program and its arguments",
+                    self.what
+                ),
+            );
+            return Got::Bad;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => {
+                    if i == 0 && s.is_empty() {
+                        sink.error(
+                            &item.span(),
+                            format!("empty program in {what} of {}", self.what),
+                        );
+                        ok = false;
+                    }
+                    templates.push(Template {
+                        text: s.to_string(),
+                        span: item.span(),
+                        what: what.to_string(),
+                    });
+                    out.push(s.to_string());
+                }
+                other => {
+                    sink.error(
+                        &item.span(),
+                        format!(
+                            "expected a string in {what} of {}, found {}",
+                            self.what,
+                            type_name(other)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if ok { Got::Ok(out, v.span()) } else { Got::Bad }
+    }
+
+    /// The tables of the array of tables `key`; each one is `what`.
+    /// Empty if absent; None if `key` is not an array of tables.
+    fn tables(
+        &self,
+        sink: &mut Sink,
+        key: &str,
+        what: &str,
+        header: &str,
+    ) -> Option<Vec<Tab<'a, 'i>>> {
+        let Some(v) = self.get(key) else {
+            return Some(Vec::new());
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(
+                sink,
+                key,
+                &format!("an array of tables (write [[{header}]])"),
+                v,
+            );
+            return None;
+        };
+        Some(
+            items
+                .iter()
+                .filter_map(|item| Tab::of(sink, item, what))
+                .collect(),
+        )
+    }
+
+    /// The table `key`, if present and a table.
+    fn table(&self, sink: &mut Sink, key: &str, what: impl Into<String>) -> Option<Tab<'a, 'i>> {
+        self.get(key).and_then(|v| Tab::of(sink, v, what))
+    }
+}
+
+/// Walks the whole document.
+pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology, Facts) {
+    let root = Tab {
+        t: root,
+        span: 0..0,
+        what: "the top level".to_string(),
+    };
+    root.check_keys(sink, &["cluster", "sites", "hosts", "apps", "links"]);
+    let mut facts = Facts::default();
+
+    let (name, cluster) = walk_cluster(&root, file, sink, &mut facts.cluster);
+
+    let mut sites = Vec::new();
+    for tab in root
+        .tables(sink, "sites", "site", "sites")
+        .unwrap_or_default()
+    {
+        tab.check_keys(sink, &["name"]);
+        let name = tab.name(sink, "name", "site");
+        sites.push(Site {
+            name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+        });
+        facts.sites.push(name);
+    }
+
+    let mut hosts = Vec::new();
+    for tab in root
+        .tables(sink, "hosts", "host", "hosts")
+        .unwrap_or_default()
+    {
+        let (host, f) = walk_host(&tab, sink);
+        hosts.push(host);
+        facts.hosts.push(f);
+    }
+
+    let mut apps = Vec::new();
+    if let Some(apps_tab) = root.table(sink, "apps", "\"apps\" (one [apps.NAME] table per app)") {
+        for (key, value) in entries(apps_tab.t) {
+            let name: &str = key.get_ref();
+            check_name(sink, "app", name, &key.span());
+            let Some(tab) = Tab::of(sink, value, format!("app \"{name}\"")) else {
+                continue;
+            };
+            let (app, f) = walk_app(name, &tab, sink);
+            apps.push(app);
+            facts.apps.push(f);
+        }
+    }
+
+    let mut links = Vec::new();
+    for tab in root
+        .tables(sink, "links", "link", "links")
+        .unwrap_or_default()
+    {
+        let (link, f) = walk_link(&tab, sink);
+        links.extend(link);
+        facts.links.push(f);
+    }
+
+    (
+        Topology {
+            name,
+            cluster,
+            sites,
+            hosts,
+            apps,
+            links,
+        },
+        facts,
+    )
+}
+
+fn walk_cluster(
+    root: &Tab<'_, '_>,
+    file: &str,
+    sink: &mut Sink,
+    facts: &mut ClusterFacts,
+) -> (String, Cluster) {
+    let default_name = || {
+        Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "tandem".to_string())
+    };
+    let Some(tab) = root.table(sink, "cluster", "\"cluster\"") else {
+        return (default_name(), Cluster::default());
+    };
+    let tab = Tab {
+        what: "[cluster]".to_string(),
+        ..tab
+    };
+    tab.check_keys(
+        sink,
+        &["name", "lease_ttl", "renew_interval", "fence_margin"],
+    );
+    let name = match tab.string(sink, "name") {
+        Got::Ok(name, span) => {
+            check_name(sink, "cluster", name, &span);
+            name.to_string()
+        }
+        _ => default_name(),
+    };
+    let d = Cluster::default();
+    facts.table = tab.span.clone();
+    facts.lease_ttl = tab.duration(sink, "lease_ttl").or_default(d.lease_ttl);
+    facts.renew_interval = tab
+        .duration(sink, "renew_interval")
+        .or_default(d.renew_interval);
+    facts.fence_margin = tab
+        .duration(sink, "fence_margin")
+        .or_default(d.fence_margin);
+    let cluster = Cluster {
+        lease_ttl: facts.lease_ttl.value,
+        renew_interval: facts.renew_interval.value,
+        fence_margin: facts.fence_margin.value,
+    };
+    (name, cluster)
+}
+
+fn walk_host(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Host, HostFacts) {
+    tab.check_keys(sink, &["name", "site", "address"]);
+    let name = tab.name(sink, "name", "host");
+    let site = tab
+        .required_string(sink, "site")
+        .map(|(s, span)| (s.to_string(), span));
+    let address = match tab.required_string(sink, "address") {
+        Some((a, span)) => match a.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let host = name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" of host \"{}\"", n.0));
+                sink.error(
+                    &span,
+                    format!("invalid address \"{a}\"{host}: expected an IP address such as \"127.0.0.1\" or \"::1\""),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let host = Host {
+        name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+        site: site.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+        address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+    };
+    (host, HostFacts { name, site })
+}
+
+fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
+    const KEYS: &[&str] = &[
+        "ha",
+        "command",
+        "env",
+        "workdir",
+        "stop_timeout",
+        "restart",
+        "checks",
+        "hook",
+        "instances",
+    ];
+    tab.check_keys(sink, KEYS);
+    let mut templates = Vec::new();
+
+    let ha = match tab.string(sink, "ha") {
+        Got::Absent => {
+            sink.error(
+                &tab.span,
+                format!(
+                    "missing key \"ha\" in {} (one of: {})",
+                    tab.what,
+                    ha_mode_list()
+                ),
+            );
+            None
+        }
+        Got::Bad => None,
+        Got::Ok(mode, span) => match HaMode::from_name(mode) {
+            Some(m) => Some((m, span)),
+            None => {
+                sink.error(
+                    &span,
+                    format!(
+                        "unknown ha mode \"{mode}\" in {} (expected one of: {}){}",
+                        tab.what,
+                        ha_mode_list(),
+                        did_you_mean(mode, HaMode::ALL.iter().map(|m| m.as_str()))
+                    ),
+                );
+                None
+            }
+        },
+    };
+
+    let command = match tab.command(sink, "command", "command", &mut templates) {
+        Got::Absent => {
+            tab.missing(sink, "command");
+            Vec::new()
+        }
+        g => g.ok().map(|c| c.0).unwrap_or_default(),
+    };
+
+    let mut env = BTreeMap::new();
+    if let Some(env_tab) = tab.table(sink, "env", format!("\"env\" of {}", tab.what)) {
+        for (k, v) in entries(env_tab.t) {
+            let var: &str = k.get_ref();
+            let valid_var = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_var {
+                sink.error(
+                    &k.span(),
+                    format!("invalid environment variable name \"{var}\" in {}: use A-Z, a-z, 0-9 and \"_\", not starting with a digit", tab.what),
+                );
+            }
+            match v.get_ref() {
+                DeValue::String(s) => {
+                    templates.push(Template {
+                        text: s.to_string(),
+                        span: v.span(),
+                        what: format!("env {var}"),
+                    });
+                    env.insert(var.to_string(), s.to_string());
+                }
+                other => sink.error(
+                    &v.span(),
+                    format!(
+                        "expected a string for env \"{var}\" in {}, found {}",
+                        tab.what,
+                        type_name(other)
+                    ),
+                ),
+            }
+        }
+    }
+
+    let workdir = match tab.string(sink, "workdir") {
+        Got::Ok("", span) => {
+            sink.error(
+                &span,
+                format!(
+                    "empty workdir in {}: leave it out to use the agent's",
+                    tab.what
+                ),
+            );
+            None
+        }
+        g => g.ok().map(|(w, _)| w.to_string()),
+    };
+
+    let stop_timeout = tab
+        .duration(sink, "stop_timeout")
+        .or_default(App::DEFAULT_STOP_TIMEOUT)
+        .value;
+
+    let restart = match tab.table(sink, "restart", format!("restart policy of {}", tab.what)) {
+        Some(r) => walk_restart(&r, sink),
+        None => RestartPolicy::default(),
+    };
+
+    let mut checks = Vec::new();
+    let mut check_ports = Vec::new();
+    let header = format!("apps.{name}.checks");
+    for c in tab
+        .tables(sink, "checks", &format!("check of {}", tab.what), &header)
+        .unwrap_or_default()
+    {
+        let (check, port) = walk_check(&c, sink, &mut templates);
+        checks.extend(check);
+        check_ports.extend(port);
+    }
+
+    let (hook, hook_facts) = match tab.table(sink, "hook", format!("hook of {}", tab.what)) {
+        Some(h) => {
+            let (hook, f) = walk_hook(&h, sink, &mut templates);
+            (hook, Some(f))
+        }
+        None => (None, None),
+    };
+
+    let header = format!("apps.{name}.instances");
+    let instance_tabs = tab.tables(
+        sink,
+        "instances",
+        &format!("instance of {}", tab.what),
+        &header,
+    );
+    let mut instances = Vec::new();
+    let instance_facts = instance_tabs.map(|tabs| {
+        tabs.iter()
+            .map(|t| {
+                let (instance, f) = walk_instance(t, sink);
+                instances.push(instance);
+                f
+            })
+            .collect()
+    });
+
+    let app = App {
+        name: name.to_string(),
+        ha: ha.as_ref().map_or(HaMode::None, |h| h.0),
+        command,
+        env,
+        workdir,
+        checks,
+        hook,
+        restart,
+        stop_timeout,
+        instances,
+    };
+    let facts = AppFacts {
+        name: name.to_string(),
+        table: tab.span.clone(),
+        ha,
+        templates,
+        check_ports,
+        hook: hook_facts,
+        instances: instance_facts,
+    };
+    (app, facts)
+}
+
+/// The HA modes, for messages.
+fn ha_mode_list() -> String {
+    HaMode::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn walk_restart(tab: &Tab<'_, '_>, sink: &mut Sink) -> RestartPolicy {
+    tab.check_keys(
+        sink,
+        &[
+            "initial_backoff",
+            "max_backoff",
+            "stable_after",
+            "crashloop_after",
+        ],
+    );
+    let d = RestartPolicy::default();
+    let initial = tab
+        .duration(sink, "initial_backoff")
+        .or_default(d.initial_backoff);
+    let max = tab.duration(sink, "max_backoff").or_default(d.max_backoff);
+    let stable_after = tab
+        .duration(sink, "stable_after")
+        .or_default(d.stable_after)
+        .value;
+    let crashloop_after = tab
+        .count(sink, "crashloop_after")
+        .or_default(d.crashloop_after)
+        .value;
+    match (initial.valid(), max.valid()) {
+        (Some(i), Some(m)) if i > m => {
+            let at = match (&initial.src, &max.src) {
+                (_, Src::Explicit(s)) | (Src::Explicit(s), _) => s.clone(),
+                _ => tab.span.clone(),
+            };
+            sink.error(
+                &at,
+                format!(
+                    "initial_backoff ({}) must not exceed max_backoff ({}) in {}",
+                    format_duration(i),
+                    format_duration(m),
+                    tab.what
+                ),
+            );
+        }
+        _ => {}
+    }
+    RestartPolicy {
+        initial_backoff: initial.value,
+        max_backoff: max.value,
+        stable_after,
+        crashloop_after,
+    }
+}
+
+/// The keys each kind of check takes, besides `kind` and the timing keys.
+const CHECK_KINDS: &[(&str, &[&str])] = &[
+    ("tcp", &["port"]),
+    ("http", &["port", "path"]),
+    ("exec", &["command"]),
+];
+
+fn walk_check(
+    tab: &Tab<'_, '_>,
+    sink: &mut Sink,
+    templates: &mut Vec<Template>,
+) -> (Option<Check>, Option<Named>) {
+    const KEYS: &[&str] = &[
+        "kind",
+        "port",
+        "path",
+        "command",
+        "interval",
+        "timeout",
+        "failures_before_unhealthy",
+        "successes_before_healthy",
+    ];
+    tab.check_keys(sink, KEYS);
+    let kind_names = || CHECK_KINDS.iter().map(|k| k.0).collect::<Vec<_>>();
+    let kind = match tab.required_string(sink, "kind") {
+        Some((k, span)) => match CHECK_KINDS.iter().find(|c| c.0 == k) {
+            Some(c) => Some(*c),
+            None => {
+                sink.error(
+                    &span,
+                    format!(
+                        "unknown check kind \"{k}\" in {} (expected one of: {}){}",
+                        tab.what,
+                        kind_names().join(", "),
+                        did_you_mean(k, kind_names())
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let mut port = None;
+    let check_kind = kind.and_then(|(kind, keys)| {
+        for other in ["port", "path", "command"] {
+            if !keys.contains(&other) {
+                tab.not_here(
+                    sink,
+                    other,
+                    &format!("a {kind} check (its keys: {})", keys.join(", ")),
+                );
+            }
+        }
+        match kind {
+            "tcp" | "http" => {
+                port = tab
+                    .required_string(sink, "port")
+                    .map(|(p, s)| (p.to_string(), s));
+                let path = match if kind == "http" {
+                    tab.string(sink, "path")
+                } else {
+                    Got::Bad
+                } {
+                    Got::Absent => Some("/".to_string()),
+                    Got::Bad => None,
+                    Got::Ok(p, span) if !p.starts_with('/') => {
+                        sink.error(
+                            &span,
+                            format!("path \"{p}\" in {} must start with \"/\"", tab.what),
+                        );
+                        None
+                    }
+                    Got::Ok(p, _) => Some(p.to_string()),
+                };
+                let port = port.clone()?.0;
+                if kind == "tcp" {
+                    Some(CheckKind::Tcp { port })
+                } else {
+                    Some(CheckKind::Http { port, path: path? })
+                }
+            }
+            _ => match tab.command(sink, "command", "check command", templates) {
+                Got::Absent => {
+                    tab.missing(sink, "command");
+                    None
+                }
+                g => g.ok().map(|(command, _)| CheckKind::Exec { command }),
+            },
+        }
+    });
+
+    let interval = tab
+        .duration(sink, "interval")
+        .or_default(Check::DEFAULT_INTERVAL);
+    let timeout = tab
+        .duration(sink, "timeout")
+        .or_default(Check::DEFAULT_TIMEOUT);
+    match (interval.valid(), timeout.valid()) {
+        (Some(i), Some(t)) if t >= i => {
+            let at = match (&timeout.src, &interval.src) {
+                (Src::Explicit(s), _) | (_, Src::Explicit(s)) => s.clone(),
+                _ => tab.span.clone(),
+            };
+            sink.error(
+                &at,
+                format!(
+                    "check timeout ({}) must be less than its interval ({}) in {}",
+                    format_duration(t),
+                    format_duration(i),
+                    tab.what
+                ),
+            );
+        }
+        _ => {}
+    }
+    let failures = tab
+        .count(sink, "failures_before_unhealthy")
+        .or_default(Check::DEFAULT_FAILURES_BEFORE_UNHEALTHY);
+    let successes = tab
+        .count(sink, "successes_before_healthy")
+        .or_default(Check::DEFAULT_SUCCESSES_BEFORE_HEALTHY);
+    let check = check_kind.map(|kind| Check {
+        kind,
+        interval: interval.value,
+        timeout: timeout.value,
+        failures_before_unhealthy: failures.value,
+        successes_before_healthy: successes.value,
+    });
+    (check, port)
+}
+
+/// The keys each kind of hook takes, besides `kind` and `timeout`.
+const HOOK_KINDS: &[(&str, &[&str])] = &[
+    ("http", &["port", "path"]),
+    ("command", &["command"]),
+    ("signal", &["signal"]),
+];
+
+fn walk_hook(
+    tab: &Tab<'_, '_>,
+    sink: &mut Sink,
+    templates: &mut Vec<Template>,
+) -> (Option<Hook>, HookFacts) {
+    tab.check_keys(
+        sink,
+        &["kind", "port", "path", "command", "signal", "timeout"],
+    );
+    let kind_names = || HOOK_KINDS.iter().map(|k| k.0).collect::<Vec<_>>();
+    let kind = match tab.required_string(sink, "kind") {
+        Some((k, span)) => match HOOK_KINDS.iter().find(|c| c.0 == k) {
+            Some(c) => Some(*c),
+            None => {
+                sink.error(
+                    &span,
+                    format!(
+                        "unknown hook kind \"{k}\" in {} (expected one of: {}){}",
+                        tab.what,
+                        kind_names().join(", "),
+                        did_you_mean(k, kind_names())
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let timeout = tab
+        .duration(sink, "timeout")
+        .or_default(Hook::DEFAULT_TIMEOUT);
+    let mut port = None;
+    let hook = kind.and_then(|(kind, keys)| {
+        for other in ["port", "path", "command", "signal"] {
+            if !keys.contains(&other) {
+                tab.not_here(sink, other, &format!("a {kind} hook (its keys: {})", keys.join(", ")));
+            }
+        }
+        match kind {
+            "http" => {
+                port = tab.required_string(sink, "port").map(|(p, s)| (p.to_string(), s));
+                let path = match tab.required_string(sink, "path") {
+                    Some((p, span)) if !p.starts_with('/') => {
+                        sink.error(&span, format!("path \"{p}\" in {} must start with \"/\"", tab.what));
+                        None
+                    }
+                    other => other.map(|(p, _)| p.to_string()),
+                };
+                Some(Hook::Http { port: port.clone()?.0, path: path?, timeout: timeout.value })
+            }
+            "command" => match tab.command(sink, "command", "hook command", templates) {
+                Got::Absent => {
+                    tab.missing(sink, "command");
+                    None
+                }
+                g => g.ok().map(|(command, _)| Hook::Command { command, timeout: timeout.value }),
+            },
+            _ => {
+                let (name, span) = tab.required_string(sink, "signal")?;
+                match hook_signal(name) {
+                    Some((signal, number)) => {
+                        Some(Hook::Signal { signal: signal.to_string(), number, timeout: timeout.value })
+                    }
+                    None => {
+                        let names: Vec<&str> = super::model::HOOK_SIGNALS.iter().map(|s| s.0).collect();
+                        sink.error(
+                            &span,
+                            format!(
+                                "unknown signal \"{name}\" in {} (expected one of: {}, with or without the SIG prefix)",
+                                tab.what,
+                                names.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    });
+    (
+        hook,
+        HookFacts {
+            table: tab.span.clone(),
+            port,
+            timeout,
+        },
+    )
+}
+
+fn walk_instance(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Instance, InstanceFacts) {
+    tab.check_keys(sink, &["id", "host", "priority", "ports"]);
+    let id = tab.name(sink, "id", "instance");
+    let host = tab
+        .required_string(sink, "host")
+        .map(|(h, s)| (h.to_string(), s));
+    let priority = tab.integer(sink, "priority").or_default(0).value;
+    let mut ports = BTreeMap::new();
+    let mut port_facts = Vec::new();
+    let port_names = match tab.get("ports") {
+        None => Some(Vec::new()),
+        Some(v) => {
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    let mut names = Vec::new();
+                    for (k, pv) in entries(t) {
+                        let pname: &str = k.get_ref();
+                        check_name(sink, "port", pname, &k.span());
+                        names.push(pname.to_string());
+                        let number = match pv.get_ref() {
+                            DeValue::Integer(int) => {
+                                i64::from_str_radix(int.as_str(), int.radix()).ok()
+                            }
+                            other => {
+                                sink.error(
+                                &pv.span(),
+                                format!("expected a port number for port \"{pname}\" in {}, found {}", tab.what, type_name(other)),
+                            );
+                                continue;
+                            }
+                        };
+                        match number
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|n| *n != 0)
+                        {
+                            Some(n) => {
+                                ports.insert(pname.to_string(), n);
+                                port_facts.push((pname.to_string(), n, pv.span()));
+                            }
+                            None => sink.error(
+                                &pv.span(),
+                                format!(
+                                    "port \"{pname}\" in {} must be between 1 and 65535",
+                                    tab.what
+                                ),
+                            ),
+                        }
+                    }
+                    Some(names)
+                }
+                other => {
+                    sink.error(
+                    &v.span(),
+                    format!(
+                        "expected a table of named ports for \"ports\" in {} (e.g. ports = {{ http = 8080 }}), found {}",
+                        tab.what,
+                        type_name(other)
+                    ),
+                );
+                    None
+                }
+            }
+        }
+    };
+    let instance = Instance {
+        id: id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+        host: host.as_ref().map(|h| h.0.clone()).unwrap_or_default(),
+        priority,
+        ports,
+    };
+    (
+        instance,
+        InstanceFacts {
+            id,
+            host,
+            ports: port_facts,
+            port_names,
+        },
+    )
+}
+
+fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
+    tab.check_keys(sink, &["from", "to", "cardinality", "tls"]);
+    let from = tab
+        .required_string(sink, "from")
+        .map(|(s, span)| (s.to_string(), span));
+    let to = tab
+        .required_string(sink, "to")
+        .map(|(s, span)| (s.to_string(), span));
+    let names = || {
+        Cardinality::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+    };
+    let cardinality = tab
+        .required_string(sink, "cardinality")
+        .and_then(|(c, span)| {
+            let found = Cardinality::from_name(c);
+            if found.is_none() {
+                sink.error(
+                    &span,
+                    format!(
+                        "unknown cardinality \"{c}\" in {} (expected one of: {}){}",
+                        tab.what,
+                        names().join(", "),
+                        did_you_mean(c, names())
+                    ),
+                );
+            }
+            found
+        });
+    let tls = tab.boolean(sink, "tls").or_default(false).value;
+    let link = match (&from, &to, cardinality) {
+        (Some(f), Some(t), Some(cardinality)) => Some(Link {
+            from: f.0.clone(),
+            to: t.0.clone(),
+            cardinality,
+            tls,
+        }),
+        _ => None,
+    };
+    (
+        link,
+        LinkFacts {
+            table: tab.span.clone(),
+            from,
+            to,
+        },
+    )
+}

@@ -1,0 +1,1331 @@
+//! Topology parsing and validation: the model a valid file gives, and the
+//! exact place and message of every kind of problem.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tandem_core::topology::{
+    App, Cardinality, Check, CheckKind, Cluster, Diagnostic, HaMode, Hook, Host, Instance, Link,
+    RestartPolicy, Site, Topology, expand, expand_all, format_duration, parse, parse_duration,
+};
+
+const FULL: &str = include_str!("fixtures/topology/full.toml");
+const MANY_ERRORS: &str = include_str!("fixtures/topology/many_errors.toml");
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn ports(items: &[(&str, u16)]) -> BTreeMap<String, u16> {
+    items.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn instance(id: &str, host: &str, priority: i64, p: &[(&str, u16)]) -> Instance {
+    Instance {
+        id: id.into(),
+        host: host.into(),
+        priority,
+        ports: ports(p),
+    }
+}
+
+fn expect_errors(file: &str, text: &str) -> Vec<Diagnostic> {
+    match parse(file, text) {
+        Ok(t) => panic!("expected errors, got a topology: {t:#?}"),
+        Err(d) => d.0,
+    }
+}
+
+#[test]
+fn full_file_parses_into_the_expected_model() {
+    let topology = parse("fixtures/full.toml", FULL).unwrap_or_else(|d| panic!("{d}"));
+    let expected = Topology {
+        name: "quickstart".into(),
+        cluster: Cluster {
+            lease_ttl: ms(3000),
+            renew_interval: ms(500),
+            fence_margin: ms(1000),
+        },
+        sites: vec![Site { name: "dc1".into() }, Site { name: "dc2".into() }],
+        hosts: vec![
+            Host {
+                name: "local".into(),
+                site: "dc1".into(),
+                address: "127.0.0.1".parse().unwrap(),
+            },
+            Host {
+                name: "remote".into(),
+                site: "dc2".into(),
+                address: "::1".parse().unwrap(),
+            },
+        ],
+        apps: vec![
+            App {
+                name: "web".into(),
+                ha: HaMode::WarmStandby,
+                command: strings(&[
+                    "tandem",
+                    "demo-app",
+                    "--port",
+                    "{ports.http}",
+                    "--name",
+                    "{app}/{instance}@{host}",
+                ]),
+                env: [("LOG", "info"), ("LISTEN", "{address}:{ports.http}")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                workdir: Some(".".into()),
+                checks: vec![
+                    Check {
+                        kind: CheckKind::Http {
+                            port: "http".into(),
+                            path: "/health".into(),
+                        },
+                        interval: ms(200),
+                        timeout: ms(150),
+                        failures_before_unhealthy: 2,
+                        successes_before_healthy: 2,
+                    },
+                    Check {
+                        kind: CheckKind::Tcp {
+                            port: "admin".into(),
+                        },
+                        interval: ms(1000),
+                        timeout: ms(500),
+                        failures_before_unhealthy: 3,
+                        successes_before_healthy: 2,
+                    },
+                    Check {
+                        kind: CheckKind::Exec {
+                            command: strings(&[
+                                "curl",
+                                "-sf",
+                                "http://{address}:{ports.admin}/ready",
+                            ]),
+                        },
+                        interval: ms(1000),
+                        timeout: ms(500),
+                        failures_before_unhealthy: 3,
+                        successes_before_healthy: 2,
+                    },
+                ],
+                hook: Some(Hook::Http {
+                    port: "http".into(),
+                    path: "/tandem/role".into(),
+                    timeout: ms(500),
+                }),
+                restart: RestartPolicy {
+                    initial_backoff: ms(50),
+                    max_backoff: ms(5000),
+                    stable_after: ms(60_000),
+                    crashloop_after: 5,
+                },
+                stop_timeout: ms(2000),
+                instances: vec![
+                    instance("a", "local", 100, &[("http", 8081), ("admin", 9081)]),
+                    instance("b", "remote", 0, &[("http", 8081), ("admin", 9082)]),
+                ],
+            },
+            App {
+                name: "db".into(),
+                ha: HaMode::None,
+                command: strings(&["tandem", "demo-db", "--listen", "{address}:{ports.pg}"]),
+                env: BTreeMap::new(),
+                workdir: None,
+                checks: vec![],
+                hook: Some(Hook::Signal {
+                    signal: "SIGHUP".into(),
+                    number: 1,
+                    timeout: ms(500),
+                }),
+                restart: RestartPolicy::default(),
+                stop_timeout: ms(5000),
+                instances: vec![instance("main", "local", 0, &[("pg", 5432)])],
+            },
+            App {
+                name: "cache".into(),
+                ha: HaMode::None,
+                command: strings(&["tandem", "demo-cache"]),
+                env: BTreeMap::new(),
+                workdir: None,
+                checks: vec![],
+                hook: Some(Hook::Command {
+                    command: strings(&["notify-role", "{instance}"]),
+                    timeout: ms(200),
+                }),
+                restart: RestartPolicy::default(),
+                stop_timeout: ms(5000),
+                instances: vec![instance("c1", "remote", 0, &[])],
+            },
+        ],
+        links: vec![
+            Link {
+                from: "web".into(),
+                to: "db".into(),
+                cardinality: Cardinality::One,
+                tls: true,
+            },
+            Link {
+                from: "web".into(),
+                to: "cache".into(),
+                cardinality: Cardinality::Optional,
+                tls: false,
+            },
+            Link {
+                from: "cache".into(),
+                to: "db".into(),
+                cardinality: Cardinality::OneOrMore,
+                tls: false,
+            },
+        ],
+    };
+    assert_eq!(topology, expected);
+}
+
+#[test]
+fn defaults_apply_and_name_comes_from_the_file_stem() {
+    let text = r#"
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "h1"
+site = "dc1"
+address = "10.0.0.1"
+
+[apps.svc]
+ha = "none"
+command = ["svc"]
+
+[[apps.svc.instances]]
+id = "a"
+host = "h1"
+"#;
+    let t = parse("examples/quickstart.toml", text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(t.name, "quickstart");
+    assert_eq!(
+        t.cluster,
+        Cluster {
+            lease_ttl: ms(3000),
+            renew_interval: ms(500),
+            fence_margin: ms(1000)
+        }
+    );
+    let app = t.app("svc").unwrap();
+    assert_eq!(
+        app.restart,
+        RestartPolicy {
+            initial_backoff: ms(100),
+            max_backoff: ms(10_000),
+            stable_after: ms(10_000),
+            crashloop_after: 3
+        }
+    );
+    assert_eq!(app.stop_timeout, ms(5000));
+    assert_eq!(app.instance("a").unwrap().priority, 0);
+    assert!(app.instance("a").unwrap().ports.is_empty());
+    assert!(
+        app.hook.is_none() && app.checks.is_empty() && app.env.is_empty() && app.workdir.is_none()
+    );
+    assert_eq!(t.host("h1").unwrap().site, "dc1");
+    assert!(t.links.is_empty());
+}
+
+#[test]
+fn check_and_hook_defaults() {
+    let text = r#"
+[[sites]]
+name = "dc1"
+[[hosts]]
+name = "h1"
+site = "dc1"
+address = "10.0.0.1"
+[apps.svc]
+ha = "none"
+command = ["svc"]
+[[apps.svc.checks]]
+kind = "http"
+port = "http"
+[apps.svc.hook]
+kind = "signal"
+signal = "sigusr1"
+[[apps.svc.instances]]
+id = "a"
+host = "h1"
+ports = { http = 80 }
+"#;
+    let t = parse("t.toml", text).unwrap_or_else(|d| panic!("{d}"));
+    let app = t.app("svc").unwrap();
+    assert_eq!(
+        app.checks,
+        vec![Check {
+            kind: CheckKind::Http {
+                port: "http".into(),
+                path: "/".into()
+            },
+            interval: ms(1000),
+            timeout: ms(500),
+            failures_before_unhealthy: 3,
+            successes_before_healthy: 2,
+        }]
+    );
+    assert_eq!(
+        app.hook,
+        Some(Hook::Signal {
+            signal: "SIGUSR1".into(),
+            number: 10,
+            timeout: ms(500)
+        })
+    );
+}
+
+#[test]
+fn apps_keep_file_order() {
+    let mut text = String::from(
+        "[[sites]]\nname = \"s\"\n[[hosts]]\nname = \"h\"\nsite = \"s\"\naddress = \"10.0.0.1\"\n",
+    );
+    for name in ["zeta", "alpha", "mid"] {
+        text.push_str(&format!(
+            "[apps.{name}]\nha = \"none\"\ncommand = [\"x\"]\n[[apps.{name}.instances]]\nid = \"a\"\nhost = \"h\"\n"
+        ));
+    }
+    let t = parse("t.toml", &text).unwrap_or_else(|d| panic!("{d}"));
+    let names: Vec<&str> = t.apps.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["zeta", "alpha", "mid"]);
+}
+
+#[test]
+fn helpers_find_instances_and_links() {
+    let t = parse("t.toml", FULL).unwrap();
+    let on_local: Vec<(&str, &str)> = t
+        .instances_on("local")
+        .map(|(a, i)| (a.name.as_str(), i.id.as_str()))
+        .collect();
+    assert_eq!(on_local, [("web", "a"), ("db", "main")]);
+    assert_eq!(t.app("web").unwrap().instances_on("remote").count(), 1);
+    assert_eq!(t.links_from("web").count(), 2);
+    assert_eq!(t.links_to("db").count(), 2);
+    assert_eq!(
+        t.app("web").unwrap().instance("b").unwrap().port("admin"),
+        Some(9082)
+    );
+    assert!(t.app("nope").is_none() && t.host("nope").is_none());
+    assert_eq!(HaMode::WarmStandby.to_string(), "warm-standby");
+    assert_eq!(HaMode::NPlus1.to_string(), "n-plus-1");
+    assert_eq!(Cardinality::OneOrMore.to_string(), "one-or-more");
+}
+
+/// Lines 1.. of each case are the case's own text; this base follows it so
+/// that the case can refer to sites dc1 and hosts h1, h2.
+const BASE: &str = r#"
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "h1"
+site = "dc1"
+address = "10.0.0.1"
+
+[[hosts]]
+name = "h2"
+site = "dc1"
+address = "10.0.0.2"
+"#;
+
+/// (what, toml, line, column, message substring)
+const ERROR_CASES: &[(&str, &str, usize, usize, &str)] = &[
+    (
+        "toml syntax error",
+        r#"[apps.web]
+ha = "none
+"#,
+        2,
+        11,
+        "invalid TOML: invalid basic string",
+    ),
+    (
+        "unknown top-level key",
+        r#"colour = "red"
+"#,
+        1,
+        1,
+        r#"unknown key "colour" in the top level (expected one of: cluster, sites, hosts, apps, links)"#,
+    ),
+    (
+        "unknown key in instance",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+prio = 1
+"#,
+        7,
+        1,
+        r#"unknown key "prio" in instance of app "web" (expected one of: id, host, priority, ports) (did you mean "priority"?)"#,
+    ),
+    (
+        "unknown key in cluster",
+        r#"[cluster]
+lease = "3s"
+"#,
+        2,
+        1,
+        r#"unknown key "lease" in [cluster] (expected one of: name, lease_ttl, renew_interval, fence_margin)"#,
+    ),
+    (
+        "unknown key in check",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "tcp"
+port = "p"
+retries = 3
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { p = 1000 }
+"#,
+        7,
+        1,
+        r#"unknown key "retries" in check of app "web""#,
+    ),
+    (
+        "command of the wrong type",
+        r#"[apps.web]
+ha = "none"
+command = "run --fast"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        3,
+        11,
+        r#"expected an array of strings (e.g. ["program", "arg"]) for "command" in app "web", found a string"#,
+    ),
+    (
+        "priority of the wrong type",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+priority = "high"
+"#,
+        7,
+        12,
+        r#"expected an integer for "priority" in instance of app "web", found a string"#,
+    ),
+    (
+        "links written as a table",
+        r#"[links]
+from = "web"
+"#,
+        1,
+        1,
+        r#"expected an array of tables (write [[links]]) for "links" in the top level, found a table"#,
+    ),
+    (
+        "missing host on an instance points at its table",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+"#,
+        4,
+        1,
+        r#"missing key "host" in instance of app "web""#,
+    ),
+    (
+        "missing ha mode points at the app",
+        r#"[apps.web]
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        1,
+        1,
+        r#"missing key "ha" in app "web" (one of: hot-standby, warm-standby"#,
+    ),
+    (
+        "missing command",
+        r#"[apps.web]
+ha = "none"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        1,
+        1,
+        r#"missing key "command" in app "web""#,
+    ),
+    (
+        "unknown host on an instance",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h3"
+"#,
+        6,
+        8,
+        r#"unknown host "h3" for instance "a" of app "web" (known hosts: h1, h2)"#,
+    ),
+    (
+        "unknown site on a host",
+        r#"[[hosts]]
+name = "h9"
+site = "dc2"
+address = "10.0.0.9"
+"#,
+        3,
+        8,
+        r#"unknown site "dc2" of host "h9" (known sites: dc1) (did you mean "dc1"?)"#,
+    ),
+    (
+        "duplicate site",
+        r#"[[sites]]
+name = "dc2"
+[[sites]]
+name = "dc2"
+"#,
+        4,
+        8,
+        r#"duplicate site "dc2" (first defined at line 2, column 8)"#,
+    ),
+    (
+        "duplicate host",
+        r#"[[hosts]]
+name = "x"
+site = "dc1"
+address = "10.0.1.1"
+[[hosts]]
+name = "x"
+site = "dc1"
+address = "10.0.1.2"
+"#,
+        6,
+        8,
+        r#"duplicate host "x" (first defined at line 2, column 8)"#,
+    ),
+    (
+        "duplicate instance id within an app",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[apps.web.instances]]
+id = "a"
+host = "h2"
+"#,
+        8,
+        6,
+        r#"duplicate instance id "a" in app "web" (first defined at line 5, column 6)"#,
+    ),
+    (
+        "duplicate port on one host, across apps",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[apps.api]
+ha = "none"
+command = ["run"]
+[[apps.api.instances]]
+id = "b"
+host = "h1"
+ports = { admin = 8080 }
+"#,
+        14,
+        19,
+        r#"duplicate port 8080 on host "h1": instance "a" of app "web" (port "http") and instance "b" of app "api" (port "admin") both use it"#,
+    ),
+    (
+        "link to an unknown app",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[links]]
+from = "web"
+to = "dbb"
+cardinality = "one"
+"#,
+        9,
+        6,
+        r#"link to unknown app "dbb" (known apps: web)"#,
+    ),
+    (
+        "link from an unknown app",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[links]]
+from = "client"
+to = "web"
+cardinality = "one"
+"#,
+        8,
+        8,
+        r#"link from unknown app "client" (known apps: web)"#,
+    ),
+    (
+        "bad cardinality",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[apps.db]
+ha = "none"
+command = ["run"]
+[[apps.db.instances]]
+id = "a"
+host = "h2"
+[[links]]
+from = "web"
+to = "db"
+cardinality = "many"
+"#,
+        16,
+        15,
+        r#"unknown cardinality "many" in link (expected one of: one, one-or-more, optional)"#,
+    ),
+    (
+        "warm standby with one instance",
+        r#"[apps.web]
+ha = "warm-standby"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        2,
+        6,
+        r#"app "web": ha mode "warm-standby" needs at least two instances, found 1"#,
+    ),
+    (
+        "app without instances",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+"#,
+        1,
+        1,
+        r#"app "web" has no instances: add at least one [[apps.web.instances]]"#,
+    ),
+    (
+        "empty command",
+        r#"[apps.web]
+ha = "none"
+command = []
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        3,
+        11,
+        r#"empty command in app "web""#,
+    ),
+    (
+        "empty program",
+        r#"[apps.web]
+ha = "none"
+command = ["", "--flag"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        3,
+        12,
+        r#"empty program in command of app "web""#,
+    ),
+    (
+        "bad duration",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+stop_timeout = "5 s"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        16,
+        r#"bad duration "5 s": expected a positive whole number followed by ms, s or m (e.g. "500ms", "2s", "1m") for "stop_timeout" in app "web""#,
+    ),
+    (
+        "duration given as a number",
+        r#"[cluster]
+lease_ttl = 3
+"#,
+        2,
+        13,
+        r#"expected a duration string such as "500ms", "2s" or "1m" for "lease_ttl" in [cluster], found an integer"#,
+    ),
+    (
+        "check timeout not below its interval",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "tcp"
+port = "p"
+interval = "1s"
+timeout = "1s"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { p = 1000 }
+"#,
+        8,
+        11,
+        r#"check timeout (1s) must be less than its interval (1s) in check of app "web""#,
+    ),
+    (
+        "check interval below the default timeout",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "tcp"
+port = "p"
+interval = "300ms"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { p = 1000 }
+"#,
+        7,
+        12,
+        r#"check timeout (500ms) must be less than its interval (300ms)"#,
+    ),
+    (
+        "failures_before_unhealthy zero",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "exec"
+command = ["true"]
+failures_before_unhealthy = 0
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        7,
+        29,
+        r#""failures_before_unhealthy" in check of app "web" must be at least 1, found 0"#,
+    ),
+    (
+        "successes_before_healthy negative",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "exec"
+command = ["true"]
+successes_before_healthy = -2
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        7,
+        28,
+        r#""successes_before_healthy" in check of app "web" must be at least 1, found -2"#,
+    ),
+    (
+        "check port missing on an instance",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "http"
+port = "http"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 80 }
+[[apps.web.instances]]
+id = "b"
+host = "h2"
+ports = { admin = 81 }
+"#,
+        6,
+        8,
+        r#"app "web": check port "http" is not a port of instance "b" (its ports: admin)"#,
+    ),
+    (
+        "hook port missing on an instance",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[apps.web.hook]
+kind = "http"
+port = "ctl"
+path = "/role"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        6,
+        8,
+        r#"app "web": hook port "ctl" is not a port of instance "a" (it has no ports)"#,
+    ),
+    (
+        "unknown placeholder, pointed at precisely",
+        r#"[apps.web]
+ha = "none"
+command = ["run", "--id={instance}-{epoch}"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        3,
+        36,
+        r#"unknown placeholder "{epoch}" in command of app "web" (expected one of: {app}, {instance}, {host}, {address}, {ports.NAME}"#,
+    ),
+    (
+        "unknown placeholder in env",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+env = { URL = "http://{hostname}/" }
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        23,
+        r#"unknown placeholder "{hostname}" in env URL of app "web""#,
+    ),
+    (
+        "unclosed placeholder",
+        r#"[apps.web]
+ha = "none"
+command = ["run", "{app"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        3,
+        20,
+        r#"unclosed "{" in command of app "web""#,
+    ),
+    (
+        "port placeholder missing on an instance",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "exec"
+command = ["probe", "{address}:{ports.admin}"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { admin = 9000 }
+[[apps.web.instances]]
+id = "b"
+host = "h2"
+"#,
+        6,
+        32,
+        r#"placeholder "{ports.admin}" in check command of app "web": instance "b" has no port "admin""#,
+    ),
+    (
+        "invalid host address",
+        r#"[[hosts]]
+name = "h3"
+site = "dc1"
+address = "localhost"
+"#,
+        4,
+        11,
+        r#"invalid address "localhost" of host "h3": expected an IP address such as "127.0.0.1" or "::1""#,
+    ),
+    (
+        "unknown ha mode",
+        r#"[apps.web]
+ha = "warm"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        2,
+        6,
+        r#"unknown ha mode "warm" in app "web" (expected one of: hot-standby, warm-standby, cold-standby, n-plus-1, singleton, pool, none)"#,
+    ),
+    (
+        "unsupported ha mode",
+        r#"[apps.web]
+ha = "hot-standby"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[apps.web.instances]]
+id = "b"
+host = "h2"
+"#,
+        2,
+        6,
+        r#"app "web": ha mode "hot-standby" is not supported yet (supported: warm-standby, none)"#,
+    ),
+    (
+        "unknown check kind",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "grpc"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        5,
+        8,
+        r#"unknown check kind "grpc" in check of app "web" (expected one of: tcp, http, exec)"#,
+    ),
+    (
+        "key of another check kind",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.checks]]
+kind = "tcp"
+port = "p"
+path = "/health"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { p = 1000 }
+"#,
+        7,
+        1,
+        r#"key "path" does not apply to a tcp check (its keys: port)"#,
+    ),
+    (
+        "unknown hook kind",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[apps.web.hook]
+kind = "webhook"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        5,
+        8,
+        r#"unknown hook kind "webhook" in hook of app "web" (expected one of: http, command, signal)"#,
+    ),
+    (
+        "unknown signal",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[apps.web.hook]
+kind = "signal"
+signal = "SIGKILL"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        6,
+        10,
+        r#"unknown signal "SIGKILL" in hook of app "web" (expected one of: SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM, SIGCONT, SIGWINCH"#,
+    ),
+    (
+        "invalid app name",
+        r#"[apps.Web]
+ha = "none"
+command = ["run"]
+[[apps.Web.instances]]
+id = "a"
+host = "h1"
+"#,
+        1,
+        7,
+        r#"invalid app name "Web": use 1 to 63 characters from a-z, 0-9, "-" and "_", starting with a letter or digit"#,
+    ),
+    (
+        "invalid instance id",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "_a"
+host = "h1"
+"#,
+        5,
+        6,
+        r#"invalid instance name "_a""#,
+    ),
+    (
+        "invalid port name",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { "web.http" = 80 }
+"#,
+        7,
+        11,
+        r#"invalid port name "web.http""#,
+    ),
+    (
+        "invalid site name",
+        r#"[[sites]]
+name = "DC 2"
+"#,
+        2,
+        8,
+        r#"invalid site name "DC 2""#,
+    ),
+    (
+        "port out of range",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 70000 }
+"#,
+        7,
+        18,
+        r#"port "http" in instance of app "web" must be between 1 and 65535"#,
+    ),
+    (
+        "renew interval not below the lease ttl",
+        r#"[cluster]
+lease_ttl = "2s"
+renew_interval = "2s"
+fence_margin = "500ms"
+"#,
+        3,
+        18,
+        r#"renew_interval (2s) must be less than lease_ttl (2s) in [cluster]"#,
+    ),
+    (
+        "fence margin not below the lease ttl",
+        r#"[cluster]
+fence_margin = "3s"
+"#,
+        2,
+        16,
+        r#"fence_margin (3s) must be less than lease_ttl (3s) in [cluster]"#,
+    ),
+    (
+        "no renew attempt before fencing",
+        r#"[cluster]
+lease_ttl = "3s"
+renew_interval = "1s"
+fence_margin = "2s"
+"#,
+        4,
+        16,
+        r#"renew_interval (1s) + fence_margin (2s) must be less than lease_ttl (3s) in [cluster]: the agent must get at least one renew attempt before it fences itself"#,
+    ),
+    (
+        "hook timeout not below the fence margin",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[apps.web.hook]
+kind = "command"
+command = ["on-role"]
+timeout = "1s"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        7,
+        11,
+        r#"hook timeout (1s) of app "web" must be less than the cluster's fence_margin (1s): self-fencing, this hook included, must finish before the lease can expire"#,
+    ),
+    (
+        "default hook timeout not below a small fence margin",
+        r#"[cluster]
+fence_margin = "300ms"
+[apps.web]
+ha = "none"
+command = ["run"]
+[apps.web.hook]
+kind = "signal"
+signal = "TERM"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        6,
+        1,
+        r#"hook timeout (default 500ms) of app "web" must be less than the cluster's fence_margin (300ms)"#,
+    ),
+    (
+        "duplicate link",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[apps.db]
+ha = "none"
+command = ["run"]
+[[apps.db.instances]]
+id = "a"
+host = "h2"
+[[links]]
+from = "web"
+to = "db"
+cardinality = "one"
+[[links]]
+from = "web"
+to = "db"
+cardinality = "optional"
+"#,
+        17,
+        1,
+        r#"duplicate link from "web" to "db" (first declared at line 13, column 1)"#,
+    ),
+    (
+        "link to itself",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[links]]
+from = "web"
+to = "web"
+cardinality = "one"
+"#,
+        8,
+        8,
+        r#"link from app "web" to itself"#,
+    ),
+    (
+        "env value of the wrong type",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+env = { WORKERS = 4 }
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        19,
+        r#"expected a string for env "WORKERS" in app "web", found an integer"#,
+    ),
+    (
+        "restart crashloop_after zero",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[apps.web.restart]
+crashloop_after = 0
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        5,
+        19,
+        r#""crashloop_after" in restart policy of app "web" must be at least 1, found 0"#,
+    ),
+];
+
+#[test]
+fn each_problem_is_reported_once_at_its_place() {
+    assert!(ERROR_CASES.len() >= 25);
+    let mut failures = Vec::new();
+    for (what, snippet, line, column, needle) in ERROR_CASES {
+        let text = format!("{snippet}{BASE}");
+        let diags = match parse("case.toml", &text) {
+            Ok(_) => {
+                failures.push(format!("{what}: parsed without error"));
+                continue;
+            }
+            Err(d) => d.0,
+        };
+        let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let ok = diags.len() == 1
+            && diags[0].file == "case.toml"
+            && (diags[0].line, diags[0].column) == (*line, *column)
+            && diags[0].message.contains(needle);
+        if !ok {
+            failures.push(format!("{what}: expected exactly one case.toml:{line}:{column}: ...{needle}...\n  got:\n    {}", shown.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn several_problems_are_all_reported_in_file_order() {
+    let diags = expect_errors("many_errors.toml", MANY_ERRORS);
+    let got: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        got,
+        [(2, 13), (9, 8), (13, 6), (14, 11), (19, 1), (24, 6)],
+        "{diags:#?}"
+    );
+    let needles = [
+        "bad duration \"2\"",
+        "unknown site \"dc9\"",
+        "needs at least two instances",
+        "empty command",
+        "unknown key \"prio\"",
+        "link to unknown app \"nope\"",
+    ];
+    for (d, needle) in diags.iter().zip(needles) {
+        assert!(d.message.contains(needle), "{d} should contain {needle}");
+    }
+}
+
+#[test]
+fn diagnostics_display_one_line_each() {
+    let err = parse("bad.toml", MANY_ERRORS).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(text.lines().count(), err.0.len());
+    assert!(
+        text.starts_with("bad.toml:2:13: bad duration \"2\""),
+        "{text}"
+    );
+    let _: &dyn std::error::Error = &err;
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let text = "[[sites]]\nname = \"é\" # é\n[[sites]]\nname = \"dc\"\nnom = \"ü\"\n";
+    let diags = expect_errors("t.toml", text);
+    let got: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(got, [(2, 8), (5, 1)], "{diags:#?}");
+}
+
+#[test]
+fn duration_parsing() {
+    let valid = [
+        ("1ms", 1),
+        ("500ms", 500),
+        ("2s", 2000),
+        ("1m", 60_000),
+        ("90s", 90_000),
+        ("007s", 7000),
+        ("1440m", 86_400_000),
+    ];
+    for (s, millis) in valid {
+        assert_eq!(parse_duration(s), Ok(ms(millis)), "{s}");
+    }
+    let invalid = [
+        "",
+        "2",
+        "2 s",
+        " 2s",
+        "2s ",
+        "-1s",
+        "+1s",
+        "1.5s",
+        "0s",
+        "0ms",
+        "2sec",
+        "2S",
+        "1h",
+        "s",
+        "ms",
+        "2ms5",
+        "1441m",
+        "99999999999999999999s",
+    ];
+    for s in invalid {
+        let err = parse_duration(s).expect_err(s);
+        assert!(err.starts_with(&format!("bad duration \"{s}\"")), "{err}");
+    }
+    assert!(
+        parse_duration("2")
+            .unwrap_err()
+            .contains("a positive whole number followed by ms, s or m")
+    );
+    for (d, s) in [
+        (ms(500), "500ms"),
+        (ms(2000), "2s"),
+        (ms(120_000), "2m"),
+        (ms(1500), "1500ms"),
+    ] {
+        assert_eq!(format_duration(d), s);
+    }
+}
+
+#[test]
+fn expand_fills_placeholders_for_an_instance() {
+    let t = parse("t.toml", FULL).unwrap();
+    let web = t.app("web").unwrap();
+    let b = web.instance("b").unwrap();
+    let host = t.host(&b.host).unwrap();
+    assert_eq!(
+        expand(
+            "{app}/{instance}@{host} {address}:{ports.http} {{literal}} {ports.nope}",
+            web,
+            b,
+            host
+        ),
+        "web/b@remote ::1:8081 {literal} {ports.nope}"
+    );
+    assert_eq!(
+        expand_all(&web.command, web, b, host),
+        strings(&[
+            "tandem",
+            "demo-app",
+            "--port",
+            "8081",
+            "--name",
+            "web/b@remote"
+        ])
+    );
+    assert_eq!(expand(&web.env["LISTEN"], web, b, host), "::1:8081");
+}
+
+#[test]
+fn json_round_trip_keeps_the_topology() {
+    let t = parse("t.toml", FULL).unwrap();
+    let json = serde_json::to_string(&t).unwrap();
+    let back: Topology = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, t);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["cluster"]["lease_ttl_ms"], 3000);
+    assert_eq!(v["apps"][0]["ha"], "warm-standby");
+    assert_eq!(v["apps"][0]["checks"][0]["timeout_ms"], 150);
+    assert_eq!(v["apps"][0]["hook"]["kind"], "http");
+    assert_eq!(v["links"][2]["cardinality"], "one-or-more");
+}
