@@ -200,6 +200,8 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
     // Instances that left the topology lose their entries.
     next.roles.retain(|id, _| app.instance(id).is_some());
 
+    let mut failure: Option<String> = None;
+
     // 1. Is the current grant still good?
     if let Some(grant) = next.primary.clone() {
         let s = status.get(&grant.instance);
@@ -224,6 +226,7 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
         if let Some(why) = why {
             withdraw(input.roles, &mut next);
             next.reason = format!("primary {name}/{} failed: {why}", grant.instance);
+            failure = Some(next.reason.clone());
             events.push(
                 EventDraft::instance(
                     EventKind::PrimaryFailed,
@@ -335,14 +338,17 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
                 }
             }
             if choice.is_none() {
-                choice = best_candidate(app, status, None).map(|(id, s)| {
-                    let cause = if next.reason.is_empty() {
-                        "no primary yet".to_string()
+                // Why a promotion is needed: a failure seen now, else the
+                // withdrawal decided earlier, else there was no primary.
+                let cause = failure.clone().unwrap_or_else(|| {
+                    if input.roles.stepping_down.is_some() || input.roles.switchover.is_some() {
+                        input.roles.reason.clone()
                     } else {
-                        next.reason.clone()
-                    };
-                    (id.to_string(), s, cause)
+                        format!("{name} had no primary")
+                    }
                 });
+                choice =
+                    best_candidate(app, status, None).map(|(id, s)| (id.to_string(), s, cause));
             }
             match choice {
                 Some((id, s, cause)) => {

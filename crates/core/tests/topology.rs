@@ -618,6 +618,9 @@ cardinality = "many"
         r#"[apps.web]
 ha = "warm-standby"
 command = ["run"]
+[apps.web.hook]
+kind = "command"
+command = ["notify"]
 [[apps.web.instances]]
 id = "a"
 host = "h1"
@@ -625,6 +628,22 @@ host = "h1"
         2,
         6,
         r#"app "web": ha mode "warm-standby" needs at least two instances, found 1"#,
+    ),
+    (
+        "warm standby without a role hook",
+        r#"[apps.web]
+ha = "warm-standby"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[apps.web.instances]]
+id = "b"
+host = "h1"
+"#,
+        2,
+        6,
+        r#"app "web": a warm-standby app needs a role hook ([apps.web.hook])"#,
     ),
     (
         "app without instances",
@@ -1198,12 +1217,21 @@ fn several_problems_are_all_reported_in_file_order() {
     let got: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
     assert_eq!(
         got,
-        [(2, 13), (9, 8), (13, 6), (14, 11), (19, 1), (24, 6)],
+        [
+            (2, 13),
+            (9, 8),
+            (13, 6),
+            (13, 6),
+            (14, 11),
+            (19, 1),
+            (24, 6)
+        ],
         "{diags:#?}"
     );
     let needles = [
         "bad duration \"2\"",
         "unknown site \"dc9\"",
+        "needs a role hook",
         "needs at least two instances",
         "empty command",
         "unknown key \"prio\"",

@@ -1,0 +1,141 @@
+//! Role hooks: how an instance learns its role changed. Three kinds: run a
+//! command with ROLE and EPOCH as its last arguments, POST JSON to the
+//! instance, or write `$TANDEM_ROLE_FILE` and send a signal.
+//!
+//! A hook that fails reports whether the process was frozen at that moment
+//! (stopped by a signal), which decides between killing it and fencing it
+//! (see `tandem_core::instance`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tandem_core::instance::HookFailure;
+use tandem_core::model::Role;
+use tandem_core::topology::{App, Hook, Host, Instance, expand_all};
+
+use crate::probe::{reach, without_url};
+use crate::process::{describe_exit, is_stopped, program};
+
+/// What a hook needs to know about its instance.
+pub struct HookTarget<'a> {
+    /// The app.
+    pub app: &'a App,
+    /// The instance.
+    pub instance: &'a Instance,
+    /// Its host.
+    pub host: &'a Host,
+    /// The pid of its process.
+    pub pid: u32,
+    /// Its role file.
+    pub role_file: &'a Path,
+}
+
+/// Delivers `role` and `epoch` through the app's hook.
+pub async fn run_hook(
+    hook: &Hook,
+    target: &HookTarget<'_>,
+    role: Role,
+    epoch: u64,
+    http: &reqwest::Client,
+) -> Result<(), HookFailure> {
+    let timeout = hook.timeout();
+    let result = match tokio::time::timeout(timeout, deliver(hook, target, role, epoch, http)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!("hook timed out after {} ms", timeout.as_millis())),
+    };
+    result.map_err(|error| HookFailure {
+        error,
+        process_stopped: is_stopped(target.pid),
+    })
+}
+
+async fn deliver(
+    hook: &Hook,
+    t: &HookTarget<'_>,
+    role: Role,
+    epoch: u64,
+    http: &reqwest::Client,
+) -> Result<(), String> {
+    let body = json!({
+        "app": t.app.name,
+        "instance": t.instance.id,
+        "role": role.as_str(),
+        "epoch": epoch,
+    });
+    match hook {
+        Hook::Http { port, path, .. } => {
+            let Some(p) = t.instance.ports.get(port) else {
+                return Err(format!("instance {} has no port {port}", t.instance.id));
+            };
+            let url = format!(
+                "http://{}{path}",
+                SocketAddr::new(reach(t.host.address), *p)
+            );
+            let resp = http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("POST {url} failed: {}", without_url(&e)))?;
+            let code = resp.status();
+            if code.is_success() {
+                Ok(())
+            } else {
+                let text = resp.text().await.unwrap_or_default();
+                Err(format!(
+                    "POST {url} answered {code}: {}",
+                    text.chars().take(200).collect::<String>()
+                ))
+            }
+        }
+        Hook::Command { command, .. } => {
+            let mut argv = expand_all(command, t.app, t.instance, t.host);
+            argv.push(role.as_str().to_string());
+            argv.push(epoch.to_string());
+            let (first, args) = argv.split_first().ok_or("empty hook command")?;
+            let status = tokio::process::Command::new(program(first).map_err(|e| e.to_string())?)
+                .args(args)
+                .env("TANDEM_APP", &t.app.name)
+                .env("TANDEM_INSTANCE", &t.instance.id)
+                .env("TANDEM_ROLE", role.as_str())
+                .env("TANDEM_EPOCH", epoch.to_string())
+                .env("TANDEM_PID", t.pid.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map_err(|e| format!("cannot run hook {first}: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("hook {first} {}", describe_exit(status)))
+            }
+        }
+        Hook::Signal { signal, number, .. } => {
+            write_role_file(t.role_file, &body)
+                .map_err(|e| format!("cannot write role file {}: {e}", t.role_file.display()))?;
+            // A frozen process would take the signal only when thawed, too
+            // late to count as having stepped down.
+            if is_stopped(t.pid) {
+                return Err("process is stopped".into());
+            }
+            let sig = Signal::try_from(*number).map_err(|e| format!("{signal}: {e}"))?;
+            let pid = i32::try_from(t.pid).map_err(|_| "pid out of range".to_string())?;
+            kill(Pid::from_raw(pid), sig).map_err(|e| format!("kill -{signal} {pid}: {e}"))
+        }
+    }
+}
+
+/// Writes the role file atomically (write then rename).
+pub fn write_role_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(body)?)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,23 @@
+//! tandem's runtime: the agent of each host and the elected controller.
+//!
+//! This crate executes what `tandem-core` decides. The agent
+//! ([`agent`]) owns one [`tandem_core::instance::InstanceMachine`] per local
+//! instance and carries out its actions: processes ([`process`]), probes
+//! ([`probe`]), role hooks ([`hook`]), status publication bound to the host
+//! lease ([`publish`], [`lease`]) and self-fencing. The controller
+//! ([`controller`]) is elected among agents through the store and writes
+//! role assignments decided by [`tandem_core::controller::decide`].
+//! [`local`] runs all of it for the hosts of a topology on this machine
+//! (`tandem up`).
+#![deny(missing_docs)]
+// The runtime reads clocks by design; core does not.
+#![allow(clippy::disallowed_methods)]
+
+pub mod agent;
+pub mod controller;
+pub mod hook;
+pub mod lease;
+pub mod local;
+pub mod probe;
+pub mod process;
+pub mod publish;

@@ -1,0 +1,113 @@
+//! Runs, in this process, an agent and a controller candidate for every
+//! host of the topology whose address is on this machine.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tandem_core::topology::Topology;
+use tandem_store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, AgentConfig};
+use crate::controller;
+
+/// The addresses of this machine: loopback and every interface address.
+pub fn local_addresses() -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let Some(sa) = ifa.address else { continue };
+            if let Some(v4) = sa.as_sockaddr_in() {
+                out.insert(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                out.insert(IpAddr::V6(v6.ip()));
+            }
+        }
+    }
+    out
+}
+
+/// The hosts of `topology` that live on this machine: a loopback address
+/// (all of 127.0.0.0/8 is local) or an address of one of its interfaces.
+pub fn local_hosts(topology: &Topology) -> Vec<String> {
+    let mine = local_addresses();
+    topology
+        .hosts
+        .iter()
+        .filter(|h| {
+            h.address.is_loopback() || h.address.is_unspecified() || mine.contains(&h.address)
+        })
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// Agents and controller candidates running in this process.
+pub struct Local {
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    side: Vec<JoinHandle<()>>,
+    cancel: CancellationToken,
+}
+
+impl Local {
+    /// Starts an agent and a controller candidate for each of `hosts`. Each
+    /// agent keeps its files under `data_dir/hosts/HOST`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        topology: Arc<Topology>,
+        hosts: &[String],
+        data_dir: PathBuf,
+    ) -> anyhow::Result<Local> {
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut side = Vec::new();
+        for host in hosts {
+            let (handle, task) = agent::start(
+                store.clone(),
+                AgentConfig {
+                    host: host.clone(),
+                    topology: topology.clone(),
+                    data_dir: data_dir.join("hosts").join(host),
+                },
+                cancel.clone(),
+            )
+            .with_context(|| format!("cannot start the agent of host {host}"))?;
+            tasks.push(task);
+            side.push(tokio::spawn(controller::run_candidate(
+                store.clone(),
+                topology.clone(),
+                host.clone(),
+                handle.session,
+                cancel.clone(),
+            )));
+        }
+        Ok(Local {
+            tasks,
+            side,
+            cancel,
+        })
+    }
+
+    /// Stops every instance, then every agent; returns once all are done.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let mut first_err = None;
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(e) => first_err = first_err.or(Some(anyhow::anyhow!("agent task failed: {e}"))),
+            }
+        }
+        for t in self.side {
+            let _ = t.await;
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

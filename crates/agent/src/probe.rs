@@ -1,0 +1,149 @@
+//! Health probes: TCP connect, HTTP GET expecting 2xx, or a command exiting
+//! 0, each bounded by the check's timeout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tandem_core::topology::{App, Check, CheckKind, Host, Instance, expand_all};
+
+use crate::process::program;
+
+/// Runs one probe of `check` against an instance.
+pub async fn probe(
+    check: &Check,
+    app: &App,
+    instance: &Instance,
+    host: &Host,
+    http: &reqwest::Client,
+) -> Result<(), String> {
+    let bounded = tokio::time::timeout(check.timeout, run(check, app, instance, host, http));
+    match bounded.await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{} check timed out after {} ms",
+            kind_name(&check.kind),
+            check.timeout.as_millis()
+        )),
+    }
+}
+
+fn kind_name(kind: &CheckKind) -> &'static str {
+    match kind {
+        CheckKind::Tcp { .. } => "tcp",
+        CheckKind::Http { .. } => "http",
+        CheckKind::Exec { .. } => "exec",
+    }
+}
+
+fn port_of(instance: &Instance, name: &str) -> Result<u16, String> {
+    instance
+        .ports
+        .get(name)
+        .copied()
+        .ok_or_else(|| format!("instance {} has no port {name}", instance.id))
+}
+
+/// The address probes and hooks use to reach an instance: its host's
+/// address, or loopback for an unspecified one.
+pub fn reach(address: IpAddr) -> IpAddr {
+    if address.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        address
+    }
+}
+
+async fn run(
+    check: &Check,
+    app: &App,
+    instance: &Instance,
+    host: &Host,
+    http: &reqwest::Client,
+) -> Result<(), String> {
+    match &check.kind {
+        CheckKind::Tcp { port } => {
+            let addr = SocketAddr::new(reach(host.address), port_of(instance, port)?);
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| format!("tcp connect to {addr} failed: {e}"))
+        }
+        CheckKind::Http { port, path } => {
+            let addr = SocketAddr::new(reach(host.address), port_of(instance, port)?);
+            let url = format!("http://{addr}{path}");
+            let resp = http
+                .get(&url)
+                .timeout(check.timeout)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url} failed: {}", without_url(&e)))?;
+            let code = resp.status();
+            if code.is_success() {
+                Ok(())
+            } else {
+                Err(format!("GET {url} answered {code}"))
+            }
+        }
+        CheckKind::Exec { command } => {
+            let argv = expand_all(command, app, instance, host);
+            let Some((first, args)) = argv.split_first() else {
+                return Err("empty check command".into());
+            };
+            let mut child =
+                tokio::process::Command::new(program(first).map_err(|e| e.to_string())?)
+                    .args(args)
+                    .env("TANDEM_APP", &app.name)
+                    .env("TANDEM_INSTANCE", &instance.id)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot run check {first}: {e}"))?;
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| format!("check {first}: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "check {first} {}",
+                    crate::process::describe_exit(status)
+                ))
+            }
+        }
+    }
+}
+
+/// A reqwest error without the URL (already in our message).
+pub fn without_url(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut msg = if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        src = s.source();
+    }
+    msg
+}
+
+/// The HTTP client the agent shares between probes and hooks.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}

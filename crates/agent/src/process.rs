@@ -1,0 +1,150 @@
+//! Starting, signalling and watching instance processes.
+//!
+//! Each instance runs in its own process group, so that a kill reaches
+//! everything it started, with its output appended to a log file of its
+//! own. A command whose program is `tandem` runs the agent's own
+//! executable, so examples work from a fresh build without installing
+//! anything. Children get `PR_SET_PDEATHSIG = SIGKILL`: if the agent dies,
+//! its instances die with it and cannot go on acting on a role nobody
+//! renews.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tandem_core::model::Role;
+use tandem_core::topology::{App, Host, Instance, expand, expand_all};
+
+/// Where an agent keeps per-instance files.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Directory of instance log files.
+    pub logs: PathBuf,
+    /// Directory of role files (for signal hooks).
+    pub run: PathBuf,
+}
+
+impl Paths {
+    /// Paths under an agent's data directory; creates them.
+    pub fn create(data_dir: &Path) -> io::Result<Paths> {
+        let p = Paths {
+            logs: data_dir.join("logs"),
+            run: data_dir.join("run"),
+        };
+        std::fs::create_dir_all(&p.logs)?;
+        std::fs::create_dir_all(&p.run)?;
+        Ok(p)
+    }
+
+    /// The log file of an instance.
+    pub fn log_file(&self, app: &str, instance: &str) -> PathBuf {
+        self.logs.join(format!("{app}.{instance}.log"))
+    }
+
+    /// The role file of an instance (`TANDEM_ROLE_FILE`).
+    pub fn role_file(&self, app: &str, instance: &str) -> PathBuf {
+        self.run.join(format!("{app}.{instance}.role.json"))
+    }
+}
+
+/// The program to run for a command's first word: `tandem` is the running
+/// executable itself.
+pub fn program(first: &str) -> io::Result<PathBuf> {
+    if first == "tandem" {
+        std::env::current_exe()
+    } else {
+        Ok(PathBuf::from(first))
+    }
+}
+
+/// Starts an instance's process with its role in the environment.
+pub fn spawn(
+    app: &App,
+    instance: &Instance,
+    host: &Host,
+    role: Role,
+    epoch: u64,
+    paths: &Paths,
+) -> io::Result<tokio::process::Child> {
+    let argv = expand_all(&app.command, app, instance, host);
+    let Some((first, args)) = argv.split_first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
+    let log_path = paths.log_file(&app.name, &instance.id);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log_path.display())))?;
+    let mut cmd = tokio::process::Command::new(program(first)?);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(false);
+    for (k, v) in &app.env {
+        cmd.env(k, expand(v, app, instance, host));
+    }
+    cmd.env("TANDEM_APP", &app.name)
+        .env("TANDEM_INSTANCE", &instance.id)
+        .env("TANDEM_HOST", &host.name)
+        .env("TANDEM_ROLE", role.as_str())
+        .env("TANDEM_EPOCH", epoch.to_string())
+        .env("TANDEM_ROLE_FILE", paths.role_file(&app.name, &instance.id));
+    if let Some(dir) = &app.workdir {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The agent may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(io::Error::other("agent exited during start"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{first}: {e}")))
+}
+
+/// How a process ended, in words.
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exited with code {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = Signal::try_from(sig)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| sig.to_string());
+        format!("killed by signal {sig} ({name})")
+    } else {
+        format!("ended ({status})")
+    }
+}
+
+/// Sends a signal to a process group (the instance and all it started).
+pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pgid).map_err(|_| io::Error::other("pid out of range"))?;
+    killpg(Pid::from_raw(pid), signal).map_err(io::Error::from)
+}
+
+/// True if the process is stopped (frozen by SIGSTOP or a debugger).
+pub fn is_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // itself contain spaces or parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|state| state == 'T' || state == 't')
+}

@@ -1,0 +1,175 @@
+//! The read endpoints: liveness, status, one app, an app's primary; and the
+//! JSON answers for unknown paths and methods.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use tandem_core::model::{AppRoles, InstanceStatus, Intent, keys};
+use tandem_core::topology::App;
+
+use crate::ApiState;
+use crate::error::{ApiError, unknown_app};
+use crate::params::Params;
+use crate::status::{Observed, acknowledged_primary, app_document, primary_document};
+use crate::types::{ErrorDoc, HealthzDoc, StatusDoc};
+
+/// `GET /healthz`.
+pub(crate) async fn healthz() -> Json<HealthzDoc> {
+    Json(HealthzDoc {
+        status: "ok".to_owned(),
+    })
+}
+
+/// `GET /v1/status`.
+pub(crate) async fn status(
+    State(state): State<ApiState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<StatusDoc>, ApiError> {
+    Params::parse(query, &[])?;
+    let (statuses, roles) = tokio::try_join!(
+        state.store.list(keys::STATUS),
+        state.store.list(keys::ROLES)
+    )
+    .map_err(ApiError::read)?;
+    Ok(Json(crate::status_document(
+        &state.topology,
+        state.store.backend(),
+        &statuses,
+        &roles,
+    )))
+}
+
+/// Resolves the `{app}` path segment to an app of the topology.
+pub(crate) fn path_app(
+    state: &ApiState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<App, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state
+        .topology
+        .app(&name)
+        .cloned()
+        .ok_or_else(|| unknown_app(&state.topology, &name))
+}
+
+/// `GET /v1/apps/{app}`: the app as in `/v1/status`, with `switchover` and
+/// `intent` always present (`null` when none).
+pub(crate) async fn app(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let app = path_app(&state, path)?;
+    Params::parse(query, &[])?;
+    let status_prefix = format!("{}{}/", keys::STATUS, app.name);
+    let (roles_key, intent_key) = (keys::roles(&app.name), keys::intent(&app.name));
+    let (statuses, roles, intent) = tokio::try_join!(
+        state.store.list(&status_prefix),
+        state.store.get(&roles_key),
+        state.store.get(&intent_key),
+    )
+    .map_err(ApiError::read)?;
+    let observed = Observed::from_kvs(&statuses.kvs, roles.as_slice());
+    let mut doc = app_document(&state.topology, &app, &observed);
+    doc.intent = intent.and_then(|kv| match serde_json::from_slice::<Intent>(&kv.value) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring unreadable intent");
+            None
+        }
+    });
+    let mut value = serde_json::to_value(&doc)
+        .map_err(|e| ApiError::internal(format!("cannot encode the app document: {e}")))?;
+    if let Some(object) = value.as_object_mut() {
+        for field in ["switchover", "intent"] {
+            object.entry(field).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(Json(value))
+}
+
+/// `GET /v1/apps/{app}/primary`: 200 with the acknowledged primary, else
+/// 503 with the controller's reason. Never cached.
+pub(crate) async fn primary(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let mut response = match primary_inner(&state, path, query).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn primary_inner(
+    state: &ApiState,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let app = path_app(state, path)?;
+    Params::parse(query, &[])?;
+    let roles_kv = state
+        .store
+        .get(&keys::roles(&app.name))
+        .await
+        .map_err(ApiError::read)?;
+    let roles = match roles_kv {
+        None => None,
+        Some(kv) => match serde_json::from_slice::<AppRoles>(&kv.value) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "ignoring unreadable role assignment");
+                None
+            }
+        },
+    };
+    let holder_status = match roles.as_ref().and_then(|r| r.primary.as_ref()) {
+        None => None,
+        Some(grant) => {
+            let kv = state
+                .store
+                .get(&keys::status(&app.name, &grant.instance))
+                .await
+                .map_err(ApiError::read)?;
+            kv.and_then(|kv| serde_json::from_slice::<InstanceStatus>(&kv.value).ok())
+        }
+    };
+    let grant = acknowledged_primary(&app, roles.as_ref(), |_| holder_status.as_ref());
+    if let Some(doc) = grant.and_then(|g| primary_document(&state.topology, &app, g)) {
+        return Ok(Json(doc).into_response());
+    }
+    let reason = match &roles {
+        None => "the controller has not assigned roles yet".to_owned(),
+        Some(r) if r.reason.is_empty() => "no reason recorded".to_owned(),
+        Some(r) => r.reason.clone(),
+    };
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("no primary for {}", app.name),
+    );
+    error.doc.reason = Some(reason);
+    Ok(error.into_response())
+}
+
+/// Any path the API does not serve.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+/// A known path with a method it does not accept.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(ErrorDoc::new(format!(
+            "{} does not accept {method}",
+            uri.path()
+        ))),
+    )
+        .into_response()
+}

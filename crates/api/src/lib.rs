@@ -1,0 +1,122 @@
+//! tandem's HTTP/JSON API: how operators, the CLI, dashboards, load
+//! balancers and client libraries see and steer the cluster.
+//!
+//! The API sits beside the controller and the agents on top of the
+//! coordination store (see DESIGN.md, "Architecture"). It only *reads* what
+//! they wrote (instance statuses, role assignments, the event log) and
+//! *records intents*; it never changes a role itself. A switchover is an
+//! [`Intent`](tandem_core::model::Intent) written to `/tandem/intents/{app}`
+//! that the controller carries out; the request waits for its outcome.
+//!
+//! Endpoints (all JSON; every error is `{"error": "one clear sentence"}`):
+//!
+//! | endpoint | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 `{"status":"ok"}`: the API itself is alive |
+//! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
+//! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
+//! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`); never cached |
+//! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done, 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
+//! | `GET /v1/events[?since=SEQ][&limit=N]` | [`EventsDoc`](types::EventsDoc), oldest first (default: the last 100; at most 10000) |
+//! | `GET /v1/events?follow=true[&since=SEQ]` | `text/event-stream`: the same backlog, then each new event (`id:` seq, `event: event`, `data:` the event's JSON); honours `Last-Event-ID` |
+//!
+//! Store failures: without quorum, reads answer 503 "coordination store
+//! unavailable: ..." and writes 503 "read-only: the coordination store has
+//! no quorum"; other store failures answer 500.
+#![deny(missing_docs)]
+#![allow(clippy::disallowed_methods)] // the API keeps time: request timeouts, intent ids
+
+mod error;
+mod events;
+mod handlers;
+mod params;
+mod status;
+mod switchover;
+pub mod types;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tandem_core::topology::Topology;
+use tandem_store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use events::{DEFAULT_LIMIT, KEEP_ALIVE_INTERVAL, MAX_LIMIT};
+pub use status::status_document;
+pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
+
+/// What every handler shares: the store, the topology, and the server's
+/// shutdown signal (which ends event streams and switchover waits).
+#[derive(Clone)]
+pub struct ApiState {
+    /// The coordination store.
+    pub store: Arc<dyn Store>,
+    /// The topology the cluster runs.
+    pub topology: Arc<Topology>,
+    /// Cancelled when [`serve`]'s shutdown future resolves.
+    shutdown: CancellationToken,
+    /// Makes intent ids unique within this process.
+    intent_counter: Arc<AtomicU64>,
+}
+
+impl ApiState {
+    /// State for serving `topology` from `store`.
+    pub fn new(store: Arc<dyn Store>, topology: Arc<Topology>) -> ApiState {
+        ApiState {
+            store,
+            topology,
+            shutdown: CancellationToken::new(),
+            intent_counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("store", &self.store.backend())
+            .field("topology", &self.topology.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The API's routes, ready to serve (or to embed in a larger router).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/apps/{app}", get(handlers::app))
+        .route("/v1/apps/{app}/primary", get(handlers::primary))
+        .route("/v1/apps/{app}/switchover", post(switchover::switchover))
+        .route("/v1/events", get(events::events))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves. The caller binds
+/// (tests bind port 0). On shutdown the API stops accepting connections,
+/// ends event streams, answers waiting switchovers with where they stand
+/// (202), and returns once every connection is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = state.shutdown.clone();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, topology = %state.topology.name, store = state.store.backend(), "API listening");
+    }
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            token.cancel();
+        })
+        .await?;
+    tracing::info!("API stopped");
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The documents the API answers with and the requests it accepts, shared
+//! with `tandem-client` (which deserializes exactly these types).
+//!
+//! Enumerations keep their store spelling: roles are `"primary"`,
+//! `"backup"`, `"stopped"`, ... ([`Role`]), health is `"healthy"`,
+//! `"unhealthy"` or `"unknown"` ([`Health`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use tandem_core::model::{
+    Event, Health, Intent, IntentKind, IntentState, PendingSwitchover, ProcessState, Role,
+};
+pub use tandem_core::topology::HaMode;
+
+/// `GET /v1/status`: every app of the topology, in topology order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The topology's name.
+    pub topology: String,
+    /// The coordination store's backend ("embedded", "etcd").
+    pub store: String,
+    /// One entry per app, in topology order.
+    pub apps: Vec<AppDoc>,
+}
+
+/// One app: its role assignment and its instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppDoc {
+    /// The app's name.
+    pub name: String,
+    /// Its HA mode.
+    pub ha: HaMode,
+    /// The last epoch handed out for the app (0: never).
+    pub epoch: u64,
+    /// The instance that holds the primary grant *and has acknowledged it*
+    /// (the same rule as `GET /v1/apps/{app}/primary`); `null` otherwise.
+    pub primary: Option<String>,
+    /// Why the controller made its last change to the app's roles (empty if
+    /// it never did).
+    pub reason: String,
+    /// The app's instances, in topology order.
+    pub instances: Vec<InstanceDoc>,
+    /// The switchover the controller is carrying out, if any. Absent when
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<PendingSwitchover>,
+    /// The app's recorded intent (the last one asked for, with its
+    /// outcome). Only `GET /v1/apps/{app}` fills it (`null` there when
+    /// none); absent from `GET /v1/status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+}
+
+/// One instance: where it is placed (from the topology) and what its agent
+/// reports (from its status; the status-derived fields are `null`, `role`
+/// is `"stopped"` and `health` `"unknown"` when no status exists, i.e. its
+/// host is lost or its agent is not running).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceDoc {
+    /// The instance id.
+    pub id: String,
+    /// The host it is placed on.
+    pub host: String,
+    /// That host's address (empty if the host is not in the topology).
+    pub address: String,
+    /// Its named ports.
+    pub ports: BTreeMap<String, u16>,
+    /// Its preference for the primary role (higher wins).
+    pub priority: i64,
+    /// The role the process has acknowledged (`acting` of its status).
+    pub role: Role,
+    /// The epoch that came with `role`.
+    pub epoch: Option<u64>,
+    /// Its pid while running.
+    pub pid: Option<u32>,
+    /// Its health.
+    pub health: Health,
+    /// Why the last health check failed, if it did.
+    #[serde(default)]
+    pub health_detail: Option<String>,
+    /// The process's state as its agent sees it.
+    pub process: Option<ProcessState>,
+    /// Restarts since its agent started.
+    pub restarts: Option<u32>,
+    /// Restarted too often in a row: not promoted until stable again.
+    pub crash_looping: bool,
+    /// How its last run ended.
+    pub last_exit: Option<String>,
+    /// Counts the starts of the instance by its agent.
+    pub incarnation: Option<u64>,
+}
+
+/// `GET /v1/apps/{app}/primary` (200): the acknowledged primary and how to
+/// reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryDoc {
+    /// The app.
+    pub app: String,
+    /// The primary instance.
+    pub instance: String,
+    /// Its host.
+    pub host: String,
+    /// Its host's address.
+    pub address: String,
+    /// Its port named `main` if it has one, else its port with the
+    /// alphabetically first name; `null` if it has no ports.
+    pub port: Option<u16>,
+    /// All its named ports.
+    pub ports: BTreeMap<String, u16>,
+    /// The epoch it acknowledged with the primary role.
+    pub epoch: u64,
+}
+
+/// The body of every error answer: `{"error": "one clear sentence"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDoc {
+    /// What went wrong, in one sentence.
+    pub error: String,
+    /// On a "no primary" answer (`GET /v1/apps/{app}/primary`, 503): why,
+    /// as the controller last explained the app's roles. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// On a refused switchover (409): the id of the refused intent. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+}
+
+impl ErrorDoc {
+    /// An error with just a message.
+    pub fn new(error: impl Into<String>) -> ErrorDoc {
+        ErrorDoc {
+            error: error.into(),
+            reason: None,
+            intent: None,
+        }
+    }
+}
+
+/// `POST /v1/apps/{app}/switchover` body. An empty body or `{}` lets the
+/// controller pick the best backup. Unknown fields are rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// The instance to promote, if the caller names one.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// Where an accepted switchover stands when the API answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchoverProgress {
+    /// Recorded; the controller has not acted on it yet (202).
+    Pending,
+    /// The controller is carrying it out (202).
+    Running,
+    /// Carried out (200).
+    Done,
+}
+
+/// `POST /v1/apps/{app}/switchover` answer when the switchover was done
+/// (200) or is still under way at the timeout (202). A refusal is a 409
+/// [`ErrorDoc`] carrying the intent id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverResponse {
+    /// The app.
+    pub app: String,
+    /// The id of the recorded intent.
+    pub intent: String,
+    /// Where it stands.
+    pub outcome: SwitchoverProgress,
+    /// What the controller did (when done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `GET /v1/events`: the event log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsDoc {
+    /// The events, by increasing `seq`.
+    pub events: Vec<Event>,
+}
+
+/// `GET /healthz`: the API's own liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthzDoc {
+    /// Always `"ok"`.
+    pub status: String,
+}

@@ -1,0 +1,228 @@
+//! The client commands: status, events, switchover, and validate.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::json;
+use tandem_api::types::{Event, StatusDoc};
+use tandem_client::{ApiClient, SwitchoverOutcome};
+
+use crate::table::render;
+
+/// `tandem status`.
+pub async fn status(api: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(api)?;
+    let doc = client.status().await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}", status_table(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of the status document.
+pub fn status_table(doc: &StatusDoc) -> String {
+    let mut rows = Vec::new();
+    for app in &doc.apps {
+        for i in &app.instances {
+            rows.push(vec![
+                app.name.clone(),
+                app.ha.to_string(),
+                i.id.clone(),
+                i.host.clone(),
+                i.role.to_string(),
+                i.epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+                i.health.to_string(),
+                i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                i.restarts
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                i.last_exit.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    let mut out = format!("topology {} (store: {})\n", doc.topology, doc.store);
+    out.push_str(&render(
+        &[
+            "APP",
+            "HA",
+            "INSTANCE",
+            "HOST",
+            "ROLE",
+            "EPOCH",
+            "HEALTH",
+            "PID",
+            "RESTARTS",
+            "LAST EXIT",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// A wall-clock time in milliseconds as `HH:MM:SS.mmm` (UTC).
+pub fn clock(t_ms: u64) -> String {
+    let secs = t_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        t_ms % 1000
+    )
+}
+
+/// One event as a line.
+pub fn event_line(e: &Event) -> String {
+    let kind = serde_json::to_value(e.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "{}  #{:<5} {:<16} {}",
+        clock(e.t_ms),
+        e.seq,
+        kind,
+        e.message
+    )
+}
+
+/// `tandem events`.
+pub async fn events(
+    api: &str,
+    follow: bool,
+    since: Option<u64>,
+    limit: u64,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(api)?;
+    let print = |e: &Event| {
+        if as_json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+        } else {
+            println!("{}", event_line(e));
+        }
+    };
+    if !follow {
+        for e in client.events(since, Some(limit)).await? {
+            print(&e);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let since = match since {
+        Some(s) => Some(s),
+        None => {
+            let backlog = client.events(None, Some(limit)).await?;
+            for e in &backlog {
+                print(e);
+            }
+            Some(backlog.last().map_or(0, |e| e.seq))
+        }
+    };
+    let stream = client.follow_events(since);
+    tokio::pin!(stream);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            item = stream.next() => match item {
+                Some(Ok(e)) => print(&e),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+}
+
+/// `tandem switchover`.
+pub async fn switchover(
+    api: &str,
+    app: &str,
+    to: Option<&str>,
+    timeout: Duration,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(api)?;
+    let outcome = client.switchover(app, to, timeout).await?;
+    match outcome {
+        SwitchoverOutcome::Done { intent, message } => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"app": app, "intent": intent, "outcome": "done", "message": message})
+                );
+            } else {
+                println!("{app}: switchover done: {message}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SwitchoverOutcome::Refused { intent, reason } => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"app": app, "intent": intent, "outcome": "refused", "error": reason})
+                );
+            } else {
+                eprintln!("error: switchover of {app} refused: {reason}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        SwitchoverOutcome::InProgress { intent, progress } => {
+            let progress = serde_json::to_value(progress).unwrap_or_default();
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"app": app, "intent": intent, "outcome": progress})
+                );
+            } else {
+                eprintln!(
+                    "{app}: switchover (intent {intent}) still {} after {} ms; follow it with `tandem events -f`",
+                    progress.as_str().unwrap_or("pending"),
+                    timeout.as_millis()
+                );
+            }
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `tandem validate`.
+pub fn validate(file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.display().to_string();
+    match tandem_core::topology::parse(&name, &text) {
+        Ok(t) => {
+            let instances: usize = t.apps.iter().map(|a| a.instances.len()).sum();
+            if as_json {
+                println!("{}", json!({"valid": true, "problems": []}));
+            } else {
+                println!(
+                    "{name}: valid ({} apps, {instances} instances, {} hosts)",
+                    t.apps.len(),
+                    t.hosts.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            if as_json {
+                let problems: Vec<_> = diags
+                    .0
+                    .iter()
+                    .map(|d| json!({"file": d.file, "line": d.line, "column": d.column, "message": d.message}))
+                    .collect();
+                println!("{}", json!({"valid": false, "problems": problems}));
+            } else {
+                for d in &diags.0 {
+                    println!("{d}");
+                }
+                eprintln!("{name}: {} problem(s)", diags.0.len());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

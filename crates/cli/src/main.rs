@@ -1,0 +1,185 @@
+//! `tandem`: the one binary. It parses arguments, sets up logging and
+//! calls the libraries; every subcommand lives in a module of its own.
+#![allow(clippy::disallowed_methods)] // a binary reads clocks
+
+mod bench;
+mod commands;
+mod table;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Where client commands find the API, unless told otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:7420";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem",
+    version,
+    about = "High availability for multi-component services: one topology, an agent per host, a controller that decides, fencing so two primaries never act at once."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole topology on this machine: embedded store, controller, an
+    /// agent for every local host, and the API. Ctrl-C stops everything.
+    Up(up::UpArgs),
+    /// Show apps, instances, roles, health and epochs.
+    Status {
+        /// Print the JSON document of GET /v1/status.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Show the event log (role changes, failures, operator actions).
+    Events {
+        /// Keep printing events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events after this sequence number.
+        #[arg(long)]
+        since: Option<u64>,
+        /// How many of the latest events to show (without --since).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Planned switchover: demote the primary, then promote the target.
+    Switchover {
+        /// The app (warm-standby).
+        app: String,
+        /// The instance to promote (default: the best healthy backup).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the outcome, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Check a topology file; print every problem with file:line:column.
+    Validate {
+        /// The topology file.
+        file: PathBuf,
+        /// Print {"valid", "problems"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure tandem (failover latency) and print the figures.
+    Bench(bench::BenchArgs),
+    /// The demo component: an HTTP service that plays the role tandem gives it.
+    DemoApp(tandem_demo::DemoArgs),
+    /// Deliver a role to a demo component (a command hook).
+    #[command(hide = true)]
+    DemoAppRole {
+        /// The demo component's port.
+        #[arg(long)]
+        port: u16,
+        /// The role.
+        role: String,
+        /// The epoch.
+        epoch: u64,
+    },
+}
+
+/// Where the API is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArg {
+    /// Address of the tandem API.
+    #[arg(long, env = "TANDEM_API", default_value = DEFAULT_API)]
+    pub api: String,
+}
+
+/// Parses `500ms`, `2s`, `1m` with the topology's rules.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    tandem_core::topology::parse_duration(s)
+}
+
+/// Sets up `tracing` on stderr. `RUST_LOG` overrides `default_level`.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Status { json, api } => commands::status(&api.api, json).await,
+            Command::Events {
+                follow,
+                since,
+                limit,
+                json,
+                api,
+            } => commands::events(&api.api, follow, since, limit, json).await,
+            Command::Switchover {
+                app,
+                to,
+                timeout,
+                json,
+                api,
+            } => commands::switchover(&api.api, &app, to.as_deref(), timeout, json).await,
+            Command::Validate { file, json } => commands::validate(&file, json),
+            Command::Bench(args) => bench::run(args).await,
+            Command::DemoApp(args) => {
+                init_logging(LogFormat::Text, "warn");
+                tandem_demo::run(args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoAppRole { port, role, epoch } => tandem_demo::set_role(port, &role, epoch)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! A harness for end-to-end tests: writes a topology with free ports, runs
+//! the real `tandem up` binary on it, and asks the API and the demo
+//! components what they see. Every wait is bounded.
+#![allow(dead_code, clippy::disallowed_methods)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_api::types::{AppDoc, InstanceDoc, Role, StatusDoc};
+use tandem_client::ApiClient;
+
+/// The `tandem` binary under test.
+pub fn tandem() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A warm-standby pair `web` (a: priority 100, b: 50) of demo components
+/// with an HTTP health check and HTTP hook.
+pub fn pair_topology(pa: u16, pb: u16) -> String {
+    format!(
+        r#"
+[cluster]
+lease_ttl = "3s"
+renew_interval = "500ms"
+fence_margin = "1s"
+
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "local"
+site = "dc1"
+address = "127.0.0.1"
+
+[apps.web]
+ha = "warm-standby"
+command = ["tandem", "demo-app", "--port", "{{ports.http}}", "--journal", "journal.{{instance}}.jsonl", "--freeze-threshold-ms", "500"]
+
+[apps.web.restart]
+initial_backoff = "100ms"
+stable_after = "1s"
+
+[[apps.web.checks]]
+kind = "http"
+port = "http"
+path = "/health"
+interval = "100ms"
+timeout = "80ms"
+failures_before_unhealthy = 2
+successes_before_healthy = 2
+
+[apps.web.hook]
+kind = "http"
+port = "http"
+path = "/tandem/role"
+timeout = "300ms"
+
+[[apps.web.instances]]
+id = "a"
+host = "local"
+priority = 100
+ports = {{ http = {pa} }}
+
+[[apps.web.instances]]
+id = "b"
+host = "local"
+priority = 50
+ports = {{ http = {pb} }}
+"#
+    )
+}
+
+/// A running `tandem up`.
+pub struct Up {
+    pub child: Child,
+    pub api: String,
+    pub dir: tempfile::TempDir,
+    pub topology: PathBuf,
+    pub ports: [u16; 2],
+}
+
+impl Up {
+    /// Runs `tandem up` on the warm-standby pair in a fresh directory.
+    pub fn pair() -> Up {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = [free_port(), free_port()];
+        let topology = dir.path().join("pair.toml");
+        std::fs::write(&topology, pair_topology(ports[0], ports[1])).expect("write topology");
+        Up::start_in(dir, topology, ports)
+    }
+
+    /// Runs `tandem up` on `topology`, with the working directory `dir`.
+    pub fn start_in(dir: tempfile::TempDir, topology: PathBuf, ports: [u16; 2]) -> Up {
+        let api = format!("127.0.0.1:{}", free_port());
+        let child = Self::spawn(dir.path(), &topology, &api);
+        let up = Up {
+            child,
+            api,
+            dir,
+            topology,
+            ports,
+        };
+        up.wait_api();
+        up
+    }
+
+    fn spawn(dir: &Path, topology: &Path, api: &str) -> Child {
+        let log = std::fs::File::create(dir.join("up.log")).expect("log");
+        Command::new(tandem())
+            .arg("up")
+            .arg(topology)
+            .arg("--api")
+            .arg(api)
+            .arg("--log-level")
+            .arg("info")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tandem up")
+    }
+
+    /// Stops `tandem up` with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tandem up did not exit after SIGTERM\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `tandem up` again in the same directory (same data dir).
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "tandem up exited with {status}\n{}",
+            self.log()
+        );
+        self.child = Self::spawn(self.dir.path(), &self.topology, &self.api);
+        self.wait_api();
+    }
+
+    /// What `tandem up` printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    fn wait_api(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(&self.api).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "API never came up\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.api).expect("client")
+    }
+
+    pub async fn status(&self) -> StatusDoc {
+        self.client().status().await.expect("status")
+    }
+
+    pub async fn app(&self, name: &str) -> AppDoc {
+        self.client().app(name).await.expect("app")
+    }
+
+    /// Waits until `pred` holds for app `web`, or panics with `what`.
+    pub async fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&AppDoc) -> bool) -> AppDoc {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(app) = self.client().app("web").await
+                && pred(&app)
+            {
+                return app;
+            }
+            if Instant::now() > deadline {
+                let last = self.client().app("web").await;
+                panic!(
+                    "timed out waiting for {what}; last: {last:#?}\n--- tandem up log ---\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for an acknowledged primary and a healthy backup; returns
+    /// (primary, backup).
+    pub async fn wait_pair(&self) -> (InstanceDoc, InstanceDoc) {
+        let app = self
+            .wait_for("a primary and a healthy backup", 30, |a| {
+                a.primary.is_some()
+                    && a.instances
+                        .iter()
+                        .all(|i| i.health == tandem_api::types::Health::Healthy)
+                    && a.instances.iter().any(|i| i.role == Role::Backup)
+            })
+            .await;
+        let p = app
+            .instances
+            .iter()
+            .find(|i| i.role == Role::Primary)
+            .cloned()
+            .expect("primary");
+        let b = app
+            .instances
+            .iter()
+            .find(|i| i.role == Role::Backup)
+            .cloned()
+            .expect("backup");
+        (p, b)
+    }
+
+    pub fn port_of(&self, id: &str) -> u16 {
+        if id == "a" {
+            self.ports[0]
+        } else {
+            self.ports[1]
+        }
+    }
+
+    /// The demo component's own answer to `GET /`.
+    pub async fn demo(&self, id: &str) -> Option<Value> {
+        demo_get(self.port_of(id)).await
+    }
+
+    /// The journal the demo instance `id` wrote.
+    pub fn journal(&self, id: &str) -> Vec<Value> {
+        let path = self.dir.path().join(format!("journal.{id}.jsonl"));
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// GET / of a demo component on `port`, with a short timeout.
+pub async fn demo_get(port: u16) -> Option<Value> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .ok()?;
+    client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Sends a signal by name with kill(1)'s semantics.
+pub fn signal(pid: u32, name: &str) {
+    let sig = match name {
+        "KILL" => nix::sys::signal::Signal::SIGKILL,
+        "STOP" => nix::sys::signal::Signal::SIGSTOP,
+        "CONT" => nix::sys::signal::Signal::SIGCONT,
+        "TERM" => nix::sys::signal::Signal::SIGTERM,
+        other => panic!("unknown signal {other}"),
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// True if a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,61 @@
+//! The ticker: a plain OS thread (not a tokio task, so a blocked runtime
+//! cannot hide a freeze) that publishes a tick every 10 ms, detects gaps
+//! between its ticks, and journals `acting` every 100 ms while primary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::state::Shared;
+
+/// Time between two ticks.
+const TICK: Duration = Duration::from_millis(10);
+/// Time between two `acting` journal lines.
+const ACTING_EVERY_MS: u64 = 100;
+
+/// The running ticker thread; stopped and joined when dropped.
+pub(crate) struct Ticker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    /// Starts the ticker thread for `shared`.
+    pub(crate) fn spawn(shared: Arc<Shared>) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("demo-ticker".into())
+            .spawn(move || {
+                // The first acting line comes at once for a primary.
+                let mut last_acting_ms: Option<u64> = None;
+                while !thread_stop.load(Ordering::SeqCst) {
+                    shared.tick();
+                    let now_ms = shared.mono_ms();
+                    if last_acting_ms.is_none_or(|t| now_ms.saturating_sub(t) >= ACTING_EVERY_MS) {
+                        shared.record_acting();
+                        last_acting_ms = Some(now_ms);
+                    }
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("cannot start the freeze-detection thread")?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            // A panic in the ticker was already reported by the panic hook.
+            let _ = handle.join();
+        }
+    }
+}
