@@ -631,7 +631,10 @@ mod tests {
     #[test]
     fn urls_encode_names_as_single_segments() {
         let c = ApiClient::new("127.0.0.1:7420").expect("valid");
-        let url = c.url(&["v1", "apps", "a/b c", "primary"], &[("since", "3".into())]);
+        let url = c.url(
+            &["v1", "apps", "a/b c", "primary"],
+            &[("since", "3".into())],
+        );
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:7420/v1/apps/a%2Fb%20c/primary?since=3"
