@@ -1,8 +1,9 @@
-//! Ad-hoc latency figures of the embedded store on this machine. Ignored by
-//! default (tests do not time things); run with
+#![allow(clippy::disallowed_methods)]
+//! Latency figures of the embedded store on this machine (a benchmark, not
+//! a test: tests do not time things). Run with
 //!
 //! ```text
-//! cargo test --release -p tandem-store --test embedded_latency -- --ignored --nocapture
+//! cargo run --release -p tandem-store --example latency
 //! ```
 
 use std::sync::Arc;
@@ -43,9 +44,8 @@ async fn time_puts(
     samples
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "prints latency figures; run explicitly"]
-async fn print_put_latencies() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("store file: {}", dir.path().display());
     let store = EmbeddedStore::open(dir.path()).unwrap();

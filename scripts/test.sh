@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# tandem's whole test suite, on a fresh Debian machine or a developer's.
+#
+# Installs what the tests need (none of it is optional: a test never skips
+# its real work because something is missing), then runs formatting,
+# lints and every test of the workspace: core table and property tests,
+# the store conformance suite, the API over HTTP, and end-to-end tests
+# that run the real `tandem` binary with real processes and signals.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# Debian packages the tests use. Empty for now: the embedded store and the
+# demo components need nothing beyond the Rust toolchain. Later suites add
+# theirs here (etcd, PostgreSQL, HAProxy, Chromium).
+APT_PACKAGES=()
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}"
+fi
+
+command -v cargo >/dev/null || { echo "cargo is required (rustup.rs)"; exit 1; }
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
+# Doc tests too (cargo test --all-targets leaves them out).
+cargo test --workspace --doc
+
+# One closing line that counts every test that ran.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt
