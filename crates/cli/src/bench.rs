@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tandem_agent::local::Local;
 use tandem_core::model::{AppRoles, Health, InstanceStatus, ProcessState, Role, keys};
+use tandem_demo::topology::WarmPair;
 use tandem_store::{EmbeddedStore, Store};
 use tokio::time::Instant;
 
@@ -75,51 +76,17 @@ async fn failover(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
     }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let (pa, pb) = (free_port()?, free_port()?);
-    let text = format!(
-        r#"
-[[sites]]
-name = "dc1"
-
-[[hosts]]
-name = "local"
-site = "dc1"
-address = "127.0.0.1"
-
-[apps.bench]
-ha = "warm-standby"
-command = ["tandem", "demo-app", "--port", "{{ports.http}}"]
-
-[apps.bench.restart]
-initial_backoff = "20ms"
-stable_after = "300ms"
-
-[[apps.bench.checks]]
-kind = "http"
-port = "http"
-path = "/health"
-interval = "50ms"
-timeout = "40ms"
-failures_before_unhealthy = 2
-successes_before_healthy = 1
-
-[apps.bench.hook]
-kind = "http"
-port = "http"
-path = "/tandem/role"
-timeout = "500ms"
-
-[[apps.bench.instances]]
-id = "a"
-host = "local"
-priority = 1
-ports = {{ http = {pa} }}
-
-[[apps.bench.instances]]
-id = "b"
-host = "local"
-ports = {{ http = {pb} }}
-"#
-    );
+    let text = tandem_demo::topology::warm_pair(&WarmPair {
+        app: "bench".into(),
+        ports: [pa, pb],
+        check_interval_ms: 50,
+        check_timeout_ms: 40,
+        successes_before_healthy: 1,
+        hook_timeout_ms: 500,
+        initial_backoff_ms: 20,
+        stable_after_ms: 300,
+        ..WarmPair::default()
+    });
     let topology = Arc::new(
         tandem_core::topology::parse("bench.toml", &text)
             .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,

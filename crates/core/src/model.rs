@@ -54,21 +54,39 @@ impl Role {
             Role::Fenced => "fenced",
         }
     }
+}
 
-    /// Parses the spelling of [`Role::as_str`].
-    pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "primary" => Role::Primary,
-            "backup" => Role::Backup,
-            "standby" => Role::Standby,
-            "active" => Role::Active,
-            "free" => Role::Free,
-            "busy" => Role::Busy,
-            "stopped" => Role::Stopped,
-            "failed" => Role::Failed,
-            "fenced" => Role::Fenced,
-            _ => return None,
-        })
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 9] = [
+        Role::Primary,
+        Role::Backup,
+        Role::Standby,
+        Role::Active,
+        Role::Free,
+        Role::Busy,
+        Role::Stopped,
+        Role::Failed,
+        Role::Fenced,
+    ];
+}
+
+/// A role string that names no [`Role`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown role {0:?}: expected one of primary, backup, standby, active, free, busy, stopped, failed, fenced"
+)]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    /// Parses the spelling of [`Role::as_str`] (case-sensitive).
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
     }
 }
 
@@ -465,22 +483,17 @@ mod tests {
 
     #[test]
     fn roles_round_trip_through_their_spelling() {
-        for role in [
-            Role::Primary,
-            Role::Backup,
-            Role::Standby,
-            Role::Active,
-            Role::Free,
-            Role::Busy,
-            Role::Stopped,
-            Role::Failed,
-            Role::Fenced,
-        ] {
-            assert_eq!(Role::parse(role.as_str()), Some(role));
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
             let json = serde_json::to_string(&role).unwrap();
             assert_eq!(json, format!("\"{role}\""));
         }
-        assert_eq!(Role::parse("leader"), None);
+        let err = "leader".parse::<Role>().unwrap_err();
+        assert!(
+            err.to_string().contains("expected one of primary, backup"),
+            "{err}"
+        );
+        assert!("Primary".parse::<Role>().is_err(), "case-sensitive");
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod journal;
 mod role;
 mod state;
 mod ticker;
+pub mod topology;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

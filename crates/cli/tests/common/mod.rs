@@ -26,59 +26,19 @@ pub fn free_port() -> u16 {
 }
 
 /// A warm-standby pair `web` (a: priority 100, b: 50) of demo components
-/// with an HTTP health check and HTTP hook.
+/// with an HTTP health check and HTTP hook, journaling to the working
+/// directory.
 pub fn pair_topology(pa: u16, pb: u16) -> String {
-    format!(
-        r#"
-[cluster]
-lease_ttl = "3s"
-renew_interval = "500ms"
-fence_margin = "1s"
-
-[[sites]]
-name = "dc1"
-
-[[hosts]]
-name = "local"
-site = "dc1"
-address = "127.0.0.1"
-
-[apps.web]
-ha = "warm-standby"
-command = ["tandem", "demo-app", "--port", "{{ports.http}}", "--journal", "journal.{{instance}}.jsonl", "--freeze-threshold-ms", "500"]
-
-[apps.web.restart]
-initial_backoff = "100ms"
-stable_after = "1s"
-
-[[apps.web.checks]]
-kind = "http"
-port = "http"
-path = "/health"
-interval = "100ms"
-timeout = "80ms"
-failures_before_unhealthy = 2
-successes_before_healthy = 2
-
-[apps.web.hook]
-kind = "http"
-port = "http"
-path = "/tandem/role"
-timeout = "300ms"
-
-[[apps.web.instances]]
-id = "a"
-host = "local"
-priority = 100
-ports = {{ http = {pa} }}
-
-[[apps.web.instances]]
-id = "b"
-host = "local"
-priority = 50
-ports = {{ http = {pb} }}
-"#
-    )
+    tandem_demo::topology::warm_pair(&tandem_demo::topology::WarmPair {
+        ports: [pa, pb],
+        extra_args: vec![
+            "--journal".into(),
+            "journal.{instance}.jsonl".into(),
+            "--freeze-threshold-ms".into(),
+            "500".into(),
+        ],
+        ..Default::default()
+    })
 }
 
 /// A running `tandem up`.

@@ -1,0 +1,120 @@
+//! A topology of demo components for benchmarks and tests: a warm-standby
+//! pair on one local host, with an HTTP health check and HTTP role hook.
+
+/// Settings of [`warm_pair`]; `Default` suits a fast local pair.
+#[derive(Debug, Clone)]
+pub struct WarmPair {
+    /// The app's name.
+    pub app: String,
+    /// HTTP ports of instances `a` (priority 100) and `b` (priority 50).
+    pub ports: [u16; 2],
+    /// Health check interval.
+    pub check_interval_ms: u64,
+    /// Health check timeout.
+    pub check_timeout_ms: u64,
+    /// Failures before unhealthy.
+    pub failures_before_unhealthy: u32,
+    /// Successes before healthy.
+    pub successes_before_healthy: u32,
+    /// Role hook timeout.
+    pub hook_timeout_ms: u64,
+    /// First restart delay.
+    pub initial_backoff_ms: u64,
+    /// Running this long resets the restart backoff.
+    pub stable_after_ms: u64,
+    /// Extra arguments of `tandem demo-app` (placeholders allowed).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for WarmPair {
+    fn default() -> WarmPair {
+        WarmPair {
+            app: "web".into(),
+            ports: [8081, 8082],
+            check_interval_ms: 100,
+            check_timeout_ms: 80,
+            failures_before_unhealthy: 2,
+            successes_before_healthy: 2,
+            hook_timeout_ms: 300,
+            initial_backoff_ms: 100,
+            stable_after_ms: 1000,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The topology file (TOML) of a warm-standby pair of demo components.
+pub fn warm_pair(p: &WarmPair) -> String {
+    let app = &p.app;
+    let mut command = vec![
+        "tandem".to_string(),
+        "demo-app".into(),
+        "--port".into(),
+        "{ports.http}".into(),
+    ];
+    command.extend(p.extra_args.iter().cloned());
+    let command = command
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"[cluster]
+lease_ttl = "3s"
+renew_interval = "500ms"
+fence_margin = "1s"
+
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "local"
+site = "dc1"
+address = "127.0.0.1"
+
+[apps.{app}]
+ha = "warm-standby"
+command = [{command}]
+
+[apps.{app}.restart]
+initial_backoff = "{backoff}ms"
+stable_after = "{stable}ms"
+
+[[apps.{app}.checks]]
+kind = "http"
+port = "http"
+path = "/health"
+interval = "{interval}ms"
+timeout = "{timeout}ms"
+failures_before_unhealthy = {failures}
+successes_before_healthy = {successes}
+
+[apps.{app}.hook]
+kind = "http"
+port = "http"
+path = "/tandem/role"
+timeout = "{hook}ms"
+
+[[apps.{app}.instances]]
+id = "a"
+host = "local"
+priority = 100
+ports = {{ http = {pa} }}
+
+[[apps.{app}.instances]]
+id = "b"
+host = "local"
+priority = 50
+ports = {{ http = {pb} }}
+"#,
+        backoff = p.initial_backoff_ms,
+        stable = p.stable_after_ms,
+        interval = p.check_interval_ms,
+        timeout = p.check_timeout_ms,
+        failures = p.failures_before_unhealthy,
+        successes = p.successes_before_healthy,
+        hook = p.hook_timeout_ms,
+        pa = p.ports[0],
+        pb = p.ports[1],
+    )
+}
