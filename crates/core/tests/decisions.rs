@@ -1,0 +1,658 @@
+//! Table tests of core's decisions: for a given state and observation, the
+//! exact actions (agent) or assignment and reason (controller).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tandem_core::controller::{AppInput, decide};
+use tandem_core::instance::{Action, HookFailure, Input, InstanceMachine, InstanceSpec};
+use tandem_core::model::{
+    AppRoles, EventKind, Health, InstanceStatus, Intent, IntentKind, IntentState, PrimaryGrant,
+    ProcessState, Role,
+};
+use tandem_core::topology::{App, HaMode, Instance, RestartPolicy};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn policy() -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff: 100 * MS,
+        max_backoff: 800 * MS,
+        stable_after: 5000 * MS,
+        crashloop_after: 3,
+    }
+}
+
+fn machine(ha: HaMode) -> InstanceMachine {
+    InstanceMachine::new(InstanceSpec {
+        name: "web/a".into(),
+        host: "h1".into(),
+        ha,
+        has_hook: true,
+        restart: policy(),
+        checks: vec![(2, 1)],
+        session: 7,
+    })
+}
+
+/// A machine whose process (incarnation 1, pid 100) runs, healthy.
+fn running() -> InstanceMachine {
+    let mut m = machine(HaMode::WarmStandby);
+    m.handle(Input::Tick, Duration::ZERO);
+    m.handle(Input::Spawned { pid: 100 }, Duration::ZERO);
+    m.handle(
+        Input::Probe {
+            check: 0,
+            incarnation: 1,
+            result: Ok(()),
+        },
+        MS,
+    );
+    assert_eq!(m.status().health, Health::Healthy);
+    m
+}
+
+fn grant(epoch: u64) -> Input {
+    Input::Assigned {
+        role: Role::Primary,
+        epoch,
+        grant: Some((1, 7)),
+        generation: epoch,
+    }
+}
+
+fn backup(epoch: u64, generation: u64) -> Input {
+    Input::Assigned {
+        role: Role::Backup,
+        epoch,
+        grant: None,
+        generation,
+    }
+}
+
+fn hook_done(role: Role, epoch: u64, result: Result<(), HookFailure>) -> Input {
+    Input::HookDone {
+        role,
+        epoch,
+        incarnation: 1,
+        result,
+    }
+}
+
+fn failed(stopped: bool) -> Result<(), HookFailure> {
+    Err(HookFailure {
+        error: "timeout".into(),
+        process_stopped: stopped,
+    })
+}
+
+fn primary_machine() -> InstanceMachine {
+    let mut m = running();
+    m.handle(grant(3), 2 * MS);
+    m.handle(hook_done(Role::Primary, 3, Ok(())), 3 * MS);
+    assert_eq!(m.status().acting, Role::Primary);
+    m
+}
+
+#[test]
+fn instance_machine_table() {
+    struct Case {
+        name: &'static str,
+        machine: fn() -> InstanceMachine,
+        input: Input,
+        actions: Vec<Action>,
+        acting: Role,
+    }
+    let kill = |r: &str| Action::Kill { reason: r.into() };
+    let cases = vec![
+        Case {
+            name: "a new instance starts in its non-primary role",
+            machine: || machine(HaMode::WarmStandby),
+            input: Input::Tick,
+            actions: vec![Action::Spawn {
+                incarnation: 1,
+                role: Role::Backup,
+                epoch: 0,
+            }],
+            acting: Role::Stopped,
+        },
+        Case {
+            name: "an instance of an app without HA starts active",
+            machine: || machine(HaMode::None),
+            input: Input::Tick,
+            actions: vec![Action::Spawn {
+                incarnation: 1,
+                role: Role::Active,
+                epoch: 0,
+            }],
+            acting: Role::Stopped,
+        },
+        Case {
+            name: "a grant for its incarnation and session runs the promotion hook",
+            machine: running,
+            input: grant(3),
+            actions: vec![
+                Action::Publish,
+                Action::RunHook {
+                    role: Role::Primary,
+                    epoch: 3,
+                    incarnation: 1,
+                },
+            ],
+            acting: Role::Primary, // reported while the promotion is in flight
+        },
+        Case {
+            name: "a grant for another incarnation promotes nothing",
+            machine: running,
+            input: Input::Assigned {
+                role: Role::Primary,
+                epoch: 3,
+                grant: Some((2, 7)),
+                generation: 3,
+            },
+            actions: vec![Action::Publish],
+            acting: Role::Backup,
+        },
+        Case {
+            name: "a grant from another agent session promotes nothing",
+            machine: running,
+            input: Input::Assigned {
+                role: Role::Primary,
+                epoch: 3,
+                grant: Some((1, 6)),
+                generation: 3,
+            },
+            actions: vec![Action::Publish],
+            acting: Role::Backup,
+        },
+        Case {
+            name: "an older generation is ignored",
+            machine: || {
+                let mut m = running();
+                m.handle(backup(3, 9), 2 * MS);
+                m
+            },
+            input: grant(3),
+            actions: vec![],
+            acting: Role::Backup,
+        },
+        Case {
+            name: "a failed promotion hook kills the process",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m
+            },
+            input: hook_done(Role::Primary, 3, failed(false)),
+            actions: vec![
+                Action::Publish,
+                kill(
+                    "web/a: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
+                ),
+            ],
+            acting: Role::Primary,
+        },
+        Case {
+            name: "a demotion runs the hook; the primary stays acting until it confirms",
+            machine: primary_machine,
+            input: backup(3, 4),
+            actions: vec![
+                Action::Publish,
+                Action::RunHook {
+                    role: Role::Backup,
+                    epoch: 3,
+                    incarnation: 1,
+                },
+            ],
+            acting: Role::Primary,
+        },
+        Case {
+            name: "a demotion that fails on a live process kills it",
+            machine: || {
+                let mut m = primary_machine();
+                m.handle(backup(3, 4), 4 * MS);
+                m
+            },
+            input: hook_done(Role::Backup, 3, failed(false)),
+            actions: vec![kill(
+                "web/a: could not confirm stepping down (timeout): killed so that it cannot act as primary",
+            )],
+            acting: Role::Primary,
+        },
+        Case {
+            name: "a demotion that fails on a frozen process fences it and retries",
+            machine: || {
+                let mut m = primary_machine();
+                m.handle(backup(3, 4), 4 * MS);
+                m
+            },
+            input: hook_done(Role::Backup, 3, failed(true)),
+            actions: vec![Action::Publish],
+            acting: Role::Fenced,
+        },
+        Case {
+            name: "losing the lease demotes a primary",
+            machine: primary_machine,
+            input: Input::Fence,
+            actions: vec![Action::RunHook {
+                role: Role::Backup,
+                epoch: 3,
+                incarnation: 1,
+            }],
+            acting: Role::Primary,
+        },
+        Case {
+            name: "losing the lease with a promotion in flight kills",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m
+            },
+            input: Input::Fence,
+            actions: vec![kill(
+                "web/a: lease about to be lost while a promotion is in flight",
+            )],
+            acting: Role::Primary,
+        },
+        Case {
+            name: "while fenced, a frozen primary that cannot confirm is killed",
+            machine: || {
+                let mut m = primary_machine();
+                m.handle(Input::Fence, 4 * MS);
+                m
+            },
+            input: hook_done(Role::Backup, 3, failed(true)),
+            actions: vec![kill(
+                "web/a: could not confirm stepping down (timeout): killed so that it cannot act as primary",
+            )],
+            acting: Role::Primary,
+        },
+        Case {
+            name: "an exit schedules a restart and publishes",
+            machine: running,
+            input: Input::Exited {
+                how: "killed by signal 9".into(),
+            },
+            actions: vec![Action::Publish],
+            acting: Role::Stopped,
+        },
+        Case {
+            name: "stop terminates a running process",
+            machine: running,
+            input: Input::Stop,
+            actions: vec![Action::Terminate],
+            acting: Role::Backup,
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut m = (c.machine)();
+        let step = m.handle(c.input.clone(), 10 * MS);
+        if step.actions != c.actions || m.status().acting != c.acting {
+            failures.push(format!(
+                "{}: got {:?} acting {:?}, want {:?} acting {:?}",
+                c.name,
+                step.actions,
+                m.status().acting,
+                c.actions,
+                c.acting
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn quick_exits_back_off_exponentially_then_mark_the_instance_crash_looping() {
+    let mut m = running();
+    let mut now = 10 * MS;
+    let mut delays = Vec::new();
+    for round in 0..4 {
+        m.handle(
+            Input::Exited {
+                how: "exited with code 1".into(),
+            },
+            now,
+        );
+        let at = m.next_wakeup().expect("a restart is scheduled");
+        delays.push((at - now).as_millis());
+        assert_eq!(m.status().crash_looping, round >= 2, "round {round}");
+        now = at;
+        let step = m.handle(Input::Tick, now);
+        assert!(
+            matches!(step.actions[..], [Action::Spawn { .. }]),
+            "{step:?}"
+        );
+        m.handle(Input::Spawned { pid: 200 + round }, now);
+    }
+    assert_eq!(delays, [100, 200, 400, 800]);
+    assert_eq!(m.status().acting, Role::Backup);
+    assert!(m.status().crash_looping);
+    // Running stably clears it and resets the backoff.
+    let step = m.handle(Input::Tick, now + 5000 * MS);
+    assert!(step.actions.contains(&Action::Publish));
+    assert!(!m.status().crash_looping);
+    m.handle(
+        Input::Exited {
+            how: "exited with code 1".into(),
+        },
+        now + 6000 * MS,
+    );
+    assert_eq!(m.next_wakeup(), Some(now + 6100 * MS));
+}
+
+// ---- the controller ----
+
+fn app() -> App {
+    App {
+        name: "web".into(),
+        ha: HaMode::WarmStandby,
+        command: vec!["run".into()],
+        env: BTreeMap::new(),
+        workdir: None,
+        checks: Vec::new(),
+        hook: None,
+        restart: policy(),
+        stop_timeout: Duration::from_secs(1),
+        instances: [("a", 100), ("b", 50), ("c", 50)]
+            .into_iter()
+            .map(|(id, priority)| Instance {
+                id: id.into(),
+                host: "h1".into(),
+                priority,
+                ports: BTreeMap::new(),
+            })
+            .collect(),
+    }
+}
+
+fn st(acting: Role, health: Health) -> InstanceStatus {
+    InstanceStatus {
+        host: "h1".into(),
+        process: ProcessState::Running,
+        pid: Some(1),
+        session: 7,
+        incarnation: 1,
+        seen_generation: 1,
+        health,
+        health_detail: (health == Health::Unhealthy).then(|| "GET /health timed out".into()),
+        acting,
+        acting_epoch: 1,
+        crash_looping: false,
+        restarts: 0,
+        last_exit: None,
+    }
+}
+
+fn exited() -> InstanceStatus {
+    InstanceStatus {
+        process: ProcessState::Backoff,
+        pid: None,
+        acting: Role::Stopped,
+        last_exit: Some("killed by signal 9 (SIGKILL)".into()),
+        ..st(Role::Stopped, Health::Unknown)
+    }
+}
+
+fn held_by_a() -> AppRoles {
+    AppRoles {
+        generation: 1,
+        epoch: 1,
+        primary: Some(PrimaryGrant {
+            instance: "a".into(),
+            epoch: 1,
+            incarnation: 1,
+            session: 7,
+        }),
+        ..AppRoles::default()
+    }
+}
+
+fn statuses(list: &[(&str, InstanceStatus)]) -> BTreeMap<String, InstanceStatus> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn controller_table() {
+    use Health::*;
+    use Role::*;
+    struct Case {
+        name: &'static str,
+        roles: AppRoles,
+        status: BTreeMap<String, InstanceStatus>,
+        intent: Option<Intent>,
+        primary: Option<&'static str>,
+        epoch: u64,
+        reason: &'static str,
+        intent_state: Option<&'static str>,
+    }
+    let switchover = |to: Option<&str>| {
+        Some(Intent {
+            id: "i1".into(),
+            app: "web".into(),
+            kind: IntentKind::Switchover {
+                to: to.map(str::to_string),
+            },
+            outcome: IntentState::Pending,
+        })
+    };
+    let cases = vec![
+        Case {
+            name: "first promotion picks the highest priority",
+            roles: AppRoles::default(),
+            status: statuses(&[("a", st(Backup, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: None,
+            primary: Some("a"),
+            epoch: 1,
+            reason: "promoted web/a (epoch 1): web had no primary",
+            intent_state: None,
+        },
+        Case {
+            name: "equal priority: the lowest id",
+            roles: AppRoles::default(),
+            status: statuses(&[("c", st(Backup, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: None,
+            primary: Some("b"),
+            epoch: 1,
+            reason: "promoted web/b (epoch 1): web had no primary",
+            intent_state: None,
+        },
+        Case {
+            name: "nothing healthy: no promotion",
+            roles: AppRoles::default(),
+            status: statuses(&[("a", st(Backup, Unknown)), ("b", st(Backup, Unhealthy))]),
+            intent: None,
+            primary: None,
+            epoch: 0,
+            reason: "no instance of web is fit to be primary",
+            intent_state: None,
+        },
+        Case {
+            name: "a crashed primary is replaced in the same decision",
+            roles: held_by_a(),
+            status: statuses(&[("a", exited()), ("b", st(Backup, Healthy))]),
+            intent: None,
+            primary: Some("b"),
+            epoch: 2,
+            reason: "promoted web/b (epoch 2): primary web/a failed: not running: killed by signal 9 (SIGKILL)",
+            intent_state: None,
+        },
+        Case {
+            name: "a lost host's primary is replaced in the same decision",
+            roles: held_by_a(),
+            status: statuses(&[("b", st(Backup, Healthy))]),
+            intent: None,
+            primary: Some("b"),
+            epoch: 2,
+            reason: "promoted web/b (epoch 2): primary web/a failed: host h1 lost (no status: its lease expired)",
+            intent_state: None,
+        },
+        Case {
+            name: "an unhealthy primary is withdrawn first; nobody is promoted while it may act",
+            roles: held_by_a(),
+            status: statuses(&[("a", st(Primary, Unhealthy)), ("b", st(Backup, Healthy))]),
+            intent: None,
+            primary: None,
+            epoch: 1,
+            reason: "waiting for web/a to step down before promoting",
+            intent_state: None,
+        },
+        Case {
+            name: "a crash-looping backup is never promoted",
+            roles: held_by_a(),
+            status: statuses(&[
+                ("a", exited()),
+                (
+                    "b",
+                    InstanceStatus {
+                        crash_looping: true,
+                        ..st(Backup, Healthy)
+                    },
+                ),
+                ("c", st(Backup, Unhealthy)),
+            ]),
+            intent: None,
+            primary: None,
+            epoch: 1,
+            reason: "no instance of web is fit to be primary",
+            intent_state: None,
+        },
+        Case {
+            name: "a restarted primary loses its grant",
+            roles: held_by_a(),
+            status: statuses(&[
+                (
+                    "a",
+                    InstanceStatus {
+                        incarnation: 2,
+                        ..st(Backup, Healthy)
+                    },
+                ),
+                ("b", st(Backup, Healthy)),
+            ]),
+            intent: None,
+            primary: Some("a"),
+            epoch: 2,
+            reason: "promoted web/a (epoch 2): primary web/a failed: restarted since it was granted (incarnation 1 → 2)",
+            intent_state: None,
+        },
+        Case {
+            name: "switchover to an unhealthy target is refused and changes nothing",
+            roles: held_by_a(),
+            status: statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Unhealthy))]),
+            intent: switchover(Some("b")),
+            primary: Some("a"),
+            epoch: 1,
+            reason: "",
+            intent_state: Some(
+                "target web/b is not fit to be primary: unhealthy: GET /health timed out",
+            ),
+        },
+        Case {
+            name: "switchover to an unknown instance is refused",
+            roles: held_by_a(),
+            status: statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: switchover(Some("zz")),
+            primary: Some("a"),
+            epoch: 1,
+            reason: "",
+            intent_state: Some("web has no instance \"zz\" (instances: a, b, c)"),
+        },
+        Case {
+            name: "switchover to the primary itself is refused",
+            roles: held_by_a(),
+            status: statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: switchover(Some("a")),
+            primary: Some("a"),
+            epoch: 1,
+            reason: "",
+            intent_state: Some("web/a is already the primary"),
+        },
+        Case {
+            name: "an accepted switchover demotes first",
+            roles: held_by_a(),
+            status: statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: switchover(None),
+            primary: None,
+            epoch: 1,
+            reason: "waiting for web/a to step down before promoting",
+            intent_state: Some("running"),
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let app = app();
+        let d = decide(&AppInput {
+            app: &app,
+            roles: &c.roles,
+            status: &c.status,
+            intent: c.intent.as_ref(),
+        });
+        let primary = d.roles.primary.as_ref().map(|g| g.instance.as_str());
+        let intent = d.intent.as_ref().map(|s| match s {
+            IntentState::Refused { reason } => reason.clone(),
+            IntentState::Running => "running".into(),
+            IntentState::Done { message } => message.clone(),
+            IntentState::Pending => "pending".into(),
+        });
+        let roles_ok = d
+            .roles
+            .roles
+            .iter()
+            .all(|(id, r)| (Some(id.as_str()) == primary) == (*r == Primary));
+        if primary != c.primary
+            || d.roles.epoch != c.epoch
+            || d.roles.reason != c.reason
+            || intent.as_deref() != c.intent_state
+            || !roles_ok
+        {
+            failures.push(format!(
+                "{}:\n  got primary {:?} epoch {} reason {:?} intent {:?} roles {:?}\n  want primary {:?} epoch {} reason {:?} intent {:?}",
+                c.name, primary, d.roles.epoch, d.roles.reason, intent, d.roles.roles, c.primary, c.epoch, c.reason, c.intent_state
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn a_promotion_is_logged_with_its_reason_and_epoch() {
+    let app = app();
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &held_by_a(),
+        status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
+        intent: None,
+    });
+    assert!(d.changed);
+    assert_eq!(d.roles.generation, 2);
+    let kinds: Vec<EventKind> = d.events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::PrimaryFailed, EventKind::Promoted]);
+    assert_eq!(d.events[1].epoch, Some(2));
+    assert_eq!(d.events[1].instance.as_deref(), Some("b"));
+}
+
+#[test]
+fn an_unchanged_situation_writes_nothing() {
+    let app = app();
+    let roles = decide(&AppInput {
+        app: &app,
+        roles: &AppRoles::default(),
+        status: &statuses(&[("a", st(Role::Backup, Health::Healthy))]),
+        intent: None,
+    })
+    .roles;
+    let mut st_a = st(Role::Primary, Health::Healthy);
+    st_a.seen_generation = roles.generation;
+    let again = decide(&AppInput {
+        app: &app,
+        roles: &roles,
+        status: &statuses(&[("a", st_a)]),
+        intent: None,
+    });
+    assert!(!again.changed);
+    assert!(again.events.is_empty());
+    assert_eq!(again.roles, roles);
+}
