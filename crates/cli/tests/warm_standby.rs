@@ -65,6 +65,29 @@ async fn kill_9_primary_promotes_backup_with_higher_epoch_and_old_one_returns_as
     );
 }
 
+/// The same failover with the two other kinds of role hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_and_signal_hooks_carry_roles_through_a_failover() {
+    for hook in [common::DemoHook::Command, common::DemoHook::Signal] {
+        let up = Up::pair_with(hook);
+        let (p, b) = up.wait_pair().await;
+        let seen = demo_get(up.port_of(&p.id)).await.expect("primary answers");
+        assert_eq!(
+            seen["role"], "primary",
+            "{hook:?}: the primary was told by the hook"
+        );
+        signal(p.pid.unwrap(), "KILL");
+        let app = up
+            .wait_for("the backup promoted", 10, |a| {
+                a.primary.as_deref() == Some(b.id.as_str())
+            })
+            .await;
+        let seen = demo_get(up.port_of(&b.id)).await.expect("backup answers");
+        assert_eq!(seen["role"], "primary", "{hook:?}");
+        assert_eq!(seen["epoch"], app.epoch, "{hook:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_primary_fails_over_and_the_thawed_one_is_told_it_is_a_backup() {
     let up = Up::pair();

@@ -1,6 +1,17 @@
 //! A topology of demo components for benchmarks and tests: a warm-standby
 //! pair on one local host, with an HTTP health check and HTTP role hook.
 
+/// How the pair learns its role (the three kinds of role hook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoHook {
+    /// POST to the component's `/tandem/role`.
+    Http,
+    /// Run `tandem demo-app-role --port P ROLE EPOCH`.
+    Command,
+    /// Write `$TANDEM_ROLE_FILE`, then send SIGHUP.
+    Signal,
+}
+
 /// Settings of [`warm_pair`]; `Default` suits a fast local pair.
 #[derive(Debug, Clone)]
 pub struct WarmPair {
@@ -16,6 +27,8 @@ pub struct WarmPair {
     pub failures_before_unhealthy: u32,
     /// Successes before healthy.
     pub successes_before_healthy: u32,
+    /// Role hook kind.
+    pub hook: DemoHook,
     /// Role hook timeout.
     pub hook_timeout_ms: u64,
     /// First restart delay.
@@ -35,6 +48,7 @@ impl Default for WarmPair {
             check_timeout_ms: 80,
             failures_before_unhealthy: 2,
             successes_before_healthy: 2,
+            hook: DemoHook::Http,
             hook_timeout_ms: 300,
             initial_backoff_ms: 100,
             stable_after_ms: 1000,
@@ -58,6 +72,14 @@ pub fn warm_pair(p: &WarmPair) -> String {
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let hook = match p.hook {
+        DemoHook::Http => "kind = \"http\"\nport = \"http\"\npath = \"/tandem/role\"".to_string(),
+        DemoHook::Command => {
+            "kind = \"command\"\ncommand = [\"tandem\", \"demo-app-role\", \"--port\", \"{ports.http}\"]"
+                .to_string()
+        }
+        DemoHook::Signal => "kind = \"signal\"\nsignal = \"SIGHUP\"".to_string(),
+    };
     format!(
         r#"[cluster]
 lease_ttl = "3s"
@@ -90,10 +112,8 @@ failures_before_unhealthy = {failures}
 successes_before_healthy = {successes}
 
 [apps.{app}.hook]
-kind = "http"
-port = "http"
-path = "/tandem/role"
-timeout = "{hook}ms"
+{hook}
+timeout = "{hook_timeout}ms"
 
 [[apps.{app}.instances]]
 id = "a"
@@ -113,7 +133,7 @@ ports = {{ http = {pb} }}
         timeout = p.check_timeout_ms,
         failures = p.failures_before_unhealthy,
         successes = p.successes_before_healthy,
-        hook = p.hook_timeout_ms,
+        hook_timeout = p.hook_timeout_ms,
         pa = p.ports[0],
         pb = p.ports[1],
     )

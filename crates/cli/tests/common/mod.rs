@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tandem_api::types::{AppDoc, InstanceDoc, Role, StatusDoc};
 use tandem_client::ApiClient;
+pub use tandem_demo::topology::DemoHook;
 
 /// The `tandem` binary under test.
 pub fn tandem() -> PathBuf {
@@ -28,9 +29,10 @@ pub fn free_port() -> u16 {
 /// A warm-standby pair `web` (a: priority 100, b: 50) of demo components
 /// with an HTTP health check and HTTP hook, journaling to the working
 /// directory.
-pub fn pair_topology(pa: u16, pb: u16) -> String {
+pub fn pair_topology(pa: u16, pb: u16, hook: DemoHook) -> String {
     tandem_demo::topology::warm_pair(&tandem_demo::topology::WarmPair {
         ports: [pa, pb],
+        hook,
         extra_args: vec![
             "--journal".into(),
             "journal.{instance}.jsonl".into(),
@@ -53,10 +55,15 @@ pub struct Up {
 impl Up {
     /// Runs `tandem up` on the warm-standby pair in a fresh directory.
     pub fn pair() -> Up {
+        Up::pair_with(DemoHook::Http)
+    }
+
+    /// The same, with another kind of role hook.
+    pub fn pair_with(hook: DemoHook) -> Up {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = [free_port(), free_port()];
         let topology = dir.path().join("pair.toml");
-        std::fs::write(&topology, pair_topology(ports[0], ports[1])).expect("write topology");
+        std::fs::write(&topology, pair_topology(ports[0], ports[1], hook)).expect("write topology");
         Up::start_in(dir, topology, ports)
     }
 
