@@ -6,67 +6,16 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
+use common::Flaky;
 use futures::StreamExt;
 use tandem_agent::local::Local;
 use tandem_core::model::{AppRoles, InstanceStatus, Role, keys};
-use tandem_store::{
-    EmbeddedStore, EventKind, KeyValue, Lease, LeaseId, Listing, Revision, Store, StoreError, Txn,
-    TxnResponse, WatchStream,
-};
-
-/// The embedded store, with keep-alives that fail on demand.
-struct Flaky {
-    inner: Arc<EmbeddedStore>,
-    unreachable: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Store for Flaky {
-    fn backend(&self) -> &'static str {
-        "flaky"
-    }
-    async fn get(&self, key: &str) -> tandem_store::Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> tandem_store::Result<Listing> {
-        self.inner.list(prefix).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> tandem_store::Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> tandem_store::Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn txn(&self, txn: Txn) -> tandem_store::Result<TxnResponse> {
-        self.inner.txn(txn).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> tandem_store::Result<Lease> {
-        if self.unreachable.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test: store unreachable".into()));
-        }
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: LeaseId) -> tandem_store::Result<Duration> {
-        if self.unreachable.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test: store unreachable".into()));
-        }
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: LeaseId) -> tandem_store::Result<()> {
-        self.inner.revoke_lease(lease).await
-    }
-    async fn watch(&self, prefix: &str, start: Revision) -> tandem_store::Result<WatchStream> {
-        self.inner.watch(prefix, start).await
-    }
-}
+use tandem_store::{EmbeddedStore, EventKind, Store};
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -132,10 +81,7 @@ impl Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let topo = tandem_core::topology::parse("t.toml", &topology(dir.path(), failing_demotion))
             .expect("valid topology");
-        let store = Arc::new(Flaky {
-            inner: EmbeddedStore::in_memory(),
-            unreachable: AtomicBool::new(false),
-        });
+        let store = Flaky::keepalive_only(EmbeddedStore::in_memory());
         let local = Local::start(
             store.clone(),
             Arc::new(topo),

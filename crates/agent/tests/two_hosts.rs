@@ -1,0 +1,233 @@
+//! Two agents (hosts h1 and h2) sharing one store, each behind its own
+//! link: cutting h1's link makes it fence its primary before its lease can
+//! expire, the controller role moves to h2, h2's instance is promoted with
+//! a higher epoch, and when the link heals h1 rejoins with a new session,
+//! as a backup, without any role flapping back.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Flaky;
+use futures::StreamExt;
+use tandem_agent::controller::ControllerRecord;
+use tandem_agent::local::Local;
+use tandem_core::model::{AppRoles, InstanceStatus, Role, keys};
+use tandem_store::{EmbeddedStore, EventKind, Store};
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn topology(log: &std::path::Path) -> String {
+    format!(
+        r#"
+[cluster]
+lease_ttl = "2s"
+renew_interval = "300ms"
+fence_margin = "800ms"
+
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "h1"
+site = "dc1"
+address = "127.0.0.1"
+
+[[hosts]]
+name = "h2"
+site = "dc1"
+address = "127.0.0.2"
+
+[apps.web]
+ha = "warm-standby"
+command = ["sleep", "1000"]
+
+[apps.web.hook]
+kind = "command"
+command = ["sh", "-c", "echo \"$TANDEM_INSTANCE $0 $1 $(date +%s%N)\" >> {log}"]
+timeout = "500ms"
+
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+priority = 10
+
+[[apps.web.instances]]
+id = "b"
+host = "h2"
+"#,
+        log = log.display()
+    )
+}
+
+async fn get<T: serde::de::DeserializeOwned>(store: &Arc<dyn Store>, key: &str) -> Option<T> {
+    let kv = store.get(key).await.ok()??;
+    serde_json::from_slice(&kv.value).ok()
+}
+
+/// Waits until `pred` holds of (roles, status a, status b, controller).
+async fn wait_until<F>(
+    store: &Arc<dyn Store>,
+    what: &str,
+    secs: u64,
+    pred: F,
+) -> (AppRoles, Option<InstanceStatus>, Option<InstanceStatus>)
+where
+    F: Fn(
+        &AppRoles,
+        Option<&InstanceStatus>,
+        Option<&InstanceStatus>,
+        Option<&ControllerRecord>,
+    ) -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let roles: AppRoles = get(store, &keys::roles("web")).await.unwrap_or_default();
+        let a: Option<InstanceStatus> = get(store, &keys::status("web", "a")).await;
+        let b: Option<InstanceStatus> = get(store, &keys::status("web", "b")).await;
+        let ctl: Option<ControllerRecord> = get(store, keys::CONTROLLER).await;
+        if pred(&roles, a.as_ref(), b.as_ref(), ctl.as_ref()) {
+            return (roles, a, b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: roles {roles:?}\na {a:?}\nb {b:?}\ncontroller {ctl:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_host_fences_its_primary_and_the_other_host_takes_over_then_it_rejoins_as_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("hooks.log");
+    let topo = Arc::new(tandem_core::topology::parse("t.toml", &topology(&log)).expect("valid"));
+    let store: Arc<dyn Store> = EmbeddedStore::in_memory();
+    let link1 = Flaky::partitioned(store.clone());
+    let link2 = Flaky::partitioned(store.clone());
+
+    // h1 starts first: it holds the controller role and its instance a
+    // (the higher priority) is primary.
+    let l1 = Local::start(
+        link1.clone(),
+        topo.clone(),
+        &["h1".into()],
+        dir.path().join("h1"),
+    )
+    .expect("h1");
+    wait_until(&store, "h1 as controller", 10, |_, _, _, c| {
+        c.is_some_and(|c| c.host == "h1")
+    })
+    .await;
+    let l2 = Local::start(
+        link2.clone(),
+        topo.clone(),
+        &["h2".into()],
+        dir.path().join("h2"),
+    )
+    .expect("h2");
+    let (roles, _, _) = wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {
+        r.primary.as_ref().is_some_and(|g| g.instance == "a")
+            && a.is_some_and(|a| a.acting == Role::Primary && a.acting_epoch == r.epoch)
+            && b.is_some_and(|b| b.acting == Role::Backup)
+    })
+    .await;
+    let epoch = roles.epoch;
+
+    // Note when h1's lease expires on the store (a's status vanishes).
+    let expired = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let key = keys::status("web", "a");
+            let mut w = store.watch(&key, 0).await.expect("watch");
+            while let Some(Ok(ev)) = w.next().await {
+                if ev.kv.key == key && ev.kind == EventKind::Delete {
+                    return now_ns();
+                }
+            }
+            panic!("watch ended");
+        })
+    };
+
+    let cut_at = now_ns();
+    link1.cut(true);
+    let (roles, _, b) = wait_until(
+        &store,
+        "b promoted by a controller on h2",
+        15,
+        |r, _, b, c| {
+            r.primary.as_ref().is_some_and(|g| g.instance == "b")
+                && b.is_some_and(|b| b.acting == Role::Primary && b.acting_epoch == r.epoch)
+                && c.is_some_and(|c| c.host == "h2")
+        },
+    )
+    .await;
+    assert!(
+        roles.epoch > epoch,
+        "epoch {} not above {epoch}",
+        roles.epoch
+    );
+    assert_eq!(b.expect("b").acting_epoch, roles.epoch);
+    let expired_at = expired.await.expect("expiry watcher");
+
+    // a was told to step down before its lease could expire, and b was
+    // told to take over only after that.
+    let lines: Vec<(String, String, u64, u128)> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.to_string(),
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let demoted = lines
+        .iter()
+        .find(|(i, r, _, t)| i == "a" && r == "backup" && *t > cut_at)
+        .unwrap_or_else(|| panic!("a never stepped down: {lines:?}"));
+    let promoted = lines
+        .iter()
+        .find(|(i, r, e, _)| i == "b" && r == "primary" && *e == roles.epoch)
+        .unwrap_or_else(|| panic!("b never told: {lines:?}"));
+    assert!(
+        demoted.3 < expired_at,
+        "a stepped down after its lease expired"
+    );
+    assert!(
+        expired_at <= promoted.3,
+        "b promoted before a's lease expired"
+    );
+
+    // Heal: h1 gets a new session; a comes back as a backup; b stays.
+    let session_before = roles.primary.as_ref().map(|g| g.session);
+    link1.cut(false);
+    let (after, a, _) = wait_until(&store, "a back as a backup", 15, |r, a, _, _| {
+        a.is_some_and(|a| a.acting == Role::Backup && a.seen_generation >= r.generation)
+    })
+    .await;
+    assert_eq!(
+        after.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("b"),
+        "no failback"
+    );
+    assert_eq!(after.epoch, roles.epoch, "no new promotion after the heal");
+    assert_ne!(Some(a.expect("a").session), session_before);
+    // And it stays that way.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still: AppRoles = get(&store, &keys::roles("web")).await.expect("roles");
+    assert_eq!(still.epoch, roles.epoch);
+
+    l2.stop().await.expect("stop h2");
+    l1.stop().await.expect("stop h1");
+}
