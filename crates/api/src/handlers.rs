@@ -6,14 +6,14 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use tandem_core::model::{AppRoles, InstanceStatus, Intent, keys};
+use tandem_core::model::{AppRoles, Health, InstanceStatus, Intent, ProcessState, Role, keys};
 use tandem_core::topology::App;
 
 use crate::ApiState;
 use crate::error::{ApiError, unknown_app};
 use crate::params::Params;
 use crate::status::{Observed, acknowledged_primary, app_document, primary_document};
-use crate::types::{ErrorDoc, HealthzDoc, StatusDoc};
+use crate::types::{ErrorDoc, HealthzDoc, MemberDoc, MembersDoc, StatusDoc};
 
 /// `GET /healthz`.
 pub(crate) async fn healthz() -> Json<HealthzDoc> {
@@ -88,6 +88,62 @@ pub(crate) async fn app(
         }
     }
     Ok(Json(value))
+}
+
+/// `GET /v1/apps/{app}/members`: the instances that serve now — running,
+/// healthy, in a serving role (primary, active, free, busy) — with their
+/// addresses, for a load balancer or a client.
+pub(crate) async fn members(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let app = path_app(&state, path)?;
+    Params::parse(query, &[])?;
+    let status_prefix = format!("{}{}/", keys::STATUS, app.name);
+    let roles_key = keys::roles(&app.name);
+    let (statuses, roles) = tokio::try_join!(
+        state.store.list(&status_prefix),
+        state.store.get(&roles_key),
+    )
+    .map_err(ApiError::read)?;
+    let observed = Observed::from_kvs(&statuses.kvs, roles.as_slice());
+    let doc = app_document(&state.topology, &app, &observed);
+    let members: Vec<MemberDoc> = doc
+        .instances
+        .iter()
+        .filter(|i| {
+            i.health == Health::Healthy
+                && i.process == Some(ProcessState::Running)
+                && matches!(
+                    i.role,
+                    Role::Primary | Role::Active | Role::Free | Role::Busy
+                )
+        })
+        .filter_map(|i| {
+            let inst = app.instance(&i.id)?;
+            Some(MemberDoc {
+                instance: i.id.clone(),
+                host: i.host.clone(),
+                address: i.address.clone(),
+                port: crate::status::main_port(inst),
+                ports: i.ports.clone(),
+                role: i.role,
+                epoch: i.epoch,
+            })
+        })
+        .collect();
+    let mut response = Json(MembersDoc {
+        app: app.name.clone(),
+        healthy: members.len() as u32,
+        min_healthy: app.min_healthy,
+        members,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// `GET /v1/apps/{app}/primary`: 200 with the acknowledged primary, else

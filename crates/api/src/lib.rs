@@ -29,6 +29,7 @@
 mod error;
 mod events;
 mod handlers;
+mod maintenance;
 mod params;
 mod status;
 mod switchover;
@@ -45,6 +46,7 @@ use tandem_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use events::{DEFAULT_LIMIT, KEEP_ALIVE_INTERVAL, MAX_LIMIT};
+pub use maintenance::MaintenanceRequest;
 pub use status::status_document;
 pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
 
@@ -91,6 +93,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}", get(handlers::app))
         .route("/v1/apps/{app}/primary", get(handlers::primary))
         .route("/v1/apps/{app}/switchover", post(switchover::switchover))
+        .route("/v1/apps/{app}/maintenance", post(maintenance::maintenance))
+        .route("/v1/apps/{app}/members", get(handlers::members))
         .route("/v1/events", get(events::events))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

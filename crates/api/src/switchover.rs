@@ -43,7 +43,7 @@ const REWATCH_PAUSE: Duration = Duration::from_millis(100);
 fn has_primary(ha: HaMode) -> bool {
     matches!(
         ha,
-        HaMode::HotStandby | HaMode::WarmStandby | HaMode::ColdStandby
+        HaMode::HotStandby | HaMode::WarmStandby | HaMode::ColdStandby | HaMode::Singleton
     )
 }
 
@@ -72,7 +72,8 @@ pub(crate) async fn switchover(
     }
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
 
-    let (intent, revision) = record(&state, &app, request.to).await?;
+    let (intent, revision) =
+        record(&state, &app, IntentKind::Switchover { to: request.to }).await?;
     tracing::info!(
         app = %app.name,
         intent = %intent.id,
@@ -131,6 +132,7 @@ fn accepted(app: &App, intent: String, outcome: SwitchoverProgress) -> Response 
 fn intent_target(intent: &Intent) -> Option<&str> {
     match &intent.kind {
         IntentKind::Switchover { to } => to.as_deref(),
+        IntentKind::Maintenance { .. } => None,
     }
 }
 
@@ -165,16 +167,16 @@ fn check_target(app: &App, to: &str) -> Result<(), ApiError> {
 
 /// Records a new intent unless one is pending or running. Returns it and
 /// the revision of the write.
-async fn record(
+pub(crate) async fn record(
     state: &ApiState,
     app: &App,
-    to: Option<String>,
+    kind: IntentKind,
 ) -> Result<(Intent, Revision), ApiError> {
     let key = keys::intent(&app.name);
     let intent = Intent {
         id: new_intent_id(state),
         app: app.name.clone(),
-        kind: IntentKind::Switchover { to },
+        kind,
         outcome: IntentState::Pending,
     };
     let value = serde_json::to_vec(&intent)
@@ -214,7 +216,7 @@ async fn record(
         }
     }
     Err(ApiError::conflict(format!(
-        "a switchover of {} is already in progress",
+        "an operator request on {} is already in progress",
         app.name
     )))
 }
@@ -222,8 +224,12 @@ async fn record(
 /// The 409 of a second switchover. It carries no `intent` field: that field
 /// marks a refusal of the caller's own intent.
 fn in_progress(app: &App, existing: &Intent) -> ApiError {
+    let what = match existing.kind {
+        IntentKind::Switchover { .. } => "a switchover",
+        IntentKind::Maintenance { .. } => "a maintenance request",
+    };
     ApiError::conflict(format!(
-        "a switchover of {} is already in progress (intent {})",
+        "{what} of {} is already in progress (intent {})",
         app.name, existing.id
     ))
 }
@@ -245,7 +251,7 @@ fn new_intent_id(state: &ApiState) -> String {
 
 /// How waiting for the controller ended.
 #[derive(Debug)]
-enum Waited {
+pub(crate) enum Waited {
     /// The intent reached this state (done or refused).
     Resolved(IntentState),
     /// The deadline (or server shutdown) came first; the last state seen.
@@ -258,7 +264,7 @@ enum Waited {
 /// deadline passes or the server shuts down. A broken watch is resumed
 /// after re-reading the key; errors never end the wait early (the intent is
 /// recorded: the caller learns where it stands).
-async fn wait_for_outcome(
+pub(crate) async fn wait_for_outcome(
     state: &ApiState,
     key: &str,
     id: &str,

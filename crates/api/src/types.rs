@@ -113,6 +113,38 @@ pub struct PrimaryDoc {
     pub epoch: u64,
 }
 
+/// `GET /v1/apps/{app}/members`: the instances serving now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersDoc {
+    /// The app.
+    pub app: String,
+    /// How many members are healthy (the length of `members`).
+    pub healthy: u32,
+    /// The app is healthy while `healthy >= min_healthy` (n-plus-1).
+    pub min_healthy: u32,
+    /// Running, healthy instances in a serving role.
+    pub members: Vec<MemberDoc>,
+}
+
+/// One serving instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberDoc {
+    /// The instance id.
+    pub instance: String,
+    /// Its host.
+    pub host: String,
+    /// Its host's address.
+    pub address: String,
+    /// Its main port (as in [`PrimaryDoc::port`]).
+    pub port: Option<u16>,
+    /// All its named ports.
+    pub ports: BTreeMap<String, u16>,
+    /// Its role.
+    pub role: Role,
+    /// Its epoch, if it has one.
+    pub epoch: Option<u64>,
+}
+
 /// The body of every error answer: `{"error": "one clear sentence"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDoc {

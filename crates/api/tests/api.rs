@@ -493,7 +493,10 @@ async fn invalid_switchovers_are_refused_and_change_nothing() {
 async fn switchover_done_by_the_controller_answers_200() {
     let h = Harness::start().await;
     let controller = fake_controller(h.store.clone(), |intent| {
-        let IntentKind::Switchover { to } = &intent.kind;
+        let to = match &intent.kind {
+            IntentKind::Switchover { to } => to.clone(),
+            IntentKind::Maintenance { .. } => panic!("unexpected maintenance intent"),
+        };
         vec![
             IntentState::Running,
             IntentState::Done {

@@ -147,6 +147,31 @@ pub async fn switchover(
 ) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(api)?;
     let outcome = client.switchover(app, to, timeout).await?;
+    Ok(report(app, "switchover", outcome, timeout, as_json))
+}
+
+/// `tandem maintenance`.
+pub async fn maintenance(
+    api: &str,
+    app: &str,
+    on: bool,
+    timeout: Duration,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(api)?;
+    let outcome = client.maintenance(app, on, timeout).await?;
+    Ok(report(app, "maintenance", outcome, timeout, as_json))
+}
+
+/// Prints the outcome of an operator request; 0 done, 1 refused, 2 still
+/// under way.
+fn report(
+    app: &str,
+    what: &str,
+    outcome: SwitchoverOutcome,
+    timeout: Duration,
+    as_json: bool,
+) -> ExitCode {
     match outcome {
         SwitchoverOutcome::Done { intent, message } => {
             if as_json {
@@ -155,9 +180,9 @@ pub async fn switchover(
                     json!({"app": app, "intent": intent, "outcome": "done", "message": message})
                 );
             } else {
-                println!("{app}: switchover done: {message}");
+                println!("{app}: {what} done: {message}");
             }
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         SwitchoverOutcome::Refused { intent, reason } => {
             if as_json {
@@ -166,9 +191,9 @@ pub async fn switchover(
                     json!({"app": app, "intent": intent, "outcome": "refused", "error": reason})
                 );
             } else {
-                eprintln!("error: switchover of {app} refused: {reason}");
+                eprintln!("error: {what} of {app} refused: {reason}");
             }
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
         SwitchoverOutcome::InProgress { intent, progress } => {
             let progress = serde_json::to_value(progress).unwrap_or_default();
@@ -179,12 +204,12 @@ pub async fn switchover(
                 );
             } else {
                 eprintln!(
-                    "{app}: switchover (intent {intent}) still {} after {} ms; follow it with `tandem events -f`",
+                    "{app}: {what} (intent {intent}) still {} after {} ms; follow it with `tandem events -f`",
                     progress.as_str().unwrap_or("pending"),
                     timeout.as_millis()
                 );
             }
-            Ok(ExitCode::from(2))
+            ExitCode::from(2)
         }
     }
 }

@@ -82,6 +82,21 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Maintenance on or off: while on, tandem changes no role of the app.
+    Maintenance {
+        /// The app.
+        app: String,
+        /// `on` or `off`.
+        state: OnOff,
+        /// How long to wait for the outcome, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Check a topology file; print every problem with file:line:column.
     Validate {
         /// The topology file.
@@ -105,6 +120,15 @@ enum Command {
         /// The epoch.
         epoch: u64,
     },
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// Where the API is.
@@ -164,6 +188,13 @@ fn main() -> ExitCode {
                 json,
                 api,
             } => commands::switchover(&api.api, &app, to.as_deref(), timeout, json).await,
+            Command::Maintenance {
+                app,
+                state,
+                timeout,
+                json,
+                api,
+            } => commands::maintenance(&api.api, &app, state == OnOff::On, timeout, json).await,
             Command::Validate { file, json } => commands::validate(&file, json),
             Command::Bench(args) => bench::run(args).await,
             Command::DemoApp(args) => {

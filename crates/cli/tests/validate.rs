@@ -100,7 +100,7 @@ fn each_invalid_topology_is_rejected_at_its_line_and_column() {
         ),
         (
             "mode not supported yet",
-            "[apps.x]\nha = \"singleton\"\ncommand = [\"run\"]\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n",
+            "[apps.x]\nha = \"pool\"\ncommand = [\"run\"]\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n",
             "10:6",
             "not supported yet",
         ),

@@ -33,8 +33,8 @@ use serde::de::DeserializeOwned;
 
 pub use tandem_api::types;
 pub use tandem_api::types::{
-    AppDoc, ErrorDoc, Event, EventsDoc, InstanceDoc, PrimaryDoc, StatusDoc, SwitchoverProgress,
-    SwitchoverRequest, SwitchoverResponse,
+    AppDoc, ErrorDoc, Event, EventsDoc, InstanceDoc, MemberDoc, MembersDoc, PrimaryDoc, StatusDoc,
+    SwitchoverProgress, SwitchoverRequest, SwitchoverResponse,
 };
 
 use sse::SseParser;
@@ -217,20 +217,56 @@ impl ApiClient {
         to: Option<&str>,
         timeout: Duration,
     ) -> Result<SwitchoverOutcome, ClientError> {
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let url = self.url(
-            &["v1", "apps", app, "switchover"],
-            &[("timeout_ms", timeout_ms.to_string())],
-        );
         let request = SwitchoverRequest {
             to: to.map(str::to_owned),
         };
+        self.intent(app, "switchover", &request, timeout).await
+    }
+
+    /// `POST /v1/apps/{app}/maintenance`: turns maintenance on or off and
+    /// waits up to `timeout` for the controller to confirm.
+    pub async fn maintenance(
+        &self,
+        app: &str,
+        on: bool,
+        timeout: Duration,
+    ) -> Result<SwitchoverOutcome, ClientError> {
+        let request = tandem_api::MaintenanceRequest { on };
+        self.intent(app, "maintenance", &request, timeout).await
+    }
+
+    /// `GET /v1/apps/{app}/members`: the instances serving now.
+    pub async fn members(&self, app: &str) -> Result<MembersDoc, ClientError> {
+        let url = self.url(&["v1", "apps", app, "members"], &[]);
+        let response = self.send(self.http.get(url), REQUEST_TIMEOUT).await?;
+        let status = response.status();
+        let body = self.body(response, REQUEST_TIMEOUT).await?;
+        if status.is_success() {
+            return decode(&body, "the members document");
+        }
+        Err(api_error(status, &body))
+    }
+
+    /// Records an operator intent (`verb` is the endpoint) and waits for
+    /// its outcome.
+    async fn intent<B: serde::Serialize>(
+        &self,
+        app: &str,
+        verb: &str,
+        request: &B,
+        timeout: Duration,
+    ) -> Result<SwitchoverOutcome, ClientError> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let url = self.url(
+            &["v1", "apps", app, verb],
+            &[("timeout_ms", timeout_ms.to_string())],
+        );
         let total = timeout.saturating_add(SWITCHOVER_GRACE);
-        let response = self.send(self.http.post(url).json(&request), total).await?;
+        let response = self.send(self.http.post(url).json(request), total).await?;
         let status = response.status();
         let body = self.body(response, total).await?;
         if status.is_success() {
-            let doc: SwitchoverResponse = decode(&body, "the switchover answer")?;
+            let doc: SwitchoverResponse = decode(&body, &format!("the {verb} answer"))?;
             return Ok(match doc.outcome {
                 SwitchoverProgress::Done => SwitchoverOutcome::Done {
                     intent: doc.intent,

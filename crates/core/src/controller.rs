@@ -6,20 +6,33 @@
 //! returned [`AppRoles`] by compare-and-swap together with the events, and
 //! agents carry the roles out.
 //!
+//! # Modes
+//!
+//! - `warm-standby`, `hot-standby`: every instance runs; one is granted the
+//!   primary role through its hook ([`Style::Hooked`]).
+//! - `cold-standby`, `singleton`: an instance runs only while it holds the
+//!   grant; the grant names the next incarnation its agent is to start, and
+//!   the start is the promotion ([`Style::OnGrant`]).
+//! - `n-plus-1`: `replicas` instances are active, on live hosts; the others
+//!   wait stopped ([`Style::OnAssign`]).
+//! - `none`, `pool`: every instance runs in its one role ([`Style::Always`]).
+//!
 //! # Safety rules enforced here
 //!
 //! - At most one grant per app ([`AppRoles::primary`]), and a new grant is
-//!   made only when **no other instance may still act as primary**: every
-//!   other instance has acknowledged a non-primary role, or its process is
-//!   not running, or its host's lease has expired (its agent fenced it
-//!   before that could happen). A crashed primary is replaced at once; a
-//!   live one (unhealthy, or being switched over) is told to step down
+//!   made only when **no other instance may still act as primary**: the
+//!   holder of a withdrawn grant has confirmed it ([`SteppingDown::is_done`]:
+//!   acknowledged, not running, or its host lease expired), and no other
+//!   instance reports acting (hooked modes) or running (on-grant modes). A
+//!   crashed primary is replaced at once; a live one is told to step down
 //!   first and replaced once it has.
 //! - Every grant carries `epoch = previous epoch + 1`: epochs strictly
 //!   increase.
-//! - A grant names the incarnation (process start) it was made for; a
-//!   restarted process is never primary by an old grant.
-//! - Only a running, healthy, non-crash-looping instance is granted.
+//! - A grant names the incarnation and agent session it is for; a restarted
+//!   process or an agent in a new session never acts on an old grant.
+//! - Only a fit instance is granted: running, healthy and not crash-looping
+//!   (hooked), or on a live host, stopped and not crash-looping (on-grant).
+//! - While an app is in maintenance, nothing about its roles changes.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +41,29 @@ use crate::model::{
     PendingSwitchover, PrimaryGrant, ProcessState, Role, SteppingDown,
 };
 use crate::topology::{App, HaMode};
+
+/// How a mode runs its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// All run; the primary role is given and taken through the hook.
+    Hooked,
+    /// An instance runs only while it holds the primary grant.
+    OnGrant,
+    /// An instance runs while it is assigned `active`.
+    OnAssign,
+    /// All run, always in the mode's one role.
+    Always,
+}
+
+/// How `ha` runs its instances.
+pub fn style(ha: HaMode) -> Style {
+    match ha {
+        HaMode::WarmStandby | HaMode::HotStandby => Style::Hooked,
+        HaMode::ColdStandby | HaMode::Singleton => Style::OnGrant,
+        HaMode::NPlus1 => Style::OnAssign,
+        HaMode::None | HaMode::Pool => Style::Always,
+    }
+}
 
 /// What [`decide`] looks at for one app.
 #[derive(Debug, Clone, Copy)]
@@ -62,17 +98,128 @@ pub struct Decision {
 pub fn default_role(ha: HaMode) -> Role {
     match ha {
         HaMode::WarmStandby | HaMode::HotStandby => Role::Backup,
-        HaMode::ColdStandby => Role::Standby,
-        HaMode::NPlus1 | HaMode::None | HaMode::Singleton => Role::Active,
+        HaMode::ColdStandby | HaMode::Singleton | HaMode::NPlus1 => Role::Standby,
+        HaMode::None => Role::Active,
         HaMode::Pool => Role::Free,
     }
 }
 
 /// Decides the roles of one app.
 pub fn decide(input: &AppInput<'_>) -> Decision {
-    match input.app.ha {
-        HaMode::WarmStandby => decide_warm_standby(input),
-        _ => decide_static(input),
+    if let Some(d) = maintenance(input) {
+        return d;
+    }
+    match style(input.app.ha) {
+        Style::Hooked | Style::OnGrant => decide_primary(input),
+        Style::OnAssign => decide_n_plus_1(input),
+        Style::Always => decide_static(input),
+    }
+}
+
+fn pending(intent: Option<&Intent>) -> Option<&Intent> {
+    intent.filter(|i| i.outcome == IntentState::Pending)
+}
+
+impl Decision {
+    fn new(before: &AppRoles, mut after: AppRoles) -> Decision {
+        let changed = !same_assignment(before, &after);
+        after.generation = if changed {
+            before.generation + 1
+        } else {
+            before.generation
+        };
+        Decision {
+            roles: after,
+            changed,
+            events: Vec::new(),
+            intent: None,
+        }
+    }
+
+    /// Keeps the stored reason and drops events when nothing is written.
+    fn settle(mut self, before: &AppRoles) -> Decision {
+        if !self.changed && self.intent.is_none() {
+            self.roles.reason = before.reason.clone();
+            self.events.clear();
+        }
+        self
+    }
+}
+
+fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
+    a.epoch == b.epoch
+        && a.primary == b.primary
+        && a.roles == b.roles
+        && a.switchover == b.switchover
+        && a.stepping_down == b.stepping_down
+        && a.maintenance == b.maintenance
+}
+
+/// Maintenance: turning it on or off, and freezing the roles while on.
+/// `None` when the app is not in maintenance and no maintenance intent is
+/// pending: the mode decides.
+fn maintenance(input: &AppInput<'_>) -> Option<Decision> {
+    let name = &input.app.name;
+    let intent = pending(input.intent);
+    let asked = intent.and_then(|i| match i.kind {
+        IntentKind::Maintenance { on } => Some(on),
+        IntentKind::Switchover { .. } => None,
+    });
+    let unchanged = || Decision::new(input.roles, input.roles.clone());
+    let done = |message: String| Some(IntentState::Done { message });
+    let toggled = |on: bool, reason: String| {
+        let mut roles = input.roles.clone();
+        roles.maintenance = on;
+        roles.reason = reason;
+        let mut d = Decision::new(input.roles, roles);
+        d.events.push(EventDraft::app(
+            EventKind::Maintenance,
+            name,
+            &d.roles.reason,
+        ));
+        d
+    };
+    match (input.roles.maintenance, asked) {
+        (false, None) => None,
+        (false, Some(false)) => {
+            let mut d = unchanged();
+            d.intent = done(format!("{name} is not in maintenance"));
+            Some(d)
+        }
+        (false, Some(true)) => {
+            let mut d = toggled(
+                true,
+                format!(
+                    "maintenance of {name}: no role changes until it is turned off (failures are not acted on)"
+                ),
+            );
+            d.intent = done(format!("maintenance of {name} is on"));
+            Some(d)
+        }
+        (true, Some(false)) => {
+            let mut d = toggled(
+                false,
+                format!("maintenance of {name} ended: roles are managed again"),
+            );
+            d.intent = done(format!("maintenance of {name} is off"));
+            Some(d)
+        }
+        (true, Some(true)) => {
+            let mut d = unchanged();
+            d.intent = done(format!("maintenance of {name} is on"));
+            Some(d)
+        }
+        (true, None) => {
+            let mut d = unchanged();
+            if intent.is_some() {
+                d.intent = Some(IntentState::Refused {
+                    reason: format!(
+                        "{name} is in maintenance: no role changes until `tandem maintenance {name} off`"
+                    ),
+                });
+            }
+            Some(d)
+        }
     }
 }
 
@@ -104,52 +251,129 @@ fn decide_static(input: &AppInput<'_>) -> Decision {
     d
 }
 
-fn pending(intent: Option<&Intent>) -> Option<&Intent> {
-    intent.filter(|i| i.outcome == IntentState::Pending)
-}
-
-impl Decision {
-    fn new(before: &AppRoles, mut after: AppRoles) -> Decision {
-        let changed = !same_assignment(before, &after);
-        after.generation = if changed {
-            before.generation + 1
-        } else {
-            before.generation
-        };
-        Decision {
-            roles: after,
-            changed,
-            events: Vec::new(),
-            intent: None,
+/// `n-plus-1`: keep `replicas` instances active on live hosts.
+fn decide_n_plus_1(input: &AppInput<'_>) -> Decision {
+    let app = input.app;
+    let name = &app.name;
+    let status = input.status;
+    let mut next = input.roles.clone();
+    next.primary = None;
+    next.stepping_down = None;
+    next.switchover = None;
+    let mut events = Vec::new();
+    let active_before: Vec<&str> = app
+        .instances
+        .iter()
+        .filter(|i| input.roles.roles.get(&i.id) == Some(&Role::Active))
+        .map(|i| i.id.as_str())
+        .collect();
+    // Keep an active instance while its host lives and it is not
+    // crash-looping; otherwise it is replaced.
+    let mut keep: Vec<&str> = Vec::new();
+    for id in &active_before {
+        match status.get(*id) {
+            Some(s) if !s.crash_looping => keep.push(id),
+            Some(_) => events.push(EventDraft::instance(
+                EventKind::CrashLoop,
+                name,
+                id,
+                format!("{name}/{id} is crash-looping: replacing it"),
+            )),
+            None => events.push(EventDraft::instance(
+                EventKind::Host,
+                name,
+                id,
+                format!("{name}/{id}'s host is lost: replacing it"),
+            )),
         }
     }
+    let want = app.replicas as usize;
+    // Too many (fewer replicas declared): drop the lowest priority.
+    let prio = |id: &str| app.instance(id).map_or(i64::MIN, |i| i.priority);
+    keep.sort_by(|a, b| prio(b).cmp(&prio(a)).then_with(|| a.cmp(b)));
+    keep.truncate(want);
+    // Too few: add the best instances on live hosts.
+    let mut spares: Vec<&str> = app
+        .instances
+        .iter()
+        .map(|i| i.id.as_str())
+        .filter(|id| !keep.contains(id))
+        .filter(|id| status.get(*id).is_some_and(|s| !s.crash_looping))
+        .collect();
+    spares.sort_by(|a, b| prio(b).cmp(&prio(a)).then_with(|| a.cmp(b)));
+    for id in spares {
+        if keep.len() >= want {
+            break;
+        }
+        keep.push(id);
+        if !active_before.is_empty() || input.roles.generation > 0 {
+            events.push(EventDraft::instance(
+                EventKind::InstanceStarted,
+                name,
+                id,
+                format!("{name}/{id} made active to keep {want} replica(s)"),
+            ));
+        }
+    }
+    next.roles = app
+        .instances
+        .iter()
+        .map(|i| {
+            let role = if keep.contains(&i.id.as_str()) {
+                Role::Active
+            } else {
+                Role::Standby
+            };
+            (i.id.clone(), role)
+        })
+        .collect();
+    let mut d = Decision::new(input.roles, next);
+    if d.changed {
+        let mut active: Vec<&str> = keep.clone();
+        active.sort();
+        d.roles.reason = if keep.len() < want {
+            format!(
+                "{name}: only {} of {want} replica(s) can run (active: {})",
+                keep.len(),
+                active.join(", ")
+            )
+        } else {
+            format!("{name}: {want} replica(s) active: {}", active.join(", "))
+        };
+    }
+    d.events = events;
+    if pending(input.intent).is_some() {
+        d.intent = Some(IntentState::Refused {
+            reason: format!("app \"{name}\" is n-plus-1: it has no primary to switch over"),
+        });
+    }
+    d.settle(input.roles)
 }
 
-fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
-    a.epoch == b.epoch
-        && a.primary == b.primary
-        && a.roles == b.roles
-        && a.switchover == b.switchover
-        && a.stepping_down == b.stepping_down
-}
-
-/// Why an instance cannot keep (or take) the primary role, if it cannot.
+/// Why an instance cannot keep or take the primary role, if it cannot.
 fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Option<String> {
     let Some(s) = status else {
         let host = app.instance(id).map(|i| i.host.as_str()).unwrap_or("?");
         return Some(format!("host {host} lost (no status: its lease expired)"));
     };
+    if style(app.ha) == Style::OnGrant {
+        return s
+            .process
+            .is_live()
+            .then(|| "already running without the grant".to_string());
+    }
+    if s.crash_looping {
+        return Some("crash-looping".to_string());
+    }
     match s.process {
         ProcessState::Running => {}
+        ProcessState::Starting => return Some("starting".to_string()),
         ProcessState::Backoff | ProcessState::Stopped | ProcessState::Pending => {
             return Some(match &s.last_exit {
                 Some(how) => format!("not running: {how}"),
                 None => "not running".to_string(),
             });
         }
-    }
-    if s.crash_looping {
-        return Some("crash-looping".to_string());
     }
     match s.health {
         Health::Healthy => None,
@@ -161,21 +385,123 @@ fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Option<String>
     }
 }
 
-/// The best instance to promote: eligible, highest priority, then lowest id.
+/// Whether the holder of `grant` still holds it well; `Some(why)` if not.
+fn grant_broken(app: &App, grant: &PrimaryGrant, s: Option<&InstanceStatus>) -> Option<String> {
+    if app.instance(&grant.instance).is_none() {
+        return Some("removed from the topology".to_string());
+    }
+    let Some(st) = s else {
+        return unfit(app, &grant.instance, s);
+    };
+    if st.session != grant.session {
+        return Some(format!(
+            "its agent's session ended (lease {} replaced by {})",
+            grant.session, st.session
+        ));
+    }
+    let running = st.process.is_live();
+    let unhealthy = || {
+        Some(match &st.health_detail {
+            Some(d) => format!("unhealthy: {d}"),
+            None => "unhealthy".to_string(),
+        })
+    };
+    let exited = || {
+        Some(match &st.last_exit {
+            Some(how) => format!("not running: {how}"),
+            None => "not running".to_string(),
+        })
+    };
+    match style(app.ha) {
+        Style::OnGrant => {
+            if st.incarnation + 1 == grant.incarnation && !running {
+                // Its agent is about to start it (after its backoff).
+                None
+            } else if st.incarnation == grant.incarnation && running {
+                (st.health == Health::Unhealthy).then(unhealthy).flatten()
+            } else if st.incarnation == grant.incarnation {
+                exited()
+            } else {
+                Some(format!(
+                    "restarted since it was granted (incarnation {} → {})",
+                    grant.incarnation, st.incarnation
+                ))
+            }
+        }
+        _ => {
+            if st.incarnation != grant.incarnation {
+                Some(format!(
+                    "restarted since it was granted (incarnation {} → {})",
+                    grant.incarnation, st.incarnation
+                ))
+            } else if !running {
+                exited()
+            } else if st.health == Health::Unhealthy {
+                unhealthy()
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Could `s` take the primary role now? On-grant modes accept a
+/// crash-looping instance (its agent paces the start with its backoff), but
+/// only when nothing better exists: see [`best_candidate`].
+fn fit(app: &App, s: &InstanceStatus) -> bool {
+    match style(app.ha) {
+        Style::OnGrant => !s.process.is_live(),
+        _ => s.eligible(),
+    }
+}
+
+/// True if this instance may be acting as primary without holding the
+/// grant (defence in depth: none should).
+fn may_act(app: &App, s: &InstanceStatus) -> bool {
+    match style(app.ha) {
+        Style::OnGrant => s.process.is_live(),
+        _ => s.may_act_as_primary(),
+    }
+}
+
+/// The grant `s` would get.
+fn grant_for(app: &App, id: &str, s: &InstanceStatus, epoch: u64) -> PrimaryGrant {
+    PrimaryGrant {
+        instance: id.to_string(),
+        epoch,
+        incarnation: match style(app.ha) {
+            Style::OnGrant => s.incarnation + 1,
+            _ => s.incarnation,
+        },
+        session: s.session,
+    }
+}
+
+/// The best instance to promote: fit, not crash-looping, not the one that
+/// just failed, highest priority, then lowest id; failing that, the one
+/// that just failed; failing that (on-grant modes: one must run), a
+/// crash-looping one.
 fn best_candidate<'a>(
     app: &'a App,
     status: &'a BTreeMap<String, InstanceStatus>,
     exclude: Option<&str>,
+    avoid: Option<&str>,
 ) -> Option<(&'a str, &'a InstanceStatus)> {
-    app.instances
-        .iter()
-        .filter(|i| Some(i.id.as_str()) != exclude)
-        .filter_map(|i| {
-            let s = status.get(&i.id)?;
-            s.eligible().then_some((i, s))
-        })
-        .max_by(|(a, _), (b, _)| a.priority.cmp(&b.priority).then_with(|| b.id.cmp(&a.id)))
-        .map(|(i, s)| (i.id.as_str(), s))
+    let pick = |skip_avoided: bool, allow_looping: bool| {
+        app.instances
+            .iter()
+            .filter(|i| Some(i.id.as_str()) != exclude)
+            .filter(|i| !skip_avoided || Some(i.id.as_str()) != avoid)
+            .filter_map(|i| {
+                let s = status.get(&i.id)?;
+                (fit(app, s) && (allow_looping || !s.crash_looping)).then_some((i, s))
+            })
+            .max_by(|(a, _), (b, _)| a.priority.cmp(&b.priority).then_with(|| b.id.cmp(&a.id)))
+            .map(|(i, s)| (i.id.as_str(), s))
+    };
+    pick(true, false)
+        .or_else(|| pick(false, false))
+        .or_else(|| pick(false, true))
 }
 
 /// Withdraws the current grant; its holder must confirm stepping down
@@ -189,70 +515,52 @@ fn withdraw(before: &AppRoles, next: &mut AppRoles) {
     }
 }
 
-fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
+fn decide_primary(input: &AppInput<'_>) -> Decision {
     let app = input.app;
     let name = app.name.as_str();
     let status = input.status;
     let mut next = input.roles.clone();
     let mut events = Vec::new();
     let mut intent_state = None;
+    let mut failure: Option<String> = None;
+    let mut failed_holder: Option<String> = None;
 
     // Instances that left the topology lose their entries.
     next.roles.retain(|id, _| app.instance(id).is_some());
 
-    let mut failure: Option<String> = None;
-
     // 1. Is the current grant still good?
-    if let Some(grant) = next.primary.clone() {
-        let s = status.get(&grant.instance);
-        let why = if app.instance(&grant.instance).is_none() {
-            Some("removed from the topology".to_string())
-        } else {
-            match s {
-                Some(s) if s.session != grant.session => Some(format!(
-                    "its agent's session ended (lease {} replaced by {})",
-                    grant.session, s.session
-                )),
-                Some(s) if s.incarnation != grant.incarnation => Some(format!(
-                    "restarted since it was granted (incarnation {} → {})",
-                    grant.incarnation, s.incarnation
-                )),
-                Some(s) if s.process == ProcessState::Running && s.health != Health::Unhealthy => {
-                    None
-                }
-                _ => unfit(app, &grant.instance, s),
-            }
-        };
-        if let Some(why) = why {
-            withdraw(input.roles, &mut next);
-            next.reason = format!("primary {name}/{} failed: {why}", grant.instance);
-            failure = Some(next.reason.clone());
-            events.push(
-                EventDraft::instance(
-                    EventKind::PrimaryFailed,
-                    name,
-                    &grant.instance,
-                    &next.reason,
-                )
-                .with_epoch(grant.epoch),
-            );
-            if let Some(sw) = next.switchover.take() {
-                // A failure during a switchover: fall back to plain failover.
-                if input.intent.is_some_and(|i| i.id == sw.intent) {
-                    intent_state = Some(IntentState::Refused {
-                        reason: format!(
-                            "switchover interrupted: primary {name}/{} failed: {why}",
-                            grant.instance
-                        ),
-                    });
-                }
-            }
+    if let Some(grant) = next.primary.clone()
+        && let Some(why) = grant_broken(app, &grant, status.get(&grant.instance))
+    {
+        withdraw(input.roles, &mut next);
+        next.reason = format!("primary {name}/{} failed: {why}", grant.instance);
+        failure = Some(next.reason.clone());
+        failed_holder = Some(grant.instance.clone());
+        events.push(
+            EventDraft::instance(
+                EventKind::PrimaryFailed,
+                name,
+                &grant.instance,
+                &next.reason,
+            )
+            .with_epoch(grant.epoch),
+        );
+        if let Some(sw) = next.switchover.take()
+            && input.intent.is_some_and(|i| i.id == sw.intent)
+        {
+            intent_state = Some(IntentState::Refused {
+                reason: format!(
+                    "switchover interrupted: primary {name}/{} failed: {why}",
+                    grant.instance
+                ),
+            });
         }
     }
 
     // 2. A planned switchover asked by an operator.
-    if let Some(intent) = pending(input.intent) {
-        let IntentKind::Switchover { to } = &intent.kind;
+    if let Some(intent) = pending(input.intent)
+        && let IntentKind::Switchover { to } = &intent.kind
+    {
         match plan_switchover(app, &next, status, to.as_deref()) {
             Ok((from, target)) => {
                 withdraw(input.roles, &mut next);
@@ -306,7 +614,7 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
             .or_else(|| {
                 app.instances
                     .iter()
-                    .find(|i| status.get(&i.id).is_some_and(|s| s.may_act_as_primary()))
+                    .find(|i| status.get(&i.id).is_some_and(|s| may_act(app, s)))
                     .map(|i| i.id.as_str())
             });
         if let Some(still) = still {
@@ -314,7 +622,7 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
         } else {
             let mut choice = None;
             if let Some(sw) = next.switchover.take() {
-                match status.get(&sw.to).filter(|s| s.eligible()) {
+                match status.get(&sw.to).filter(|s| fit(app, s)) {
                     Some(s) => {
                         choice = Some((
                             sw.to.clone(),
@@ -347,20 +655,28 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
                         format!("{name} had no primary")
                     }
                 });
-                choice =
-                    best_candidate(app, status, None).map(|(id, s)| (id.to_string(), s, cause));
+                // Prefer anyone over the holder that just failed or was
+                // withdrawn (now, or in an earlier decision).
+                let avoid = failed_holder.clone().or_else(|| {
+                    input
+                        .roles
+                        .stepping_down
+                        .as_ref()
+                        .map(|sd| sd.grant.instance.clone())
+                });
+                choice = best_candidate(app, status, None, avoid.as_deref())
+                    .map(|(id, s)| (id.to_string(), s, cause));
             }
             match choice {
                 Some((id, s, cause)) => {
                     let epoch = next.epoch + 1;
                     next.epoch = epoch;
-                    next.primary = Some(PrimaryGrant {
-                        instance: id.clone(),
-                        epoch,
-                        incarnation: s.incarnation,
-                        session: s.session,
-                    });
-                    next.reason = format!("promoted {name}/{id} (epoch {epoch}): {cause}");
+                    next.primary = Some(grant_for(app, &id, s, epoch));
+                    next.reason = if style(app.ha) == Style::OnGrant {
+                        format!("starting {name}/{id} as primary (epoch {epoch}): {cause}")
+                    } else {
+                        format!("promoted {name}/{id} (epoch {epoch}): {cause}")
+                    };
                     events.push(
                         EventDraft::instance(EventKind::Promoted, name, &id, &next.reason)
                             .with_epoch(epoch),
@@ -390,8 +706,9 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
         }
     }
 
-    // 4. Every other instance is a backup.
+    // 4. Every other instance has the mode's non-primary role.
     let primary = next.primary.as_ref().map(|g| g.instance.clone());
+    let other = default_role(app.ha);
     next.roles = app
         .instances
         .iter()
@@ -399,7 +716,7 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
             let role = if Some(&i.id) == primary.as_ref() {
                 Role::Primary
             } else {
-                Role::Backup
+                other
             };
             (i.id.clone(), role)
         })
@@ -408,12 +725,7 @@ fn decide_warm_standby(input: &AppInput<'_>) -> Decision {
     let mut d = Decision::new(input.roles, next);
     d.events = events;
     d.intent = intent_state;
-    if !d.changed && d.intent.is_none() {
-        // Nothing to write: keep the stored reason, drop repeated events.
-        d.roles.reason = input.roles.reason.clone();
-        d.events.clear();
-    }
-    d
+    d.settle(input.roles)
 }
 
 /// Checks a switchover request; returns (current primary, target).
@@ -450,10 +762,10 @@ fn plan_switchover(
             }
             t.to_string()
         }
-        None => match best_candidate(app, status, Some(&from)) {
+        None => match best_candidate(app, status, Some(&from), None) {
             Some((id, _)) => id.to_string(),
             None => {
-                return Err(format!("{name} has no healthy backup to switch over to"));
+                return Err(format!("{name} has no fit instance to switch over to"));
             }
         },
     };

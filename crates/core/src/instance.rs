@@ -10,9 +10,15 @@
 //!
 //! # Rules
 //!
-//! - A process always starts in its app's non-primary role; it becomes
-//!   primary only through the hook, and only for the incarnation the grant
-//!   names.
+//! - Warm and hot standby: a process always starts in its app's
+//!   non-primary role; it becomes primary only through the hook, and only
+//!   for the incarnation and session the grant names.
+//! - Cold standby and singleton: a process is started only for a grant that
+//!   names the incarnation about to start and the agent's session, with its
+//!   primary role in its environment; it is stopped when the grant is
+//!   withdrawn, and killed at once when the host lease may be lost. It is
+//!   never restarted without a new grant.
+//! - N+1: a process runs while its instance is assigned `active`.
 //! - The role a process has *acknowledged* ([`InstanceStatus::acting`]) is
 //!   what the controller relies on: it changes when the hook succeeds.
 //! - A primary that cannot confirm stepping down is killed, unless its
@@ -24,7 +30,7 @@
 
 use std::time::Duration;
 
-use crate::controller::default_role;
+use crate::controller::{Style, default_role, style};
 use crate::health::{CheckTracker, combine};
 use crate::model::{Health, InstanceStatus, ProcessState, Role};
 use crate::topology::{HaMode, RestartPolicy};
@@ -158,10 +164,18 @@ impl Step {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proc {
+    /// Not started yet.
     Pending,
+    /// Not running, by design (a spare, an inactive N+1 member).
+    Idle,
     Spawning,
     Running,
-    Backoff { until: Duration },
+    Backoff {
+        until: Duration,
+    },
+    /// Being stopped because its role says so; it may run again.
+    Terminating,
+    /// Being stopped for good (the agent is shutting down).
     Stopping,
     Stopped,
 }
@@ -179,6 +193,7 @@ pub struct InstanceMachine {
     name: String,
     host: String,
     ha: HaMode,
+    style: Style,
     has_hook: bool,
     policy: RestartPolicy,
     trackers: Vec<CheckTracker>,
@@ -236,6 +251,7 @@ impl InstanceMachine {
             name: spec.name,
             host: spec.host,
             ha: spec.ha,
+            style: style(spec.ha),
             has_hook: spec.has_hook,
             policy: spec.restart,
             proc: Proc::Pending,
@@ -262,10 +278,11 @@ impl InstanceMachine {
     /// What the agent publishes about this instance.
     pub fn status(&self) -> InstanceStatus {
         let process = match self.proc {
-            Proc::Pending | Proc::Spawning => ProcessState::Pending,
-            Proc::Running | Proc::Stopping => ProcessState::Running,
+            Proc::Pending => ProcessState::Pending,
+            Proc::Spawning => ProcessState::Starting,
+            Proc::Running | Proc::Stopping | Proc::Terminating => ProcessState::Running,
             Proc::Backoff { .. } => ProcessState::Backoff,
-            Proc::Stopped => ProcessState::Stopped,
+            Proc::Idle | Proc::Stopped => ProcessState::Stopped,
         };
         let running = process == ProcessState::Running;
         let promoting = matches!(
@@ -296,8 +313,10 @@ impl InstanceMachine {
                 Role::Primary
             } else if running {
                 self.acting
-            } else if self.crash_looping && process == ProcessState::Backoff {
+            } else if self.crash_looping {
                 Role::Failed
+            } else if self.proc == Proc::Idle {
+                default_role(self.ha)
             } else {
                 Role::Stopped
             },
@@ -378,6 +397,14 @@ impl InstanceMachine {
                     t.reset();
                 }
                 step.act(Action::Publish);
+                if self.style == Style::OnGrant && !self.should_keep_running() {
+                    // Fenced or withdrawn while it was being started.
+                    self.proc = Proc::Terminating;
+                    step.act(Action::Kill {
+                        reason: format!("{}: started after its grant ended: killed", self.name),
+                    });
+                    return step;
+                }
                 self.reconcile(now, &mut step);
             }
             Input::SpawnFailed { error } => {
@@ -395,6 +422,16 @@ impl InstanceMachine {
                     self.last_exit = Some(how);
                     self.hook = HookState::Idle;
                     step.act(Action::Publish);
+                }
+                Proc::Terminating => {
+                    self.proc = Proc::Idle;
+                    self.pid = None;
+                    self.acting = default_role(self.ha);
+                    self.last_exit = Some(how);
+                    self.hook = HookState::Idle;
+                    step.act(Action::Publish);
+                    // It may have been granted again meanwhile.
+                    self.tick(now, &mut step);
                 }
                 Proc::Running => self.exited(how, now, &mut step),
                 _ => {}
@@ -437,7 +474,18 @@ impl InstanceMachine {
                         self.name
                     ));
                 }
-                if self.proc == Proc::Running {
+                if self.style == Style::OnGrant {
+                    // It runs only under the lease: no grace period.
+                    if matches!(self.proc, Proc::Running | Proc::Terminating) {
+                        self.proc = Proc::Terminating;
+                        step.act(Action::Kill {
+                            reason: format!(
+                                "{}: host lease may be lost: killed before it can expire (it runs only under a grant)",
+                                self.name
+                            ),
+                        });
+                    }
+                } else if self.style == Style::Hooked && self.proc == Proc::Running {
                     match self.hook {
                         HookState::InFlight {
                             role: Role::Primary,
@@ -463,7 +511,7 @@ impl InstanceMachine {
                 }
                 if self.fenced {
                     self.fenced = false;
-                    self.reconcile(now, &mut step);
+                    self.tick(now, &mut step);
                 }
             }
             Input::Stop => match self.proc {
@@ -471,8 +519,9 @@ impl InstanceMachine {
                     self.proc = Proc::Stopping;
                     step.act(Action::Terminate);
                 }
+                Proc::Terminating => self.proc = Proc::Stopping,
                 Proc::Stopping | Proc::Stopped => {}
-                Proc::Pending | Proc::Backoff { .. } | Proc::Spawning => {
+                Proc::Pending | Proc::Idle | Proc::Backoff { .. } | Proc::Spawning => {
                     self.proc = Proc::Stopped;
                     step.act(Action::Publish);
                 }
@@ -483,8 +532,22 @@ impl InstanceMachine {
 
     fn tick(&mut self, now: Duration, step: &mut Step) {
         match self.proc {
-            Proc::Pending => self.spawn(step),
-            Proc::Backoff { until } if now >= until => self.spawn(step),
+            Proc::Pending | Proc::Idle => {
+                if self.should_start() {
+                    self.spawn(step);
+                } else if self.proc == Proc::Pending {
+                    self.proc = Proc::Idle;
+                    step.act(Action::Publish);
+                }
+            }
+            Proc::Backoff { until } if now >= until => {
+                if self.should_start() {
+                    self.spawn(step);
+                } else {
+                    self.proc = Proc::Idle;
+                    step.act(Action::Publish);
+                }
+            }
             Proc::Running => {
                 if (self.quick_exits > 0 || self.crash_looping)
                     && now >= self.started_at + self.policy.stable_after
@@ -500,6 +563,15 @@ impl InstanceMachine {
                         step.act(Action::Publish);
                     }
                 }
+                if !self.should_keep_running() {
+                    self.proc = Proc::Terminating;
+                    step.notes.push(format!(
+                        "{}: its role is now {}: stopping it",
+                        self.name, self.desired_role
+                    ));
+                    step.act(Action::Terminate);
+                    return;
+                }
                 if let HookState::RetryAt(t) = self.hook
                     && now >= t
                 {
@@ -511,11 +583,41 @@ impl InstanceMachine {
         }
     }
 
+    /// Whether a process that is not running should be started now.
+    fn should_start(&self) -> bool {
+        match self.style {
+            Style::Hooked | Style::Always => true,
+            Style::OnGrant => {
+                self.desired_role == Role::Primary
+                    && !self.fenced
+                    && self.desired_grant == Some((self.incarnation + 1, self.session))
+            }
+            Style::OnAssign => self.desired_role == Role::Active,
+        }
+    }
+
+    /// Whether the running process may go on running.
+    fn should_keep_running(&self) -> bool {
+        match self.style {
+            Style::Hooked | Style::Always => true,
+            Style::OnGrant => {
+                self.desired_role == Role::Primary
+                    && !self.fenced
+                    && self.desired_grant == Some((self.incarnation, self.session))
+            }
+            Style::OnAssign => self.desired_role == Role::Active,
+        }
+    }
+
     fn spawn(&mut self, step: &mut Step) {
         self.incarnation += 1;
         self.proc = Proc::Spawning;
         self.hook = HookState::Idle;
-        let role = default_role(self.ha);
+        let role = match self.style {
+            Style::OnGrant => Role::Primary,
+            Style::OnAssign => Role::Active,
+            Style::Hooked | Style::Always => default_role(self.ha),
+        };
         self.acting = role;
         self.acting_epoch = self.desired_epoch;
         step.act(Action::Spawn {
@@ -572,7 +674,8 @@ impl InstanceMachine {
     }
 
     fn reconcile(&mut self, _now: Duration, step: &mut Step) {
-        if self.proc != Proc::Running || self.hook != HookState::Idle {
+        if self.style != Style::Hooked || self.proc != Proc::Running || self.hook != HookState::Idle
+        {
             return;
         }
         let (role, epoch) = self.target();

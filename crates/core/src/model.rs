@@ -102,12 +102,21 @@ impl fmt::Display for Role {
 pub enum ProcessState {
     /// Not started yet.
     Pending,
+    /// Being started: counts as running for every safety rule.
+    Starting,
     /// Running (it may still be unhealthy).
     Running,
     /// Exited; waiting for its restart backoff to elapse.
     Backoff,
     /// Stopped on purpose and not to be restarted.
     Stopped,
+}
+
+impl ProcessState {
+    /// Running or about to run: it may act.
+    pub fn is_live(self) -> bool {
+        matches!(self, ProcessState::Running | ProcessState::Starting)
+    }
 }
 
 /// Health as judged by the app's checks, with hysteresis.
@@ -210,17 +219,25 @@ pub struct SteppingDown {
 
 impl SteppingDown {
     /// True once the holder can no longer act on the withdrawn grant.
+    ///
+    /// A grant names an incarnation: the running one (warm and hot
+    /// standby) or the next one its agent is to start (cold standby,
+    /// singleton). The holder is done when its host lease ended, its agent
+    /// began a new session, a later incarnation exists, the granted
+    /// incarnation is not running, or — if it never started or still runs —
+    /// its agent has seen the withdrawal and reports a non-primary role.
     pub fn is_done(&self, status: Option<&InstanceStatus>) -> bool {
-        match status {
+        let g = &self.grant;
+        let Some(s) = status else {
             // Its host lease ended: its agent fenced it before that.
-            None => true,
-            Some(s) => {
-                s.session != self.grant.session
-                    || s.incarnation != self.grant.incarnation
-                    || s.process != ProcessState::Running
-                    || (s.acting != Role::Primary && s.seen_generation >= self.generation)
-            }
-        }
+            return true;
+        };
+        let seen = s.seen_generation >= self.generation;
+        let running = s.process.is_live();
+        s.session != g.session
+            || s.incarnation > g.incarnation
+            || (s.incarnation == g.incarnation && (!running || (seen && s.acting != Role::Primary)))
+            || (s.incarnation < g.incarnation && seen && !running)
     }
 }
 
@@ -250,6 +267,9 @@ pub struct AppRoles {
     pub roles: BTreeMap<String, Role>,
     /// A withdrawn grant whose holder has not yet confirmed stepping down.
     pub stepping_down: Option<SteppingDown>,
+    /// While true, the controller changes no role of the app.
+    #[serde(default)]
+    pub maintenance: bool,
     /// A switchover in progress.
     pub switchover: Option<PendingSwitchover>,
     /// Why the last change was made.
@@ -271,6 +291,11 @@ pub enum IntentKind {
     Switchover {
         /// The target instance, if named.
         to: Option<String>,
+    },
+    /// Maintenance on or off: while on, no role of the app changes.
+    Maintenance {
+        /// On or off.
+        on: bool,
     },
 }
 
@@ -335,6 +360,8 @@ pub enum EventKind {
     Intent,
     /// The controller role moved.
     Controller,
+    /// Maintenance of an app began or ended.
+    Maintenance,
 }
 
 /// One entry of the append-only event log, stored at `events/{seq}`.

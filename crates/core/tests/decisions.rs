@@ -354,6 +354,8 @@ fn app() -> App {
         hook: None,
         restart: policy(),
         stop_timeout: Duration::from_secs(1),
+        replicas: 3,
+        min_healthy: 3,
         instances: [("a", 100), ("b", 50), ("c", 50)]
             .into_iter()
             .map(|(id, priority)| Instance {
@@ -520,7 +522,7 @@ fn controller_table() {
             intent_state: None,
         },
         Case {
-            name: "a restarted primary loses its grant",
+            name: "a restarted primary loses its grant; another fit instance is preferred",
             roles: held_by_a(),
             status: statuses(&[
                 (
@@ -532,6 +534,22 @@ fn controller_table() {
                 ),
                 ("b", st(Backup, Healthy)),
             ]),
+            intent: None,
+            primary: Some("b"),
+            epoch: 2,
+            reason: "promoted web/b (epoch 2): primary web/a failed: restarted since it was granted (incarnation 1 → 2)",
+            intent_state: None,
+        },
+        Case {
+            name: "a restarted primary gets a new grant when it is the only fit one",
+            roles: held_by_a(),
+            status: statuses(&[(
+                "a",
+                InstanceStatus {
+                    incarnation: 2,
+                    ..st(Backup, Healthy)
+                },
+            )]),
             intent: None,
             primary: Some("a"),
             epoch: 2,
@@ -655,4 +673,357 @@ fn an_unchanged_situation_writes_nothing() {
     assert!(!again.changed);
     assert!(again.events.is_empty());
     assert_eq!(again.roles, roles);
+}
+
+// ---- on-grant modes (cold standby, singleton), n-plus-1, maintenance ----
+
+fn app_in(ha: HaMode, replicas: u32) -> App {
+    App {
+        ha,
+        replicas,
+        min_healthy: replicas,
+        ..app()
+    }
+}
+
+fn idle() -> InstanceStatus {
+    InstanceStatus {
+        process: ProcessState::Stopped,
+        pid: None,
+        acting: Role::Standby,
+        incarnation: 0,
+        ..st(Role::Standby, Health::Unknown)
+    }
+}
+
+#[test]
+fn a_cold_spare_is_granted_its_next_start() {
+    let app = app_in(HaMode::ColdStandby, 1);
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &AppRoles::default(),
+        status: &statuses(&[("a", idle()), ("b", idle())]),
+        intent: None,
+    });
+    let g = d.roles.primary.expect("a grant");
+    assert_eq!((g.instance.as_str(), g.epoch, g.incarnation), ("a", 1, 1));
+    assert_eq!(d.roles.roles["b"], Role::Standby);
+    assert_eq!(
+        d.roles.reason,
+        "starting web/a as primary (epoch 1): web had no primary"
+    );
+}
+
+#[test]
+fn a_singleton_is_not_started_elsewhere_while_the_old_one_still_runs() {
+    let app = app_in(HaMode::Singleton, 1);
+    let roles = AppRoles {
+        generation: 1,
+        epoch: 1,
+        primary: Some(PrimaryGrant {
+            instance: "a".into(),
+            epoch: 1,
+            incarnation: 1,
+            session: 7,
+        }),
+        ..AppRoles::default()
+    };
+    // a runs but is unhealthy: its grant is withdrawn; b must wait.
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &roles,
+        status: &statuses(&[("a", st(Role::Primary, Health::Unhealthy)), ("b", idle())]),
+        intent: None,
+    });
+    assert!(d.roles.primary.is_none());
+    assert_eq!(
+        d.roles.reason,
+        "waiting for web/a to step down before promoting"
+    );
+    // Once a has stopped, b is started with the next epoch.
+    let mut a_stopped = idle();
+    a_stopped.incarnation = 1;
+    a_stopped.seen_generation = d.roles.generation;
+    let d2 = decide(&AppInput {
+        app: &app,
+        roles: &d.roles,
+        status: &statuses(&[("a", a_stopped), ("b", idle())]),
+        intent: None,
+    });
+    let g = d2.roles.primary.expect("b granted");
+    assert_eq!((g.instance.as_str(), g.epoch, g.incarnation), ("b", 2, 1));
+}
+
+#[test]
+fn a_crash_looping_singleton_is_still_started_when_nothing_else_can_run() {
+    let app = app_in(HaMode::Singleton, 1);
+    let looping = InstanceStatus {
+        crash_looping: true,
+        ..idle()
+    };
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &AppRoles::default(),
+        status: &statuses(&[("a", looping.clone()), ("b", idle())]),
+        intent: None,
+    });
+    assert_eq!(
+        d.roles.primary.map(|g| g.instance),
+        Some("b".into()),
+        "b is preferred"
+    );
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &AppRoles::default(),
+        status: &statuses(&[("a", looping)]),
+        intent: None,
+    });
+    assert_eq!(
+        d.roles.primary.map(|g| g.instance),
+        Some("a".into()),
+        "one must run"
+    );
+}
+
+#[test]
+fn on_grant_machine_starts_only_for_its_next_incarnation_and_is_killed_on_lease_loss() {
+    let mut m = InstanceMachine::new(InstanceSpec {
+        name: "daemon/a".into(),
+        host: "h1".into(),
+        ha: HaMode::Singleton,
+        has_hook: false,
+        restart: policy(),
+        checks: vec![],
+        session: 7,
+    });
+    let step = m.handle(Input::Tick, Duration::ZERO);
+    assert_eq!(
+        step.actions,
+        vec![Action::Publish],
+        "a spare does not start"
+    );
+    assert_eq!(m.status().acting, Role::Standby);
+    assert_eq!(m.status().process, ProcessState::Stopped);
+    // A grant for the wrong incarnation or session starts nothing.
+    for grant in [(2, 7), (1, 6)] {
+        let step = m.handle(
+            Input::Assigned {
+                role: Role::Primary,
+                epoch: 4,
+                grant: Some(grant),
+                generation: 1,
+            },
+            MS,
+        );
+        assert!(
+            !step
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Spawn { .. })),
+            "{grant:?}"
+        );
+    }
+    let step = m.handle(
+        Input::Assigned {
+            role: Role::Primary,
+            epoch: 4,
+            grant: Some((1, 7)),
+            generation: 2,
+        },
+        MS,
+    );
+    assert!(step.actions.contains(&Action::Spawn {
+        incarnation: 1,
+        role: Role::Primary,
+        epoch: 4
+    }));
+    assert_eq!(m.status().process, ProcessState::Starting);
+    m.handle(Input::Spawned { pid: 9 }, MS);
+    assert_eq!(
+        (m.status().acting, m.status().acting_epoch),
+        (Role::Primary, 4)
+    );
+    let step = m.handle(Input::Fence, 2 * MS);
+    assert!(
+        matches!(step.actions[..], [Action::Kill { .. }]),
+        "{step:?}"
+    );
+    // It exits; without a new grant it is not restarted.
+    m.handle(
+        Input::Exited {
+            how: "killed by signal 9".into(),
+        },
+        3 * MS,
+    );
+    m.handle(Input::Unfence { session: 8 }, 4 * MS);
+    let later = m.next_wakeup().unwrap_or(Duration::from_secs(1));
+    let step = m.handle(Input::Tick, later);
+    assert!(
+        !step
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. })),
+        "{step:?}"
+    );
+    assert!(!m.status().process.is_live());
+}
+
+#[test]
+fn a_withdrawn_grant_stops_the_instance_gracefully() {
+    let mut m = InstanceMachine::new(InstanceSpec {
+        name: "etl/a".into(),
+        host: "h1".into(),
+        ha: HaMode::ColdStandby,
+        has_hook: false,
+        restart: policy(),
+        checks: vec![],
+        session: 7,
+    });
+    m.handle(Input::Tick, Duration::ZERO);
+    m.handle(
+        Input::Assigned {
+            role: Role::Primary,
+            epoch: 1,
+            grant: Some((1, 7)),
+            generation: 1,
+        },
+        MS,
+    );
+    m.handle(Input::Spawned { pid: 9 }, MS);
+    let step = m.handle(
+        Input::Assigned {
+            role: Role::Standby,
+            epoch: 1,
+            grant: None,
+            generation: 2,
+        },
+        2 * MS,
+    );
+    assert!(step.actions.contains(&Action::Terminate), "{step:?}");
+    let step = m.handle(
+        Input::Exited {
+            how: "exited with code 0".into(),
+        },
+        3 * MS,
+    );
+    assert_eq!(step.actions, vec![Action::Publish]);
+    assert_eq!(m.status().acting, Role::Standby);
+    assert_eq!(m.status().restarts, 0, "a requested stop is not a crash");
+}
+
+#[test]
+fn n_plus_1_keeps_replicas_active_on_live_hosts() {
+    let app = app_in(HaMode::NPlus1, 2);
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &AppRoles::default(),
+        status: &statuses(&[("a", idle()), ("b", idle()), ("c", idle())]),
+        intent: None,
+    });
+    let active = |r: &AppRoles| {
+        r.roles
+            .iter()
+            .filter(|(_, r)| **r == Role::Active)
+            .map(|(i, _)| i.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(active(&d.roles), ["a", "b"]);
+    assert_eq!(d.roles.epoch, 0, "n-plus-1 hands out no epochs");
+    // b's host is lost: c replaces it; a stays.
+    let d2 = decide(&AppInput {
+        app: &app,
+        roles: &d.roles,
+        status: &statuses(&[("a", st(Role::Active, Health::Healthy)), ("c", idle())]),
+        intent: None,
+    });
+    assert_eq!(active(&d2.roles), ["a", "c"]);
+    assert!(
+        d2.events
+            .iter()
+            .any(|e| e.message.contains("b's host is lost")),
+        "{:?}",
+        d2.events
+    );
+    // b comes back: nothing moves (no flapping back).
+    let d3 = decide(&AppInput {
+        app: &app,
+        roles: &d2.roles,
+        status: &statuses(&[
+            ("a", st(Role::Active, Health::Healthy)),
+            ("b", idle()),
+            ("c", st(Role::Active, Health::Healthy)),
+        ]),
+        intent: None,
+    });
+    assert!(!d3.changed);
+}
+
+#[test]
+fn maintenance_freezes_roles_until_turned_off() {
+    let app = app();
+    let maint = |on: bool| {
+        Some(Intent {
+            id: format!("m{on}"),
+            app: "web".into(),
+            kind: IntentKind::Maintenance { on },
+            outcome: IntentState::Pending,
+        })
+    };
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &held_by_a(),
+        status: &statuses(&[
+            ("a", st(Role::Primary, Health::Healthy)),
+            ("b", st(Role::Backup, Health::Healthy)),
+        ]),
+        intent: maint(true).as_ref(),
+    });
+    assert!(d.roles.maintenance && d.changed);
+    assert!(matches!(d.intent, Some(IntentState::Done { .. })));
+    assert_eq!(d.events[0].kind, EventKind::Maintenance);
+    // The primary crashes: nothing happens while in maintenance.
+    let frozen = decide(&AppInput {
+        app: &app,
+        roles: &d.roles,
+        status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
+        intent: None,
+    });
+    assert!(!frozen.changed);
+    assert_eq!(
+        frozen.roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("a")
+    );
+    // A switchover is refused, saying why.
+    let refused = decide(&AppInput {
+        app: &app,
+        roles: &d.roles,
+        status: &statuses(&[
+            ("a", st(Role::Primary, Health::Healthy)),
+            ("b", st(Role::Backup, Health::Healthy)),
+        ]),
+        intent: Some(&Intent {
+            id: "s".into(),
+            app: "web".into(),
+            kind: IntentKind::Switchover { to: None },
+            outcome: IntentState::Pending,
+        }),
+    });
+    assert!(
+        matches!(&refused.intent, Some(IntentState::Refused { reason }) if reason.contains("in maintenance"))
+    );
+    // Off: the failure is acted on at the next decision.
+    let off = decide(&AppInput {
+        app: &app,
+        roles: &d.roles,
+        status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
+        intent: maint(false).as_ref(),
+    });
+    assert!(!off.roles.maintenance);
+    let after = decide(&AppInput {
+        app: &app,
+        roles: &off.roles,
+        status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
+        intent: None,
+    });
+    assert_eq!(after.roles.primary.map(|g| g.instance), Some("b".into()));
 }

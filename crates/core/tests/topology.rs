@@ -126,6 +126,8 @@ fn full_file_parses_into_the_expected_model() {
                     crashloop_after: 5,
                 },
                 stop_timeout: ms(2000),
+                replicas: 2,
+                min_healthy: 2,
                 instances: vec![
                     instance("a", "local", 100, &[("http", 8081), ("admin", 9081)]),
                     instance("b", "remote", 0, &[("http", 8081), ("admin", 9082)]),
@@ -145,6 +147,8 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
+                replicas: 1,
+                min_healthy: 1,
                 instances: vec![instance("main", "local", 0, &[("pg", 5432)])],
             },
             App {
@@ -160,6 +164,8 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
+                replicas: 1,
+                min_healthy: 1,
                 instances: vec![instance("c1", "remote", 0, &[])],
             },
         ],
@@ -900,7 +906,7 @@ host = "h1"
     (
         "unsupported ha mode",
         r#"[apps.web]
-ha = "hot-standby"
+ha = "pool"
 command = ["run"]
 [[apps.web.instances]]
 id = "a"
@@ -911,7 +917,7 @@ host = "h2"
 "#,
         2,
         6,
-        r#"app "web": ha mode "hot-standby" is not supported yet (supported: warm-standby, none)"#,
+        r#"app "web": ha mode "pool" is not supported yet (supported: warm-standby, hot-standby, cold-standby, singleton, n-plus-1, none)"#,
     ),
     (
         "unknown check kind",

@@ -109,6 +109,11 @@ pub struct DemoArgs {
     /// Self-fence when frozen longer than this while primary (at least 50).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub freeze_threshold_ms: u64,
+
+    /// On SIGTERM, go on working (and acting, if primary) this long before
+    /// stopping, as a component finishing its work would.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=60_000))]
+    pub stop_delay_ms: u64,
 }
 
 /// Serves the demo app until SIGTERM or SIGINT, then exits gracefully.
@@ -189,6 +194,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
 
     tracing::info!("{reason}: shutting down");
+    if args.stop_delay_ms > 0 {
+        // Finishing work: still serving, still acting.
+        tokio::time::sleep(Duration::from_millis(args.stop_delay_ms)).await;
+    }
     // Nobody else waits on the channel if the server already stopped.
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {

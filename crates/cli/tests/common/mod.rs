@@ -67,6 +67,14 @@ impl Up {
         Up::start_in(dir, topology, ports)
     }
 
+    /// Runs `tandem up` on a topology given as text, in a fresh directory.
+    pub fn topology(text: &str) -> Up {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topology = dir.path().join("t.toml");
+        std::fs::write(&topology, text).expect("write topology");
+        Up::start_in(dir, topology, [0, 0])
+    }
+
     /// Runs `tandem up` on `topology`, with the working directory `dir`.
     pub fn start_in(dir: tempfile::TempDir, topology: PathBuf, ports: [u16; 2]) -> Up {
         let api = format!("127.0.0.1:{}", free_port());
@@ -162,15 +170,26 @@ impl Up {
 
     /// Waits until `pred` holds for app `web`, or panics with `what`.
     pub async fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&AppDoc) -> bool) -> AppDoc {
+        self.wait_for_app("web", what, secs, pred).await
+    }
+
+    /// Waits until `pred` holds for `app`, or panics with `what`.
+    pub async fn wait_for_app(
+        &self,
+        app: &str,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&AppDoc) -> bool,
+    ) -> AppDoc {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Ok(app) = self.client().app("web").await
-                && pred(&app)
+            if let Ok(doc) = self.client().app(app).await
+                && pred(&doc)
             {
-                return app;
+                return doc;
             }
             if Instant::now() > deadline {
-                let last = self.client().app("web").await;
+                let last = self.client().app(app).await;
                 panic!(
                     "timed out waiting for {what}; last: {last:#?}\n--- tandem up log ---\n{}",
                     self.log()

@@ -10,10 +10,21 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::duration_ms;
 
+fn one() -> u32 {
+    1
+}
+
 /// HA modes that tandem can run today. The others parse, but validation
 /// rejects them (see `check_ha_mode_supported` in the validator); lift them
 /// one by one by adding them here.
-pub const SUPPORTED_HA_MODES: &[HaMode] = &[HaMode::WarmStandby, HaMode::None];
+pub const SUPPORTED_HA_MODES: &[HaMode] = &[
+    HaMode::WarmStandby,
+    HaMode::HotStandby,
+    HaMode::ColdStandby,
+    HaMode::Singleton,
+    HaMode::NPlus1,
+    HaMode::None,
+];
 
 /// A whole platform: sites, hosts, apps with their instances, and the links
 /// between apps.
@@ -141,6 +152,13 @@ pub struct App {
     pub hook: Option<Hook>,
     /// Restart backoff and crash-loop detection.
     pub restart: RestartPolicy,
+    /// `n-plus-1`: how many instances run at once (default: all of them).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// `n-plus-1`: the app is healthy while at least this many active
+    /// instances pass their checks (default: `replicas`).
+    #[serde(default = "one")]
+    pub min_healthy: u32,
     /// On stop: SIGTERM, then SIGKILL after this long (default 5s).
     #[serde(rename = "stop_timeout_ms", with = "duration_ms")]
     pub stop_timeout: Duration,

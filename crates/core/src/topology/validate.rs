@@ -130,9 +130,46 @@ fn validate_app(
         }
     }
 
+    let n_plus_1 = matches!(app.ha, Some((HaMode::NPlus1, _)));
+    for (key, given) in [
+        ("replicas", &app.replicas),
+        ("min_healthy", &app.min_healthy),
+    ] {
+        if let (Some((_, span)), false) = (given, n_plus_1) {
+            sink.error(
+                span,
+                format!("app \"{name}\": \"{key}\" applies to ha mode \"n-plus-1\" only"),
+            );
+        }
+    }
     let Some(instances) = &app.instances else {
         return check_templates(text, sink, app, &[]);
     };
+    if n_plus_1 {
+        let replicas = app
+            .replicas
+            .as_ref()
+            .map_or(instances.len() as u32, |r| r.0);
+        if let Some((r, span)) = &app.replicas
+            && *r as usize > instances.len()
+        {
+            sink.error(
+                span,
+                format!(
+                    "app \"{name}\": replicas = {r} but only {} instance(s) are declared: declare at least as many instances as replicas",
+                    instances.len()
+                ),
+            );
+        }
+        if let Some((m, span)) = &app.min_healthy
+            && *m > replicas
+        {
+            sink.error(
+                span,
+                format!("app \"{name}\": min_healthy = {m} is more than replicas = {replicas}"),
+            );
+        }
+    }
     match (instances.len(), &app.ha) {
         (0, _) => sink.error(
             &app.table,

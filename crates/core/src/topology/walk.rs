@@ -108,6 +108,9 @@ pub(crate) struct AppFacts {
     /// The `port` of each check that has one.
     pub check_ports: Vec<Named>,
     pub hook: Option<HookFacts>,
+    /// `replicas` and `min_healthy`, where given.
+    pub replicas: Option<(u32, Span)>,
+    pub min_healthy: Option<(u32, Span)>,
     /// None if `instances` was not an array of tables.
     pub instances: Option<Vec<InstanceFacts>>,
 }
@@ -713,6 +716,8 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         "restart",
         "checks",
         "hook",
+        "replicas",
+        "min_healthy",
         "instances",
     ];
     tab.check_keys(sink, KEYS);
@@ -807,6 +812,8 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         .duration(sink, "stop_timeout")
         .or_default(App::DEFAULT_STOP_TIMEOUT)
         .value;
+    let replicas = tab.count(sink, "replicas").ok();
+    let min_healthy = tab.count(sink, "min_healthy").ok();
 
     let restart = match tab.table(sink, "restart", format!("restart policy of {}", tab.what)) {
         Some(r) => walk_restart(&r, sink),
@@ -851,9 +858,15 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
             .collect()
     });
 
+    let replicas_n = replicas
+        .as_ref()
+        .map_or(instances.len() as u32, |r| r.0)
+        .max(1);
     let app = App {
         name: name.to_string(),
         ha: ha.as_ref().map_or(HaMode::None, |h| h.0),
+        replicas: replicas_n,
+        min_healthy: min_healthy.as_ref().map_or(replicas_n, |m| m.0),
         command,
         env,
         workdir,
@@ -870,6 +883,8 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         templates,
         check_ports,
         hook: hook_facts,
+        replicas,
+        min_healthy,
         instances: instance_facts,
     };
     (app, facts)

@@ -1,4 +1,5 @@
-//! Property test of warm standby: the real controller decision function and
+//! Property test of the modes with a primary (warm standby, cold standby,
+//! singleton): the real controller decision function and
 //! the real per-instance state machines, composed in a simulated world where
 //! every effect (spawn, hook, kill, delivery of an assignment to an agent)
 //! happens in an order chosen by proptest, interleaved with crashes,
@@ -7,16 +8,19 @@
 //! Invariants checked after every step:
 //! - the assignment never names two primaries, and every new grant has a
 //!   strictly higher epoch than every earlier one;
-//! - at most one live, unfrozen process believes it is primary, except a
-//!   process that was frozen while primary and has just been thawed: it
-//!   believes an older epoch, and its agent already knows it as fenced;
+//! - warm standby: at most one live, unfrozen process believes it is
+//!   primary, except a process that was frozen while primary and has just
+//!   been thawed: it believes an older epoch, and its agent already knows it
+//!   as fenced;
+//! - cold standby and singleton: at most one process is alive at all,
+//!   frozen or not;
 //! - after the faults stop, the app converges to exactly one primary.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tandem_core::controller::{AppInput, decide};
+use tandem_core::controller::{AppInput, Style, decide, style};
 use tandem_core::instance::{
     Action, HookFailure, Input, InstanceMachine, InstanceSpec, assignment,
 };
@@ -85,9 +89,13 @@ struct World {
 }
 
 fn app(n: usize, priorities: &[i64]) -> App {
+    app_in(HaMode::WarmStandby, n, priorities)
+}
+
+fn app_in(ha: HaMode, n: usize, priorities: &[i64]) -> App {
     App {
         name: "web".into(),
-        ha: HaMode::WarmStandby,
+        ha,
         command: vec!["demo".into()],
         env: BTreeMap::new(),
         workdir: None,
@@ -100,6 +108,8 @@ fn app(n: usize, priorities: &[i64]) -> App {
             crashloop_after: 3,
         },
         stop_timeout: Duration::from_secs(1),
+        replicas: n as u32,
+        min_healthy: n as u32,
         instances: (0..n)
             .map(|i| Instance {
                 id: format!("i{i}"),
@@ -123,8 +133,8 @@ impl World {
                 InstanceMachine::new(InstanceSpec {
                     name: format!("web/{}", inst.id),
                     host: inst.host.clone(),
-                    ha: HaMode::WarmStandby,
-                    has_hook: true,
+                    ha: app.ha,
+                    has_hook: style(app.ha) == Style::Hooked,
                     restart: app.restart.clone(),
                     // One check: the simulation feeds its results.
                     checks: vec![(2, 1)],
@@ -313,7 +323,7 @@ impl World {
     fn deliver(&mut self, h: usize) {
         if let Some(doc) = self.inbox[h].pop_front() {
             let id = self.id(h);
-            let input = assignment(&doc, HaMode::WarmStandby, &id);
+            let input = assignment(&doc, self.app.ha, &id);
             self.feed(h, input);
         }
     }
@@ -428,9 +438,23 @@ impl World {
         }
     }
 
-    /// At most one live, unfrozen process believes it is primary, but for
-    /// a thawed one with an older epoch that its agent knows as fenced.
+    /// Warm: at most one live, unfrozen process believes it is primary, but
+    /// for a thawed one with an older epoch that its agent knows as fenced.
+    /// On-grant modes: at most one process alive.
     fn check_safety(&self) {
+        if style(self.app.ha) == Style::OnGrant {
+            let alive: Vec<usize> = (0..self.procs.len())
+                .filter(|&i| self.procs[i].alive)
+                .collect();
+            assert!(
+                alive.len() <= 1,
+                "two {} instances alive: {alive:?}; procs {:?}; roles {:?}",
+                self.app.ha,
+                self.procs,
+                self.roles
+            );
+            return;
+        }
         let mut acting: Vec<(u64, usize)> = self
             .procs
             .iter()
@@ -487,13 +511,14 @@ proptest! {
     ))]
 
     #[test]
-    fn warm_standby_never_has_two_acting_primaries_and_converges(
+    fn no_two_primaries_act_and_the_app_converges(
+        ha in prop_oneof![Just(HaMode::WarmStandby), Just(HaMode::ColdStandby), Just(HaMode::Singleton)],
         n in 2usize..=4,
         priorities in proptest::collection::vec(0i64..3, 4),
         ops in (2usize..=4).prop_flat_map(|n| proptest::collection::vec(op(n), 0..300)),
     ) {
         let n = n.min(priorities.len());
-        let mut w = World::new(app(n, &priorities));
+        let mut w = World::new(app_in(ha, n, &priorities));
         for o in &ops {
             let o = match *o {
                 Op::Crash(i) => Op::Crash(i % n),
@@ -519,6 +544,10 @@ proptest! {
             .filter(|&i| w.procs[i].alive && w.procs[i].believes.0 == Role::Primary)
             .collect();
         prop_assert_eq!(acting.len(), 1, "acting primaries after settling: {:?} roles {:?}", w.procs, w.roles);
+        if style(ha) == Style::OnGrant {
+            let alive = (0..n).filter(|&i| w.procs[i].alive).count();
+            prop_assert_eq!(alive, 1, "{} must run exactly one instance: {:?}", ha, w.procs);
+        }
         prop_assert_eq!(w.id(acting[0]), grant.instance.clone());
         prop_assert_eq!(w.procs[acting[0]].believes.1, grant.epoch);
         if let Some(intent) = &w.intent {
@@ -594,4 +623,51 @@ fn withdrawn_grant_with_promotion_in_flight_blocks_the_next_promotion() {
         w.intent.as_ref().map(|i| &i.outcome),
         Some(IntentState::Done { .. })
     ));
+}
+
+/// A cold spare being started (its status says `starting`) is not taken
+/// for an exited one: the controller does not start a second instance
+/// while the first start is under way.
+#[test]
+fn a_start_in_flight_is_not_mistaken_for_an_exit() {
+    let mut w = World::new(app_in(HaMode::ColdStandby, 2, &[0, 0]));
+    w.decide();
+    assert_eq!(
+        w.roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("i0")
+    );
+    // i0's agent sees the grant; the start is queued, not done.
+    w.deliver(0);
+    assert!(
+        matches!(w.effects[..], [(0, Action::Spawn { .. })]),
+        "{:?}",
+        w.effects
+    );
+    assert_eq!(
+        w.store["i0"].process,
+        tandem_core::model::ProcessState::Starting
+    );
+    w.decide();
+    assert_eq!(
+        w.roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("i0"),
+        "the grant moved while i0 was starting: {:?}",
+        w.roles
+    );
+    for round in 0..5 {
+        while !w.effects.is_empty() {
+            w.exec(0);
+            w.check_safety();
+        }
+        for h in 0..2 {
+            while !w.inbox[h].is_empty() {
+                w.deliver(h);
+            }
+        }
+        w.advance(1000);
+        w.decide();
+        w.check_safety();
+        assert!(w.procs[0].alive, "round {round}: i0 should run");
+        assert!(!w.procs[1].alive, "round {round}: i1 should not run");
+    }
 }

@@ -1,0 +1,302 @@
+//! End to end, the modes beyond warm standby: cold standby, singleton,
+//! N+1, and maintenance. Real `tandem up`, real demo processes, real
+//! signals; singleton's "never two" is checked from the components' own
+//! journals, not by asking tandem.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Up, alive, demo_get, free_port, signal};
+use tandem_api::types::{Health, Role};
+use tandem_client::SwitchoverOutcome;
+
+const HEAD: &str = r#"
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "local"
+site = "dc1"
+address = "127.0.0.1"
+"#;
+
+/// An app block of demo components, one instance per port. Each keeps
+/// working (acting) 400 ms after SIGTERM, as a component finishing its work
+/// would, so that a successor started too early would overlap it.
+fn app(name: &str, ha: &str, ports: &[u16], extra: &str) -> String {
+    let mut s = format!(
+        r#"
+[apps.{name}]
+ha = "{ha}"
+command = ["tandem", "demo-app", "--port", "{{ports.http}}", "--journal", "{name}.{{instance}}.jsonl", "--freeze-threshold-ms", "500", "--stop-delay-ms", "400"]
+stop_timeout = "1s"
+{extra}
+
+[apps.{name}.restart]
+initial_backoff = "100ms"
+stable_after = "1s"
+
+[[apps.{name}.checks]]
+kind = "http"
+port = "http"
+path = "/health"
+interval = "100ms"
+timeout = "80ms"
+failures_before_unhealthy = 2
+successes_before_healthy = 1
+"#
+    );
+    for (i, port) in ports.iter().enumerate() {
+        let id = (b'a' + i as u8) as char;
+        let priority = 100 - 10 * i as i64;
+        s.push_str(&format!(
+            "\n[[apps.{name}.instances]]\nid = \"{id}\"\nhost = \"local\"\npriority = {priority}\nports = {{ http = {port} }}\n"
+        ));
+    }
+    s
+}
+
+fn ports(n: usize) -> Vec<u16> {
+    (0..n).map(|_| free_port()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_standby_starts_the_spare_as_primary_when_the_primary_dies() {
+    let p = ports(2);
+    let up = Up::topology(&format!("{HEAD}{}", app("runtime", "cold-standby", &p, "")));
+    let doc = up
+        .wait_for_app(
+            "runtime",
+            "a running as primary, b a stopped spare",
+            20,
+            |a| {
+                a.primary.as_deref() == Some("a")
+                    && a.instances[1].role == Role::Standby
+                    && a.instances[1].pid.is_none()
+            },
+        )
+        .await;
+    assert_eq!(doc.instances[0].role, Role::Primary);
+    assert!(demo_get(p[1]).await.is_none(), "the spare is not running");
+    let old_epoch = doc.epoch;
+    let pid = doc.instances[0].pid.expect("pid");
+
+    signal(pid, "KILL");
+    let doc = up
+        .wait_for_app("runtime", "the spare started as primary", 15, |a| {
+            a.primary.as_deref() == Some("b")
+        })
+        .await;
+    assert!(doc.epoch > old_epoch);
+    let seen = demo_get(p[1]).await.expect("b answers");
+    assert_eq!(seen["role"], "primary");
+    assert_eq!(seen["epoch"], doc.epoch);
+    // The failed one is not restarted: it is the new spare.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let doc = up.client().app("runtime").await.expect("app");
+    assert_eq!(doc.instances[0].role, Role::Standby);
+    assert!(doc.instances[0].pid.is_none());
+    assert!(demo_get(p[0]).await.is_none());
+}
+
+/// Per process (pid), the span of journal times in which it acted as
+/// primary.
+fn acting_spans(up: &Up, app: &str, ids: &[&str]) -> Vec<(u64, u64, u64, String)> {
+    let mut spans: BTreeMap<u64, (u64, u64, String)> = BTreeMap::new();
+    for id in ids {
+        let path = up.dir.path().join(format!("{app}.{id}.jsonl"));
+        for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let acting = v["role"] == "primary"
+                && matches!(v["event"].as_str(), Some("start" | "acting" | "role"));
+            if !acting {
+                continue;
+            }
+            let (Some(pid), Some(t)) = (v["pid"].as_u64(), v["t_ms"].as_u64()) else {
+                continue;
+            };
+            let e = spans.entry(pid).or_insert((t, t, id.to_string()));
+            e.0 = e.0.min(t);
+            e.1 = e.1.max(t);
+        }
+    }
+    let mut out: Vec<_> = spans
+        .into_iter()
+        .map(|(pid, (a, b, id))| (a, b, pid, id))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn singleton_never_runs_two_instances_through_kill_and_sigstop() {
+    let p = ports(3);
+    let up = Up::topology(&format!("{HEAD}{}", app("daemon", "singleton", &p, "")));
+    let running = |a: &tandem_api::types::AppDoc| {
+        a.primary.is_some() && a.instances.iter().filter(|i| i.pid.is_some()).count() == 1
+    };
+    let doc = up
+        .wait_for_app("daemon", "one instance running", 20, running)
+        .await;
+
+    // kill -9, twice; then a live but unhealthy one (it must stop, and
+    // finish, before another starts); then SIGSTOP (a frozen singleton is
+    // stopped, not joined by a second one).
+    let mut killed = Vec::new();
+    for round in 0..4 {
+        let current = up.client().app("daemon").await.expect("app");
+        let holder = current
+            .instances
+            .iter()
+            .find(|i| i.role == Role::Primary)
+            .expect("primary");
+        let pid = holder.pid.expect("pid");
+        tokio::time::sleep(Duration::from_millis(400)).await; // let it act a while
+        match round {
+            0 | 1 => signal(pid, "KILL"),
+            2 => {
+                let port = p[current
+                    .instances
+                    .iter()
+                    .position(|i| i.id == holder.id)
+                    .expect("index")];
+                reqwest::Client::new()
+                    .post(format!("http://127.0.0.1:{port}/unhealthy"))
+                    .send()
+                    .await
+                    .expect("make it unhealthy");
+            }
+            _ => signal(pid, "STOP"),
+        }
+        killed.push(pid);
+        up.wait_for_app("daemon", "another instance running", 20, |a| {
+            a.primary.is_some()
+                && a.instances
+                    .iter()
+                    .any(|i| i.role == Role::Primary && i.pid.is_some_and(|p| p != pid))
+        })
+        .await;
+    }
+    let frozen = *killed.last().expect("frozen pid");
+    let _ = doc;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !alive(frozen),
+        "the frozen instance was stopped before another was started"
+    );
+
+    let spans = acting_spans(&up, "daemon", &["a", "b", "c"]);
+    assert!(
+        spans.len() >= 5,
+        "expected at least 5 acting processes: {spans:?}"
+    );
+    for pair in spans.windows(2) {
+        let (_, end, pid, id) = &pair[0];
+        let (start, _, pid2, id2) = &pair[1];
+        assert!(
+            end < start,
+            "{id} (pid {pid}) acted until {end} but {id2} (pid {pid2}) started acting at {start}: {spans:?}"
+        );
+    }
+    let last = up.client().app("daemon").await.expect("app");
+    assert_eq!(
+        last.instances.iter().filter(|i| i.pid.is_some()).count(),
+        1,
+        "{last:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_plus_1_keeps_its_replicas_and_lists_healthy_members() {
+    let p = ports(3);
+    let up = Up::topology(&format!(
+        "{HEAD}{}",
+        app("web", "n-plus-1", &p, "replicas = 2\nmin_healthy = 1")
+    ));
+    let healthy_two = |a: &tandem_api::types::AppDoc| {
+        a.instances
+            .iter()
+            .filter(|i| i.role == Role::Active && i.health == Health::Healthy)
+            .count()
+            == 2
+    };
+    let doc = up
+        .wait_for_app("web", "two active, healthy members", 20, healthy_two)
+        .await;
+    assert_eq!(doc.instances[2].role, Role::Standby, "the +1 waits stopped");
+    let members = up.client().members("web").await.expect("members");
+    assert_eq!(members.healthy, 2);
+    assert_eq!(members.min_healthy, 1);
+    let mut ports_seen: Vec<u16> = members.members.iter().filter_map(|m| m.port).collect();
+    ports_seen.sort();
+    let mut want = vec![p[0], p[1]];
+    want.sort();
+    assert_eq!(ports_seen, want);
+
+    // Kill a member: it is restarted and the count comes back.
+    let pid = doc.instances[0].pid.expect("pid");
+    signal(pid, "KILL");
+    up.wait_for_app("web", "the killed member restarted and healthy", 15, |a| {
+        healthy_two(a) && a.instances[0].pid.is_some_and(|p| p != pid)
+    })
+    .await;
+    assert_eq!(
+        up.client().members("web").await.expect("members").healthy,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_holds_every_role_until_it_is_turned_off() {
+    let up = Up::pair();
+    let (p, b) = up.wait_pair().await;
+    let epoch = p.epoch.unwrap();
+    let out = up
+        .client()
+        .maintenance("web", true, Duration::from_secs(10))
+        .await
+        .expect("maintenance on");
+    assert!(matches!(out, SwitchoverOutcome::Done { .. }), "{out:?}");
+
+    // The primary dies: nothing is promoted while in maintenance.
+    signal(p.pid.unwrap(), "KILL");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let doc = up.app("web").await;
+    assert_eq!(doc.epoch, epoch, "a role changed during maintenance");
+    assert!(doc.reason.contains("maintenance"), "{}", doc.reason);
+    assert_ne!(doc.primary.as_deref(), Some(b.id.as_str()));
+    // A switchover is refused, saying why.
+    let refused = up
+        .client()
+        .switchover("web", Some(&b.id), Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert!(
+        matches!(&refused, SwitchoverOutcome::Refused { reason, .. } if reason.contains("maintenance")),
+        "{refused:?}"
+    );
+    let events = up.client().events(None, Some(100)).await.expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("maintenance of web")),
+        "{events:#?}"
+    );
+
+    // Off: tandem acts again.
+    up.client()
+        .maintenance("web", false, Duration::from_secs(10))
+        .await
+        .expect("maintenance off");
+    let doc = up
+        .wait_for("a primary again after maintenance", 10, |a| {
+            a.primary.is_some() && a.epoch > epoch
+        })
+        .await;
+    assert!(doc.epoch > epoch);
+}
