@@ -622,13 +622,20 @@ impl Agent {
                     ticker.tick().await;
                     let check = &app.checks[check_idx];
                     let result = probe(check, &app, &instance, &host, &http).await;
+                    let busy = result.as_ref().ok().copied().flatten();
                     let input = Input::Probe {
                         check: check_idx,
                         incarnation,
-                        result,
+                        result: result.map(drop),
                     };
                     if tx.send(Msg::Input(i, input)).await.is_err() {
                         return;
+                    }
+                    if let Some(busy) = busy {
+                        let load = Input::Load { incarnation, busy };
+                        if tx.send(Msg::Input(i, load)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });

@@ -1,5 +1,6 @@
 //! Health probes: TCP connect, HTTP GET expecting 2xx, or a command exiting
-//! 0, each bounded by the check's timeout.
+//! 0, each bounded by the check's timeout. An HTTP answer whose JSON body
+//! has a boolean `busy` also says whether a pool worker is busy.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -9,14 +10,15 @@ use tandem_core::topology::{App, Check, CheckKind, Host, Instance, expand_all};
 
 use crate::process::program;
 
-/// Runs one probe of `check` against an instance.
+/// Runs one probe of `check` against an instance. `Ok(Some(busy))` when
+/// the answer said whether the instance is busy.
 pub async fn probe(
     check: &Check,
     app: &App,
     instance: &Instance,
     host: &Host,
     http: &reqwest::Client,
-) -> Result<(), String> {
+) -> Result<Option<bool>, String> {
     let bounded = tokio::time::timeout(check.timeout, run(check, app, instance, host, http));
     match bounded.await {
         Ok(result) => result,
@@ -54,19 +56,22 @@ pub fn reach(address: IpAddr) -> IpAddr {
     }
 }
 
+/// The largest answer body read for the `busy` flag.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
 async fn run(
     check: &Check,
     app: &App,
     instance: &Instance,
     host: &Host,
     http: &reqwest::Client,
-) -> Result<(), String> {
+) -> Result<Option<bool>, String> {
     match &check.kind {
         CheckKind::Tcp { port } => {
             let addr = SocketAddr::new(reach(host.address), port_of(instance, port)?);
             tokio::net::TcpStream::connect(addr)
                 .await
-                .map(drop)
+                .map(|_| None)
                 .map_err(|e| format!("tcp connect to {addr} failed: {e}"))
         }
         CheckKind::Http { port, path } => {
@@ -79,11 +84,16 @@ async fn run(
                 .await
                 .map_err(|e| format!("GET {url} failed: {}", without_url(&e)))?;
             let code = resp.status();
-            if code.is_success() {
-                Ok(())
-            } else {
-                Err(format!("GET {url} answered {code}"))
+            if !code.is_success() {
+                return Err(format!("GET {url} answered {code}"));
             }
+            let body = resp.bytes().await.unwrap_or_default();
+            if body.len() > MAX_BODY_BYTES {
+                return Ok(None);
+            }
+            Ok(serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("busy").and_then(serde_json::Value::as_bool)))
         }
         CheckKind::Exec { command } => {
             let argv = expand_all(command, app, instance, host);
@@ -106,7 +116,7 @@ async fn run(
                 .await
                 .map_err(|e| format!("check {first}: {e}"))?;
             if status.success() {
-                Ok(())
+                Ok(None)
             } else {
                 Err(format!(
                     "check {first} {}",

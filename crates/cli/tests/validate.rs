@@ -98,12 +98,6 @@ fn each_invalid_topology_is_rejected_at_its_line_and_column() {
             "10:6",
             "at least two instances",
         ),
-        (
-            "mode not supported yet",
-            "[apps.x]\nha = \"pool\"\ncommand = [\"run\"]\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n",
-            "10:6",
-            "not supported yet",
-        ),
     ];
     let mut failures = Vec::new();
     for (what, body, at, part) in cases {

@@ -89,6 +89,13 @@ pub enum Input {
         /// Its result.
         result: Result<(), String>,
     },
+    /// A pool worker's health answer said whether it is busy.
+    Load {
+        /// The process incarnation that answered.
+        incarnation: u64,
+        /// Busy (on a job) or free.
+        busy: bool,
+    },
     /// A hook of [`Action::RunHook`] finished.
     HookDone {
         /// The role it delivered.
@@ -458,6 +465,17 @@ impl InstanceMachine {
                         self.hook = HookState::Idle;
                         self.reconcile(now, &mut step);
                     }
+                }
+            }
+            Input::Load { incarnation, busy } => {
+                let role = if busy { Role::Busy } else { Role::Free };
+                if self.ha == HaMode::Pool
+                    && self.proc == Proc::Running
+                    && incarnation == self.incarnation
+                    && self.acting != role
+                {
+                    self.acting = role;
+                    step.act(Action::Publish);
                 }
             }
             Input::HookDone {

@@ -1027,3 +1027,73 @@ fn maintenance_freezes_roles_until_turned_off() {
     });
     assert_eq!(after.roles.primary.map(|g| g.instance), Some("b".into()));
 }
+
+#[test]
+fn a_pool_worker_is_free_or_busy_as_its_health_answer_says() {
+    let mut m = machine(HaMode::Pool);
+    let step = m.handle(Input::Tick, Duration::ZERO);
+    assert_eq!(
+        step.actions,
+        vec![Action::Spawn {
+            incarnation: 1,
+            role: Role::Free,
+            epoch: 0
+        }]
+    );
+    m.handle(Input::Spawned { pid: 5 }, MS);
+    assert_eq!(m.status().acting, Role::Free);
+    let step = m.handle(
+        Input::Load {
+            incarnation: 1,
+            busy: true,
+        },
+        2 * MS,
+    );
+    assert_eq!(step.actions, vec![Action::Publish]);
+    assert_eq!(m.status().acting, Role::Busy);
+    assert!(
+        m.handle(
+            Input::Load {
+                incarnation: 1,
+                busy: true
+            },
+            3 * MS
+        )
+        .actions
+        .is_empty()
+    );
+    assert!(
+        m.handle(
+            Input::Load {
+                incarnation: 0,
+                busy: false
+            },
+            3 * MS
+        )
+        .actions
+        .is_empty(),
+        "stale incarnation"
+    );
+    m.handle(
+        Input::Load {
+            incarnation: 1,
+            busy: false,
+        },
+        4 * MS,
+    );
+    assert_eq!(m.status().acting, Role::Free);
+    // Other modes ignore it.
+    let mut w = running();
+    assert!(
+        w.handle(
+            Input::Load {
+                incarnation: 1,
+                busy: true
+            },
+            5 * MS
+        )
+        .actions
+        .is_empty()
+    );
+    assert_eq!(w.status().acting, Role::Backup);
+}

@@ -904,22 +904,6 @@ host = "h1"
         r#"unknown ha mode "warm" in app "web" (expected one of: hot-standby, warm-standby, cold-standby, n-plus-1, singleton, pool, none)"#,
     ),
     (
-        "unsupported ha mode",
-        r#"[apps.web]
-ha = "pool"
-command = ["run"]
-[[apps.web.instances]]
-id = "a"
-host = "h1"
-[[apps.web.instances]]
-id = "b"
-host = "h2"
-"#,
-        2,
-        6,
-        r#"app "web": ha mode "pool" is not supported yet (supported: warm-standby, hot-standby, cold-standby, singleton, n-plus-1, none)"#,
-    ),
-    (
         "unknown check kind",
         r#"[apps.web]
 ha = "none"

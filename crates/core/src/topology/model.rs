@@ -23,6 +23,7 @@ pub const SUPPORTED_HA_MODES: &[HaMode] = &[
     HaMode::ColdStandby,
     HaMode::Singleton,
     HaMode::NPlus1,
+    HaMode::Pool,
     HaMode::None,
 ];
 
