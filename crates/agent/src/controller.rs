@@ -178,6 +178,9 @@ struct Leader {
     next_seq: u64,
     oldest_seq: u64,
     deposed: bool,
+    /// Until then, an app that was never decided waits for every instance
+    /// to report before its first decision.
+    first_decision_by: tokio::time::Instant,
 }
 
 /// Events not about one app are kept under this name.
@@ -203,6 +206,7 @@ impl Leader {
             next_seq: 1,
             oldest_seq: 1,
             deposed: false,
+            first_decision_by: tokio::time::Instant::now(),
         }
     }
 
@@ -254,6 +258,8 @@ impl Leader {
             self.dirty.insert(app.name.clone());
         }
         self.dirty.insert(NO_APP.into());
+        self.first_decision_by =
+            tokio::time::Instant::now() + self.topology.cluster.renew_interval * 2;
 
         let mut from = listing.revision + 1;
         let mut stream = None;
@@ -284,8 +290,12 @@ impl Leader {
                     }
                 }
             }
+            let wake = match (retry_at, self.pending_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let retry = async {
-                match retry_at {
+                match wake {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
@@ -417,9 +427,30 @@ impl Leader {
         }
     }
 
+    /// True while `app` was never decided and some of its instances have
+    /// not reported yet (bounded by `first_decision_by`): deciding now
+    /// would place it on whichever hosts reported first.
+    fn waiting_for_first_reports(&self, app: &str) -> bool {
+        if self.roles.contains_key(app) || tokio::time::Instant::now() >= self.first_decision_by {
+            return false;
+        }
+        let Some(a) = self.topology.app(app) else {
+            return false;
+        };
+        let reported = self.statuses.get(app);
+        a.instances
+            .iter()
+            .any(|i| !reported.is_some_and(|m| m.contains_key(&i.id)))
+    }
+
     /// Decides and writes every dirty app.
     async fn flush(&mut self) -> Result<(), StoreError> {
+        let mut waiting = Vec::new();
         while let Some(app) = self.dirty.pop_first() {
+            if self.waiting_for_first_reports(&app) {
+                waiting.push(app);
+                continue;
+            }
             if let Err(e) = self.settle(&app).await {
                 self.dirty.insert(app);
                 return Err(e);
@@ -428,7 +459,17 @@ impl Leader {
                 return Ok(());
             }
         }
+        self.dirty.extend(waiting);
         self.trim_events().await
+    }
+
+    /// When the next flush is due without any change (the end of the first
+    /// reports' wait), if one is.
+    fn pending_deadline(&self) -> Option<tokio::time::Instant> {
+        self.dirty
+            .iter()
+            .any(|a| self.waiting_for_first_reports(a))
+            .then_some(self.first_decision_by)
     }
 
     async fn settle(&mut self, app_name: &str) -> Result<(), StoreError> {

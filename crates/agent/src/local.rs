@@ -45,6 +45,9 @@ pub fn local_hosts(topology: &Topology) -> Vec<String> {
         .collect()
 }
 
+/// How long the controller waits for every local agent to hold its lease.
+pub const STARTUP_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Agents and controller candidates running in this process.
 pub struct Local {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -63,7 +66,7 @@ impl Local {
     ) -> anyhow::Result<Local> {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
-        let mut side = Vec::new();
+        let mut sessions = Vec::new();
         for host in hosts {
             let (handle, task) = agent::start(
                 store.clone(),
@@ -76,14 +79,36 @@ impl Local {
             )
             .with_context(|| format!("cannot start the agent of host {host}"))?;
             tasks.push(task);
-            side.push(tokio::spawn(controller::run_candidate(
-                store.clone(),
-                topology.clone(),
-                host.clone(),
-                handle.session,
-                cancel.clone(),
-            )));
+            sessions.push((host.clone(), handle.session));
         }
+        // The controller decides once every local agent holds its lease and
+        // has published its instances (bounded), so that a first decision
+        // does not place everything on whichever host reported first.
+        let side = vec![tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let all_up = futures::future::join_all(sessions.iter().map(|(_, rx)| {
+                    let mut rx = rx.clone();
+                    async move {
+                        let _ = rx.wait_for(Option::is_some).await;
+                    }
+                }));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::timeout(STARTUP_SETTLE, all_up) => {}
+                }
+                let candidates = sessions.into_iter().map(|(host, rx)| {
+                    controller::run_candidate(
+                        store.clone(),
+                        topology.clone(),
+                        host,
+                        rx,
+                        cancel.clone(),
+                    )
+                });
+                futures::future::join_all(candidates).await;
+            }
+        })];
         Ok(Local {
             tasks,
             side,

@@ -300,3 +300,56 @@ async fn maintenance_holds_every_role_until_it_is_turned_off() {
         .await;
     assert!(doc.epoch > epoch);
 }
+
+/// The shipped iWD example runs as its comments say: N+1 members active by
+/// priority, the runtime node as a cold standby that fails over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_iwd_example_runs_and_its_runtime_node_fails_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/iwd.toml"
+    ));
+    let up = Up::start_in(dir, example, [0, 0]);
+    for app in ["history", "manager", "web"] {
+        let doc = up
+            .wait_for_app(app, "two healthy active members", 30, |a| {
+                a.instances
+                    .iter()
+                    .filter(|i| i.role == Role::Active && i.health == Health::Healthy)
+                    .count()
+                    == 2
+            })
+            .await;
+        // The spare is the one with the lowest priority.
+        let spare = doc
+            .instances
+            .iter()
+            .find(|i| i.role == Role::Standby)
+            .expect("a spare");
+        assert!(spare.priority < 0, "{app}: {spare:?}");
+    }
+    let doc = up
+        .wait_for_app("runtime", "the runtime node running", 30, |a| {
+            a.primary.as_deref() == Some("r1")
+        })
+        .await;
+    signal(doc.instances[0].pid.expect("pid"), "KILL");
+    let doc = up
+        .wait_for_app("runtime", "the spare runtime node started", 20, |a| {
+            a.primary.as_deref() == Some("r2")
+        })
+        .await;
+    // r2 is on node2, which listens on 127.0.0.2.
+    let seen: serde_json::Value = reqwest::Client::new()
+        .get("http://127.0.0.2:8132/")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("r2 answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["role"], "primary");
+    assert_eq!(seen["epoch"], doc.epoch);
+}

@@ -33,23 +33,29 @@ address = "127.0.0.1"
 "#;
 
 #[test]
-fn the_quickstart_example_is_valid() {
-    let out = Command::new(common::tandem())
-        .args([
-            "validate",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../examples/quickstart.toml"
-            ),
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+fn every_shipped_example_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let out = Command::new(common::tandem())
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    }
+    assert!(seen >= 2, "expected the quickstart and iwd examples");
 }
 
 #[test]
