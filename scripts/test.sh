@@ -11,10 +11,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
-# Debian packages the tests use. Empty for now: the embedded store and the
-# demo components need nothing beyond the Rust toolchain. Later suites add
-# theirs here (etcd, PostgreSQL, HAProxy, Chromium).
-APT_PACKAGES=()
+# Debian packages the tests use: etcd for the etcd backend's conformance and
+# fault tests (a real 3-member cluster), protoc to build its client.
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
