@@ -1,13 +1,21 @@
 //! `tandem bench`: measurements that print figures (tests never time
 //! anything).
 //!
-//! `tandem bench failover` runs a warm-standby pair of demo components under
-//! a real agent and controller on the embedded store (on disk, durable),
-//! then, trial after trial, kills the primary with SIGKILL and times how
-//! long until the backup answers as primary on its own port.
+//! Each bench runs a pair of demo components under a real agent and
+//! controller on the embedded store (on disk, durable), then, trial after
+//! trial, kills the primary with SIGKILL and times the takeover:
+//!
+//! - `failover` (warm standby): until the backup answers as primary on its
+//!   own port;
+//! - `cold` (cold standby): until the spare, started by tandem, answers as
+//!   primary;
+//! - `singleton`: kill-to-serving, and the gap between the last tick the
+//!   killed instance journaled and the first tick of its successor (both
+//!   tick every 2 ms).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,21 +40,30 @@ pub struct BenchArgs {
 #[derive(clap::Subcommand, Debug)]
 enum BenchKind {
     /// Kill -9 of a warm primary → the backup answers as primary.
-    Failover {
-        /// Number of trials.
-        #[arg(long, default_value_t = 50)]
-        trials: usize,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Failover(Trials),
+    /// Kill -9 of a cold-standby primary → the spare, started, answers as primary.
+    Cold(Trials),
+    /// Kill -9 of a singleton → the gap until another one runs.
+    Singleton(Trials),
+}
+
+#[derive(clap::Args, Debug)]
+struct Trials {
+    /// Number of trials.
+    #[arg(long, default_value_t = 50)]
+    trials: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging(crate::LogFormat::Text, "error");
     match args.what {
-        BenchKind::Failover { trials, json } => failover(trials, json).await,
+        BenchKind::Failover(t) => pair_bench("warm-standby", t.trials, t.json).await,
+        BenchKind::Cold(t) => pair_bench("cold-standby", t.trials, t.json).await,
+        BenchKind::Singleton(t) => pair_bench("singleton", t.trials, t.json).await,
     }
 }
 
@@ -63,6 +80,31 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// (p50, p99, max, mean).
+fn stats(samples: &[f64]) -> (f64, f64, f64, f64) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let mean = sorted.iter().sum::<f64>() / sorted.len().max(1) as f64;
+    (
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 99.0),
+        sorted.last().copied().unwrap_or(f64::NAN),
+        mean,
+    )
+}
+
+/// The first and last `acting` journal times (ms) of process `pid`.
+fn acting_span(journal: &Path, pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(journal).ok()?;
+    let times: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["pid"].as_u64() == Some(u64::from(pid)) && v["event"] == "acting")
+        .filter_map(|v| v["t_ms"].as_u64())
+        .collect();
+    Some((*times.iter().min()?, *times.iter().max()?))
+}
+
 struct Pair {
     primary: String,
     pid: u32,
@@ -70,14 +112,16 @@ struct Pair {
     backup_port: u16,
 }
 
-async fn failover(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+async fn pair_bench(mode: &str, trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
     if trials == 0 {
         bail!("--trials must be at least 1");
     }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let (pa, pb) = (free_port()?, free_port()?);
+    let journal = dir.path().join("journal.{instance}.jsonl");
     let text = tandem_demo::topology::warm_pair(&WarmPair {
         app: "bench".into(),
+        mode: mode.into(),
         ports: [pa, pb],
         check_interval_ms: 50,
         check_timeout_ms: 40,
@@ -85,6 +129,12 @@ async fn failover(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
         hook_timeout_ms: 500,
         initial_backoff_ms: 20,
         stable_after_ms: 300,
+        extra_args: vec![
+            "--journal".into(),
+            journal.display().to_string(),
+            "--acting-every-ms".into(),
+            "2".into(),
+        ],
         ..WarmPair::default()
     });
     let topology = Arc::new(
@@ -107,45 +157,67 @@ async fn failover(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
 
     if !as_json {
         println!(
-            "bench failover: warm-standby pair of demo components, embedded store on disk (fsync), {trials} trials"
+            "bench {mode}: a pair of demo components, embedded store on disk (fsync), {trials} trials"
         );
     }
-    let mut samples_ms = Vec::with_capacity(trials);
+    let mut serving_ms = Vec::with_capacity(trials);
+    let mut gap_ms = Vec::with_capacity(trials);
     let result: anyhow::Result<()> = async {
         for trial in 0..trials {
-            let pair = ready(&store, &ports)
+            let pair = ready(&store, &ports, mode)
                 .await
                 .with_context(|| format!("trial {trial}: the pair never became ready"))?;
+            if mode != "warm-standby" {
+                // Let the primary run past stable_after (300 ms): killing it
+                // sooner counts as a crash loop, as it would in production.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
             let url = format!("http://127.0.0.1:{}/", pair.backup_port);
             let t0 = Instant::now();
             kill(Pid::from_raw(pair.pid as i32), Signal::SIGKILL)
                 .with_context(|| format!("cannot kill {}", pair.pid))?;
             let deadline = t0 + Duration::from_secs(10);
-            loop {
+            let new_pid = loop {
                 if let Ok(resp) = http.get(&url).send().await
                     && let Ok(v) = resp.json::<serde_json::Value>().await
                     && v["role"] == "primary"
                     && v["epoch"].as_u64().is_some_and(|e| e > pair.epoch)
                 {
-                    break;
+                    break v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
                 }
                 if Instant::now() > deadline {
                     bail!(
-                        "trial {trial}: the backup of {} did not become primary within 10 s",
+                        "trial {trial}: the other instance of {} did not become primary within 10 s",
                         pair.primary
                     );
                 }
                 tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+            };
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
-            samples_ms.push(ms);
-            if !as_json {
-                println!(
-                    "  trial {:>3}: killed bench/{} (pid {}), backup primary after {ms:.2} ms",
-                    trial + 1,
-                    pair.primary,
-                    pair.pid
+            serving_ms.push(ms);
+            let mut line = format!(
+                "  trial {:>3}: killed bench/{} (pid {}), successor primary after {ms:.2} ms",
+                trial + 1,
+                pair.primary,
+                pair.pid
+            );
+            if mode == "singleton" {
+                // The killed one's last tick and the new one's first.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let other = if pair.primary == "a" { "b" } else { "a" };
+                let old = acting_span(
+                    &dir.path().join(format!("journal.{}.jsonl", pair.primary)),
+                    pair.pid,
                 );
+                let new = acting_span(&dir.path().join(format!("journal.{other}.jsonl")), new_pid);
+                if let (Some((_, last)), Some((first, _))) = (old, new) {
+                    let gap = first as f64 - last as f64;
+                    gap_ms.push(gap);
+                    line.push_str(&format!("; gap {gap:.0} ms"));
+                }
+            }
+            if !as_json {
+                println!("{line}");
             }
         }
         Ok(())
@@ -154,34 +226,43 @@ async fn failover(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
     local.stop().await?;
     result?;
 
-    let mut sorted = samples_ms.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99, max) = (
-        percentile(&sorted, 50.0),
-        percentile(&sorted, 99.0),
-        sorted[sorted.len() - 1],
-    );
-    let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+    let (p50, p99, max, mean) = stats(&serving_ms);
+    let gap = (!gap_ms.is_empty()).then(|| stats(&gap_ms));
     if as_json {
-        println!(
-            "{}",
-            json!({"bench": "failover", "store": "embedded", "trials": trials,
-                   "p50_ms": p50, "p99_ms": p99, "max_ms": max, "mean_ms": mean, "samples_ms": samples_ms})
-        );
+        let mut doc = json!({"bench": mode, "store": "embedded", "trials": trials,
+               "p50_ms": p50, "p99_ms": p99, "max_ms": max, "mean_ms": mean, "samples_ms": serving_ms});
+        if let Some((g50, g99, gmax, gmean)) = gap {
+            doc["gap_p50_ms"] = json!(g50);
+            doc["gap_p99_ms"] = json!(g99);
+            doc["gap_max_ms"] = json!(gmax);
+            doc["gap_mean_ms"] = json!(gmean);
+            doc["gap_samples_ms"] = json!(gap_ms);
+        }
+        println!("{doc}");
     } else {
         println!(
-            "failover kill -9 → backup serving as primary: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, mean {mean:.2} ms ({trials} trials)"
+            "{mode}: kill -9 → successor serving as primary: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, mean {mean:.2} ms ({trials} trials)"
         );
+        if let Some((g50, g99, gmax, gmean)) = gap {
+            println!(
+                "{mode}: last tick of the old → first tick of the new: p50 {g50:.0} ms, p99 {g99:.0} ms, max {gmax:.0} ms, mean {gmean:.1} ms ({} trials; ticks every 2 ms)",
+                gap_ms.len()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Waits until one instance is the acknowledged primary and the other a
 /// healthy, stable backup.
-async fn ready(store: &Arc<dyn Store>, ports: &BTreeMap<String, u16>) -> anyhow::Result<Pair> {
+async fn ready(
+    store: &Arc<dyn Store>,
+    ports: &BTreeMap<String, u16>,
+    mode: &str,
+) -> anyhow::Result<Pair> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(pair) = read_pair(store, ports).await {
+        if let Some(pair) = read_pair(store, ports, mode).await {
             return Ok(pair);
         }
         if Instant::now() > deadline {
@@ -191,7 +272,11 @@ async fn ready(store: &Arc<dyn Store>, ports: &BTreeMap<String, u16>) -> anyhow:
     }
 }
 
-async fn read_pair(store: &Arc<dyn Store>, ports: &BTreeMap<String, u16>) -> Option<Pair> {
+async fn read_pair(
+    store: &Arc<dyn Store>,
+    ports: &BTreeMap<String, u16>,
+    mode: &str,
+) -> Option<Pair> {
     let roles: AppRoles =
         serde_json::from_slice(&store.get(&keys::roles("bench")).await.ok()??.value).ok()?;
     let grant = roles.primary?;
@@ -209,10 +294,15 @@ async fn read_pair(store: &Arc<dyn Store>, ports: &BTreeMap<String, u16>) -> Opt
     }
     let backup = ports.keys().find(|id| **id != grant.instance)?;
     let b = status(backup).await?;
-    let stable = b.process == ProcessState::Running
-        && b.health == Health::Healthy
-        && b.acting == Role::Backup
-        && !b.crash_looping;
+    let stable = if mode == "warm-standby" {
+        b.process == ProcessState::Running
+            && b.health == Health::Healthy
+            && b.acting == Role::Backup
+            && !b.crash_looping
+    } else {
+        // A stopped spare, not crash-looping, behind a healthy primary.
+        !b.process.is_live() && !b.crash_looping && p.health == Health::Healthy
+    };
     if !stable {
         return None;
     }

@@ -109,6 +109,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The demo component: an HTTP service that plays the role tandem gives it.
     DemoApp(tandem_demo::DemoArgs),
+    /// Demo: a statistics source (a numbered stream, replayable).
+    DemoStats(tandem_demo::hot::source::StatsArgs),
+    /// Demo: a hot-standby data aggregator writing through the fenced writer.
+    DemoAggregator(tandem_demo::hot::aggregator::AggregatorArgs),
+    /// Demo: a builder worker of a pool (IS ALIVE only when free).
+    DemoBuilder(tandem_demo::pool::BuilderArgs),
     /// Deliver a role to a demo component (a command hook).
     #[command(hide = true)]
     DemoAppRole {
@@ -200,6 +206,24 @@ fn main() -> ExitCode {
             Command::DemoApp(args) => {
                 init_logging(LogFormat::Text, "warn");
                 tandem_demo::run(args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoStats(args) => {
+                init_logging(LogFormat::Text, "warn");
+                tandem_demo::hot::source::run(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoAggregator(args) => {
+                init_logging(LogFormat::Text, "info");
+                tandem_demo::hot::aggregator::run(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoBuilder(args) => {
+                init_logging(LogFormat::Text, "warn");
+                tandem_demo::pool::run_builder(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
             Command::DemoAppRole { port, role, epoch } => tandem_demo::set_role(port, &role, epoch)
                 .await

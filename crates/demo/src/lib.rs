@@ -39,8 +39,10 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+pub mod hot;
 mod http;
 mod journal;
+pub mod pool;
 mod role;
 mod state;
 mod ticker;
@@ -110,6 +112,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub freeze_threshold_ms: u64,
 
+    /// While primary, journal an `acting` line this often (milliseconds).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub acting_every_ms: u64,
+
     /// On SIGTERM, go on working (and acting, if primary) this long before
     /// stopping, as a component finishing its work would.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=60_000))]
@@ -151,7 +157,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
 
     shared.record_start();
-    let ticker = Ticker::spawn(Arc::clone(&shared))?;
+    let ticker = Ticker::spawn(Arc::clone(&shared), args.acting_every_ms)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = http::router(Arc::clone(&shared), shutdown_rx.clone());

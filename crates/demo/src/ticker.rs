@@ -1,6 +1,7 @@
 //! The ticker: a plain OS thread (not a tokio task, so a blocked runtime
 //! cannot hide a freeze) that publishes a tick every 10 ms, detects gaps
-//! between its ticks, and journals `acting` every 100 ms while primary.
+//! between its ticks, and journals `acting` every `--acting-every-ms`
+//! (default 100) while primary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +14,6 @@ use crate::state::Shared;
 
 /// Time between two ticks.
 const TICK: Duration = Duration::from_millis(10);
-/// Time between two `acting` journal lines.
-const ACTING_EVERY_MS: u64 = 100;
-
 /// The running ticker thread; stopped and joined when dropped.
 pub(crate) struct Ticker {
     stop: Arc<AtomicBool>,
@@ -24,7 +22,7 @@ pub(crate) struct Ticker {
 
 impl Ticker {
     /// Starts the ticker thread for `shared`.
-    pub(crate) fn spawn(shared: Arc<Shared>) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(shared: Arc<Shared>, acting_every_ms: u64) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
@@ -35,11 +33,11 @@ impl Ticker {
                 while !thread_stop.load(Ordering::SeqCst) {
                     shared.tick();
                     let now_ms = shared.mono_ms();
-                    if last_acting_ms.is_none_or(|t| now_ms.saturating_sub(t) >= ACTING_EVERY_MS) {
+                    if last_acting_ms.is_none_or(|t| now_ms.saturating_sub(t) >= acting_every_ms) {
                         shared.record_acting();
                         last_acting_ms = Some(now_ms);
                     }
-                    std::thread::sleep(TICK);
+                    std::thread::sleep(TICK.min(Duration::from_millis(acting_every_ms)));
                 }
             })
             .context("cannot start the freeze-detection thread")?;

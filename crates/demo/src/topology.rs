@@ -17,6 +17,9 @@ pub enum DemoHook {
 pub struct WarmPair {
     /// The app's name.
     pub app: String,
+    /// The HA mode ("warm-standby" by default; "cold-standby" and
+    /// "singleton" get no hook: their role comes with the start).
+    pub mode: String,
     /// HTTP ports of instances `a` (priority 100) and `b` (priority 50).
     pub ports: [u16; 2],
     /// Health check interval.
@@ -43,6 +46,7 @@ impl Default for WarmPair {
     fn default() -> WarmPair {
         WarmPair {
             app: "web".into(),
+            mode: "warm-standby".into(),
             ports: [8081, 8082],
             check_interval_ms: 100,
             check_timeout_ms: 80,
@@ -72,6 +76,7 @@ pub fn warm_pair(p: &WarmPair) -> String {
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let hooked = matches!(p.mode.as_str(), "warm-standby" | "hot-standby");
     let hook = match p.hook {
         DemoHook::Http => "kind = \"http\"\nport = \"http\"\npath = \"/tandem/role\"".to_string(),
         DemoHook::Command => {
@@ -79,6 +84,14 @@ pub fn warm_pair(p: &WarmPair) -> String {
                 .to_string()
         }
         DemoHook::Signal => "kind = \"signal\"\nsignal = \"SIGHUP\"".to_string(),
+    };
+    let hook = if hooked {
+        format!(
+            "[apps.{app}.hook]\n{hook}\ntimeout = \"{}ms\"\n",
+            p.hook_timeout_ms
+        )
+    } else {
+        String::new()
     };
     format!(
         r#"[cluster]
@@ -95,7 +108,7 @@ site = "dc1"
 address = "127.0.0.1"
 
 [apps.{app}]
-ha = "warm-standby"
+ha = "{mode}"
 command = [{command}]
 
 [apps.{app}.restart]
@@ -111,10 +124,7 @@ timeout = "{timeout}ms"
 failures_before_unhealthy = {failures}
 successes_before_healthy = {successes}
 
-[apps.{app}.hook]
 {hook}
-timeout = "{hook_timeout}ms"
-
 [[apps.{app}.instances]]
 id = "a"
 host = "local"
@@ -133,7 +143,7 @@ ports = {{ http = {pb} }}
         timeout = p.check_timeout_ms,
         failures = p.failures_before_unhealthy,
         successes = p.successes_before_healthy,
-        hook_timeout = p.hook_timeout_ms,
+        mode = p.mode,
         pa = p.ports[0],
         pb = p.ports[1],
     )
