@@ -1,21 +1,26 @@
 //! Hot standby end to end: a statistics source, a pair of aggregators under
 //! `tandem up`, the primary killed with SIGKILL at random moments while the
-//! stream flows, at least 20 takeovers. The sink itself (SQLite) must hold
-//! every record exactly once, in order, with epochs that never go down.
+//! stream flows, at least 20 takeovers. The sink itself (SQLite, and a real
+//! PostgreSQL server) must hold every record exactly once, in order, with
+//! epochs that never go down.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
+// The sink crate's throwaway PostgreSQL server (one per test process).
+#[path = "../../sink/tests/support/pg.rs"]
+mod pg;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Up, free_port, signal};
 use tandem_api::types::{AppDoc, Health, Role};
-use tandem_sink::{Sink, SqliteSink};
+use tandem_sink::{PostgresSink, Sink, SqliteSink};
 
 const RECORDS: u64 = 12_000;
+const TABLE: &str = "stats";
 const TAKEOVERS: usize = 22;
 
-fn topology(stats_port: u16, ports: [u16; 2], db: &std::path::Path) -> String {
+fn topology(stats_port: u16, ports: [u16; 2], sink: &str) -> String {
     format!(
         r#"
 [[sites]]
@@ -37,7 +42,7 @@ ports = {{ http = {stats_port} }}
 
 [apps.agg]
 ha = "hot-standby"
-command = ["tandem", "demo-aggregator", "--port", "{{ports.http}}", "--source", "http://127.0.0.1:{stats_port}", "--sink", "sqlite:{db}", "--batch", "50"]
+command = ["tandem", "demo-aggregator", "--port", "{{ports.http}}", "--source", "http://127.0.0.1:{stats_port}", "--sink", "{sink}", "--table", "{table}", "--batch", "50"]
 
 [apps.agg.restart]
 initial_backoff = "50ms"
@@ -70,7 +75,7 @@ id = "b"
 host = "local"
 ports = {{ http = {pb} }}
 "#,
-        db = db.display(),
+        table = TABLE,
         pa = ports[0],
         pb = ports[1],
     )
@@ -98,6 +103,36 @@ fn ready(a: &AppDoc) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_written_exactly_once_across_twenty_takeovers_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("agg.db");
+    let spec = format!("sqlite:{}", db.display());
+    takeovers(dir, &spec, move || {
+        Box::new(SqliteSink::open(&db, TABLE).expect("open sink"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_is_written_exactly_once_across_twenty_takeovers_postgres() {
+    // The harness uses PostgreSQL's blocking client: not on the runtime.
+    let conninfo = tokio::task::spawn_blocking(|| pg::shared(false).conninfo.clone())
+        .await
+        .expect("start PostgreSQL");
+    let spec = format!("postgres:{conninfo}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    takeovers(dir, &spec, move || {
+        Box::new(PostgresSink::connect(&conninfo, TABLE).expect("connect sink"))
+    })
+    .await;
+}
+
+/// Runs the pair on `sink_spec`, kills the primary TAKEOVERS times, and
+/// checks the sink (opened with `open`, outside the runtime's threads).
+async fn takeovers(
+    dir: tempfile::TempDir,
+    sink_spec: &str,
+    open: impl Fn() -> Box<dyn Sink> + Send + 'static,
+) {
     let seed = std::env::var("TANDEM_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -109,12 +144,10 @@ async fn every_record_is_written_exactly_once_across_twenty_takeovers_sqlite() {
         });
     eprintln!("seed {seed} (TANDEM_TEST_SEED={seed} repeats this run)");
     let mut rng = Lcg(seed);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("agg.db");
     let topo = dir.path().join("hot.toml");
     std::fs::write(
         &topo,
-        topology(free_port(), [free_port(), free_port()], &db),
+        topology(free_port(), [free_port(), free_port()], sink_spec),
     )
     .expect("write");
     let up = Up::start_in(dir, topo, [0, 0]);
@@ -154,21 +187,25 @@ async fn every_record_is_written_exactly_once_across_twenty_takeovers_sqlite() {
     }
     assert!(epoch >= first.epoch + TAKEOVERS as u64);
 
-    // Wait for the whole stream to reach the sink.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut sink = SqliteSink::open(&up.dir.path().join("agg.db"), "stats").expect("open sink");
-    loop {
-        if sink.last_position().expect("last position") == Some(RECORDS - 1) {
-            break;
+    // Wait for the whole stream to reach the sink, then read it back. The
+    // sinks are synchronous clients: use them off the runtime's threads.
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut sink = open();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if sink.last_position().expect("last position") == Some(RECORDS - 1) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the sink never reached {RECORDS} records"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the sink never reached {RECORDS} records (seed {seed})\n{}",
-            up.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let rows = sink.rows(0, RECORDS as usize + 10).expect("rows");
+        Ok(sink.rows(0, RECORDS as usize + 10).expect("rows"))
+    })
+    .await
+    .expect("reader task")
+    .unwrap_or_else(|e| panic!("{e} (seed {seed})\n{}", up.log()));
     assert_eq!(rows.len() as u64, RECORDS, "seed {seed}");
     let mut last_epoch = 0;
     for (i, row) in rows.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL cluster for the tests and the throughput example:
+//! A throwaway PostgreSQL cluster for the tests, the throughput example and
+//! the CLI's hot-standby end-to-end test (which includes this file):
 //! `initdb` into a temporary directory, a postmaster on a free loopback port
 //! (its Unix socket in that directory too), one database `tandem`.
 //!
