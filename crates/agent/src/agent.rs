@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub topology: Arc<Topology>,
     /// Where instance logs and role files go.
     pub data_dir: PathBuf,
+    /// The API address given to instances as `TANDEM_API`, if known.
+    pub api: Option<String>,
 }
 
 /// What an agent shares with the rest of its process.
@@ -78,6 +80,7 @@ struct Agent {
     origin: Instant,
     http: reqwest::Client,
     paths: Paths,
+    api: Option<String>,
     publisher: Publisher,
     session: Option<LeaseId>,
     ttl: Duration,
@@ -105,7 +108,15 @@ pub fn start(
     let handle = AgentHandle {
         session: session_rx,
     };
-    let task = tokio::spawn(run(store, config.topology, host, paths, session_tx, cancel));
+    let task = tokio::spawn(run(
+        store,
+        config.topology,
+        host,
+        paths,
+        config.api,
+        session_tx,
+        cancel,
+    ));
     Ok((handle, task))
 }
 
@@ -114,6 +125,7 @@ async fn run(
     topology: Arc<Topology>,
     host: Host,
     paths: Paths,
+    api: Option<String>,
     session_tx: watch::Sender<Option<LeaseId>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -140,6 +152,7 @@ async fn run(
         origin: Instant::now(),
         http: http_client(),
         paths,
+        api,
         publisher,
         session: None,
         ttl: cluster.lease_ttl,
@@ -534,6 +547,7 @@ impl Agent {
                             role,
                             epoch,
                             &self.paths,
+                            self.api.as_deref(),
                         ) {
                             Ok(child) => match child.id() {
                                 Some(pid) => {

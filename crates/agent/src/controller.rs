@@ -259,7 +259,7 @@ impl Leader {
         }
         self.dirty.insert(NO_APP.into());
         self.first_decision_by =
-            tokio::time::Instant::now() + self.topology.cluster.renew_interval * 2;
+            tokio::time::Instant::now() + self.topology.cluster.renew_interval * 4;
 
         let mut from = listing.revision + 1;
         let mut stream = None;
@@ -428,8 +428,9 @@ impl Leader {
     }
 
     /// True while `app` was never decided and some of its instances have
-    /// not reported yet (bounded by `first_decision_by`): deciding now
-    /// would place it on whichever hosts reported first.
+    /// not reported yet, or run without a health verdict yet (bounded by
+    /// `first_decision_by`): deciding now would place it on whichever
+    /// instance came up first rather than the best one.
     fn waiting_for_first_reports(&self, app: &str) -> bool {
         if self.roles.contains_key(app) || tokio::time::Instant::now() >= self.first_decision_by {
             return false;
@@ -438,9 +439,12 @@ impl Leader {
             return false;
         };
         let reported = self.statuses.get(app);
-        a.instances
-            .iter()
-            .any(|i| !reported.is_some_and(|m| m.contains_key(&i.id)))
+        // Not yet reported, or running without a health verdict yet: the
+        // best instance may simply not have been judged.
+        a.instances.iter().any(|i| match reported.and_then(|m| m.get(&i.id)) {
+            None => true,
+            Some(s) => s.process.is_live() && s.health == tandem_core::model::Health::Unknown,
+        })
     }
 
     /// Decides and writes every dirty app.

@@ -64,6 +64,17 @@ impl Local {
         hosts: &[String],
         data_dir: PathBuf,
     ) -> anyhow::Result<Local> {
+        Local::start_with_api(store, topology, hosts, data_dir, None)
+    }
+
+    /// The same, telling instances where the API is (`TANDEM_API`).
+    pub fn start_with_api(
+        store: Arc<dyn Store>,
+        topology: Arc<Topology>,
+        hosts: &[String],
+        data_dir: PathBuf,
+        api: Option<String>,
+    ) -> anyhow::Result<Local> {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut sessions = Vec::new();
@@ -74,6 +85,7 @@ impl Local {
                     host: host.clone(),
                     topology: topology.clone(),
                     data_dir: data_dir.join("hosts").join(host),
+                    api: api.clone(),
                 },
                 cancel.clone(),
             )

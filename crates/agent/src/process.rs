@@ -69,6 +69,7 @@ pub fn spawn(
     role: Role,
     epoch: u64,
     paths: &Paths,
+    api: Option<&str>,
 ) -> io::Result<tokio::process::Child> {
     let argv = expand_all(&app.command, app, instance, host);
     let Some((first, args)) = argv.split_first() else {
@@ -96,6 +97,9 @@ pub fn spawn(
         .env("TANDEM_ROLE", role.as_str())
         .env("TANDEM_EPOCH", epoch.to_string())
         .env("TANDEM_ROLE_FILE", paths.role_file(&app.name, &instance.id));
+    if let Some(api) = api {
+        cmd.env("TANDEM_API", api);
+    }
     if let Some(dir) = &app.workdir {
         cmd.current_dir(dir);
     }

@@ -112,9 +112,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .context("cannot store the topology")?;
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let local = Local::start(store.clone(), topology.clone(), &hosts, data_dir.clone())?;
-    let api_stop = CancellationToken::new();
     let api_addr = listener.local_addr().unwrap_or(args.api);
+    let local = Local::start_with_api(
+        store.clone(),
+        topology.clone(),
+        &hosts,
+        data_dir.clone(),
+        Some(api_addr.to_string()),
+    )?;
+    let api_stop = CancellationToken::new();
     let api_task = {
         let stop = api_stop.clone();
         let state = ApiState::new(store.clone(), topology.clone());

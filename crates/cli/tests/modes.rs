@@ -353,3 +353,101 @@ async fn the_iwd_example_runs_and_its_runtime_node_fails_over() {
     assert_eq!(seen["role"], "primary");
     assert_eq!(seen["epoch"], doc.epoch);
 }
+
+/// The shipped WFM example runs as its comments say: every component in
+/// its role, builds dispatched by the server primary through the pool, and
+/// they go on from the new primary after the server fails over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wfm_example_runs_and_builds_go_on_across_a_server_failover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/wfm.toml"
+    ));
+    let up = Up::start_in(dir, example, [0, 0]);
+    let server = up
+        .wait_for_app("server", "s1 primary, s2 backup", 30, |a| {
+            a.primary.as_deref() == Some("s1") && a.instances[1].role == Role::Backup
+        })
+        .await;
+    up.wait_for_app("aggregator", "a primary aggregator", 30, |a| {
+        a.primary.is_some()
+    })
+    .await;
+    for app in ["etl", "daemon"] {
+        up.wait_for_app(app, "exactly one instance running", 30, |a| {
+            a.primary.is_some() && a.instances.iter().filter(|i| i.pid.is_some()).count() == 1
+        })
+        .await;
+    }
+    up.wait_for_app("builder", "three workers, free or busy", 30, |a| {
+        a.instances
+            .iter()
+            .all(|i| matches!(i.role, Role::Free | Role::Busy) && i.health == Health::Healthy)
+    })
+    .await;
+    up.wait_for_app("web", "two web members", 30, |a| {
+        a.instances
+            .iter()
+            .filter(|i| i.role == Role::Active)
+            .count()
+            == 2
+    })
+    .await;
+
+    wait_built(&up, "s1", server.epoch).await;
+
+    // The server primary dies: s2 takes over and builds go on, under its epoch.
+    signal(server.instances[0].pid.expect("pid"), "KILL");
+    let after = up
+        .wait_for_app("server", "s2 promoted", 20, |a| {
+            a.primary.as_deref() == Some("s2")
+        })
+        .await;
+    wait_built(&up, "s2", after.epoch).await;
+
+    // The aggregator primary writes the statistics stream to SQLite.
+    let db = up.dir.path().join("wfm-stats.db");
+    let rows = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut sink) = tandem_sink::SqliteSink::open(&db, "stats")
+                && let Ok(Some(last)) = tandem_sink::Sink::last_position(&mut sink)
+                && last > 100
+            {
+                return last;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the aggregator wrote nothing"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .expect("reader");
+    assert!(rows > 100);
+}
+
+/// Waits until the server instance `id` journaled a completed build at
+/// `epoch`.
+async fn wait_built(up: &Up, id: &str, epoch: u64) {
+    let path = up.dir.path().join(format!("server.{id}.jsonl"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let built = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["event"] == "built" && v["epoch"] == epoch);
+        if built {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no build by {id} at epoch {epoch}\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

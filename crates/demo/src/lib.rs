@@ -116,6 +116,25 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub acting_every_ms: u64,
 
+    /// While primary, send a numbered notification this often (a scheduler
+    /// daemon's job): journaled as `notification` lines with the epoch.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub notify_every_ms: Option<u64>,
+
+    /// While primary, dispatch a build to the pool app of this name (found
+    /// through tandem's API, `--api`) every `--dispatch-every-ms`: what the
+    /// WFM server does with its builders.
+    #[arg(long)]
+    pub dispatch_to: Option<String>,
+
+    /// Address of tandem's API (for `--dispatch-to`).
+    #[arg(long, env = "TANDEM_API", default_value = "127.0.0.1:7420")]
+    pub api: String,
+
+    /// How often a primary dispatches a build.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub dispatch_every_ms: u64,
+
     /// On SIGTERM, go on working (and acting, if primary) this long before
     /// stopping, as a component finishing its work would.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=60_000))]
@@ -157,7 +176,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
 
     shared.record_start();
-    let ticker = Ticker::spawn(Arc::clone(&shared), args.acting_every_ms)?;
+    let dispatcher = match &args.dispatch_to {
+        Some(pool) => Some(tokio::spawn(dispatch_builds(
+            Arc::clone(&shared),
+            tandem_client::ApiClient::new(&args.api).context("--api")?,
+            pool.clone(),
+            args.instance.clone(),
+            Duration::from_millis(args.dispatch_every_ms),
+        ))),
+        None => None,
+    };
+    let ticker = Ticker::spawn(Arc::clone(&shared), args.acting_every_ms, args.notify_every_ms)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = http::router(Arc::clone(&shared), shutdown_rx.clone());
@@ -200,6 +229,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
 
     tracing::info!("{reason}: shutting down");
+    if let Some(d) = &dispatcher {
+        d.abort();
+    }
     if args.stop_delay_ms > 0 {
         // Finishing work: still serving, still acting.
         tokio::time::sleep(Duration::from_millis(args.stop_delay_ms)).await;
@@ -256,4 +288,46 @@ async fn read_role_file(path: &Path) -> anyhow::Result<HookBody> {
             path.display()
         )
     })
+}
+
+/// While primary: dispatch a build to the pool `pool` every `every`, and
+/// journal `dispatched` and `built` (or `dispatch-failed`) lines.
+async fn dispatch_builds(
+    shared: Arc<Shared>,
+    api: tandem_client::ApiClient,
+    pool: String,
+    instance: String,
+    every: Duration,
+) {
+    use tandem_client::pool::{DispatchOptions, Dispatcher, Job, WorkerSource};
+    let dispatcher = Dispatcher::new(
+        WorkerSource::Tandem { api, app: pool },
+        DispatchOptions {
+            timeout: Duration::from_secs(60),
+            ..DispatchOptions::default()
+        },
+    );
+    let mut n: u64 = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        let snap = shared.snapshot_checked();
+        if snap.role != Role::Primary {
+            continue;
+        }
+        n += 1;
+        let id = format!("{instance}-e{}-{n}", snap.epoch);
+        let mut extra = serde_json::Map::new();
+        extra.insert("job".into(), id.clone().into());
+        shared.record_event("dispatched", extra.clone());
+        match dispatcher.run(Job::new(id, format!("schedule {n}"))).await {
+            Ok(done) => {
+                extra.insert("worker".into(), done.worker.into());
+                shared.record_event("built", extra);
+            }
+            Err(e) => {
+                extra.insert("error".into(), e.to_string().into());
+                shared.record_event("dispatch-failed", extra);
+            }
+        }
+    }
 }

@@ -268,6 +268,27 @@ impl Shared {
         }
     }
 
+    /// Appends a `notification` journal line (number `seq`) if this
+    /// instance acts as primary now: what a scheduler daemon sends.
+    pub(crate) fn record_notification(&self, seq: u64) -> bool {
+        self.check_tick("ticker");
+        let inner = self.lock();
+        if inner.role == Role::Primary && !inner.self_fenced {
+            let mut extra = Map::new();
+            extra.insert("seq".into(), Value::from(seq));
+            self.record("notification", Role::Primary, inner.epoch, extra);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Appends a journal line `event` with the current role and epoch.
+    pub(crate) fn record_event(&self, event: &str, extra: Map<String, Value>) {
+        let inner = self.lock();
+        self.record(event, inner.reported_role(), inner.epoch, extra);
+    }
+
     /// Records the `start` line.
     pub(crate) fn record_start(&self) {
         let inner = self.lock();

@@ -22,7 +22,11 @@ pub(crate) struct Ticker {
 
 impl Ticker {
     /// Starts the ticker thread for `shared`.
-    pub(crate) fn spawn(shared: Arc<Shared>, acting_every_ms: u64) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        acting_every_ms: u64,
+        notify_every_ms: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
@@ -30,12 +34,22 @@ impl Ticker {
             .spawn(move || {
                 // The first acting line comes at once for a primary.
                 let mut last_acting_ms: Option<u64> = None;
+                let mut last_notified_ms: Option<u64> = None;
+                let mut notifications: u64 = 0;
                 while !thread_stop.load(Ordering::SeqCst) {
                     shared.tick();
                     let now_ms = shared.mono_ms();
                     if last_acting_ms.is_none_or(|t| now_ms.saturating_sub(t) >= acting_every_ms) {
                         shared.record_acting();
                         last_acting_ms = Some(now_ms);
+                    }
+                    if let Some(every) = notify_every_ms
+                        && last_notified_ms.is_none_or(|t| now_ms.saturating_sub(t) >= every)
+                    {
+                        if shared.record_notification(notifications + 1) {
+                            notifications += 1;
+                        }
+                        last_notified_ms = Some(now_ms);
                     }
                     std::thread::sleep(TICK.min(Duration::from_millis(acting_every_ms)));
                 }
