@@ -45,6 +45,10 @@ enum BenchKind {
     Cold(Trials),
     /// Kill -9 of a singleton → the gap until another one runs.
     Singleton(Trials),
+    /// Kill -9 of a hot-standby aggregator → the new primary writes again.
+    Hot(Trials),
+    /// Pool dispatch: IS ALIVE round + job accepted, over real workers.
+    Pool(Trials),
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,7 +68,240 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Failover(t) => pair_bench("warm-standby", t.trials, t.json).await,
         BenchKind::Cold(t) => pair_bench("cold-standby", t.trials, t.json).await,
         BenchKind::Singleton(t) => pair_bench("singleton", t.trials, t.json).await,
+        BenchKind::Hot(t) => hot_bench(t.trials, t.json).await,
+        BenchKind::Pool(t) => pool_bench(t.trials, t.json).await,
     }
+}
+
+fn report(what: &str, samples: &[f64], as_json: bool, extra: serde_json::Value) {
+    let (p50, p99, max, mean) = stats(samples);
+    if as_json {
+        let mut doc = json!({"bench": what, "trials": samples.len(), "p50_ms": p50, "p99_ms": p99,
+                             "max_ms": max, "mean_ms": mean, "samples_ms": samples});
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        println!("{doc}");
+    } else {
+        println!(
+            "{what}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, mean {mean:.2} ms ({} trials)",
+            samples.len()
+        );
+    }
+}
+
+/// A hot-standby pair of aggregators on a statistics stream (SQLite sink);
+/// each trial kills the primary and times until the new primary has taken
+/// the sink over and written again.
+async fn hot_bench(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+    if trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let (sp, pa, pb) = (free_port()?, free_port()?, free_port()?);
+    let db = dir.path().join("bench.db");
+    let text = format!(
+        r#"
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "local"
+site = "dc1"
+address = "127.0.0.1"
+
+[apps.stats]
+ha = "none"
+command = ["tandem", "demo-stats", "--port", "{{ports.http}}", "--rate", "2000"]
+
+[[apps.stats.instances]]
+id = "s"
+host = "local"
+ports = {{ http = {sp} }}
+
+[apps.bench]
+ha = "hot-standby"
+command = ["tandem", "demo-aggregator", "--port", "{{ports.http}}", "--source", "http://127.0.0.1:{sp}", "--sink", "sqlite:{db}", "--batch", "20"]
+
+[apps.bench.restart]
+initial_backoff = "20ms"
+stable_after = "300ms"
+crashloop_after = 1000
+
+[[apps.bench.checks]]
+kind = "http"
+port = "http"
+path = "/health"
+interval = "50ms"
+timeout = "40ms"
+failures_before_unhealthy = 2
+successes_before_healthy = 1
+
+[apps.bench.hook]
+kind = "http"
+port = "http"
+path = "/tandem/role"
+timeout = "500ms"
+
+[[apps.bench.instances]]
+id = "a"
+host = "local"
+ports = {{ http = {pa} }}
+
+[[apps.bench.instances]]
+id = "b"
+host = "local"
+ports = {{ http = {pb} }}
+"#,
+        db = db.display()
+    );
+    let topology = Arc::new(
+        tandem_core::topology::parse("bench.toml", &text)
+            .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,
+    );
+    let ports: BTreeMap<String, u16> = [("a".to_string(), pa), ("b".to_string(), pb)].into();
+    let store: Arc<dyn Store> = EmbeddedStore::open(&dir.path().join("store"))?;
+    let local = Local::start(
+        store.clone(),
+        topology,
+        &["local".to_string()],
+        dir.path().to_path_buf(),
+    )?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .timeout(Duration::from_millis(200))
+        .build()?;
+    if !as_json {
+        println!(
+            "bench hot: a hot-standby pair of aggregators on a 2000 records/s stream, SQLite sink, {trials} trials"
+        );
+    }
+    let mut samples = Vec::with_capacity(trials);
+    let result: anyhow::Result<()> = async {
+        for trial in 0..trials {
+            let pair = ready(&store, &ports, "warm-standby")
+                .await
+                .with_context(|| format!("trial {trial}: the pair never became ready"))?;
+            // The primary must be writing before it is killed.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let url = format!("http://127.0.0.1:{}/", pair.backup_port);
+            let before = http
+                .get(&url)
+                .send()
+                .await?
+                .json::<serde_json::Value>()
+                .await?;
+            let takeovers = before["takeovers"].as_u64().unwrap_or(0);
+            let t0 = Instant::now();
+            kill(Pid::from_raw(pair.pid as i32), Signal::SIGKILL)
+                .with_context(|| format!("cannot kill {}", pair.pid))?;
+            let deadline = t0 + Duration::from_secs(10);
+            loop {
+                if let Ok(resp) = http.get(&url).send().await
+                    && let Ok(v) = resp.json::<serde_json::Value>().await
+                    && v["takeovers"].as_u64().is_some_and(|t| t > takeovers)
+                    && v["written"].as_u64().is_some_and(|w| w > 0)
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("trial {trial}: the other aggregator did not write within 10 s");
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            samples.push(ms);
+            if !as_json {
+                println!(
+                    "  trial {:>3}: killed bench/{}, new primary wrote after {ms:.2} ms",
+                    trial + 1,
+                    pair.primary
+                );
+            }
+        }
+        Ok(())
+    }
+    .await;
+    local.stop().await?;
+    result?;
+    report(
+        "hot-standby kill -9 → the new primary has written again",
+        &samples,
+        as_json,
+        json!({"sink": "sqlite"}),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Three real builder processes; each trial dispatches one job and times
+/// the IS ALIVE round plus the job's acceptance.
+async fn pool_bench(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+    use tandem_client::pool::{DispatchOptions, Dispatcher, Job, Worker, WorkerSource};
+    if trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find the tandem executable")?;
+    let mut children = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        let port = free_port()?;
+        let child = tokio::process::Command::new(&exe)
+            .args([
+                "demo-builder",
+                "--port",
+                &port.to_string(),
+                "--build-ms",
+                "5",
+                "--instance",
+                &format!("b{i}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a builder")?;
+        children.push(child);
+        workers.push(Worker::new(
+            format!("b{i}"),
+            format!("http://127.0.0.1:{port}"),
+        ));
+    }
+    let dispatcher = Dispatcher::new(WorkerSource::Static(workers), DispatchOptions::default());
+    // Wait for the workers to answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dispatcher
+        .free_workers()
+        .await
+        .map(|w| w.len())
+        .unwrap_or(0)
+        < 3
+    {
+        if Instant::now() > deadline {
+            bail!("the builders did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !as_json {
+        println!("bench pool: 3 builder processes, {trials} sequential jobs");
+    }
+    let mut samples = Vec::with_capacity(trials);
+    for trial in 0..trials {
+        let done = dispatcher
+            .run(Job::new(format!("bench-{trial}"), "payload"))
+            .await
+            .with_context(|| format!("job {trial}"))?;
+        if let Some(d) = done.dispatch_latency() {
+            samples.push(d.as_secs_f64() * 1000.0);
+        }
+    }
+    drop(children);
+    report(
+        "pool dispatch (IS ALIVE to 3 workers + job accepted)",
+        &samples,
+        as_json,
+        json!({}),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn free_port() -> anyhow::Result<u16> {
