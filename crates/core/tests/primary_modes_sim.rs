@@ -1,5 +1,5 @@
-//! Property test of the modes with a primary (warm standby, cold standby,
-//! singleton): the real controller decision function and
+//! Property test of the modes with a primary (warm and hot standby, cold
+//! standby, singleton): the real controller decision function and
 //! the real per-instance state machines, composed in a simulated world where
 //! every effect (spawn, hook, kill, delivery of an assignment to an agent)
 //! happens in an order chosen by proptest, interleaved with crashes,
@@ -8,7 +8,7 @@
 //! Invariants checked after every step:
 //! - the assignment never names two primaries, and every new grant has a
 //!   strictly higher epoch than every earlier one;
-//! - warm standby: at most one live, unfrozen process believes it is
+//! - warm and hot standby: at most one live, unfrozen process believes it is
 //!   primary, except a process that was frozen while primary and has just
 //!   been thawed: it believes an older epoch, and its agent already knows it
 //!   as fenced;
@@ -512,7 +512,12 @@ proptest! {
 
     #[test]
     fn no_two_primaries_act_and_the_app_converges(
-        ha in prop_oneof![Just(HaMode::WarmStandby), Just(HaMode::ColdStandby), Just(HaMode::Singleton)],
+        ha in prop_oneof![
+            Just(HaMode::WarmStandby),
+            Just(HaMode::HotStandby),
+            Just(HaMode::ColdStandby),
+            Just(HaMode::Singleton),
+        ],
         n in 2usize..=4,
         priorities in proptest::collection::vec(0i64..3, 4),
         ops in (2usize..=4).prop_flat_map(|n| proptest::collection::vec(op(n), 0..300)),
