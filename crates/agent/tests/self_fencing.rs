@@ -135,19 +135,7 @@ impl Rig {
     }
 
     fn hook_lines(&self) -> Vec<(String, String, u64, u128)> {
-        std::fs::read_to_string(self.dir.path().join("hooks.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                Some((
-                    f.first()?.to_string(),
-                    f.get(1)?.to_string(),
-                    f.get(2)?.parse().ok()?,
-                    f.get(3)?.parse().ok()?,
-                ))
-            })
-            .collect()
+        common::hook_lines(&self.dir.path().join("hooks.log"))
     }
 
     async fn stop(mut self) {

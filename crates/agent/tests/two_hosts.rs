@@ -179,19 +179,7 @@ async fn cut_off_host_fences_its_primary_and_the_other_host_takes_over_then_it_r
 
     // a was told to step down before its lease could expire, and b was
     // told to take over only after that.
-    let lines: Vec<(String, String, u64, u128)> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                f.first()?.to_string(),
-                f.get(1)?.to_string(),
-                f.get(2)?.parse().ok()?,
-                f.get(3)?.parse().ok()?,
-            ))
-        })
-        .collect();
+    let lines = common::hook_lines(&log);
     let demoted = lines
         .iter()
         .find(|(i, r, _, t)| i == "a" && r == "backup" && *t > cut_at)

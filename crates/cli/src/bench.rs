@@ -155,23 +155,8 @@ ports = {{ http = {pb} }}
 "#,
         db = db.display()
     );
-    let topology = Arc::new(
-        tandem_core::topology::parse("bench.toml", &text)
-            .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,
-    );
     let ports: BTreeMap<String, u16> = [("a".to_string(), pa), ("b".to_string(), pb)].into();
-    let store: Arc<dyn Store> = EmbeddedStore::open(&dir.path().join("store"))?;
-    let local = Local::start(
-        store.clone(),
-        topology,
-        &["local".to_string()],
-        dir.path().to_path_buf(),
-    )?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_millis(200))
-        .build()?;
+    let Rig { store, local, http } = Rig::start(&text, dir.path())?;
     if !as_json {
         println!(
             "bench hot: a hot-standby pair of aggregators on a 2000 records/s stream, SQLite sink, {trials} trials"
@@ -342,6 +327,36 @@ fn acting_span(journal: &Path, pid: u32) -> Option<(u64, u64)> {
     Some((*times.iter().min()?, *times.iter().max()?))
 }
 
+/// A bench topology running in this process: store, agent and
+/// controller, and an HTTP client for asking the components.
+struct Rig {
+    store: Arc<dyn Store>,
+    local: Local,
+    http: reqwest::Client,
+}
+
+impl Rig {
+    fn start(topology: &str, dir: &Path) -> anyhow::Result<Rig> {
+        let topology = Arc::new(
+            tandem_core::topology::parse("bench.toml", topology)
+                .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,
+        );
+        let store: Arc<dyn Store> = EmbeddedStore::open(&dir.join("store"))?;
+        let local = Local::start(
+            store.clone(),
+            topology,
+            &["local".to_string()],
+            dir.to_path_buf(),
+        )?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_millis(200))
+            .build()?;
+        Ok(Rig { store, local, http })
+    }
+}
+
 struct Pair {
     primary: String,
     pid: u32,
@@ -374,23 +389,8 @@ async fn pair_bench(mode: &str, trials: usize, as_json: bool) -> anyhow::Result<
         ],
         ..WarmPair::default()
     });
-    let topology = Arc::new(
-        tandem_core::topology::parse("bench.toml", &text)
-            .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,
-    );
     let ports: BTreeMap<String, u16> = [("a".to_string(), pa), ("b".to_string(), pb)].into();
-    let store: Arc<dyn Store> = EmbeddedStore::open(&dir.path().join("store"))?;
-    let local = Local::start(
-        store.clone(),
-        topology,
-        &["local".to_string()],
-        dir.path().to_path_buf(),
-    )?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_millis(200))
-        .build()?;
+    let Rig { store, local, http } = Rig::start(&text, dir.path())?;
 
     if !as_json {
         println!(

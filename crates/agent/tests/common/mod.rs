@@ -130,3 +130,20 @@ pub fn breakable(stream: WatchStream, cut: Arc<AtomicBool>) -> WatchStream {
     );
     Box::pin(s)
 }
+
+/// The lines a test hook wrote as `instance role epoch time_ns`.
+pub fn hook_lines(path: &std::path::Path) -> Vec<(String, String, u64, u128)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.to_string(),
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
