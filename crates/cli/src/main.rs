@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // a binary reads clocks
 
 mod bench;
+mod cluster;
 mod commands;
 mod table;
 mod up;
@@ -41,6 +42,13 @@ enum Command {
     /// Run a whole topology on this machine: embedded store, controller, an
     /// agent for every local host, and the API. Ctrl-C stops everything.
     Up(up::UpArgs),
+    /// Run this machine's agent against a shared etcd cluster (production).
+    Agent(cluster::AgentArgs),
+    /// Store or show the topology in the shared store.
+    Topology {
+        #[command(subcommand)]
+        what: TopologyCmd,
+    },
     /// Show apps, instances, roles, health and epochs.
     Status {
         /// Print the JSON document of GET /v1/status.
@@ -128,6 +136,23 @@ enum Command {
     },
 }
 
+/// `tandem topology` subcommands.
+#[derive(Subcommand, Debug)]
+enum TopologyCmd {
+    /// Validate FILE and store it; every agent picks it up.
+    Apply {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        store: cluster::StoreArgs,
+    },
+    /// Print the stored topology (JSON).
+    Show {
+        #[command(flatten)]
+        store: cluster::StoreArgs,
+    },
+}
+
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
@@ -179,6 +204,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Agent(args) => cluster::agent(args).await,
+            Command::Topology { what } => match what {
+                TopologyCmd::Apply { file, store } => cluster::apply(&file, &store).await,
+                TopologyCmd::Show { store } => cluster::show(&store).await,
+            },
             Command::Status { json, api } => commands::status(&api.api, json).await,
             Command::Events {
                 follow,

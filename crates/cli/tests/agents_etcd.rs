@@ -1,0 +1,219 @@
+//! Production mode: a real 3-member etcd cluster, `tandem topology apply`,
+//! and one `tandem agent` process per host (hosts h1 and h2 on 127.0.0.1
+//! and 127.0.0.2). A warm-standby pair spans the hosts: killing the
+//! primary fails over through etcd; killing the primary's whole agent (its
+//! instances die with it) fails over once its lease has expired, and the
+//! controller role moves to the surviving agent if it had it.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+// The etcd crate's test cluster (real etcd members on free loopback ports).
+#[path = "../../store-etcd/tests/common/mod.rs"]
+mod etcd;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{demo_get, free_port, signal, tandem};
+use tandem_api::types::{AppDoc, Health, Role};
+use tandem_client::ApiClient;
+
+fn topology(ports: [u16; 2]) -> String {
+    format!(
+        r#"
+[cluster]
+lease_ttl = "2s"
+renew_interval = "300ms"
+fence_margin = "800ms"
+
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "h1"
+site = "dc1"
+address = "127.0.0.1"
+
+[[hosts]]
+name = "h2"
+site = "dc1"
+address = "127.0.0.2"
+
+[apps.web]
+ha = "warm-standby"
+command = ["tandem", "demo-app", "--port", "{{ports.http}}", "--bind", "{{address}}"]
+
+[[apps.web.checks]]
+kind = "http"
+port = "http"
+path = "/health"
+interval = "100ms"
+timeout = "80ms"
+failures_before_unhealthy = 2
+successes_before_healthy = 1
+
+[apps.web.hook]
+kind = "http"
+port = "http"
+path = "/tandem/role"
+timeout = "300ms"
+
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+priority = 10
+ports = {{ http = {pa} }}
+
+[[apps.web.instances]]
+id = "b"
+host = "h2"
+ports = {{ http = {pb} }}
+"#,
+        pa = ports[0],
+        pb = ports[1]
+    )
+}
+
+fn store_url(cluster: &etcd::Cluster) -> String {
+    let hosts: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| e.trim_start_matches("http://").to_string())
+        .collect();
+    format!("etcd://{}", hosts.join(","))
+}
+
+fn start_agent(dir: &Path, store: &str, host: &str, api: Option<&str>) -> Child {
+    let log = std::fs::File::create(dir.join(format!("agent-{host}.log"))).expect("log");
+    let mut cmd = Command::new(tandem());
+    cmd.args(["agent", "--store", store, "--host", host])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    if let Some(api) = api {
+        cmd.args(["--api", api]);
+    }
+    cmd.spawn().expect("spawn tandem agent")
+}
+
+async fn wait_for(
+    api: &ApiClient,
+    what: &str,
+    secs: u64,
+    pred: impl Fn(&AppDoc) -> bool,
+) -> AppDoc {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(app) = api.app("web").await
+            && pred(&app)
+        {
+            return app;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            api.app("web").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
+    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
+        .await
+        .expect("etcd cluster");
+    let store = store_url(&cluster);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = [free_port(), free_port()];
+    let file = dir.path().join("prod.toml");
+    std::fs::write(&file, topology(ports)).expect("write");
+
+    let out = Command::new(tandem())
+        .args(["topology", "apply"])
+        .arg(&file)
+        .args(["--store", &store])
+        .output()
+        .expect("topology apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied topology"));
+
+    // h2 serves the API: it survives the host kill below.
+    let api_addr = format!("127.0.0.1:{}", free_port());
+    let mut h1 = start_agent(dir.path(), &store, "h1", None);
+    let mut h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
+    let api = ApiClient::new(&api_addr).expect("client");
+    let ready = |a: &AppDoc| {
+        a.primary.as_deref() == Some("a")
+            && a.instances.iter().all(|i| i.health == Health::Healthy)
+            && a.instances[1].role == Role::Backup
+    };
+    let doc = wait_for(&api, "a primary on h1, b backup on h2", 40, ready).await;
+    assert_eq!(api.status().await.expect("status").store, "etcd");
+
+    // 1. Kill the primary process: b, on the other host, takes over.
+    signal(doc.instances[0].pid.expect("pid"), "KILL");
+    let after = wait_for(&api, "b promoted", 20, |a| {
+        a.primary.as_deref() == Some("b")
+    })
+    .await;
+    assert!(after.epoch > doc.epoch);
+    let seen: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.2:{}/", ports[1]))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("b answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["role"], "primary");
+
+    // a comes back as a backup; switch back to it so the primary is on h1.
+    wait_for(&api, "a back as a healthy backup", 20, |a| {
+        a.instances[0].role == Role::Backup && a.instances[0].health == Health::Healthy
+    })
+    .await;
+    let out = api
+        .switchover("web", Some("a"), Duration::from_secs(10))
+        .await
+        .expect("switchover");
+    assert!(
+        matches!(out, tandem_client::SwitchoverOutcome::Done { .. }),
+        "{out:?}"
+    );
+    let before_kill = wait_for(&api, "a primary again", 10, |a| {
+        a.primary.as_deref() == Some("a")
+    })
+    .await;
+
+    // 2. Kill the whole host h1 (its agent; its instances die with it).
+    let t0 = Instant::now();
+    let _ = h1.kill();
+    let _ = h1.wait();
+    let after = wait_for(&api, "b promoted after h1's lease expired", 30, |a| {
+        a.primary.as_deref() == Some("b") && a.epoch > before_kill.epoch
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "promoted {took:?} after the host died: before its lease (2 s) could have expired"
+    );
+    assert!(after.instances[0].pid.is_none() || after.instances[0].role != Role::Primary);
+    assert!(
+        demo_get(ports[0]).await.is_none(),
+        "h1's instance died with its agent"
+    );
+
+    let _ = h2.kill();
+    let _ = h2.wait();
+    let _ = h1;
+    drop(cluster);
+}
