@@ -59,16 +59,20 @@ struct Trials {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Run on this etcd cluster (etcd://h1:2379,...) instead of the
+    /// embedded store.
+    #[arg(long)]
+    store: Option<String>,
 }
 
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging(crate::LogFormat::Text, "error");
     match args.what {
-        BenchKind::Failover(t) => pair_bench("warm-standby", t.trials, t.json).await,
-        BenchKind::Cold(t) => pair_bench("cold-standby", t.trials, t.json).await,
-        BenchKind::Singleton(t) => pair_bench("singleton", t.trials, t.json).await,
-        BenchKind::Hot(t) => hot_bench(t.trials, t.json).await,
+        BenchKind::Failover(t) => pair_bench("warm-standby", &t).await,
+        BenchKind::Cold(t) => pair_bench("cold-standby", &t).await,
+        BenchKind::Singleton(t) => pair_bench("singleton", &t).await,
+        BenchKind::Hot(t) => hot_bench(&t).await,
         BenchKind::Pool(t) => pool_bench(t.trials, t.json).await,
     }
 }
@@ -93,7 +97,8 @@ fn report(what: &str, samples: &[f64], as_json: bool, extra: serde_json::Value) 
 /// A hot-standby pair of aggregators on a statistics stream (SQLite sink);
 /// each trial kills the primary and times until the new primary has taken
 /// the sink over and written again.
-async fn hot_bench(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+async fn hot_bench(t: &Trials) -> anyhow::Result<ExitCode> {
+    let (trials, as_json) = (t.trials, t.json);
     if trials == 0 {
         bail!("--trials must be at least 1");
     }
@@ -156,7 +161,7 @@ ports = {{ http = {pb} }}
         db = db.display()
     );
     let ports: BTreeMap<String, u16> = [("a".to_string(), pa), ("b".to_string(), pb)].into();
-    let Rig { store, local, http } = Rig::start(&text, dir.path())?;
+    let Rig { store, local, http } = Rig::start(&text, dir.path(), t.store.as_deref()).await?;
     if !as_json {
         println!(
             "bench hot: a hot-standby pair of aggregators on a 2000 records/s stream, SQLite sink, {trials} trials"
@@ -336,12 +341,29 @@ struct Rig {
 }
 
 impl Rig {
-    fn start(topology: &str, dir: &Path) -> anyhow::Result<Rig> {
+    async fn start(topology: &str, dir: &Path, etcd: Option<&str>) -> anyhow::Result<Rig> {
         let topology = Arc::new(
             tandem_core::topology::parse("bench.toml", topology)
                 .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,
         );
-        let store: Arc<dyn Store> = EmbeddedStore::open(&dir.join("store"))?;
+        let store: Arc<dyn Store> = match etcd {
+            None => EmbeddedStore::open(&dir.join("store"))?,
+            Some(url) => {
+                let store = crate::cluster::StoreArgs {
+                    store: url.to_string(),
+                    etcd_ca: None,
+                    etcd_cert: None,
+                    etcd_key: None,
+                }
+                .connect()
+                .await?;
+                // A clean slate under /tandem/ for this run.
+                for kv in store.list(tandem_core::model::keys::ROOT).await?.kvs {
+                    store.delete(&kv.key).await?;
+                }
+                store
+            }
+        };
         let local = Local::start(
             store.clone(),
             topology,
@@ -364,7 +386,9 @@ struct Pair {
     backup_port: u16,
 }
 
-async fn pair_bench(mode: &str, trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+async fn pair_bench(mode: &str, t: &Trials) -> anyhow::Result<ExitCode> {
+    let (trials, as_json) = (t.trials, t.json);
+    let store_name = if t.store.is_some() { "etcd" } else { "embedded" };
     if trials == 0 {
         bail!("--trials must be at least 1");
     }
@@ -390,11 +414,11 @@ async fn pair_bench(mode: &str, trials: usize, as_json: bool) -> anyhow::Result<
         ..WarmPair::default()
     });
     let ports: BTreeMap<String, u16> = [("a".to_string(), pa), ("b".to_string(), pb)].into();
-    let Rig { store, local, http } = Rig::start(&text, dir.path())?;
+    let Rig { store, local, http } = Rig::start(&text, dir.path(), t.store.as_deref()).await?;
 
     if !as_json {
         println!(
-            "bench {mode}: a pair of demo components, embedded store on disk (fsync), {trials} trials"
+            "bench {mode}: a pair of demo components, {store_name} store, {trials} trials"
         );
     }
     let mut serving_ms = Vec::with_capacity(trials);
@@ -466,7 +490,7 @@ async fn pair_bench(mode: &str, trials: usize, as_json: bool) -> anyhow::Result<
     let (p50, p99, max, mean) = stats(&serving_ms);
     let gap = (!gap_ms.is_empty()).then(|| stats(&gap_ms));
     if as_json {
-        let mut doc = json!({"bench": mode, "store": "embedded", "trials": trials,
+        let mut doc = json!({"bench": mode, "store": store_name, "trials": trials,
                "p50_ms": p50, "p99_ms": p99, "max_ms": max, "mean_ms": mean, "samples_ms": serving_ms});
         if let Some((g50, g99, gmax, gmean)) = gap {
             doc["gap_p50_ms"] = json!(g50);
@@ -478,7 +502,7 @@ async fn pair_bench(mode: &str, trials: usize, as_json: bool) -> anyhow::Result<
         println!("{doc}");
     } else {
         println!(
-            "{mode}: kill -9 → successor serving as primary: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, mean {mean:.2} ms ({trials} trials)"
+            "{mode} ({store_name} store): kill -9 → successor serving as primary: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, mean {mean:.2} ms ({trials} trials)"
         );
         if let Some((g50, g99, gmax, gmean)) = gap {
             println!(
