@@ -373,6 +373,34 @@ impl Leader {
             if live {
                 let evs = status_events(app, instance, old.as_ref(), new.as_ref());
                 self.pending.entry(app.to_string()).or_default().extend(evs);
+                // The grant holder now reports its role at the grant's epoch:
+                // it serves (the API's "acknowledged" rule).
+                let grant = self
+                    .roles
+                    .get(app)
+                    .and_then(|(r, _)| r.primary.as_ref())
+                    .filter(|g| g.instance == instance);
+                let acked = |s: Option<&InstanceStatus>, g: &tandem_core::model::PrimaryGrant| {
+                    s.is_some_and(|s| {
+                        s.process == tandem_core::model::ProcessState::Running
+                            && s.acting == tandem_core::model::Role::Primary
+                            && s.acting_epoch == g.epoch
+                    })
+                };
+                if let Some(g) = grant
+                    && acked(new.as_ref(), g)
+                    && !acked(old.as_ref(), g)
+                {
+                    self.pending.entry(app.to_string()).or_default().push(
+                        EventDraft::instance(
+                            EventKind::Serving,
+                            app,
+                            instance,
+                            format!("{app}/{instance} serves as primary (epoch {})", g.epoch),
+                        )
+                        .with_epoch(g.epoch),
+                    );
+                }
             }
             self.dirty.insert(app.to_string());
         } else if let Some(app) = key.strip_prefix(keys::ROLES) {
@@ -441,10 +469,12 @@ impl Leader {
         let reported = self.statuses.get(app);
         // Not yet reported, or running without a health verdict yet: the
         // best instance may simply not have been judged.
-        a.instances.iter().any(|i| match reported.and_then(|m| m.get(&i.id)) {
-            None => true,
-            Some(s) => s.process.is_live() && s.health == tandem_core::model::Health::Unknown,
-        })
+        a.instances
+            .iter()
+            .any(|i| match reported.and_then(|m| m.get(&i.id)) {
+                None => true,
+                Some(s) => s.process.is_live() && s.health == tandem_core::model::Health::Unknown,
+            })
     }
 
     /// Decides and writes every dirty app.

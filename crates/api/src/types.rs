@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use tandem_core::model::{
-    Event, Health, Intent, IntentKind, IntentState, PendingSwitchover, ProcessState, Role,
+    Event, EventKind, Health, Intent, IntentKind, IntentState, PendingSwitchover, ProcessState,
+    Role,
 };
 pub use tandem_core::topology::HaMode;
 

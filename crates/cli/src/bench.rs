@@ -388,7 +388,11 @@ struct Pair {
 
 async fn pair_bench(mode: &str, t: &Trials) -> anyhow::Result<ExitCode> {
     let (trials, as_json) = (t.trials, t.json);
-    let store_name = if t.store.is_some() { "etcd" } else { "embedded" };
+    let store_name = if t.store.is_some() {
+        "etcd"
+    } else {
+        "embedded"
+    };
     if trials == 0 {
         bail!("--trials must be at least 1");
     }
@@ -417,9 +421,7 @@ async fn pair_bench(mode: &str, t: &Trials) -> anyhow::Result<ExitCode> {
     let Rig { store, local, http } = Rig::start(&text, dir.path(), t.store.as_deref()).await?;
 
     if !as_json {
-        println!(
-            "bench {mode}: a pair of demo components, {store_name} store, {trials} trials"
-        );
+        println!("bench {mode}: a pair of demo components, {store_name} store, {trials} trials");
     }
     let mut serving_ms = Vec::with_capacity(trials);
     let mut gap_ms = Vec::with_capacity(trials);

@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 #![allow(clippy::disallowed_methods)] // a client keeps time: request timeouts
 
+pub mod discovery;
 pub mod pool;
 mod sse;
 

@@ -340,6 +340,9 @@ pub struct Intent {
 pub enum EventKind {
     /// An instance was granted the primary role.
     Promoted,
+    /// The granted primary acknowledged its role and epoch: it serves now
+    /// (clients following events re-resolve the primary on this).
+    Serving,
     /// A primary was told to step down.
     Demoted,
     /// A primary failed (exited, unhealthy, host lost).
