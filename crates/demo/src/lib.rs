@@ -186,7 +186,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ))),
         None => None,
     };
-    let ticker = Ticker::spawn(Arc::clone(&shared), args.acting_every_ms, args.notify_every_ms)?;
+    let ticker = Ticker::spawn(
+        Arc::clone(&shared),
+        args.acting_every_ms,
+        args.notify_every_ms,
+    )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = http::router(Arc::clone(&shared), shutdown_rx.clone());
