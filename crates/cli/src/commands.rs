@@ -251,3 +251,26 @@ pub fn validate(file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// `tandem proxy`.
+pub async fn proxy(listen: std::net::SocketAddr, app: &str, api: &str) -> anyhow::Result<ExitCode> {
+    crate::init_logging(crate::LogFormat::Text, "info");
+    let client = ApiClient::new(api)?;
+    // Fail early, with the API's own words, on an unknown app.
+    client.app(app).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("tandem proxy: {listen} → the primary of {app} (following {api})");
+    let target = tandem_client::proxy::follow_primary(client, app);
+    tandem_client::proxy::serve(
+        listener,
+        target,
+        tandem_client::proxy::ProxyOptions::default(),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
+}

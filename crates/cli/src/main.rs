@@ -49,6 +49,18 @@ enum Command {
         #[command(subcommand)]
         what: TopologyCmd,
     },
+    /// A TCP proxy to an app's current primary: new connections go to the
+    /// primary of the moment; connections to a deposed one are closed.
+    Proxy {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The app whose primary receives the connections.
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Show apps, instances, roles, health and epochs.
     Status {
         /// Print the JSON document of GET /v1/status.
@@ -210,6 +222,7 @@ fn main() -> ExitCode {
                 TopologyCmd::Show { store } => cluster::show(&store).await,
             },
             Command::Status { json, api } => commands::status(&api.api, json).await,
+            Command::Proxy { listen, app, api } => commands::proxy(listen, &app, &api.api).await,
             Command::Events {
                 follow,
                 since,

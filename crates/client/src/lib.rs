@@ -23,6 +23,7 @@
 
 pub mod discovery;
 pub mod pool;
+pub mod proxy;
 mod sse;
 
 use std::collections::VecDeque;
