@@ -28,17 +28,39 @@ pub(crate) async fn status(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<StatusDoc>, ApiError> {
     Params::parse(query, &[])?;
-    let (statuses, roles) = tokio::try_join!(
+    let read = tokio::try_join!(
         state.store.list(keys::STATUS),
         state.store.list(keys::ROLES)
-    )
-    .map_err(ApiError::read)?;
-    Ok(Json(crate::status_document(
-        &state.topology,
-        state.store.backend(),
-        &statuses,
-        &roles,
-    )))
+    );
+    let cache = || state.last_status.lock().unwrap_or_else(|e| e.into_inner());
+    match read {
+        Ok((statuses, roles)) => {
+            let doc =
+                crate::status_document(&state.topology, state.store.backend(), &statuses, &roles);
+            *cache() = Some((doc.clone(), now_ms()));
+            Ok(Json(doc))
+        }
+        // No quorum: the last state this API saw, marked stale.
+        Err(e) if e.is_unavailable() => match cache().clone() {
+            Some((mut doc, at_ms)) => {
+                doc.stale = true;
+                doc.stale_reason = Some(format!(
+                    "{e}; this is the last state read, {} ms ago: roles may have changed since",
+                    now_ms().saturating_sub(at_ms)
+                ));
+                Ok(Json(doc))
+            }
+            None => Err(ApiError::read(e)),
+        },
+        Err(e) => Err(ApiError::read(e)),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Resolves the `{app}` path segment to an app of the topology.

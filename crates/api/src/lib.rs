@@ -62,6 +62,10 @@ pub struct ApiState {
     shutdown: CancellationToken,
     /// Makes intent ids unique within this process.
     intent_counter: Arc<AtomicU64>,
+    /// The last status document read, with its wall-clock time (ms): what
+    /// `GET /v1/status` answers, marked stale, while the store has no
+    /// quorum.
+    pub(crate) last_status: Arc<std::sync::Mutex<Option<(types::StatusDoc, u64)>>>,
 }
 
 impl ApiState {
@@ -72,6 +76,7 @@ impl ApiState {
             topology,
             shutdown: CancellationToken::new(),
             intent_counter: Arc::new(AtomicU64::new(0)),
+            last_status: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 }

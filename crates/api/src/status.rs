@@ -85,6 +85,8 @@ pub fn status_document(
     StatusDoc {
         topology: topology.name.clone(),
         store: store_backend.to_owned(),
+        stale: false,
+        stale_reason: None,
         apps: topology
             .apps
             .iter()

@@ -22,6 +22,13 @@ pub struct StatusDoc {
     pub topology: String,
     /// The coordination store's backend ("embedded", "etcd").
     pub store: String,
+    /// True when the store cannot be read right now (no quorum) and this
+    /// is the last state this API read: roles may have changed since.
+    #[serde(default)]
+    pub stale: bool,
+    /// When `stale`: why, and since when (the time of the state shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_reason: Option<String>,
     /// One entry per app, in topology order.
     pub apps: Vec<AppDoc>,
 }

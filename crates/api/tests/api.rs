@@ -836,6 +836,103 @@ async fn a_store_without_quorum_makes_reads_unavailable_and_writes_read_only() {
     h.stop().await;
 }
 
+/// The embedded store, losing quorum on demand.
+struct Switchable {
+    inner: Arc<EmbeddedStore>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            no_quorum()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Switchable {
+    fn backend(&self) -> &'static str {
+        "switchable"
+    }
+    async fn get(&self, k: &str) -> Result<Option<tandem_store::KeyValue>, StoreError> {
+        self.check()?;
+        self.inner.get(k).await
+    }
+    async fn list(&self, p: &str) -> Result<Listing, StoreError> {
+        self.check()?;
+        self.inner.list(p).await
+    }
+    async fn put(&self, k: &str, v: Vec<u8>, l: Option<LeaseId>) -> Result<Revision, StoreError> {
+        self.check()?;
+        self.inner.put(k, v, l).await
+    }
+    async fn delete(&self, k: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete(k).await
+    }
+    async fn txn(&self, t: Txn) -> Result<TxnResponse, StoreError> {
+        self.check()?;
+        self.inner.txn(t).await
+    }
+    async fn grant_lease(&self, d: Duration) -> Result<Lease, StoreError> {
+        self.check()?;
+        self.inner.grant_lease(d).await
+    }
+    async fn keep_alive(&self, l: LeaseId) -> Result<Duration, StoreError> {
+        self.check()?;
+        self.inner.keep_alive(l).await
+    }
+    async fn revoke_lease(&self, l: LeaseId) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.revoke_lease(l).await
+    }
+    async fn watch(&self, p: &str, r: Revision) -> Result<WatchStream, StoreError> {
+        self.check()?;
+        self.inner.watch(p, r).await
+    }
+}
+
+#[tokio::test]
+async fn without_quorum_status_answers_the_last_known_state_marked_stale() {
+    let store = Arc::new(Switchable {
+        inner: EmbeddedStore::in_memory(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let h = Harness::with_store(store.clone()).await;
+    let fresh = h.client.status().await.expect("status");
+    assert!(!fresh.stale);
+    assert!(fresh.stale_reason.is_none());
+
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stale = h
+        .client
+        .status()
+        .await
+        .expect("status answers from the last state");
+    assert!(stale.stale);
+    let reason = stale.stale_reason.clone().expect("a reason");
+    assert!(
+        reason.contains("no leader") && reason.contains("last state"),
+        "{reason}"
+    );
+    assert_eq!(stale.apps, fresh.apps);
+    // Writes stay refused, saying why.
+    let (code, message) = api_error(
+        h.client
+            .switchover("web", None, Duration::from_secs(1))
+            .await,
+    );
+    assert_eq!(code, 503);
+    assert_eq!(message, "read-only: the coordination store has no quorum");
+
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(!h.client.status().await.expect("status").stale);
+    h.stop().await;
+}
+
 /// An embedded store whose watches break after a few changes, as a
 /// watcher that fell behind or lost its connection does.
 struct FlakyWatches(Arc<EmbeddedStore>);

@@ -46,6 +46,14 @@ pub fn status_table(doc: &StatusDoc) -> String {
         }
     }
     let mut out = format!("topology {} (store: {})\n", doc.topology, doc.store);
+    if doc.stale {
+        out.push_str(&format!(
+            "STALE: {}\n",
+            doc.stale_reason
+                .as_deref()
+                .unwrap_or("the store cannot be read")
+        ));
+    }
     out.push_str(&render(
         &[
             "APP",
