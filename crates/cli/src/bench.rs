@@ -49,6 +49,13 @@ enum BenchKind {
     Hot(Trials),
     /// Pool dispatch: IS ALIVE round + job accepted, over real workers.
     Pool(Trials),
+    /// A discovery client: kill -9 → its first successful request to the
+    /// new primary (it is told by push).
+    Discovery(Trials),
+    /// `tandem proxy`: kill -9 → the first successful request through the
+    /// proxy; and the proxy's latency and throughput against a direct
+    /// connection.
+    Proxy(Trials),
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,6 +81,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Singleton(t) => pair_bench("singleton", &t).await,
         BenchKind::Hot(t) => hot_bench(&t).await,
         BenchKind::Pool(t) => pool_bench(t.trials, t.json).await,
+        BenchKind::Discovery(t) => client_bench(false, &t).await,
+        BenchKind::Proxy(t) => client_bench(true, &t).await,
     }
 }
 
@@ -575,4 +584,175 @@ async fn read_pair(
         epoch: grant.epoch,
         backup_port: ports[backup],
     })
+}
+
+/// The API of `rig`'s store, served on a free port: (address, stop).
+async fn serve_api(
+    store: Arc<dyn Store>,
+    topology: &str,
+) -> anyhow::Result<(String, tokio_util::sync::CancellationToken)> {
+    let topology = Arc::new(
+        tandem_core::topology::parse("bench.toml", topology)
+            .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let state = tandem_api::ApiState::new(store, topology);
+    let s = stop.clone();
+    tokio::spawn(async move { tandem_api::serve(listener, state, s.cancelled_owned()).await });
+    Ok((addr, stop))
+}
+
+/// Discovery or proxy: each trial kills the primary and times the first
+/// successful request (answered by a primary with a higher epoch), with
+/// a new connection per request.
+async fn client_bench(through_proxy: bool, t: &Trials) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let (trials, as_json) = (t.trials, t.json);
+    if trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let (pa, pb) = (free_port()?, free_port()?);
+    let text = tandem_demo::topology::warm_pair(&WarmPair {
+        app: "bench".into(),
+        ports: [pa, pb],
+        check_interval_ms: 50,
+        check_timeout_ms: 40,
+        successes_before_healthy: 1,
+        hook_timeout_ms: 500,
+        initial_backoff_ms: 20,
+        stable_after_ms: 300,
+        ..WarmPair::default()
+    });
+    let ports: BTreeMap<String, u16> = [("a".to_string(), pa), ("b".to_string(), pb)].into();
+    let Rig { store, local, http } = Rig::start(&text, dir.path(), t.store.as_deref()).await?;
+    let (api, api_stop) = serve_api(store.clone(), &text).await?;
+    let client = tandem_client::ApiClient::new(&api)?;
+    // The client's view of the primary, kept current by push.
+    let (tx, view) = tokio::sync::watch::channel::<Option<(String, u64)>>(None);
+    let mut proxy_addr = String::new();
+    let proxy_stop = tokio_util::sync::CancellationToken::new();
+    if through_proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        proxy_addr = listener.local_addr()?.to_string();
+        let target = tandem_client::proxy::follow_primary(client.clone(), "bench");
+        let stop = proxy_stop.clone();
+        tokio::spawn(tandem_client::proxy::serve(
+            listener,
+            target,
+            tandem_client::proxy::ProxyOptions::default(),
+            stop.cancelled_owned(),
+        ));
+    } else {
+        let mut updates =
+            Box::pin(tandem_client::discovery::Discovery::new(client.clone()).watch("bench"));
+        tokio::spawn(async move {
+            while let Some(u) = updates.next().await {
+                if let Ok(doc) = u {
+                    let v =
+                        doc.and_then(|d| d.port.map(|p| (format!("{}:{p}", d.address), d.epoch)));
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_millis(200))
+        .build()?;
+    let what = if through_proxy { "proxy" } else { "discovery" };
+    if !as_json {
+        println!(
+            "bench {what}: a warm-standby pair, {trials} trials, a new connection per request"
+        );
+    }
+    let mut samples = Vec::with_capacity(trials);
+    let mut ratio = serde_json::Value::Null;
+    let result: anyhow::Result<()> = async {
+        for trial in 0..trials {
+            let pair = ready(&store, &ports, "warm-standby")
+                .await
+                .with_context(|| format!("trial {trial}: the pair never became ready"))?;
+            let t0 = Instant::now();
+            kill(Pid::from_raw(pair.pid as i32), Signal::SIGKILL)
+                .with_context(|| format!("cannot kill {}", pair.pid))?;
+            let deadline = t0 + Duration::from_secs(10);
+            loop {
+                let url = if through_proxy {
+                    Some(format!("http://{proxy_addr}/"))
+                } else {
+                    view.borrow().clone().filter(|(_, e)| *e > pair.epoch).map(|(a, _)| format!("http://{a}/"))
+                };
+                if let Some(url) = url
+                    && let Ok(r) = fresh.get(&url).send().await
+                    && let Ok(v) = r.json::<serde_json::Value>().await
+                    && v["role"] == "primary"
+                    && v["epoch"].as_u64().is_some_and(|e| e > pair.epoch)
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("trial {trial}: no successful request within 10 s");
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            samples.push(ms);
+            if !as_json {
+                println!("  trial {:>3}: first successful request after {ms:.2} ms", trial + 1);
+            }
+        }
+        if through_proxy {
+            // Latency and throughput through the proxy vs direct, in one run,
+            // one keep-alive connection each, sequential requests.
+            let pair = ready(&store, &ports, "warm-standby").await?;
+            let direct = format!("http://127.0.0.1:{}/", ports[&pair.primary]);
+            let proxied = format!("http://{proxy_addr}/");
+            let measure = |url: String| {
+                let http = http.clone();
+                async move {
+                    let mut lat = Vec::new();
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_secs(2) {
+                        let t = Instant::now();
+                        http.get(&url).send().await?.bytes().await?;
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    anyhow::Ok(lat)
+                }
+            };
+            let d = measure(direct).await?;
+            let p = measure(proxied).await?;
+            let (d50, d99, _, _) = stats(&d);
+            let (p50, p99, _, _) = stats(&p);
+            let (drps, prps) = (d.len() as f64 / 2.0, p.len() as f64 / 2.0);
+            if !as_json {
+                println!(
+                    "proxy vs direct (one keep-alive connection, sequential GETs, 2 s each): latency p50 {p50:.3} vs {d50:.3} ms (x{:.2}), p99 {p99:.3} vs {d99:.3} ms; throughput {prps:.0} vs {drps:.0} req/s (x{:.2})",
+                    p50 / d50,
+                    prps / drps
+                );
+            }
+            ratio = json!({"proxy_p50_ms": p50, "direct_p50_ms": d50, "proxy_p99_ms": p99, "direct_p99_ms": d99,
+                           "proxy_rps": prps, "direct_rps": drps, "latency_ratio": p50 / d50, "throughput_ratio": prps / drps});
+        }
+        Ok(())
+    }
+    .await;
+    proxy_stop.cancel();
+    api_stop.cancel();
+    local.stop().await?;
+    result?;
+    report(
+        &format!("{what}: kill -9 → first successful request to the new primary"),
+        &samples,
+        as_json,
+        json!({"vs_direct": ratio}),
+    );
+    Ok(ExitCode::SUCCESS)
 }
