@@ -124,3 +124,30 @@ async fn a_discovery_client_is_told_of_a_promotion_without_polling() {
         after - before
     );
 }
+
+/// A `tandem://` endpoint with two APIs, the first one dead (its site is
+/// down): discovery finds the primary through the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_through_a_list_of_apis_skips_one_that_is_down() {
+    let up = Up::pair();
+    let (p, _) = up.wait_pair().await;
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let url = format!("tandem://web@{dead}?site-1={}", up.api);
+    let (discovery, app) = Discovery::from_url(&url).expect("a valid endpoint");
+    assert_eq!(app, "web");
+    let mut updates = Box::pin(discovery.watch(&app));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        let item = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            updates.next(),
+        )
+        .await
+        .expect("an answer through the second API")
+        .expect("stream");
+        if let Ok(Some(doc)) = item {
+            break doc;
+        }
+    };
+    assert_eq!(found.instance, p.id);
+}

@@ -21,10 +21,11 @@ use crate::{ApiClient, ClientError};
 /// Longest wait between two reconnections of the event stream.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
-/// Follows where an app's primary is.
+/// Follows where an app's primary is, through one API or several (most
+/// preferred first: when one is unreachable, the next is used).
 #[derive(Debug, Clone)]
 pub struct Discovery {
-    client: ApiClient,
+    clients: Vec<ApiClient>,
 }
 
 /// An item of [`Discovery::watch`]: the app's primary now (`None`: no
@@ -46,19 +47,39 @@ fn concerns(event: &Event, app: &str) -> bool {
 impl Discovery {
     /// Discovery through the API at `client`.
     pub fn new(client: ApiClient) -> Discovery {
-        Discovery { client }
+        Discovery {
+            clients: vec![client],
+        }
+    }
+
+    /// Discovery through several APIs, most preferred first.
+    pub fn with_apis(clients: Vec<ApiClient>) -> Discovery {
+        Discovery { clients }
+    }
+
+    /// Discovery for a `tandem://` endpoint (see [`crate::endpoint`]);
+    /// returns it with the app to watch.
+    pub fn from_url(url: &str) -> Result<(Discovery, String), ClientError> {
+        let parsed =
+            crate::endpoint::parse(url).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let clients = parsed
+            .apis
+            .iter()
+            .map(|a| ApiClient::new(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Discovery { clients }, parsed.app))
     }
 
     /// The app's primary now, then every change of it, as it happens.
     /// Consecutive equal answers are not repeated.
     pub fn watch(&self, app: &str) -> impl Stream<Item = Update> + Send + 'static {
-        let client = self.client.clone();
-        let app = app.to_string();
-        async_stream(client, app)
+        async_stream(self.clients.clone(), app.to_string())
     }
 }
 
 struct State {
+    clients: Vec<ApiClient>,
+    current: usize,
     client: ApiClient,
     app: String,
     last_seq: Option<u64>,
@@ -68,8 +89,14 @@ struct State {
     delay: Duration,
 }
 
-fn async_stream(client: ApiClient, app: String) -> impl Stream<Item = Update> + Send + 'static {
+fn async_stream(
+    clients: Vec<ApiClient>,
+    app: String,
+) -> impl Stream<Item = Update> + Send + 'static {
+    let client = clients[0].clone();
     let state = State {
+        clients,
+        current: 0,
         client,
         app,
         last_seq: None,
@@ -88,6 +115,7 @@ fn async_stream(client: ApiClient, app: String) -> impl Stream<Item = Update> + 
                     None => match s.client.events(None, Some(1)).await {
                         Ok(evs) => Some(evs.last().map_or(0, |e| e.seq)),
                         Err(e) => {
+                            s.next_api();
                             tokio::time::sleep(s.delay).await;
                             s.delay = (s.delay * 2).min(MAX_RECONNECT_DELAY);
                             return Some((Err(e), s));
@@ -110,6 +138,7 @@ fn async_stream(client: ApiClient, app: String) -> impl Stream<Item = Update> + 
                     }
                     Err(e) => {
                         s.need_lookup = true;
+                        s.next_api();
                         tokio::time::sleep(s.delay).await;
                         s.delay = (s.delay * 2).min(MAX_RECONNECT_DELAY);
                         return Some((Err(e), s));
@@ -127,17 +156,31 @@ fn async_stream(client: ApiClient, app: String) -> impl Stream<Item = Update> + 
                     }
                 }
                 Some(Err(e)) => {
-                    s.events = None;
+                    s.next_api();
                     tokio::time::sleep(s.delay).await;
                     s.delay = (s.delay * 2).min(MAX_RECONNECT_DELAY);
                     return Some((Err(e), s));
                 }
                 None => {
-                    s.events = None;
+                    s.next_api();
                     tokio::time::sleep(s.delay).await;
                     s.delay = (s.delay * 2).min(MAX_RECONNECT_DELAY);
                 }
             }
         }
     })
+}
+
+impl State {
+    /// Moves on to the next API (wrapping around), starting a new event
+    /// stream there. Event sequence numbers are the store's, shared by
+    /// every API of one cluster, so resuming after `last_seq` holds.
+    fn next_api(&mut self) {
+        if self.clients.len() > 1 {
+            self.current = (self.current + 1) % self.clients.len();
+            self.client = self.clients[self.current].clone();
+        }
+        self.events = None;
+        self.need_lookup = true;
+    }
 }

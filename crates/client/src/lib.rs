@@ -22,6 +22,7 @@
 #![allow(clippy::disallowed_methods)] // a client keeps time: request timeouts
 
 pub mod discovery;
+pub mod endpoint;
 pub mod pool;
 pub mod proxy;
 mod sse;
