@@ -26,42 +26,18 @@ async fn store() -> Arc<dyn Store> {
 }
 
 macro_rules! check_tests {
-    ($($check:ident),* $(,)?) => {
-        $(
+    ($($group:ident: [$($check:ident),* $(,)?]),* $(,)?) => {
+        $($(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let store = store().await;
                 checks::$check(&store, &config()).await;
             }
-        )*
+        )*)*
     };
 }
 
-check_tests!(
-    kv_put_get_delete_round_trip,
-    revisions_strictly_increase,
-    list_returns_sorted_keys_under_prefix,
-    txn_compare_mod_revision,
-    txn_compare_value,
-    txn_success_and_failure_branches,
-    txn_ops_share_one_revision,
-    txn_get_reads_current_value,
-    txn_failed_compare_writes_nothing,
-    txn_writing_a_key_twice_is_invalid,
-    put_with_unknown_lease_fails,
-    put_without_lease_detaches_key,
-    lease_expires_without_keep_alive,
-    lease_survives_with_keep_alive,
-    lease_revoke_deletes_keys_at_once,
-    watch_replays_history_then_live,
-    watch_from_listing_revision_misses_nothing,
-    watch_filters_by_prefix,
-    watch_txn_events_in_op_order,
-    watch_delete_event_shape,
-    watch_from_zero_sees_only_new_changes,
-    concurrent_cas_increments_are_linearizable,
-    invalid_arguments_are_rejected,
-);
+tandem_store::for_each_conformance_check!(check_tests);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_passes_the_whole_suite() {

@@ -67,36 +67,70 @@ impl ConformanceConfig {
 /// message naming the first check that failed.
 pub async fn conformance(store: Arc<dyn Store>, config: ConformanceConfig) {
     let (s, c) = (&store, &config);
-    let lease_checks = async {
-        tokio::join!(
-            checks::lease_expires_without_keep_alive(s, c),
-            checks::lease_survives_with_keep_alive(s, c),
-            checks::lease_revoke_deletes_keys_at_once(s, c),
-        );
+    macro_rules! run_all {
+        (
+            concurrent: [$($con:ident),* $(,)?],
+            sequential: [$($seq:ident),* $(,)?] $(,)?
+        ) => {{
+            let concurrent = async {
+                tokio::join!($(checks::$con(s, c)),*);
+            };
+            let sequential = async {
+                $(checks::$seq(s, c).await;)*
+            };
+            tokio::join!(concurrent, sequential);
+        }};
+    }
+    crate::for_each_conformance_check!(run_all);
+}
+
+/// Calls `$callback!` with every check of the suite, in two groups: the
+/// lease checks, which only wait and so run concurrently, and the others,
+/// which run one after another. The one list of checks: [`conformance`]
+/// and the backends' per-check tests all expand it, so a new check cannot
+/// be missed by either.
+///
+/// ```ignore
+/// macro_rules! check_tests {
+///     ($($group:ident: [$($check:ident),* $(,)?]),* $(,)?) => { $($(
+///         #[tokio::test] async fn $check() { /* checks::$check(&store, &config).await */ }
+///     )*)* };
+/// }
+/// tandem_store::for_each_conformance_check!(check_tests);
+/// ```
+#[macro_export]
+macro_rules! for_each_conformance_check {
+    ($callback:ident) => {
+        $callback! {
+            concurrent: [
+                lease_expires_without_keep_alive,
+                lease_survives_with_keep_alive,
+                lease_revoke_deletes_keys_at_once,
+            ],
+            sequential: [
+                kv_put_get_delete_round_trip,
+                revisions_strictly_increase,
+                list_returns_sorted_keys_under_prefix,
+                txn_compare_mod_revision,
+                txn_compare_value,
+                txn_success_and_failure_branches,
+                txn_ops_share_one_revision,
+                txn_get_reads_current_value,
+                txn_failed_compare_writes_nothing,
+                txn_writing_a_key_twice_is_invalid,
+                put_with_unknown_lease_fails,
+                put_without_lease_detaches_key,
+                watch_replays_history_then_live,
+                watch_from_listing_revision_misses_nothing,
+                watch_filters_by_prefix,
+                watch_txn_events_in_op_order,
+                watch_delete_event_shape,
+                watch_from_zero_sees_only_new_changes,
+                concurrent_cas_increments_are_linearizable,
+                invalid_arguments_are_rejected,
+            ],
+        }
     };
-    let other_checks = async {
-        checks::kv_put_get_delete_round_trip(s, c).await;
-        checks::revisions_strictly_increase(s, c).await;
-        checks::list_returns_sorted_keys_under_prefix(s, c).await;
-        checks::txn_compare_mod_revision(s, c).await;
-        checks::txn_compare_value(s, c).await;
-        checks::txn_success_and_failure_branches(s, c).await;
-        checks::txn_ops_share_one_revision(s, c).await;
-        checks::txn_get_reads_current_value(s, c).await;
-        checks::txn_failed_compare_writes_nothing(s, c).await;
-        checks::txn_writing_a_key_twice_is_invalid(s, c).await;
-        checks::put_with_unknown_lease_fails(s, c).await;
-        checks::put_without_lease_detaches_key(s, c).await;
-        checks::watch_replays_history_then_live(s, c).await;
-        checks::watch_from_listing_revision_misses_nothing(s, c).await;
-        checks::watch_filters_by_prefix(s, c).await;
-        checks::watch_txn_events_in_op_order(s, c).await;
-        checks::watch_delete_event_shape(s, c).await;
-        checks::watch_from_zero_sees_only_new_changes(s, c).await;
-        checks::concurrent_cas_increments_are_linearizable(s, c).await;
-        checks::invalid_arguments_are_rejected(s, c).await;
-    };
-    tokio::join!(lease_checks, other_checks);
 }
 
 /// How long the suite waits for a watch event that should come promptly.
