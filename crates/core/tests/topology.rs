@@ -652,6 +652,22 @@ host = "h1"
         r#"app "web": a warm-standby app needs a role hook ([apps.web.hook])"#,
     ),
     (
+        "hot standby without a role hook",
+        r#"[apps.web]
+ha = "hot-standby"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[apps.web.instances]]
+id = "b"
+host = "h1"
+"#,
+        2,
+        6,
+        r#"app "web": a hot-standby app needs a role hook ([apps.web.hook])"#,
+    ),
+    (
         "app without instances",
         r#"[apps.web]
 ha = "none"

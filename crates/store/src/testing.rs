@@ -90,7 +90,7 @@ pub async fn conformance(store: Arc<dyn Store>, config: ConformanceConfig) {
 /// and the backends' per-check tests all expand it, so a new check cannot
 /// be missed by either.
 ///
-/// ```ignore
+/// ```text
 /// macro_rules! check_tests {
 ///     ($($group:ident: [$($check:ident),* $(,)?]),* $(,)?) => { $($(
 ///         #[tokio::test] async fn $check() { /* checks::$check(&store, &config).await */ }

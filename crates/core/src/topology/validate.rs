@@ -120,11 +120,13 @@ fn validate_app(
     let name = &app.name;
     if let Some((mode, span)) = &app.ha {
         check_ha_mode_supported(sink, name, *mode, span);
-        if *mode == HaMode::WarmStandby && app.hook.is_none() {
+        // Modes whose running instances are promoted and demoted in place
+        // can only be told through the hook.
+        if matches!(mode, HaMode::WarmStandby | HaMode::HotStandby) && app.hook.is_none() {
             sink.error(
                 span,
                 format!(
-                    "app \"{name}\": a warm-standby app needs a role hook ([apps.{name}.hook]) so that its running instances learn when they are promoted or demoted"
+                    "app \"{name}\": a {mode} app needs a role hook ([apps.{name}.hook]) so that its running instances learn when they are promoted or demoted"
                 ),
             );
         }
