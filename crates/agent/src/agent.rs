@@ -7,7 +7,9 @@
 //! their own and report back through a channel, so the loop never waits on
 //! an instance or on the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use tandem_core::instance::{Action, Input, InstanceMachine, InstanceSpec, assignment};
-use tandem_core::model::{AppRoles, HostRecord, keys};
+use tandem_core::model::{AppRoles, HostRecord, InstanceStatus, keys};
 use tandem_core::topology::{App, Host, Instance, Topology};
 use tandem_store::{EventKind, LeaseId, Store};
 use tokio::sync::{mpsc, watch};
@@ -27,9 +29,13 @@ use tracing::{debug, info, warn};
 
 use crate::hook::{HookTarget, run_hook};
 use crate::lease::{self, LeaseEvent};
+use crate::peer::{
+    self, FailsafeAnswer, FailsafeAsk, HostView, InstanceView, PeerRequest, PeerState,
+};
 use crate::probe::{http_client, probe};
 use crate::process::{self, Paths, describe_exit, signal_group};
 use crate::publish::Publisher;
+use crate::watchdog;
 
 /// Bound of the agent's inbox.
 const INBOX: usize = 4096;
@@ -45,6 +51,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The API address given to instances as `TANDEM_API`, if known.
     pub api: Option<String>,
+    /// The watchdog's command line (program and arguments; see
+    /// [`watchdog`]), if the agent runs one.
+    pub watchdog: Option<Vec<OsString>>,
 }
 
 /// What an agent shares with the rest of its process.
@@ -53,6 +62,10 @@ pub struct AgentHandle {
     /// The current session (host lease) while it is held and not fenced:
     /// the controller candidate of this host campaigns with it.
     pub session: watch::Receiver<Option<LeaseId>>,
+    /// What the agent knows of its host, updated after every change.
+    pub view: watch::Receiver<HostView>,
+    /// Where the agent port listens (peers and load-balancer checks).
+    pub agent_addr: SocketAddr,
 }
 
 struct Local {
@@ -62,12 +75,24 @@ struct Local {
     machine: InstanceMachine,
     pid: Option<u32>,
     probes: Vec<AbortHandle>,
+    /// Told to step down because its lease (or failsafe extension) may end.
+    fenced: bool,
 }
 
 enum Msg {
     Input(usize, Input),
     Roles(String, AppRoles),
     ForceKill(usize, u64),
+    Failsafe(Vec<RoundResult>),
+}
+
+/// The outcome of asking every peer of one app for a failsafe confirmation.
+struct RoundResult {
+    app: String,
+    sent_at: Instant,
+    hold: Duration,
+    /// Ok(peers that confirmed) or why it is not confirmed.
+    outcome: Result<usize, String>,
 }
 
 struct Agent {
@@ -88,6 +113,24 @@ struct Agent {
     fenced: bool,
     session_tx: watch::Sender<Option<LeaseId>>,
     stopping: bool,
+    view_tx: watch::Sender<HostView>,
+    /// The last role assignment fed, per app.
+    roles: BTreeMap<String, AppRoles>,
+    /// The last renewal (or grant) failed: the store may be unreachable.
+    renew_failing: bool,
+    /// Failsafe extensions of this host's primaries, per app.
+    failsafe_until: HashMap<String, Instant>,
+    /// When to ask the peers again.
+    failsafe_round_at: Option<Instant>,
+    round_in_flight: bool,
+    /// Promises made to other hosts' primaries: no promotion of the app
+    /// here before this.
+    holds: HashMap<String, Instant>,
+    /// Assignments held back by a promise, per app.
+    deferred: HashMap<String, AppRoles>,
+    watchdog: Option<mpsc::UnboundedSender<watchdog::Command>>,
+    /// What the watchdog has been told: process group → deadline.
+    armed: HashMap<u32, Instant>,
 }
 
 /// Starts the agent of `config.host`; it runs until `cancel`, then stops
@@ -104,20 +147,80 @@ pub fn start(
         .with_context(|| format!("host {:?} is not in the topology", config.host))?;
     let paths = Paths::create(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let agent_addr = SocketAddr::new(host.address, config.topology.cluster.agent_port);
+    let listener = peer::bind(agent_addr)?;
     let (session_tx, session_rx) = watch::channel(None);
+    let (view_tx, view_rx) = watch::channel(HostView {
+        host: host.name.clone(),
+        ..HostView::default()
+    });
     let handle = AgentHandle {
         session: session_rx,
+        view: view_rx.clone(),
+        agent_addr,
     };
+    let (peer_tx, peer_rx) = mpsc::channel(64);
+    let peer_state = PeerState {
+        view: view_rx,
+        requests: peer_tx,
+    };
+    tokio::spawn(peer::serve(listener, peer_state, cancel.child_token()));
     let task = tokio::spawn(run(
         store,
         config.topology,
         host,
         paths,
-        config.api,
-        session_tx,
+        Extras {
+            api: config.api,
+            watchdog: config.watchdog,
+            session_tx,
+            view_tx,
+            peer_rx,
+        },
         cancel,
     ));
     Ok((handle, task))
+}
+
+/// The rest of what [`run`] needs.
+struct Extras {
+    api: Option<String>,
+    watchdog: Option<Vec<OsString>>,
+    session_tx: watch::Sender<Option<LeaseId>>,
+    view_tx: watch::Sender<HostView>,
+    peer_rx: mpsc::Receiver<PeerRequest>,
+}
+
+/// Starts the watchdog process; the returned sender feeds its stdin.
+fn start_watchdog(
+    command: &[OsString],
+) -> anyhow::Result<mpsc::UnboundedSender<watchdog::Command>> {
+    use tokio::io::AsyncWriteExt;
+    let (program, args) = command
+        .split_first()
+        .context("the watchdog command is empty")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start the watchdog {}", program.to_string_lossy()))?;
+    let mut stdin = child.stdin.take().context("the watchdog has no stdin")?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<watchdog::Command>();
+    tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            if let Err(e) = stdin.write_all(cmd.line().as_bytes()).await {
+                warn!(error = %e, "the watchdog is gone");
+                return;
+            }
+        }
+        // Closing its stdin tells the watchdog to kill what is still armed
+        // and leave.
+        drop(stdin);
+        let _ = child.wait().await;
+    });
+    Ok(tx)
 }
 
 async fn run(
@@ -125,10 +228,20 @@ async fn run(
     topology: Arc<Topology>,
     host: Host,
     paths: Paths,
-    api: Option<String>,
-    session_tx: watch::Sender<Option<LeaseId>>,
+    extras: Extras,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Extras {
+        api,
+        watchdog,
+        session_tx,
+        view_tx,
+        mut peer_rx,
+    } = extras;
+    let watchdog = match watchdog {
+        Some(cmd) => Some(start_watchdog(&cmd)?),
+        None => None,
+    };
     let cluster = topology.cluster.clone();
     let (lease_tx, mut lease_rx) = mpsc::channel(16);
     let keeper_cancel = cancel.child_token();
@@ -160,6 +273,16 @@ async fn run(
         fenced: false,
         session_tx,
         stopping: false,
+        view_tx,
+        roles: BTreeMap::new(),
+        renew_failing: false,
+        failsafe_until: HashMap::new(),
+        failsafe_round_at: None,
+        round_in_flight: false,
+        holds: HashMap::new(),
+        deferred: HashMap::new(),
+        watchdog,
+        armed: HashMap::new(),
     };
 
     // Hold a lease before starting anything.
@@ -201,6 +324,8 @@ async fn run(
         }
         let next_tick = agent.next_tick();
         let fence_at = agent.fence_at();
+        let round_at = agent.failsafe_round_at;
+        let release_at = agent.next_hold_release();
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if !agent.stopping => {
@@ -217,7 +342,10 @@ async fn run(
             }
             Some(msg) = rx.recv() => agent.on_msg(msg),
             Some(ev) = lease_rx.recv() => agent.on_lease(ev),
-            _ = sleep_until_opt(fence_at) => agent.fence(),
+            Some(req) = peer_rx.recv() => agent.on_peer(req),
+            _ = sleep_until_opt(fence_at) => agent.fence_due(),
+            _ = sleep_until_opt(round_at) => agent.failsafe_round(),
+            _ = sleep_until_opt(release_at) => agent.release_holds(),
             _ = sleep_until_opt(next_tick) => {
                 let now = agent.now();
                 for i in 0..agent.locals.len() {
@@ -348,6 +476,7 @@ impl Agent {
                 machine,
                 pid: None,
                 probes: Vec::new(),
+                fenced: false,
             });
         }
     }
@@ -385,12 +514,34 @@ impl Agent {
             .map(|d| self.origin + d)
     }
 
+    /// Until when `app`'s primaries here may act: the lease's end, or a
+    /// failsafe extension's if that is later.
+    fn valid_for(&self, app: &str) -> Option<Instant> {
+        let lease = self.valid_until?;
+        Some(match self.failsafe_until.get(app) {
+            Some(ext) if *ext > lease => *ext,
+            _ => lease,
+        })
+    }
+
+    /// The next moment something must be fenced: the session (controller
+    /// candidate) at the lease's end minus the margin, each instance at
+    /// its app's end minus the margin.
     fn fence_at(&self) -> Option<Instant> {
-        if self.fenced || self.session.is_none() {
-            return None;
-        }
+        self.session?;
         let margin = self.topology.cluster.fence_margin;
-        self.valid_until.map(|v| v.checked_sub(margin).unwrap_or(v))
+        let minus = |t: Instant| t.checked_sub(margin).unwrap_or(t);
+        let host = if self.fenced {
+            None
+        } else {
+            self.valid_until.map(minus)
+        };
+        let instances = self
+            .locals
+            .iter()
+            .filter(|l| !l.fenced)
+            .filter_map(|l| self.valid_for(&l.app.name).map(minus));
+        host.into_iter().chain(instances).min()
     }
 
     fn on_msg(&mut self, msg: Msg) {
@@ -406,6 +557,7 @@ impl Agent {
                 self.feed(i, input);
             }
             Msg::Roles(app, roles) => self.on_roles(&app, &roles),
+            Msg::Failsafe(results) => self.on_failsafe(results),
             Msg::ForceKill(i, incarnation) => {
                 let local = &self.locals[i];
                 if local.machine.incarnation() == incarnation
@@ -425,6 +577,31 @@ impl Agent {
         let Some(idxs) = self.by_app.get(app).cloned() else {
             return;
         };
+        // A grant to an instance here that is not already acting primary.
+        let grants_here = roles.primary.as_ref().is_some_and(|g| {
+            idxs.iter().any(|i| {
+                let l = &self.locals[*i];
+                l.instance.id == g.instance && !l.machine.status().may_act_as_primary()
+            })
+        });
+        // A promise made to another host's primary, or this host's own
+        // primary of the app kept by failsafe: no promotion here before
+        // either ends.
+        let held_until = self.held_until(app);
+        if grants_here
+            && let Some(until) = held_until
+            && until > Instant::now()
+        {
+            info!(
+                app,
+                generation = roles.generation,
+                "failsafe: holding back a promotion here until the promise made to the primary's host ends"
+            );
+            self.deferred.insert(app.to_string(), roles.clone());
+            return;
+        }
+        self.deferred.remove(app);
+        self.roles.insert(app.to_string(), roles.clone());
         for i in idxs {
             let (ha, id) = {
                 let l = &self.locals[i];
@@ -439,6 +616,10 @@ impl Agent {
         self.ttl = ttl;
         self.valid_until = Some(sent_at + ttl);
         self.fenced = false;
+        self.renew_failing = false;
+        for l in &mut self.locals {
+            l.fenced = false;
+        }
         self.publisher.set_lease(Some(lease));
         let record = HostRecord {
             host: self.host.name.clone(),
@@ -453,6 +634,7 @@ impl Agent {
             self.publish(i);
         }
         self.session_tx.send_replace(Some(lease));
+        self.refresh();
     }
 
     fn on_lease(&mut self, ev: LeaseEvent) {
@@ -469,33 +651,62 @@ impl Agent {
                 if Some(lease) != self.session {
                     return;
                 }
+                if self.renew_failing {
+                    info!(lease, "the store answers again");
+                }
+                self.renew_failing = false;
+                self.failsafe_round_at = None;
+                // The lease holds again: this host's primaries need no
+                // extension (promises made to peers still stand).
+                self.failsafe_until.clear();
                 let until = sent_at + self.ttl;
                 if self.valid_until.is_none_or(|v| until > v) {
                     self.valid_until = Some(until);
                 }
                 let margin = self.topology.cluster.fence_margin;
-                if self.fenced && Instant::now() + margin < until {
+                let any_fenced = self.fenced || self.locals.iter().any(|l| l.fenced);
+                if any_fenced && Instant::now() + margin < until {
                     info!(lease, "lease renewed again: fencing lifted");
                     self.fenced = false;
                     for i in 0..self.locals.len() {
+                        self.locals[i].fenced = false;
                         self.feed(i, Input::Unfence { session: lease });
                     }
                     self.session_tx.send_replace(Some(lease));
                 }
             }
+            LeaseEvent::Failed => {
+                self.renew_failing = true;
+                if self.topology.cluster.failsafe
+                    && self.failsafe_round_at.is_none()
+                    && !self.round_in_flight
+                {
+                    self.failsafe_round_at = Some(Instant::now());
+                }
+            }
             LeaseEvent::Expired { lease } => {
                 if Some(lease) == self.session {
-                    self.fence();
+                    // Gone on the store: failsafe extensions end too.
+                    self.failsafe_until.clear();
+                    self.fence_everything();
                     self.session = None;
                     self.valid_until = None;
                     self.publisher.set_lease(None);
                 }
             }
         }
+        self.refresh();
     }
 
-    /// The lease may be lost: step down everywhere before it can expire.
-    fn fence(&mut self) {
+    /// Fences the session and every instance at once (the lease is gone).
+    fn fence_everything(&mut self) {
+        self.fence_session();
+        for i in 0..self.locals.len() {
+            self.fence_instance(i);
+        }
+    }
+
+    fn fence_session(&mut self) {
         if self.fenced {
             return;
         }
@@ -503,12 +714,286 @@ impl Agent {
         warn!(
             host = %self.host.name,
             margin_ms = self.topology.cluster.fence_margin.as_millis() as u64,
-            "host lease not renewed in time: fencing local primaries"
+            "host lease not renewed in time: this host stops being a controller candidate"
         );
         self.session_tx.send_replace(None);
-        for i in 0..self.locals.len() {
-            self.feed(i, Input::Fence);
+    }
+
+    fn fence_instance(&mut self, i: usize) {
+        if self.locals[i].fenced {
+            return;
         }
+        self.locals[i].fenced = true;
+        self.feed(i, Input::Fence);
+    }
+
+    /// Fences whatever is due: the session at the lease's end minus the
+    /// margin; each instance at its app's end (the lease, or a failsafe
+    /// extension) minus the margin. The margin covers the demotion hook
+    /// (or a kill) and clock-rate drift.
+    fn fence_due(&mut self) {
+        let now = Instant::now();
+        let margin = self.topology.cluster.fence_margin;
+        if self.valid_until.is_some_and(|v| now + margin >= v) {
+            self.fence_session();
+        }
+        for i in 0..self.locals.len() {
+            let app = self.locals[i].app.name.clone();
+            if !self.locals[i].fenced && self.valid_for(&app).is_none_or(|v| now + margin >= v) {
+                if self.failsafe_until.contains_key(&app) {
+                    warn!(
+                        app,
+                        "failsafe: no longer confirmed by every peer: stepping down before the extension ends"
+                    );
+                }
+                self.fence_instance(i);
+            }
+        }
+        self.refresh();
+    }
+
+    /// Asks, for every app with a primary here, every other agent running
+    /// an instance of it to confirm it cannot reach the store either and to
+    /// refuse the app's promotion for a lease TTL.
+    fn failsafe_round(&mut self) {
+        self.failsafe_round_at = None;
+        let cluster = self.topology.cluster.clone();
+        if !cluster.failsafe
+            || !self.renew_failing
+            || self.session.is_none()
+            || self.round_in_flight
+        {
+            return;
+        }
+        let apps: BTreeSet<String> = self
+            .locals
+            .iter()
+            .filter(|l| !l.fenced && l.machine.status().may_act_as_primary())
+            .map(|l| l.app.name.clone())
+            .collect();
+        if apps.is_empty() {
+            self.failsafe_round_at = Some(Instant::now() + cluster.renew_interval);
+            return;
+        }
+        let mut asks = Vec::new();
+        for app in apps {
+            let peers: BTreeSet<SocketAddr> = self
+                .topology
+                .apps
+                .iter()
+                .filter(|a| a.name == app)
+                .flat_map(|a| a.instances.iter())
+                .filter(|i| i.host != self.host.name)
+                .filter_map(|i| self.topology.host(&i.host))
+                .map(|h| SocketAddr::new(h.address, cluster.agent_port))
+                .collect();
+            asks.push((app, peers));
+        }
+        self.round_in_flight = true;
+        let http = self.http.clone();
+        let tx = self.tx.clone();
+        let from = self.host.name.clone();
+        let hold = cluster.lease_ttl;
+        let timeout = cluster.renew_interval;
+        tokio::spawn(async move {
+            let sent_at = Instant::now();
+            let mut results = Vec::new();
+            for (app, peers) in asks {
+                let ask = FailsafeAsk {
+                    from: from.clone(),
+                    app: app.clone(),
+                    hold_ms: hold.as_millis() as u64,
+                };
+                let answers = futures::future::join_all(
+                    peers.iter().map(|p| peer::ask(&http, *p, &ask, timeout)),
+                )
+                .await;
+                let outcome = confirmation(&peers, &answers, ask.hold_ms);
+                results.push(RoundResult {
+                    app,
+                    sent_at,
+                    hold,
+                    outcome,
+                });
+            }
+            let _ = tx.send(Msg::Failsafe(results)).await;
+        });
+    }
+
+    fn on_failsafe(&mut self, results: Vec<RoundResult>) {
+        self.round_in_flight = false;
+        let now = Instant::now();
+        for r in results {
+            match r.outcome {
+                Ok(peers) => {
+                    let until = r.sent_at + r.hold;
+                    let before = self.failsafe_until.insert(r.app.clone(), until);
+                    if before.is_none_or(|b| b <= now) {
+                        warn!(
+                            app = %r.app,
+                            peers,
+                            "failsafe: the store is unreachable and every peer confirms it cannot reach it either: keeping the primary role"
+                        );
+                    } else {
+                        debug!(app = %r.app, peers, "failsafe: confirmed again");
+                    }
+                }
+                Err(why) => warn!(app = %r.app, "failsafe: not confirmed ({why})"),
+            }
+        }
+        if self.renew_failing && self.session.is_some() {
+            self.failsafe_round_at = Some(now + self.topology.cluster.renew_interval);
+        }
+        self.refresh();
+    }
+
+    fn on_peer(&mut self, req: PeerRequest) {
+        match req {
+            PeerRequest::Failsafe(ask, reply) => {
+                let answer = self.failsafe_answer(&ask);
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Answers a primary's failsafe request; promises only when this agent
+    /// cannot reach the store and no instance of the app here is or is
+    /// becoming primary.
+    fn failsafe_answer(&mut self, ask: &FailsafeAsk) -> FailsafeAnswer {
+        let host = self.host.name.clone();
+        if self.session.is_some() && !self.renew_failing {
+            return FailsafeAnswer {
+                host,
+                store_reachable: true,
+                promised_ms: None,
+                refused: Some("this agent reaches the store".into()),
+            };
+        }
+        let idxs = self.by_app.get(&ask.app).cloned().unwrap_or_default();
+        let granted = self.roles.get(&ask.app).and_then(|r| r.primary.as_ref());
+        let primary_here = idxs.iter().any(|i| {
+            let l = &self.locals[*i];
+            l.machine.status().may_act_as_primary()
+                || granted.is_some_and(|g| g.instance == l.instance.id)
+        }) || self.deferred.contains_key(&ask.app);
+        if primary_here {
+            return FailsafeAnswer {
+                host,
+                store_reachable: false,
+                promised_ms: None,
+                refused: Some(format!(
+                    "an instance of {} here is primary or being promoted",
+                    ask.app
+                )),
+            };
+        }
+        // Never promise more than a lease: a confused peer cannot block
+        // promotions here for long.
+        let promised = Duration::from_millis(ask.hold_ms).min(self.topology.cluster.lease_ttl);
+        let until = Instant::now() + promised;
+        let entry = self.holds.entry(ask.app.clone()).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
+        debug!(app = %ask.app, from = %ask.from, promised_ms = promised.as_millis() as u64, "failsafe: promised");
+        FailsafeAnswer {
+            host,
+            store_reachable: false,
+            promised_ms: Some(promised.as_millis() as u64),
+            refused: None,
+        }
+    }
+
+    /// When the first held-back assignment may be applied.
+    fn next_hold_release(&self) -> Option<Instant> {
+        self.deferred
+            .keys()
+            .filter_map(|app| self.held_until(app))
+            .min()
+    }
+
+    /// The end of the later of the promise made for `app` and this host's
+    /// own failsafe extension of it.
+    fn held_until(&self, app: &str) -> Option<Instant> {
+        [self.holds.get(app), self.failsafe_until.get(app)]
+            .into_iter()
+            .flatten()
+            .max()
+            .copied()
+    }
+
+    fn release_holds(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .deferred
+            .keys()
+            .filter(|app| self.held_until(app).is_none_or(|h| h <= now))
+            .cloned()
+            .collect();
+        for app in due {
+            if let Some(roles) = self.deferred.remove(&app) {
+                info!(
+                    app,
+                    "failsafe: promise ended: applying the held-back assignment"
+                );
+                self.on_roles(&app, &roles);
+            }
+        }
+    }
+
+    /// Publishes the host view and tells the watchdog what may act as
+    /// primary until when.
+    fn refresh(&mut self) {
+        let statuses: Vec<InstanceStatus> =
+            self.locals.iter().map(|l| l.machine.status()).collect();
+        if let Some(wd) = &self.watchdog {
+            // The watchdog kills a quarter margin before the end: after the
+            // agent would have fenced, before anyone else can be promoted.
+            let quarter = self.topology.cluster.fence_margin / 4;
+            let mut want = HashMap::new();
+            for (l, st) in self.locals.iter().zip(&statuses) {
+                if st.may_act_as_primary()
+                    && let Some(pid) = st.pid
+                {
+                    let end = self.valid_for(&l.app.name).unwrap_or_else(Instant::now);
+                    want.insert(pid, end.checked_sub(quarter).unwrap_or(end));
+                }
+            }
+            for (pid, deadline) in &want {
+                if self.armed.get(pid) != Some(deadline) {
+                    let now = Instant::now();
+                    let left = deadline.saturating_duration_since(now);
+                    let _ = wd.send(watchdog::Command::Arm {
+                        pgid: *pid,
+                        deadline_ns: watchdog::monotonic_ns()
+                            .saturating_add(left.as_nanos() as u64),
+                    });
+                }
+            }
+            for pid in self.armed.keys() {
+                if !want.contains_key(pid) {
+                    let _ = wd.send(watchdog::Command::Disarm { pgid: *pid });
+                }
+            }
+            self.armed = want;
+        }
+        let view = HostView {
+            host: self.host.name.clone(),
+            store_reachable: self.session.is_some() && !self.renew_failing,
+            instances: self
+                .locals
+                .iter()
+                .zip(statuses)
+                .map(|(l, status)| InstanceView {
+                    app: l.app.name.clone(),
+                    instance: l.instance.id.clone(),
+                    ha: l.app.ha,
+                    status,
+                })
+                .collect(),
+            roles: self.roles.clone(),
+        };
+        self.view_tx.send_replace(view);
     }
 
     fn publish(&mut self, i: usize) {
@@ -604,6 +1089,7 @@ impl Agent {
                 }
             }
         }
+        self.refresh();
     }
 
     fn watch_exit(&self, i: usize, mut child: tokio::process::Child) {
@@ -696,4 +1182,32 @@ impl Agent {
             let _ = tx.send(Msg::Input(i, input)).await;
         });
     }
+}
+
+/// Whether every peer's answer confirms: each answered, cannot reach the
+/// store, and promised at least `hold_ms`. Ok(number of peers) or why not.
+fn confirmation(
+    peers: &BTreeSet<SocketAddr>,
+    answers: &[Option<FailsafeAnswer>],
+    hold_ms: u64,
+) -> Result<usize, String> {
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer {
+            None => return Err(format!("the agent at {peer} did not answer")),
+            Some(a) if a.store_reachable => {
+                return Err(format!("host {} can reach the store", a.host));
+            }
+            Some(a) => match a.promised_ms {
+                Some(ms) if ms >= hold_ms => {}
+                _ => {
+                    return Err(format!(
+                        "host {} did not promise: {}",
+                        a.host,
+                        a.refused.as_deref().unwrap_or("no reason given")
+                    ));
+                }
+            },
+        }
+    }
+    Ok(peers.len())
 }

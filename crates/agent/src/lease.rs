@@ -41,6 +41,9 @@ pub enum LeaseEvent {
         /// When the keep-alive was sent.
         sent_at: Instant,
     },
+    /// A grant or keep-alive failed or timed out: the store may be
+    /// unreachable (the lease, if any, is still held until it expires).
+    Failed,
     /// The store says the lease is gone.
     Expired {
         /// The lease.
@@ -91,10 +94,16 @@ pub async fn keep(
                 Ok(Err(e)) => {
                     failures += 1;
                     warn!(error = %e, "cannot obtain a lease");
+                    if events.send(LeaseEvent::Failed).await.is_err() {
+                        return;
+                    }
                 }
                 Err(_) => {
                     failures += 1;
                     warn!("lease grant timed out");
+                    if events.send(LeaseEvent::Failed).await.is_err() {
+                        return;
+                    }
                 }
             },
             Some(id) => match tokio::time::timeout(renew_interval, store.keep_alive(id)).await {
@@ -120,10 +129,16 @@ pub async fn keep(
                 Ok(Err(e)) => {
                     failures += 1;
                     warn!(lease = id, error = %e, "lease renewal failed");
+                    if events.send(LeaseEvent::Failed).await.is_err() {
+                        return;
+                    }
                 }
                 Err(_) => {
                     failures += 1;
                     warn!(lease = id, "lease renewal timed out");
+                    if events.send(LeaseEvent::Failed).await.is_err() {
+                        return;
+                    }
                 }
             },
         }

@@ -14,10 +14,13 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod agent;
+pub mod checks;
 pub mod controller;
 pub mod hook;
 pub mod lease;
 pub mod local;
+pub mod peer;
 pub mod probe;
 pub mod process;
 pub mod publish;
+pub mod watchdog;

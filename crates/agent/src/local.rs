@@ -48,6 +48,15 @@ pub fn local_hosts(topology: &Topology) -> Vec<String> {
 /// How long the controller waits for every local agent to hold its lease.
 pub const STARTUP_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Options of [`Local::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// The API address given to instances as `TANDEM_API`.
+    pub api: Option<String>,
+    /// The watchdog command each agent runs (see [`crate::watchdog`]).
+    pub watchdog: Option<Vec<std::ffi::OsString>>,
+}
+
 /// Agents and controller candidates running in this process.
 pub struct Local {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -75,21 +84,46 @@ impl Local {
         data_dir: PathBuf,
         api: Option<String>,
     ) -> anyhow::Result<Local> {
+        let options = LocalOptions {
+            api,
+            ..LocalOptions::default()
+        };
+        Local::start_with(store, topology, hosts, data_dir, options)
+    }
+
+    /// The same, with every option.
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        topology: Arc<Topology>,
+        hosts: &[String],
+        data_dir: PathBuf,
+        options: LocalOptions,
+    ) -> anyhow::Result<Local> {
+        let LocalOptions { api, watchdog } = options;
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut sessions = Vec::new();
         for host in hosts {
-            let (handle, task) = agent::start(
+            let started = agent::start(
                 store.clone(),
                 AgentConfig {
                     host: host.clone(),
                     topology: topology.clone(),
                     data_dir: data_dir.join("hosts").join(host),
                     api: api.clone(),
+                    watchdog: watchdog.clone(),
                 },
                 cancel.clone(),
             )
-            .with_context(|| format!("cannot start the agent of host {host}"))?;
+            .with_context(|| format!("cannot start the agent of host {host}"));
+            let (handle, task) = match started {
+                Ok(started) => started,
+                Err(e) => {
+                    // Stop the agents already started.
+                    cancel.cancel();
+                    return Err(e);
+                }
+            };
             tasks.push(task);
             sessions.push((host.clone(), handle.session));
         }

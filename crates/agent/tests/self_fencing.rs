@@ -39,6 +39,10 @@ fn topology(dir: &std::path::Path, failing_demotion: bool) -> String {
 lease_ttl = "3s"
 renew_interval = "500ms"
 fence_margin = "1s"
+agent_port = {agent_port}
+# Plain lease fencing: with failsafe, a primary whose app has no other host
+# would keep its role while the store cannot be reached.
+failsafe = false
 
 [[sites]]
 name = "dc1"
@@ -66,7 +70,8 @@ priority = 10
 id = "b"
 host = "local"
 "#,
-        log = log.display()
+        log = log.display(),
+        agent_port = common::free_port(),
     )
 }
 

@@ -8,101 +8,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::Flaky;
+use common::{Flaky, get, now_ns, topology, wait_until};
 use futures::StreamExt;
-use tandem_agent::controller::ControllerRecord;
 use tandem_agent::local::Local;
-use tandem_core::model::{AppRoles, InstanceStatus, Role, keys};
+use tandem_core::model::{AppRoles, Role, keys};
 use tandem_store::{EmbeddedStore, EventKind, Store};
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-fn topology(log: &std::path::Path) -> String {
-    format!(
-        r#"
-[cluster]
-lease_ttl = "2s"
-renew_interval = "300ms"
-fence_margin = "800ms"
-
-[[sites]]
-name = "dc1"
-
-[[hosts]]
-name = "h1"
-site = "dc1"
-address = "127.0.0.1"
-
-[[hosts]]
-name = "h2"
-site = "dc1"
-address = "127.0.0.2"
-
-[apps.web]
-ha = "warm-standby"
-command = ["sleep", "1000"]
-
-[apps.web.hook]
-kind = "command"
-command = ["sh", "-c", "echo \"$TANDEM_INSTANCE $0 $1 $(date +%s%N)\" >> {log}"]
-timeout = "500ms"
-
-[[apps.web.instances]]
-id = "a"
-host = "h1"
-priority = 10
-
-[[apps.web.instances]]
-id = "b"
-host = "h2"
-"#,
-        log = log.display()
-    )
-}
-
-async fn get<T: serde::de::DeserializeOwned>(store: &Arc<dyn Store>, key: &str) -> Option<T> {
-    let kv = store.get(key).await.ok()??;
-    serde_json::from_slice(&kv.value).ok()
-}
-
-/// Waits until `pred` holds of (roles, status a, status b, controller).
-async fn wait_until<F>(
-    store: &Arc<dyn Store>,
-    what: &str,
-    secs: u64,
-    pred: F,
-) -> (AppRoles, Option<InstanceStatus>, Option<InstanceStatus>)
-where
-    F: Fn(
-        &AppRoles,
-        Option<&InstanceStatus>,
-        Option<&InstanceStatus>,
-        Option<&ControllerRecord>,
-    ) -> bool,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let roles: AppRoles = get(store, &keys::roles("web")).await.unwrap_or_default();
-        let a: Option<InstanceStatus> = get(store, &keys::status("web", "a")).await;
-        let b: Option<InstanceStatus> = get(store, &keys::status("web", "b")).await;
-        let ctl: Option<ControllerRecord> = get(store, keys::CONTROLLER).await;
-        if pred(&roles, a.as_ref(), b.as_ref(), ctl.as_ref()) {
-            return (roles, a, b);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: roles {roles:?}\na {a:?}\nb {b:?}\ncontroller {ctl:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_host_fences_its_primary_and_the_other_host_takes_over_then_it_rejoins_as_backup() {

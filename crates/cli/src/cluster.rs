@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use tandem_agent::local::Local;
+use tandem_agent::local::{Local, LocalOptions};
 use tandem_api::ApiState;
 use tandem_core::model::keys;
 use tandem_core::topology::Topology;
@@ -204,6 +204,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
             stop.cancel();
         });
     }
+    // A frozen agent's primaries are killed by the watchdog before its
+    // lease can expire.
+    let exe = std::env::current_exe().context("cannot find tandem's own executable")?;
+    let watchdog = vec![exe.into_os_string(), "watchdog".into()];
     let mut listener = listener;
     loop {
         let Some((topology, revision)) = stored_topology(&store, &stop).await? else {
@@ -219,12 +223,15 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
             );
         }
         tracing::info!(host = %args.host, topology = %topology.name, revision, "running");
-        let local = Local::start_with_api(
+        let local = Local::start_with(
             store.clone(),
             topology.clone(),
             std::slice::from_ref(&args.host),
             data_dir.clone(),
-            api_addr.map(|a| a.to_string()),
+            LocalOptions {
+                api: api_addr.map(|a| a.to_string()),
+                watchdog: Some(watchdog.clone()),
+            },
         )?;
         let api_stop = CancellationToken::new();
         let api_task = listener.take().map(|l| {

@@ -146,6 +146,9 @@ enum Command {
         /// The epoch.
         epoch: u64,
     },
+    /// The agent's watchdog (started by `tandem agent`; reads its stdin).
+    #[command(hide = true)]
+    Watchdog,
 }
 
 /// `tandem topology` subcommands.
@@ -203,6 +206,11 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Watchdog = cli.command {
+        // No runtime: a plain loop on stdin.
+        tandem_agent::watchdog::run(std::io::BufReader::new(std::io::stdin()));
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -271,6 +279,7 @@ fn main() -> ExitCode {
             Command::DemoAppRole { port, role, epoch } => tandem_demo::set_role(port, &role, epoch)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Watchdog => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

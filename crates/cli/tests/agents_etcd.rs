@@ -26,6 +26,7 @@ fn topology(ports: [u16; 2]) -> String {
 lease_ttl = "2s"
 renew_interval = "300ms"
 fence_margin = "800ms"
+agent_port = {agent_port}
 
 [[sites]]
 name = "dc1"
@@ -71,7 +72,8 @@ host = "h2"
 ports = {{ http = {pb} }}
 "#,
         pa = ports[0],
-        pb = ports[1]
+        pb = ports[1],
+        agent_port = free_port(),
     )
 }
 

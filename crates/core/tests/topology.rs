@@ -49,6 +49,8 @@ fn full_file_parses_into_the_expected_model() {
             lease_ttl: ms(3000),
             renew_interval: ms(500),
             fence_margin: ms(1000),
+            agent_port: 7500,
+            failsafe: false,
         },
         sites: vec![Site { name: "dc1".into() }, Site { name: "dc2".into() }],
         hosts: vec![
@@ -219,7 +221,9 @@ host = "h1"
         Cluster {
             lease_ttl: ms(3000),
             renew_interval: ms(500),
-            fence_margin: ms(1000)
+            fence_margin: ms(1000),
+            agent_port: 7400,
+            failsafe: true,
         }
     );
     let app = t.app("svc").unwrap();
@@ -383,7 +387,7 @@ lease = "3s"
 "#,
         2,
         1,
-        r#"unknown key "lease" in [cluster] (expected one of: name, lease_ttl, renew_interval, fence_margin)"#,
+        r#"unknown key "lease" in [cluster] (expected one of: name, lease_ttl, renew_interval, fence_margin, agent_port, failsafe)"#,
     ),
     (
         "unknown key in check",
@@ -716,6 +720,33 @@ host = "h1"
         4,
         16,
         r#"bad duration "5 s": expected a positive whole number followed by ms, s or m (e.g. "500ms", "2s", "1m") for "stop_timeout" in app "web""#,
+    ),
+    (
+        "agent port out of range",
+        r#"[cluster]
+agent_port = 70000
+"#,
+        2,
+        14,
+        r#""agent_port" in [cluster] must be between 1 and 65535, found 70000"#,
+    ),
+    (
+        "agent port zero",
+        r#"[cluster]
+agent_port = 0
+"#,
+        2,
+        14,
+        r#""agent_port" in [cluster] must be between 1 and 65535, found 0"#,
+    ),
+    (
+        "failsafe not a boolean",
+        r#"[cluster]
+failsafe = "yes"
+"#,
+        2,
+        12,
+        r#"expected a boolean for "failsafe" in [cluster], found a string"#,
     ),
     (
         "duration given as a number",

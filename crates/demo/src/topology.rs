@@ -40,6 +40,9 @@ pub struct WarmPair {
     pub stable_after_ms: u64,
     /// Extra arguments of `tandem demo-app` (placeholders allowed).
     pub extra_args: Vec<String>,
+    /// The agent port (`Default` picks a free one, so that pairs can run
+    /// side by side).
+    pub agent_port: u16,
 }
 
 impl Default for WarmPair {
@@ -57,6 +60,9 @@ impl Default for WarmPair {
             initial_backoff_ms: 100,
             stable_after_ms: 1000,
             extra_args: Vec::new(),
+            agent_port: std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_or(7400, |a| a.port()),
         }
     }
 }
@@ -98,6 +104,7 @@ pub fn warm_pair(p: &WarmPair) -> String {
 lease_ttl = "3s"
 renew_interval = "500ms"
 fence_margin = "1s"
+agent_port = {agent_port}
 
 [[sites]]
 name = "dc1"
@@ -146,5 +153,6 @@ ports = {{ http = {pb} }}
         mode = p.mode,
         pa = p.ports[0],
         pb = p.ports[1],
+        agent_port = p.agent_port,
     )
 }

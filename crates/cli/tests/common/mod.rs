@@ -43,6 +43,15 @@ pub fn pair_topology(pa: u16, pb: u16, hook: DemoHook) -> String {
     })
 }
 
+/// `text` with `[cluster] agent_port = port` added.
+pub fn with_agent_port(text: &str, port: u16) -> String {
+    if text.contains("[cluster]") {
+        text.replacen("[cluster]", &format!("[cluster]\nagent_port = {port}"), 1)
+    } else {
+        format!("[cluster]\nagent_port = {port}\n{text}")
+    }
+}
+
 /// A running `tandem up`.
 pub struct Up {
     pub child: Child,
@@ -76,7 +85,20 @@ impl Up {
     }
 
     /// Runs `tandem up` on `topology`, with the working directory `dir`.
+    /// Tests run side by side: unless the topology names an agent port, a
+    /// copy with a free one is what runs.
     pub fn start_in(dir: tempfile::TempDir, topology: PathBuf, ports: [u16; 2]) -> Up {
+        let text = std::fs::read_to_string(&topology).expect("read topology");
+        let topology = if text.contains("agent_port") {
+            topology
+        } else {
+            let copy = dir.path().join(format!(
+                "{}.agent-port.toml",
+                topology.file_stem().and_then(|s| s.to_str()).unwrap_or("t")
+            ));
+            std::fs::write(&copy, with_agent_port(&text, free_port())).expect("write topology");
+            copy
+        };
         let api = format!("127.0.0.1:{}", free_port());
         let child = Self::spawn(dir.path(), &topology, &api);
         let up = Up {

@@ -18,6 +18,10 @@
 //! renew_interval = "500ms"  # default 500ms
 //! fence_margin = "1s"       # default 1s: a primary whose lease cannot be renewed
 //!                           # is demoted this long before the lease can expire
+//! agent_port = 7400         # default 7400: each agent listens on its host's
+//!                           # address for peers and load-balancer checks
+//! failsafe = true           # default true: without a store, a primary stays
+//!                           # while every peer of its app confirms the outage
 //!
 //! [[sites]]
 //! name = "dc1"
@@ -29,8 +33,7 @@
 //!
 //! [apps.web]                # the app's name is its key
 //! ha = "warm-standby"       # hot-standby | warm-standby | cold-standby | n-plus-1
-//!                           # | singleton | pool | none (supported today:
-//!                           # warm-standby, none)
+//!                           # | singleton | pool | none
 //! command = ["tandem", "demo-app", "--port", "{ports.http}"]
 //! env = { LOG = "info" }    # optional
 //! workdir = "."             # optional, default: the agent's

@@ -95,6 +95,17 @@ pub struct Cluster {
     /// A primary that cannot renew its lease demotes itself this long before the lease can expire (default 1s).
     #[serde(rename = "fence_margin_ms", with = "duration_ms")]
     pub fence_margin: Duration,
+    /// The TCP port every agent listens on, at its host's address, for its
+    /// peers (failsafe confirmations) and for load-balancer checks
+    /// (default 7400).
+    #[serde(default = "Cluster::default_agent_port")]
+    pub agent_port: u16,
+    /// Failsafe mode (default on): while the store cannot be reached, a
+    /// primary keeps its role as long as every other agent running an
+    /// instance of its app confirms it cannot reach the store either and
+    /// promises to refuse that app's promotion meanwhile.
+    #[serde(default = "Cluster::default_failsafe")]
+    pub failsafe: bool,
 }
 
 impl Cluster {
@@ -104,6 +115,16 @@ impl Cluster {
     pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(500);
     /// Default `fence_margin`.
     pub const DEFAULT_FENCE_MARGIN: Duration = Duration::from_secs(1);
+    /// Default `agent_port`.
+    pub const DEFAULT_AGENT_PORT: u16 = 7400;
+
+    fn default_agent_port() -> u16 {
+        Self::DEFAULT_AGENT_PORT
+    }
+
+    fn default_failsafe() -> bool {
+        true
+    }
 }
 
 impl Default for Cluster {
@@ -112,6 +133,8 @@ impl Default for Cluster {
             lease_ttl: Self::DEFAULT_LEASE_TTL,
             renew_interval: Self::DEFAULT_RENEW_INTERVAL,
             fence_margin: Self::DEFAULT_FENCE_MARGIN,
+            agent_port: Self::DEFAULT_AGENT_PORT,
+            failsafe: true,
         }
     }
 }

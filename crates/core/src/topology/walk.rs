@@ -650,7 +650,14 @@ fn walk_cluster(
     };
     tab.check_keys(
         sink,
-        &["name", "lease_ttl", "renew_interval", "fence_margin"],
+        &[
+            "name",
+            "lease_ttl",
+            "renew_interval",
+            "fence_margin",
+            "agent_port",
+            "failsafe",
+        ],
     );
     let name = match tab.string(sink, "name") {
         Got::Ok(name, span) => {
@@ -668,10 +675,25 @@ fn walk_cluster(
     facts.fence_margin = tab
         .duration(sink, "fence_margin")
         .or_default(d.fence_margin);
+    let agent_port = match tab.integer(sink, "agent_port") {
+        Got::Ok(n, span) => match u16::try_from(n).ok().filter(|n| *n != 0) {
+            Some(n) => n,
+            None => {
+                sink.error(
+                    &span,
+                    format!("\"agent_port\" in [cluster] must be between 1 and 65535, found {n}"),
+                );
+                d.agent_port
+            }
+        },
+        _ => d.agent_port,
+    };
     let cluster = Cluster {
         lease_ttl: facts.lease_ttl.value,
         renew_interval: facts.renew_interval.value,
         fence_margin: facts.fence_margin.value,
+        agent_port,
+        failsafe: tab.boolean(sink, "failsafe").or_default(d.failsafe).value,
     };
     (name, cluster)
 }

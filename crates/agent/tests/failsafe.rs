@@ -1,0 +1,187 @@
+//! Failsafe mode, with two agents (h1, h2) each behind its own link to one
+//! store:
+//!
+//! - the store is lost everywhere: the primary keeps its role (h2 confirms
+//!   it cannot reach the store and promises to refuse promotions), nobody
+//!   is promoted, and once the links heal no two primaries overlap;
+//! - the store is lost everywhere but h2's agent does not answer: the
+//!   primary steps down before its lease can expire.
+//!
+//! (When only the primary's link is cut, h2 reaches the store and refuses
+//! to confirm: `two_hosts.rs` covers that the primary then steps down.)
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Flaky, hook_lines, now_ns, topology, wait_until};
+use tandem_agent::local::Local;
+use tandem_core::model::Role;
+use tandem_store::{EmbeddedStore, Store};
+
+struct Pair {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    link1: Arc<Flaky>,
+    link2: Arc<Flaky>,
+    l1: Local,
+    l2: Local,
+}
+
+/// Starts h1 then h2 and waits for a (h1) primary, b (h2) backup.
+async fn pair() -> Pair {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("hooks.log");
+    let topo = Arc::new(tandem_core::topology::parse("t.toml", &topology(&log)).expect("valid"));
+    let store: Arc<dyn Store> = EmbeddedStore::in_memory();
+    let link1 = Flaky::partitioned(store.clone());
+    let link2 = Flaky::partitioned(store.clone());
+    let l1 = Local::start(
+        link1.clone(),
+        topo.clone(),
+        &["h1".into()],
+        dir.path().join("h1"),
+    )
+    .expect("h1");
+    wait_until(&store, "h1 as controller", 10, |_, _, _, c| {
+        c.is_some_and(|c| c.host == "h1")
+    })
+    .await;
+    let l2 = Local::start(
+        link2.clone(),
+        topo.clone(),
+        &["h2".into()],
+        dir.path().join("h2"),
+    )
+    .expect("h2");
+    wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {
+        r.primary.as_ref().is_some_and(|g| g.instance == "a")
+            && a.is_some_and(|a| a.acting == Role::Primary && a.acting_epoch == r.epoch)
+            && b.is_some_and(|b| b.acting == Role::Backup && b.seen_generation >= r.generation)
+    })
+    .await;
+    Pair {
+        dir,
+        store,
+        link1,
+        link2,
+        l1,
+        l2,
+    }
+}
+
+/// Hook calls after `since`: (instance, role, epoch, time).
+fn hooks_after(dir: &tempfile::TempDir, since: u128) -> Vec<(String, String, u64, u128)> {
+    hook_lines(&dir.path().join("hooks.log"))
+        .into_iter()
+        .filter(|l| l.3 > since)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_store_the_primary_keeps_serving_and_nobody_is_promoted() {
+    let p = pair().await;
+    let cut_at = now_ns();
+    p.link1.cut(true);
+    p.link2.cut(true);
+    // Well past the lease TTL (2 s) and the fencing margin.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = hooks_after(&p.dir, cut_at);
+    assert!(
+        during.is_empty(),
+        "no role may change while every agent has lost the store (failsafe): {during:?}"
+    );
+
+    // Heal. The embedded store has expired h1's lease meanwhile (etcd
+    // would have kept it): h1 steps down at once and the controller
+    // decides again. Whoever ends up primary, a's demotion comes before
+    // any promotion of b.
+    let healed_at = now_ns();
+    p.link1.cut(false);
+    p.link2.cut(false);
+    let (roles, _, _) = wait_until(&p.store, "a stable primary again", 20, |r, a, b, _| {
+        let acting = |s: Option<&tandem_core::model::InstanceStatus>| {
+            s.is_some_and(|s| s.acting == Role::Primary && s.acting_epoch == r.epoch)
+        };
+        r.primary.is_some() && (acting(a) ^ acting(b))
+    })
+    .await;
+    let after = hooks_after(&p.dir, healed_at);
+    let b_promoted = after.iter().find(|(i, r, _, _)| i == "b" && r == "primary");
+    if let Some(promoted) = b_promoted {
+        let a_demoted = after
+            .iter()
+            .find(|(i, r, _, _)| i == "a" && r == "backup")
+            .unwrap_or_else(|| panic!("b promoted but a never stepped down: {after:?}"));
+        assert!(
+            a_demoted.3 < promoted.3,
+            "b was promoted before a stepped down: {after:?}"
+        );
+        assert_eq!(promoted.2, roles.epoch);
+    }
+    p.l2.stop().await.expect("stop h2");
+    p.l1.stop().await.expect("stop h1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_answer_makes_the_primary_step_down_in_time() {
+    let p = pair().await;
+    // h2's agent goes away: nobody answers on its agent port.
+    p.l2.stop().await.expect("stop h2");
+    let cut_at = now_ns();
+    p.link1.cut(true);
+    p.link2.cut(true);
+    let ttl = Duration::from_secs(2);
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let during = hooks_after(&p.dir, cut_at);
+    let demoted = during
+        .iter()
+        .find(|(i, r, _, _)| i == "a" && r == "backup")
+        .unwrap_or_else(|| panic!("a kept its role with a peer that does not answer: {during:?}"));
+    // It stepped down before its lease could expire: at most TTL after the
+    // cut (its last renewal was sent before the cut).
+    assert!(
+        demoted.3 < cut_at + ttl.as_nanos(),
+        "a stepped down {} ms after the cut, past the lease TTL",
+        (demoted.3 - cut_at) / 1_000_000
+    );
+    p.l1.stop().await.expect("stop h1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_store_comes_back_to_the_peer_first_its_promotion_waits_for_the_promise() {
+    let p = pair().await;
+    p.link1.cut(true);
+    p.link2.cut(true);
+    // Long enough for h1's lease to expire on the (embedded) store while a
+    // keeps serving under failsafe.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healed_at = now_ns();
+    // The store comes back to h2 only: the controller there promotes b,
+    // but h2 promised a's host to refuse promotions for a while; h2 now
+    // reaches the store, so a is no longer confirmed and steps down.
+    p.link2.cut(false);
+    let (roles, _, _) = wait_until(&p.store, "b promoted", 20, |r, _, b, _| {
+        r.primary.as_ref().is_some_and(|g| g.instance == "b")
+            && b.is_some_and(|b| b.acting == Role::Primary && b.acting_epoch == r.epoch)
+    })
+    .await;
+    let after = hooks_after(&p.dir, healed_at);
+    let a_demoted = after
+        .iter()
+        .find(|(i, r, _, _)| i == "a" && r == "backup")
+        .unwrap_or_else(|| panic!("a never stepped down: {after:?}"));
+    let b_promoted = after
+        .iter()
+        .find(|(i, r, e, _)| i == "b" && r == "primary" && *e == roles.epoch)
+        .unwrap_or_else(|| panic!("b never told: {after:?}"));
+    assert!(
+        a_demoted.3 < b_promoted.3,
+        "b was promoted while a could still act: {after:?}"
+    );
+    p.link1.cut(false);
+    p.l2.stop().await.expect("stop h2");
+    p.l1.stop().await.expect("stop h1");
+}
