@@ -43,7 +43,8 @@ address = "127.0.0.2"
 
 [apps.web]
 ha = "warm-standby"
-command = ["tandem", "demo-app", "--port", "{{ports.http}}", "--bind", "{{address}}"]
+command = ["tandem", "demo-app", "--port", "{{ports.http}}", "--bind", "{{address}}",
+           "--journal", "journal.{{instance}}.jsonl", "--acting-every-ms", "5"]
 
 [[apps.web.checks]]
 kind = "http"
@@ -217,5 +218,99 @@ async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
     let _ = h2.kill();
     let _ = h2.wait();
     let _ = h1;
+    drop(cluster);
+}
+
+/// The journal times (ms) at which `instance` said it acted as primary.
+fn primary_times(dir: &Path, instance: &str) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(dir.join(format!("journal.{instance}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["role"] == "primary")
+        .filter_map(|v| Some((v["t_ms"].as_u64()?, v["epoch"].as_u64()?)))
+        .collect()
+}
+
+/// SIGSTOP of the primary's agent: the agent cannot fence anything, but
+/// its watchdog kills the primary before the lease can expire, so that
+/// when b is promoted on the other host, a has stopped acting. Thawed, h1
+/// comes back with its instance as a backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_backup_takes_over() {
+    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
+        .await
+        .expect("etcd cluster");
+    let store = store_url(&cluster);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = [free_port(), free_port()];
+    let file = dir.path().join("prod.toml");
+    std::fs::write(&file, topology(ports)).expect("write");
+    let out = Command::new(tandem())
+        .args(["topology", "apply"])
+        .arg(&file)
+        .args(["--store", &store])
+        .output()
+        .expect("topology apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let api_addr = format!("127.0.0.1:{}", free_port());
+    let mut h1 = start_agent(dir.path(), &store, "h1", None);
+    let mut h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
+    let api = ApiClient::new(&api_addr).expect("client");
+    let doc = wait_for(&api, "a primary on h1, b backup on h2", 40, |a| {
+        a.primary.as_deref() == Some("a")
+            && a.instances.iter().all(|i| i.health == Health::Healthy)
+            && a.instances[1].role == Role::Backup
+    })
+    .await;
+    let a_pid = doc.instances[0].pid.expect("a's pid");
+
+    signal(h1.id(), "STOP");
+    let after = wait_for(&api, "b promoted after h1's lease expired", 30, |a| {
+        a.primary.as_deref() == Some("b") && a.epoch > doc.epoch
+    })
+    .await;
+    // Let b act for a while, then look at both journals.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !common::alive(a_pid),
+        "the frozen agent's primary is still running"
+    );
+    let a_last = primary_times(dir.path(), "a")
+        .into_iter()
+        .filter(|(_, e)| *e == doc.epoch)
+        .map(|(t, _)| t)
+        .max()
+        .expect("a acted as primary");
+    let b_first = primary_times(dir.path(), "b")
+        .into_iter()
+        .filter(|(_, e)| *e == after.epoch)
+        .map(|(t, _)| t)
+        .min()
+        .expect("b acts as primary");
+    assert!(
+        a_last < b_first,
+        "a acted at {a_last} ms, after b began at {b_first} ms: two primaries at once"
+    );
+
+    // Thawed, h1 finds its instance gone and its lease expired: a comes
+    // back as a backup, b stays primary.
+    signal(h1.id(), "CONT");
+    let back = wait_for(&api, "a back as a healthy backup", 30, |a| {
+        a.instances[0].role == Role::Backup && a.instances[0].health == Health::Healthy
+    })
+    .await;
+    assert_eq!(back.primary.as_deref(), Some("b"));
+    assert_eq!(back.epoch, after.epoch, "no promotion after the thaw");
+
+    let _ = h1.kill();
+    let _ = h1.wait();
+    let _ = h2.kill();
+    let _ = h2.wait();
     drop(cluster);
 }
