@@ -66,6 +66,17 @@ pub struct AgentHandle {
     pub view: watch::Receiver<HostView>,
     /// Where the agent port listens (peers and load-balancer checks).
     pub agent_addr: SocketAddr,
+    inbox: mpsc::Sender<Msg>,
+}
+
+impl AgentHandle {
+    /// Applies a new topology whose cluster settings and record of this
+    /// host are unchanged: instances whose app and instance settings are
+    /// unchanged keep running; changed ones restart, removed ones stop,
+    /// new ones start. Returns false if the agent has stopped.
+    pub async fn update_topology(&self, topology: Arc<Topology>) -> bool {
+        self.inbox.send(Msg::Topology(topology)).await.is_ok()
+    }
 }
 
 struct Local {
@@ -77,6 +88,12 @@ struct Local {
     probes: Vec<AbortHandle>,
     /// Told to step down because its lease (or failsafe extension) may end.
     fenced: bool,
+    /// No longer in the topology as it is: stopping, then gone.
+    retired: bool,
+    /// What starts in its place once it has stopped (a changed instance).
+    replacement: Option<(Arc<App>, Instance)>,
+    /// Retired and stopped: only kept so that indices stay valid.
+    gone: bool,
 }
 
 enum Msg {
@@ -84,6 +101,7 @@ enum Msg {
     Roles(String, AppRoles),
     ForceKill(usize, u64),
     Failsafe(Vec<RoundResult>),
+    Topology(Arc<Topology>),
 }
 
 /// The outcome of asking every peer of one app for a failsafe confirmation.
@@ -150,6 +168,7 @@ pub fn start(
     let agent_addr = SocketAddr::new(host.address, config.topology.cluster.agent_port);
     let listener = peer::bind(agent_addr)?;
     let (session_tx, session_rx) = watch::channel(None);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (view_tx, view_rx) = watch::channel(HostView {
         host: host.name.clone(),
         ..HostView::default()
@@ -158,6 +177,7 @@ pub fn start(
         session: session_rx,
         view: view_rx.clone(),
         agent_addr,
+        inbox: inbox_tx.clone(),
     };
     let (peer_tx, peer_rx) = mpsc::channel(64);
     let peer_state = PeerState {
@@ -176,6 +196,7 @@ pub fn start(
             session_tx,
             view_tx,
             peer_rx,
+            inbox: (inbox_tx, inbox_rx),
         },
         cancel,
     ));
@@ -189,6 +210,7 @@ struct Extras {
     session_tx: watch::Sender<Option<LeaseId>>,
     view_tx: watch::Sender<HostView>,
     peer_rx: mpsc::Receiver<PeerRequest>,
+    inbox: (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
 }
 
 /// Starts the watchdog process; the returned sender feeds its stdin.
@@ -237,6 +259,7 @@ async fn run(
         session_tx,
         view_tx,
         mut peer_rx,
+        inbox: (tx, mut rx),
     } = extras;
     let watchdog = match watchdog {
         Some(cmd) => Some(start_watchdog(&cmd)?),
@@ -254,7 +277,6 @@ async fn run(
     ));
     let publisher_cancel = CancellationToken::new();
     let publisher = Publisher::start(store.clone(), publisher_cancel.clone());
-    let (tx, mut rx) = mpsc::channel(INBOX);
     let mut agent = Agent {
         store: store.clone(),
         host,
@@ -340,7 +362,10 @@ async fn run(
                 warn!("instances did not stop in time; leaving");
                 break;
             }
-            Some(msg) = rx.recv() => agent.on_msg(msg),
+            Some(msg) = rx.recv() => {
+                agent.on_msg(msg);
+                agent.replace_stopped();
+            }
             Some(ev) = lease_rx.recv() => agent.on_lease(ev),
             Some(req) = peer_rx.recv() => agent.on_peer(req),
             _ = sleep_until_opt(fence_at) => agent.fence_due(),
@@ -452,32 +477,147 @@ impl Agent {
 
     fn build(&mut self, session: LeaseId) {
         let topology = self.topology.clone();
-        for (app, instance) in topology.instances_on(&self.host.name) {
-            let app = Arc::new(app.clone());
-            let idx = self.locals.len();
-            self.by_app.entry(app.name.clone()).or_default().push(idx);
-            let machine = InstanceMachine::new(InstanceSpec {
-                name: format!("{}/{}", app.name, instance.id),
-                host: self.host.name.clone(),
-                ha: app.ha,
-                has_hook: app.hook.is_some(),
-                restart: app.restart.clone(),
-                checks: app
-                    .checks
-                    .iter()
-                    .map(|c| (c.failures_before_unhealthy, c.successes_before_healthy))
-                    .collect(),
-                session,
-            });
-            self.locals.push(Local {
-                app,
-                instance: instance.clone(),
-                host: self.host.clone(),
-                machine,
-                pid: None,
-                probes: Vec::new(),
-                fenced: false,
-            });
+        let host = self.host.name.clone();
+        for (app, instance) in topology.instances_on(&host) {
+            self.add_local(Arc::new(app.clone()), instance.clone(), session);
+        }
+    }
+
+    /// Adds a local instance (not started: the next tick starts it).
+    fn add_local(&mut self, app: Arc<App>, instance: Instance, session: LeaseId) -> usize {
+        let idx = self.locals.len();
+        self.by_app.entry(app.name.clone()).or_default().push(idx);
+        let machine = InstanceMachine::new(InstanceSpec {
+            name: format!("{}/{}", app.name, instance.id),
+            host: self.host.name.clone(),
+            ha: app.ha,
+            has_hook: app.hook.is_some(),
+            restart: app.restart.clone(),
+            checks: app
+                .checks
+                .iter()
+                .map(|c| (c.failures_before_unhealthy, c.successes_before_healthy))
+                .collect(),
+            session,
+        });
+        self.locals.push(Local {
+            app,
+            instance,
+            host: self.host.clone(),
+            machine,
+            pid: None,
+            probes: Vec::new(),
+            fenced: false,
+            retired: false,
+            replacement: None,
+            gone: false,
+        });
+        idx
+    }
+
+    /// Applies a new topology (same cluster settings and host record):
+    /// only what changed is stopped, restarted or started.
+    fn on_topology(&mut self, new: Arc<Topology>) {
+        let wanted: Vec<(App, Instance)> = new
+            .instances_on(&self.host.name)
+            .map(|(a, i)| (a.clone(), i.clone()))
+            .collect();
+        // An app's own settings, whatever its instances elsewhere.
+        let spec = |a: &App| App {
+            instances: Vec::new(),
+            ..a.clone()
+        };
+        let mut kept = BTreeSet::new();
+        for i in 0..self.locals.len() {
+            if self.locals[i].retired {
+                continue;
+            }
+            let (name, id) = (
+                self.locals[i].app.name.clone(),
+                self.locals[i].instance.id.clone(),
+            );
+            let found = wanted
+                .iter()
+                .find(|(a, inst)| a.name == name && inst.id == id);
+            match found {
+                Some((app, inst))
+                    if spec(app) == spec(&self.locals[i].app)
+                        && *inst == self.locals[i].instance =>
+                {
+                    self.locals[i].app = Arc::new(app.clone());
+                    kept.insert((name, id));
+                }
+                Some((app, inst)) => {
+                    info!(instance = %format!("{name}/{id}"), "its settings changed: restarting it with the new ones");
+                    self.locals[i].retired = true;
+                    self.locals[i].replacement = Some((Arc::new(app.clone()), inst.clone()));
+                    kept.insert((name, id));
+                    self.feed(i, Input::Stop);
+                }
+                None => {
+                    info!(instance = %format!("{name}/{id}"), "no longer in the topology: stopping it");
+                    self.locals[i].retired = true;
+                    self.feed(i, Input::Stop);
+                }
+            }
+        }
+        self.topology = new;
+        let session = self.session.unwrap_or_default();
+        for (app, inst) in wanted {
+            if kept.contains(&(app.name.clone(), inst.id.clone())) {
+                continue;
+            }
+            info!(instance = %format!("{}/{}", app.name, inst.id), "new in the topology: starting it");
+            let i = self.add_local(Arc::new(app), inst, session);
+            self.start_local(i);
+        }
+        self.by_app.clear();
+        for (i, l) in self.locals.iter().enumerate() {
+            if !l.retired {
+                self.by_app.entry(l.app.name.clone()).or_default().push(i);
+            }
+        }
+        self.replace_stopped();
+        self.refresh();
+    }
+
+    /// Starts a just-added local instance: fenced if the host is, told its
+    /// app's current assignment, then ticked.
+    fn start_local(&mut self, i: usize) {
+        if self.fenced || self.session.is_none() {
+            self.locals[i].fenced = true;
+            self.feed(i, Input::Fence);
+        }
+        let app = self.locals[i].app.name.clone();
+        if let Some(roles) = self.roles.get(&app).cloned() {
+            let (ha, id) = (self.locals[i].app.ha, self.locals[i].instance.id.clone());
+            self.feed(i, assignment(&roles, ha, &id));
+        }
+        self.feed(i, Input::Tick);
+    }
+
+    /// Retired instances that have stopped: starts their replacements, and
+    /// removes the status of those gone from the topology.
+    fn replace_stopped(&mut self) {
+        if self.stopping {
+            return;
+        }
+        for i in 0..self.locals.len() {
+            let l = &mut self.locals[i];
+            if !l.retired || l.gone || !l.machine.is_stopped() {
+                continue;
+            }
+            l.gone = true;
+            match l.replacement.take() {
+                Some((app, inst)) => {
+                    let j = self.add_local(app, inst, self.session.unwrap_or_default());
+                    self.start_local(j);
+                }
+                None => {
+                    let key = keys::status(&l.app.name, &l.instance.id);
+                    self.publisher.delete(key);
+                }
+            }
         }
     }
 
@@ -558,6 +698,7 @@ impl Agent {
             }
             Msg::Roles(app, roles) => self.on_roles(&app, &roles),
             Msg::Failsafe(results) => self.on_failsafe(results),
+            Msg::Topology(t) => self.on_topology(t),
             Msg::ForceKill(i, incarnation) => {
                 let local = &self.locals[i];
                 if local.machine.incarnation() == incarnation
@@ -768,7 +909,7 @@ impl Agent {
         let apps: BTreeSet<String> = self
             .locals
             .iter()
-            .filter(|l| !l.fenced && l.machine.status().may_act_as_primary())
+            .filter(|l| !l.fenced && !l.retired && l.machine.status().may_act_as_primary())
             .map(|l| l.app.name.clone())
             .collect();
         if apps.is_empty() {
@@ -984,6 +1125,7 @@ impl Agent {
                 .locals
                 .iter()
                 .zip(statuses)
+                .filter(|(l, _)| !l.gone)
                 .map(|(l, status)| InstanceView {
                     app: l.app.name.clone(),
                     instance: l.instance.id.clone(),

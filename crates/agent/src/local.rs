@@ -12,7 +12,7 @@ use tandem_store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentConfig};
+use crate::agent::{self, AgentConfig, AgentHandle};
 use crate::controller;
 
 /// The addresses of this machine: loopback and every interface address.
@@ -62,6 +62,14 @@ pub struct Local {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     side: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
+    store: Arc<dyn Store>,
+    agents: Vec<AgentHandle>,
+    sessions: Vec<(
+        String,
+        tokio::sync::watch::Receiver<Option<tandem_store::LeaseId>>,
+    )>,
+    /// Cancels the controller candidates (a new topology restarts them).
+    candidates: CancellationToken,
 }
 
 impl Local {
@@ -103,6 +111,7 @@ impl Local {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut sessions = Vec::new();
+        let mut agents = Vec::new();
         for host in hosts {
             let started = agent::start(
                 store.clone(),
@@ -125,13 +134,17 @@ impl Local {
                 }
             };
             tasks.push(task);
-            sessions.push((host.clone(), handle.session));
+            sessions.push((host.clone(), handle.session.clone()));
+            agents.push(handle);
         }
+        let candidates = cancel.child_token();
         // The controller decides once every local agent holds its lease and
         // has published its instances (bounded), so that a first decision
         // does not place everything on whichever host reported first.
         let side = vec![tokio::spawn({
-            let cancel = cancel.clone();
+            let cancel = candidates.clone();
+            let sessions = sessions.clone();
+            let store = store.clone();
             async move {
                 let all_up = futures::future::join_all(sessions.iter().map(|(_, rx)| {
                     let mut rx = rx.clone();
@@ -159,7 +172,37 @@ impl Local {
             tasks,
             side,
             cancel,
+            store,
+            agents,
+            sessions,
+            candidates,
         })
+    }
+
+    /// Applies a new topology whose cluster settings and local hosts'
+    /// records are unchanged (see [`AgentHandle::update_topology`]): each
+    /// agent changes only what changed, and the controller candidates
+    /// start again with it (a leader resigns; another is elected at once).
+    pub async fn update(&mut self, topology: Arc<Topology>) {
+        for agent in &self.agents {
+            agent.update_topology(topology.clone()).await;
+        }
+        self.candidates.cancel();
+        self.candidates = self.cancel.child_token();
+        let cancel = self.candidates.clone();
+        let candidates = self.sessions.clone().into_iter().map(|(host, rx)| {
+            controller::run_candidate(
+                self.store.clone(),
+                topology.clone(),
+                host,
+                rx,
+                cancel.clone(),
+            )
+        });
+        let all = futures::future::join_all(candidates);
+        self.side.push(tokio::spawn(async move {
+            all.await;
+        }));
     }
 
     /// Stops every instance, then every agent; returns once all are done.

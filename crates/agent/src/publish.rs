@@ -15,7 +15,8 @@ use tracing::warn;
 #[derive(Default)]
 struct Pending {
     order: VecDeque<String>,
-    values: HashMap<String, Vec<u8>>,
+    /// The newest value of each queued key; `None` deletes it.
+    values: HashMap<String, Option<Vec<u8>>>,
     lease: Option<LeaseId>,
 }
 
@@ -44,6 +45,15 @@ impl Publisher {
 
     /// Queues a write of `key` (replacing any queued value of it).
     pub fn put(&self, key: String, value: Vec<u8>) {
+        self.queue(key, Some(value));
+    }
+
+    /// Queues a deletion of `key` (an instance no longer in the topology).
+    pub fn delete(&self, key: String) {
+        self.queue(key, None);
+    }
+
+    fn queue(&self, key: String, value: Option<Vec<u8>>) {
         {
             let mut p = self.lock();
             if p.values.insert(key.clone(), value).is_none() {
@@ -77,8 +87,12 @@ impl Publisher {
                     _ = self.notify.notified() => continue,
                 }
             };
-            match store.put(&key, value.clone(), Some(lease)).await {
-                Ok(_) => {}
+            let result = match &value {
+                Some(v) => store.put(&key, v.clone(), Some(lease)).await.map(drop),
+                None => store.delete(&key).await.map(drop),
+            };
+            match result {
+                Ok(()) => {}
                 Err(e) => {
                     // Requeue unless a newer value is already queued.
                     {

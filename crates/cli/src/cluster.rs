@@ -2,9 +2,11 @@
 //! shared etcd cluster.
 //!
 //! The topology lives in the store (`/tandem/topology`); every agent reads
-//! it at start and follows it: when it changes, the agent restarts its
-//! local runtime (its instances restart) with the new topology, without the
-//! process restarting.
+//! it at start and follows it without restarting: when it changes, only the
+//! instances whose settings changed restart, removed ones stop, new ones
+//! start, and the controller candidates start again with it. A change of
+//! the cluster settings or of this host's own record restarts every
+//! instance of the host.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -174,6 +176,51 @@ async fn topology_changed(store: &Arc<dyn Store>, revision: u64) {
     }
 }
 
+/// Fails if `host` is not in `topology`.
+fn check_host(topology: &Topology, host: &str) -> anyhow::Result<()> {
+    if topology.host(host).is_none() {
+        let hosts: Vec<&str> = topology.hosts.iter().map(|h| h.name.as_str()).collect();
+        bail!(
+            "host {host:?} is not in topology {} (its hosts: {})",
+            topology.name,
+            hosts.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The API, when this agent serves it.
+struct Api {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Api {
+    fn start(
+        listener: Option<tokio::net::TcpListener>,
+        store: &Arc<dyn Store>,
+        topology: &Arc<Topology>,
+    ) -> Api {
+        let stop = CancellationToken::new();
+        let task = listener.map(|l| {
+            let state = ApiState::new(store.clone(), topology.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _ = tandem_api::serve(l, state, stop.cancelled_owned()).await;
+            })
+        });
+        Api { stop, task }
+    }
+
+    /// Stops it (its listener is closed with it).
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
 /// `tandem agent`: this machine's agent, a controller candidate, and
 /// optionally the API, until SIGTERM or Ctrl-C.
 pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -209,21 +256,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find tandem's own executable")?;
     let watchdog = vec![exe.into_os_string(), "watchdog".into()];
     let mut listener = listener;
-    loop {
-        let Some((topology, revision)) = stored_topology(&store, &stop).await? else {
-            break;
+    let mut next: Option<(Arc<Topology>, u64)> = None;
+    'restart: loop {
+        let (topology, revision) = match next.take() {
+            Some(t) => t,
+            None => match stored_topology(&store, &stop).await? {
+                Some(t) => t,
+                None => break,
+            },
         };
-        if topology.host(&args.host).is_none() {
-            let hosts: Vec<&str> = topology.hosts.iter().map(|h| h.name.as_str()).collect();
-            bail!(
-                "host {:?} is not in topology {} (its hosts: {})",
-                args.host,
-                topology.name,
-                hosts.join(", ")
-            );
-        }
+        check_host(&topology, &args.host)?;
         tracing::info!(host = %args.host, topology = %topology.name, revision, "running");
-        let local = Local::start_with(
+        let mut local = Local::start_with(
             store.clone(),
             topology.clone(),
             std::slice::from_ref(&args.host),
@@ -233,36 +277,47 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 watchdog: Some(watchdog.clone()),
             },
         )?;
-        let api_stop = CancellationToken::new();
-        let api_task = listener.take().map(|l| {
-            let state = ApiState::new(store.clone(), topology.clone());
-            let stop = api_stop.clone();
-            tokio::spawn(async move {
-                let _ = tandem_api::serve(l, state, stop.cancelled_owned()).await;
-            })
-        });
-        let changed = tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = topology_changed(&store, revision) => true,
-        };
-        if changed {
-            tracing::warn!("the topology changed: restarting this host's instances with it");
-        }
-        local.stop().await?;
-        api_stop.cancel();
-        if let Some(t) = api_task {
-            let _ = t.await;
-        }
-        if !changed {
-            break;
-        }
-        // The listener was consumed by the stopped API: bind it again.
-        if let Some(addr) = api_addr {
-            listener = Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} again"))?,
-            );
+        let mut api = Api::start(listener.take(), &store, &topology);
+        let (mut current, mut revision) = (topology, revision);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    local.stop().await?;
+                    api.stop().await;
+                    break 'restart;
+                }
+                _ = topology_changed(&store, revision) => {}
+            }
+            let Some((new, new_revision)) = stored_topology(&store, &stop).await? else {
+                continue;
+            };
+            check_host(&new, &args.host)?;
+            // The API answers from the topology it was given: serve the new one.
+            api.stop().await;
+            if let Some(addr) = api_addr {
+                listener = Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr} again"))?,
+                );
+            }
+            if new.cluster == current.cluster && new.host(&args.host) == current.host(&args.host) {
+                tracing::info!(
+                    revision = new_revision,
+                    "the topology changed: applying it to the instances it changes"
+                );
+                local.update(new.clone()).await;
+                api = Api::start(listener.take(), &store, &new);
+                (current, revision) = (new, new_revision);
+            } else {
+                tracing::warn!(
+                    revision = new_revision,
+                    "the cluster settings or this host changed: restarting this host's instances with the new topology"
+                );
+                local.stop().await?;
+                next = Some((new, new_revision));
+                continue 'restart;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

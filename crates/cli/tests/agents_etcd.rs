@@ -87,7 +87,31 @@ fn store_url(cluster: &etcd::Cluster) -> String {
     format!("etcd://{}", hosts.join(","))
 }
 
-fn start_agent(dir: &Path, store: &str, host: &str, api: Option<&str>) -> Child {
+/// A `tandem agent` process, killed when dropped (a failing test leaves
+/// no agent behind; its instances die with it).
+struct AgentProc(Child);
+
+impl std::ops::Deref for AgentProc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AgentProc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(dir: &Path, store: &str, host: &str, api: Option<&str>) -> AgentProc {
     let log = std::fs::File::create(dir.join(format!("agent-{host}.log"))).expect("log");
     let mut cmd = Command::new(tandem());
     cmd.args(["agent", "--store", store, "--host", host])
@@ -98,7 +122,7 @@ fn start_agent(dir: &Path, store: &str, host: &str, api: Option<&str>) -> Child 
     if let Some(api) = api {
         cmd.args(["--api", api]);
     }
-    cmd.spawn().expect("spawn tandem agent")
+    AgentProc(cmd.spawn().expect("spawn tandem agent"))
 }
 
 async fn wait_for(
@@ -307,6 +331,125 @@ async fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_backup_tak
     .await;
     assert_eq!(back.primary.as_deref(), Some("b"));
     assert_eq!(back.epoch, after.epoch, "no promotion after the thaw");
+
+    let _ = h1.kill();
+    let _ = h1.wait();
+    let _ = h2.kill();
+    let _ = h2.wait();
+    drop(cluster);
+}
+
+fn apply(dir: &Path, store: &str, text: &str) {
+    let file = dir.join("prod.toml");
+    std::fs::write(&file, text).expect("write");
+    let out = Command::new(tandem())
+        .args(["topology", "apply"])
+        .arg(&file)
+        .args(["--store", store])
+        .output()
+        .expect("topology apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A topology change is applied per instance: adding or removing another
+/// app, or changing one instance, leaves every other instance running
+/// (same pid, same role, same epoch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_change_restarts_only_what_it_changes() {
+    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
+        .await
+        .expect("etcd cluster");
+    let store = store_url(&cluster);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = [free_port(), free_port()];
+    let base = topology(ports);
+    // (topology() picks a free agent port: build it once, a cluster setting.)
+    apply(dir.path(), &store, &base);
+    let api_addr = format!("127.0.0.1:{}", free_port());
+    let mut h1 = start_agent(dir.path(), &store, "h1", None);
+    let mut h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
+    let api = ApiClient::new(&api_addr).expect("client");
+    let before = wait_for(&api, "a primary on h1, b backup on h2", 40, |a| {
+        a.primary.as_deref() == Some("a")
+            && a.instances.iter().all(|i| i.health == Health::Healthy)
+            && a.instances[1].role == Role::Backup
+    })
+    .await;
+    let pids = |d: &AppDoc| -> Vec<Option<u32>> { d.instances.iter().map(|i| i.pid).collect() };
+
+    // 1. Add an app on h2.
+    let extra_port = free_port();
+    let extra = format!(
+        r#"
+[apps.extra]
+ha = "none"
+command = ["tandem", "demo-app", "--port", "{{ports.http}}"]
+
+[[apps.extra.instances]]
+id = "x"
+host = "h2"
+ports = {{ http = {extra_port} }}
+"#
+    );
+    apply(dir.path(), &store, &format!("{base}{extra}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while demo_get(extra_port).await.is_none() {
+        assert!(Instant::now() < deadline, "the new app never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = api.app("web").await.expect("web");
+    assert_eq!(pids(&now), pids(&before), "web's instances were restarted");
+    assert_eq!(
+        (now.primary.as_deref(), now.epoch),
+        (Some("a"), before.epoch)
+    );
+
+    // 2. Remove it again: it stops and leaves the status.
+    apply(dir.path(), &store, &base);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone = demo_get(extra_port).await.is_none()
+            && api.status().await.is_ok_and(|s| {
+                s.apps
+                    .iter()
+                    .all(|a| a.name != "extra" || a.instances.is_empty())
+            });
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed app is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = api.app("web").await.expect("web");
+    assert_eq!(pids(&now), pids(&before), "web's instances were restarted");
+
+    // 3. Change b only (its priority): b restarts, a keeps running as primary.
+    let changed = base.replacen(
+        "id = \"b\"\nhost = \"h2\"",
+        "id = \"b\"\nhost = \"h2\"\npriority = 5",
+        1,
+    );
+    assert_ne!(changed, base, "the topology has instance b on h2");
+    apply(dir.path(), &store, &changed);
+    let after = wait_for(&api, "b restarted and healthy", 30, |a| {
+        a.instances[1].pid.is_some()
+            && a.instances[1].pid != before.instances[1].pid
+            && a.instances[1].health == Health::Healthy
+            && a.instances[1].role == Role::Backup
+    })
+    .await;
+    assert_eq!(
+        after.instances[0].pid, before.instances[0].pid,
+        "a was restarted"
+    );
+    assert_eq!(
+        (after.primary.as_deref(), after.epoch),
+        (Some("a"), before.epoch)
+    );
 
     let _ = h1.kill();
     let _ = h1.wait();
