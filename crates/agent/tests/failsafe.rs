@@ -13,64 +13,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Flaky, hook_lines, now_ns, topology, wait_until};
-use tandem_agent::local::Local;
+use common::{Pair, hook_lines, now_ns, wait_until};
 use tandem_core::model::Role;
-use tandem_store::{EmbeddedStore, Store};
-
-struct Pair {
-    dir: tempfile::TempDir,
-    store: Arc<dyn Store>,
-    link1: Arc<Flaky>,
-    link2: Arc<Flaky>,
-    l1: Local,
-    l2: Local,
-}
-
-/// Starts h1 then h2 and waits for a (h1) primary, b (h2) backup.
-async fn pair() -> Pair {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("hooks.log");
-    let topo = Arc::new(tandem_core::topology::parse("t.toml", &topology(&log)).expect("valid"));
-    let store: Arc<dyn Store> = EmbeddedStore::in_memory();
-    let link1 = Flaky::partitioned(store.clone());
-    let link2 = Flaky::partitioned(store.clone());
-    let l1 = Local::start(
-        link1.clone(),
-        topo.clone(),
-        &["h1".into()],
-        dir.path().join("h1"),
-    )
-    .expect("h1");
-    wait_until(&store, "h1 as controller", 10, |_, _, _, c| {
-        c.is_some_and(|c| c.host == "h1")
-    })
-    .await;
-    let l2 = Local::start(
-        link2.clone(),
-        topo.clone(),
-        &["h2".into()],
-        dir.path().join("h2"),
-    )
-    .expect("h2");
-    wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {
-        r.primary.as_ref().is_some_and(|g| g.instance == "a")
-            && a.is_some_and(|a| a.acting == Role::Primary && a.acting_epoch == r.epoch)
-            && b.is_some_and(|b| b.acting == Role::Backup && b.seen_generation >= r.generation)
-    })
-    .await;
-    Pair {
-        dir,
-        store,
-        link1,
-        link2,
-        l1,
-        l2,
-    }
-}
 
 /// Hook calls after `since`: (instance, role, epoch, time).
 fn hooks_after(dir: &tempfile::TempDir, since: u128) -> Vec<(String, String, u64, u128)> {
@@ -82,7 +28,7 @@ fn hooks_after(dir: &tempfile::TempDir, since: u128) -> Vec<(String, String, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_any_store_the_primary_keeps_serving_and_nobody_is_promoted() {
-    let p = pair().await;
+    let p = Pair::start().await;
     let cut_at = now_ns();
     p.link1.cut(true);
     p.link2.cut(true);
@@ -127,7 +73,7 @@ async fn without_any_store_the_primary_keeps_serving_and_nobody_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_does_not_answer_makes_the_primary_step_down_in_time() {
-    let p = pair().await;
+    let p = Pair::start().await;
     // h2's agent goes away: nobody answers on its agent port.
     p.l2.stop().await.expect("stop h2");
     let cut_at = now_ns();
@@ -152,7 +98,7 @@ async fn a_peer_that_does_not_answer_makes_the_primary_step_down_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_store_comes_back_to_the_peer_first_its_promotion_waits_for_the_promise() {
-    let p = pair().await;
+    let p = Pair::start().await;
     p.link1.cut(true);
     p.link2.cut(true);
     // Long enough for h1's lease to expire on the (embedded) store while a

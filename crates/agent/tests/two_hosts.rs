@@ -7,50 +7,27 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Flaky, get, now_ns, topology, wait_until};
+use common::{Pair, get, now_ns, wait_until};
 use futures::StreamExt;
-use tandem_agent::local::Local;
 use tandem_core::model::{AppRoles, Role, keys};
-use tandem_store::{EmbeddedStore, EventKind, Store};
+use tandem_store::EventKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_host_fences_its_primary_and_the_other_host_takes_over_then_it_rejoins_as_backup() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("hooks.log");
-    let topo = Arc::new(tandem_core::topology::parse("t.toml", &topology(&log)).expect("valid"));
-    let store: Arc<dyn Store> = EmbeddedStore::in_memory();
-    let link1 = Flaky::partitioned(store.clone());
-    let link2 = Flaky::partitioned(store.clone());
-
     // h1 starts first: it holds the controller role and its instance a
     // (the higher priority) is primary.
-    let l1 = Local::start(
-        link1.clone(),
-        topo.clone(),
-        &["h1".into()],
-        dir.path().join("h1"),
-    )
-    .expect("h1");
-    wait_until(&store, "h1 as controller", 10, |_, _, _, c| {
-        c.is_some_and(|c| c.host == "h1")
-    })
-    .await;
-    let l2 = Local::start(
-        link2.clone(),
-        topo.clone(),
-        &["h2".into()],
-        dir.path().join("h2"),
-    )
-    .expect("h2");
-    let (roles, _, _) = wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {
-        r.primary.as_ref().is_some_and(|g| g.instance == "a")
-            && a.is_some_and(|a| a.acting == Role::Primary && a.acting_epoch == r.epoch)
-            && b.is_some_and(|b| b.acting == Role::Backup)
-    })
-    .await;
+    let Pair {
+        dir,
+        store,
+        link1,
+        link2: _link2,
+        l1,
+        l2,
+    } = Pair::start().await;
+    let log = dir.path().join("hooks.log");
+    let roles: AppRoles = get(&store, &keys::roles("web")).await.expect("roles");
     let epoch = roles.epoch;
 
     // Note when h1's lease expires on the store (a's status vanishes).

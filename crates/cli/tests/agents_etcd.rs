@@ -147,49 +147,68 @@ async fn wait_for(
     }
 }
 
+/// A production setup: a real 3-member etcd cluster, the topology applied
+/// with `tandem topology apply`, agents h1 and h2 (h2 serves the API: it
+/// survives what the tests do to h1), and a primary on h1, b backup on h2.
+struct Prod {
+    store: String,
+    dir: tempfile::TempDir,
+    ports: [u16; 2],
+    base: String,
+    h1: AgentProc,
+    h2: AgentProc,
+    api: ApiClient,
+    /// The app once a is primary and b a healthy backup.
+    ready: AppDoc,
+    /// Last: fields drop in order, the agents before etcd.
+    _cluster: etcd::Cluster,
+}
+
+impl Prod {
+    async fn start() -> Prod {
+        let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
+            .await
+            .expect("etcd cluster");
+        let store = store_url(&cluster);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = [free_port(), free_port()];
+        let base = topology(ports);
+        apply(dir.path(), &store, &base);
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let h1 = start_agent(dir.path(), &store, "h1", None);
+        let h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
+        let api = ApiClient::new(&api_addr).expect("client");
+        let ready = wait_for(&api, "a primary on h1, b backup on h2", 40, |a| {
+            a.primary.as_deref() == Some("a")
+                && a.instances.iter().all(|i| i.health == Health::Healthy)
+                && a.instances[1].role == Role::Backup
+        })
+        .await;
+        Prod {
+            _cluster: cluster,
+            store,
+            dir,
+            ports,
+            base,
+            h1,
+            h2,
+            api,
+            ready,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
-    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
-        .await
-        .expect("etcd cluster");
-    let store = store_url(&cluster);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ports = [free_port(), free_port()];
-    let file = dir.path().join("prod.toml");
-    std::fs::write(&file, topology(ports)).expect("write");
-
-    let out = Command::new(tandem())
-        .args(["topology", "apply"])
-        .arg(&file)
-        .args(["--store", &store])
-        .output()
-        .expect("topology apply");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied topology"));
-
-    // h2 serves the API: it survives the host kill below.
-    let api_addr = format!("127.0.0.1:{}", free_port());
-    let mut h1 = start_agent(dir.path(), &store, "h1", None);
-    let mut h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
-    let api = ApiClient::new(&api_addr).expect("client");
-    let ready = |a: &AppDoc| {
-        a.primary.as_deref() == Some("a")
-            && a.instances.iter().all(|i| i.health == Health::Healthy)
-            && a.instances[1].role == Role::Backup
-    };
-    let doc = wait_for(&api, "a primary on h1, b backup on h2", 40, ready).await;
+    let p = Prod::start().await;
+    let (api, doc, ports) = (&p.api, p.ready.clone(), p.ports);
+    let mut h1 = p.h1;
+    let _h2 = p.h2;
     assert_eq!(api.status().await.expect("status").store, "etcd");
 
     // 1. Kill the primary process: b, on the other host, takes over.
     signal(doc.instances[0].pid.expect("pid"), "KILL");
-    let after = wait_for(&api, "b promoted", 20, |a| {
-        a.primary.as_deref() == Some("b")
-    })
-    .await;
+    let after = wait_for(api, "b promoted", 20, |a| a.primary.as_deref() == Some("b")).await;
     assert!(after.epoch > doc.epoch);
     let seen: serde_json::Value = reqwest::Client::new()
         .get(format!("http://127.0.0.2:{}/", ports[1]))
@@ -203,7 +222,7 @@ async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
     assert_eq!(seen["role"], "primary");
 
     // a comes back as a backup; switch back to it so the primary is on h1.
-    wait_for(&api, "a back as a healthy backup", 20, |a| {
+    wait_for(api, "a back as a healthy backup", 20, |a| {
         a.instances[0].role == Role::Backup && a.instances[0].health == Health::Healthy
     })
     .await;
@@ -215,7 +234,7 @@ async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
         matches!(out, tandem_client::SwitchoverOutcome::Done { .. }),
         "{out:?}"
     );
-    let before_kill = wait_for(&api, "a primary again", 10, |a| {
+    let before_kill = wait_for(api, "a primary again", 10, |a| {
         a.primary.as_deref() == Some("a")
     })
     .await;
@@ -224,7 +243,7 @@ async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
     let t0 = Instant::now();
     let _ = h1.kill();
     let _ = h1.wait();
-    let after = wait_for(&api, "b promoted after h1's lease expired", 30, |a| {
+    let after = wait_for(api, "b promoted after h1's lease expired", 30, |a| {
         a.primary.as_deref() == Some("b") && a.epoch > before_kill.epoch
     })
     .await;
@@ -238,11 +257,6 @@ async fn agents_on_etcd_fail_over_a_killed_primary_and_a_killed_host() {
         demo_get(ports[0]).await.is_none(),
         "h1's instance died with its agent"
     );
-
-    let _ = h2.kill();
-    let _ = h2.wait();
-    let _ = h1;
-    drop(cluster);
 }
 
 /// The journal times (ms) at which `instance` said it acted as primary.
@@ -262,40 +276,13 @@ fn primary_times(dir: &Path, instance: &str) -> Vec<(u64, u64)> {
 /// comes back with its instance as a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_backup_takes_over() {
-    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
-        .await
-        .expect("etcd cluster");
-    let store = store_url(&cluster);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ports = [free_port(), free_port()];
-    let file = dir.path().join("prod.toml");
-    std::fs::write(&file, topology(ports)).expect("write");
-    let out = Command::new(tandem())
-        .args(["topology", "apply"])
-        .arg(&file)
-        .args(["--store", &store])
-        .output()
-        .expect("topology apply");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let api_addr = format!("127.0.0.1:{}", free_port());
-    let mut h1 = start_agent(dir.path(), &store, "h1", None);
-    let mut h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
-    let api = ApiClient::new(&api_addr).expect("client");
-    let doc = wait_for(&api, "a primary on h1, b backup on h2", 40, |a| {
-        a.primary.as_deref() == Some("a")
-            && a.instances.iter().all(|i| i.health == Health::Healthy)
-            && a.instances[1].role == Role::Backup
-    })
-    .await;
+    let p = Prod::start().await;
+    let (api, doc, dir) = (&p.api, p.ready.clone(), p.dir.path());
+    let (h1, _h2) = (&p.h1, &p.h2);
     let a_pid = doc.instances[0].pid.expect("a's pid");
 
     signal(h1.id(), "STOP");
-    let after = wait_for(&api, "b promoted after h1's lease expired", 30, |a| {
+    let after = wait_for(api, "b promoted after h1's lease expired", 30, |a| {
         a.primary.as_deref() == Some("b") && a.epoch > doc.epoch
     })
     .await;
@@ -305,13 +292,13 @@ async fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_backup_tak
         !common::alive(a_pid),
         "the frozen agent's primary is still running"
     );
-    let a_last = primary_times(dir.path(), "a")
+    let a_last = primary_times(dir, "a")
         .into_iter()
         .filter(|(_, e)| *e == doc.epoch)
         .map(|(t, _)| t)
         .max()
         .expect("a acted as primary");
-    let b_first = primary_times(dir.path(), "b")
+    let b_first = primary_times(dir, "b")
         .into_iter()
         .filter(|(_, e)| *e == after.epoch)
         .map(|(t, _)| t)
@@ -325,18 +312,12 @@ async fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_backup_tak
     // Thawed, h1 finds its instance gone and its lease expired: a comes
     // back as a backup, b stays primary.
     signal(h1.id(), "CONT");
-    let back = wait_for(&api, "a back as a healthy backup", 30, |a| {
+    let back = wait_for(api, "a back as a healthy backup", 30, |a| {
         a.instances[0].role == Role::Backup && a.instances[0].health == Health::Healthy
     })
     .await;
     assert_eq!(back.primary.as_deref(), Some("b"));
     assert_eq!(back.epoch, after.epoch, "no promotion after the thaw");
-
-    let _ = h1.kill();
-    let _ = h1.wait();
-    let _ = h2.kill();
-    let _ = h2.wait();
-    drop(cluster);
 }
 
 fn apply(dir: &Path, store: &str, text: &str) {
@@ -360,25 +341,9 @@ fn apply(dir: &Path, store: &str, text: &str) {
 /// (same pid, same role, same epoch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topology_change_restarts_only_what_it_changes() {
-    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
-        .await
-        .expect("etcd cluster");
-    let store = store_url(&cluster);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ports = [free_port(), free_port()];
-    let base = topology(ports);
-    // (topology() picks a free agent port: build it once, a cluster setting.)
-    apply(dir.path(), &store, &base);
-    let api_addr = format!("127.0.0.1:{}", free_port());
-    let mut h1 = start_agent(dir.path(), &store, "h1", None);
-    let mut h2 = start_agent(dir.path(), &store, "h2", Some(&api_addr));
-    let api = ApiClient::new(&api_addr).expect("client");
-    let before = wait_for(&api, "a primary on h1, b backup on h2", 40, |a| {
-        a.primary.as_deref() == Some("a")
-            && a.instances.iter().all(|i| i.health == Health::Healthy)
-            && a.instances[1].role == Role::Backup
-    })
-    .await;
+    let p = Prod::start().await;
+    let (api, before, store, base) = (&p.api, p.ready.clone(), &p.store, &p.base);
+    let dir = p.dir.path();
     let pids = |d: &AppDoc| -> Vec<Option<u32>> { d.instances.iter().map(|i| i.pid).collect() };
 
     // 1. Add an app on h2.
@@ -395,7 +360,7 @@ host = "h2"
 ports = {{ http = {extra_port} }}
 "#
     );
-    apply(dir.path(), &store, &format!("{base}{extra}"));
+    apply(dir, store, &format!("{base}{extra}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while demo_get(extra_port).await.is_none() {
         assert!(Instant::now() < deadline, "the new app never started");
@@ -409,7 +374,7 @@ ports = {{ http = {extra_port} }}
     );
 
     // 2. Remove it again: it stops and leaves the status.
-    apply(dir.path(), &store, &base);
+    apply(dir, store, base);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let gone = demo_get(extra_port).await.is_none()
@@ -433,9 +398,9 @@ ports = {{ http = {extra_port} }}
         "id = \"b\"\nhost = \"h2\"\npriority = 5",
         1,
     );
-    assert_ne!(changed, base, "the topology has instance b on h2");
-    apply(dir.path(), &store, &changed);
-    let after = wait_for(&api, "b restarted and healthy", 30, |a| {
+    assert_ne!(&changed, base, "the topology has instance b on h2");
+    apply(dir, store, &changed);
+    let after = wait_for(api, "b restarted and healthy", 30, |a| {
         a.instances[1].pid.is_some()
             && a.instances[1].pid != before.instances[1].pid
             && a.instances[1].health == Health::Healthy
@@ -450,10 +415,4 @@ ports = {{ http = {extra_port} }}
         (after.primary.as_deref(), after.epoch),
         (Some("a"), before.epoch)
     );
-
-    let _ = h1.kill();
-    let _ = h1.wait();
-    let _ = h2.kill();
-    let _ = h2.wait();
-    drop(cluster);
 }

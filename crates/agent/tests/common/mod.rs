@@ -8,9 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use tandem_agent::controller::ControllerRecord;
-use tandem_core::model::{AppRoles, InstanceStatus, keys};
+use tandem_agent::local::Local;
+use tandem_core::model::{AppRoles, InstanceStatus, Role, keys};
 use tandem_store::{
-    KeyValue, Lease, LeaseId, Listing, Revision, Store, StoreError, Txn, TxnResponse, WatchStream,
+    EmbeddedStore, KeyValue, Lease, LeaseId, Listing, Revision, Store, StoreError, Txn,
+    TxnResponse, WatchStream,
 };
 
 /// The embedded store behind a switch.
@@ -246,5 +248,62 @@ where
             "timed out waiting for {what}: roles {roles:?}\na {a:?}\nb {b:?}\ncontroller {ctl:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Hosts h1 and h2 (see [`topology`]), each agent behind its own link to
+/// one embedded store.
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    pub link1: Arc<Flaky>,
+    pub link2: Arc<Flaky>,
+    pub l1: Local,
+    pub l2: Local,
+}
+
+impl Pair {
+    /// Starts h1 (the controller) then h2 and waits for a (h1) primary, b
+    /// (h2) backup.
+    pub async fn start() -> Pair {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("hooks.log");
+        let topo =
+            Arc::new(tandem_core::topology::parse("t.toml", &topology(&log)).expect("valid"));
+        let store: Arc<dyn Store> = EmbeddedStore::in_memory();
+        let link1 = Flaky::partitioned(store.clone());
+        let link2 = Flaky::partitioned(store.clone());
+        let l1 = Local::start(
+            link1.clone(),
+            topo.clone(),
+            &["h1".into()],
+            dir.path().join("h1"),
+        )
+        .expect("h1");
+        wait_until(&store, "h1 as controller", 10, |_, _, _, c| {
+            c.is_some_and(|c| c.host == "h1")
+        })
+        .await;
+        let l2 = Local::start(
+            link2.clone(),
+            topo.clone(),
+            &["h2".into()],
+            dir.path().join("h2"),
+        )
+        .expect("h2");
+        wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {
+            r.primary.as_ref().is_some_and(|g| g.instance == "a")
+                && a.is_some_and(|a| a.acting == Role::Primary && a.acting_epoch == r.epoch)
+                && b.is_some_and(|b| b.acting == Role::Backup && b.seen_generation >= r.generation)
+        })
+        .await;
+        Pair {
+            dir,
+            store,
+            link1,
+            link2,
+            l1,
+            l2,
+        }
     }
 }
