@@ -14,7 +14,7 @@ log() { printf '\n== %s\n' "$*"; }
 # Debian packages the tests use: etcd for the etcd backend's conformance and
 # fault tests (a real 3-member cluster), protoc to build its client, and
 # PostgreSQL for the hot-standby sink (each suite starts its own server).
-APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2)
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

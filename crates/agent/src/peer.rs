@@ -144,6 +144,8 @@ pub async fn serve(listener: std::net::TcpListener, state: PeerState, cancel: Ca
             return;
         }
     };
+    // HTTP for the routes, HAProxy agent-checks answered beside it.
+    let listener = crate::checks::CheckListener::new(listener, state.view.clone());
     let app = router(state);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
