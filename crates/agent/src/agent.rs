@@ -1131,6 +1131,7 @@ impl Agent {
                     instance: l.instance.id.clone(),
                     ha: l.app.ha,
                     status,
+                    fenced: l.fenced,
                 })
                 .collect(),
             roles: self.roles.clone(),

@@ -292,6 +292,12 @@ pub fn answer(
 /// of its app the agent applied, and why.
 pub fn judge(iv: &InstanceView, roles: Option<&AppRoles>, check: Check) -> (Verdict, String) {
     let s = &iv.status;
+    if iv.fenced && s.acting == Role::Primary && check != Check::Backup {
+        return (
+            Verdict::Down,
+            "stepping down: its host's lease may be lost".to_owned(),
+        );
+    }
     match check {
         Check::Primary => judge_primary(s, &iv.instance, roles),
         Check::Backup => {
@@ -793,6 +799,20 @@ mod tests {
             instance: id.into(),
             ha,
             status,
+            fenced: false,
+        }
+    }
+
+    #[test]
+    fn a_primary_whose_host_fences_is_down_for_primary_and_member() {
+        let roles = roles_with_primary("a", 4);
+        let mut iv = inst("web", "a", HaMode::WarmStandby, running(Role::Primary, 4));
+        assert_eq!(judge(&iv, Some(&roles), Check::Primary).0, Verdict::Up);
+        iv.fenced = true;
+        for check in [Check::Primary, Check::Member] {
+            let (verdict, why) = judge(&iv, Some(&roles), check);
+            assert_eq!(verdict, Verdict::Down, "{check:?}");
+            assert!(why.contains("lease may be lost"), "{why}");
         }
     }
 

@@ -53,6 +53,9 @@ pub struct InstanceView {
     pub ha: HaMode,
     /// Its status, as the agent's state machine has it.
     pub status: InstanceStatus,
+    /// Told to step down because its host's lease (or failsafe extension)
+    /// may end: no longer to be sent work as a primary.
+    pub fenced: bool,
 }
 
 /// A failsafe confirmation request, from the agent of a primary that
