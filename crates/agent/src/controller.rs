@@ -84,29 +84,53 @@ pub async fn run_candidate(
             _ = cancel.cancelled() => return,
             r = store.txn(txn) => r,
         };
-        match resp {
-            Ok(r) if r.succeeded => {
+        // The key as it is when the campaign fails.
+        let existing = match &resp {
+            Ok(r) if !r.succeeded => r.results.first().and_then(|res| match res {
+                OpResult::Get(Some(kv)) => Some(kv.clone()),
+                _ => None,
+            }),
+            _ => None,
+        };
+        // Still ours from this very session: a resignation that could not
+        // reach the store (it had no quorum), or a candidate started again
+        // with a new topology. The key stays while the lease lives, so wait
+        // for its deletion would never end: lead again under it.
+        let ours = existing.as_ref().filter(|kv| {
+            serde_json::from_slice::<ControllerRecord>(&kv.value)
+                .is_ok_and(|rec| rec.host == host && rec.lease == lease)
+        });
+        let elected = match (&resp, ours) {
+            (Ok(r), _) if r.succeeded => Some(r.revision),
+            (_, Some(kv)) => Some(kv.mod_revision),
+            _ => None,
+        };
+        if let Some(key_revision) = elected {
+            if ours.is_some() {
+                info!(host = %host, "the controller key is still this session's: leading again");
+            } else {
                 info!(host = %host, "elected controller");
-                let mut leader =
-                    Leader::new(store.clone(), topology.clone(), host.clone(), r.revision);
-                leader.lead(lease, &mut session, &cancel).await;
-                info!(host = %host, "no longer controller");
-                // Resign if the key is still ours, so another takes over at once.
-                let resign = Txn {
-                    compares: vec![Compare::ModRevision(keys::CONTROLLER.into(), r.revision)],
-                    success: vec![Op::delete(keys::CONTROLLER)],
-                    failure: vec![],
-                };
-                let _ = store.txn(resign).await;
-                if cancel.is_cancelled() {
-                    return;
-                }
             }
+            let mut leader =
+                Leader::new(store.clone(), topology.clone(), host.clone(), key_revision);
+            leader.lead(lease, &mut session, &cancel).await;
+            info!(host = %host, "no longer controller");
+            // Resign if the key is still ours, so another takes over at once.
+            let resign = Txn {
+                compares: vec![Compare::ModRevision(keys::CONTROLLER.into(), key_revision)],
+                success: vec![Op::delete(keys::CONTROLLER)],
+                failure: vec![],
+            };
+            let _ = store.txn(resign).await;
+            if cancel.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        match resp {
+            Ok(r) if r.succeeded => {}
             Ok(r) => {
-                let held = r.results.first().and_then(|res| match res {
-                    OpResult::Get(Some(kv)) => Some(kv.mod_revision),
-                    _ => None,
-                });
+                let held = existing.as_ref().map(|kv| kv.mod_revision);
                 debug!(host = %host, "controller elsewhere; watching");
                 wait_for_vacancy(&store, r.revision + 1, held, &mut session, lease, &cancel).await;
             }

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pair, hook_lines, now_ns, wait_until};
+use common::{Flaky, Pair, hook_lines, now_ns, wait_until};
 use tandem_core::model::Role;
 
 /// Hook calls after `since`: (instance, role, epoch, time).
@@ -128,6 +128,44 @@ async fn when_the_store_comes_back_to_the_peer_first_its_promotion_waits_for_the
         "b was promoted while a could still act: {after:?}"
     );
     p.link1.cut(false);
+    p.l2.stop().await.expect("stop h2");
+    p.l1.stop().await.expect("stop h1");
+}
+
+/// A store without quorum keeps its leases: h1's controller could not
+/// resign while it was fenced, and its key, bound to a lease that lives
+/// on, would never be deleted. Once the store answers again, h1 leads
+/// again under it (and b is promoted when a dies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_quorum_loss_the_controller_leads_again() {
+    let p = Pair::start_with(Flaky::quorum_lost).await;
+    p.link1.cut(true);
+    p.link2.cut(true);
+    // Past the moment the agents stop being controller candidates
+    // (lease TTL 2 s − margin 800 ms) and past the TTL itself.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.link1.cut(false);
+    p.link2.cut(false);
+    let (roles, a, _) = wait_until(&p.store, "the statuses again", 10, |_, a, b, c| {
+        a.is_some() && b.is_some() && c.is_some_and(|c| c.host == "h1")
+    })
+    .await;
+    assert_eq!(
+        roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("a"),
+        "failsafe kept a primary through the outage"
+    );
+    // Something only a controller does: a dies, b is promoted.
+    let pid = a.and_then(|a| a.pid).expect("a's pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    wait_until(&p.store, "b promoted by a controller", 15, |r, _, b, _| {
+        r.primary.as_ref().is_some_and(|g| g.instance == "b")
+            && b.is_some_and(|b| b.acting == Role::Primary && b.acting_epoch == r.epoch)
+            && r.epoch > roles.epoch
+    })
+    .await;
     p.l2.stop().await.expect("stop h2");
     p.l1.stop().await.expect("stop h1");
 }

@@ -22,6 +22,9 @@ pub struct Flaky {
     /// grants with `keepalive_only`) and open watches break.
     pub unreachable: Arc<AtomicBool>,
     keepalive_only: bool,
+    /// While unreachable, leases still live on (as etcd keeps them while
+    /// it has no quorum): keep-alives reach the store, their answers fail.
+    leases_survive: AtomicBool,
 }
 
 impl Flaky {
@@ -31,6 +34,18 @@ impl Flaky {
             inner,
             unreachable: Arc::new(AtomicBool::new(false)),
             keepalive_only: false,
+            leases_survive: AtomicBool::new(false),
+        })
+    }
+
+    /// While cut, nothing can be done through it, but the leases it holds
+    /// do not expire: a store without quorum.
+    pub fn quorum_lost(inner: Arc<dyn Store>) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner,
+            unreachable: Arc::new(AtomicBool::new(false)),
+            keepalive_only: false,
+            leases_survive: AtomicBool::new(true),
         })
     }
 
@@ -40,6 +55,7 @@ impl Flaky {
             inner,
             unreachable: Arc::new(AtomicBool::new(false)),
             keepalive_only: true,
+            leases_survive: AtomicBool::new(false),
         })
     }
 
@@ -91,7 +107,12 @@ impl Store for Flaky {
         self.inner.grant_lease(ttl).await
     }
     async fn keep_alive(&self, lease: LeaseId) -> tandem_store::Result<Duration> {
-        self.check(true)?;
+        if let Err(e) = self.check(true) {
+            if self.leases_survive.load(Ordering::SeqCst) {
+                let _ = self.inner.keep_alive(lease).await;
+            }
+            return Err(e);
+        }
         self.inner.keep_alive(lease).await
     }
     async fn revoke_lease(&self, lease: LeaseId) -> tandem_store::Result<()> {
@@ -266,13 +287,18 @@ impl Pair {
     /// Starts h1 (the controller) then h2 and waits for a (h1) primary, b
     /// (h2) backup.
     pub async fn start() -> Pair {
+        Pair::start_with(Flaky::partitioned).await
+    }
+
+    /// The same, with links made by `link`.
+    pub async fn start_with(link: fn(Arc<dyn Store>) -> Arc<Flaky>) -> Pair {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("hooks.log");
         let topo =
             Arc::new(tandem_core::topology::parse("t.toml", &topology(&log)).expect("valid"));
         let store: Arc<dyn Store> = EmbeddedStore::in_memory();
-        let link1 = Flaky::partitioned(store.clone());
-        let link2 = Flaky::partitioned(store.clone());
+        let link1 = link(store.clone());
+        let link2 = link(store.clone());
         let l1 = Local::start(
             link1.clone(),
             topo.clone(),
