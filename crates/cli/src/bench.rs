@@ -56,6 +56,12 @@ enum BenchKind {
     /// proxy; and the proxy's latency and throughput against a direct
     /// connection.
     Proxy(Trials),
+    /// Production mode: kill -9 of the primary's agent process (its host)
+    /// → the backup on another host answers as primary.
+    HostLoss(crate::bench_hosts::HostLossArgs),
+    /// Production mode: etcd writes per managed instance and lease
+    /// keep-alives per host, in steady state.
+    EtcdLoad(crate::bench_hosts::EtcdLoadArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,6 +89,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Pool(t) => pool_bench(t.trials, t.json).await,
         BenchKind::Discovery(t) => client_bench(false, &t).await,
         BenchKind::Proxy(t) => client_bench(true, &t).await,
+        BenchKind::HostLoss(a) => crate::bench_hosts::host_loss(&a).await,
+        BenchKind::EtcdLoad(a) => crate::bench_hosts::etcd_load(&a).await,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct WarmPair {
     /// The agent port (`Default` picks a free one, so that pairs can run
     /// side by side).
     pub agent_port: u16,
+    /// The app's `stop_timeout`, if not the default.
+    pub stop_timeout_ms: Option<u64>,
 }
 
 impl Default for WarmPair {
@@ -63,12 +65,38 @@ impl Default for WarmPair {
             agent_port: std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_or(7400, |a| a.port()),
+            stop_timeout_ms: None,
         }
     }
 }
 
 /// The topology file (TOML) of a warm-standby pair of demo components.
 pub fn warm_pair(p: &WarmPair) -> String {
+    format!(
+        r#"[cluster]
+lease_ttl = "3s"
+renew_interval = "500ms"
+fence_margin = "1s"
+agent_port = {agent_port}
+
+[[sites]]
+name = "dc1"
+
+[[hosts]]
+name = "local"
+site = "dc1"
+address = "127.0.0.1"
+
+{app}"#,
+        agent_port = p.agent_port,
+        app = app_block(p, ["local", "local"]),
+    )
+}
+
+/// The `[apps.NAME]` tables of the pair `p`: instance `a` (priority 100)
+/// on `hosts[0]`, `b` (priority 50) on `hosts[1]`, for topologies that
+/// place them on hosts of their own.
+pub fn app_block(p: &WarmPair, hosts: [&str; 2]) -> String {
     let app = &p.app;
     let mut command = vec![
         "tandem".to_string(),
@@ -99,25 +127,15 @@ pub fn warm_pair(p: &WarmPair) -> String {
     } else {
         String::new()
     };
+    let stop_timeout = p
+        .stop_timeout_ms
+        .map(|ms| format!("stop_timeout = \"{ms}ms\"\n"))
+        .unwrap_or_default();
     format!(
-        r#"[cluster]
-lease_ttl = "3s"
-renew_interval = "500ms"
-fence_margin = "1s"
-agent_port = {agent_port}
-
-[[sites]]
-name = "dc1"
-
-[[hosts]]
-name = "local"
-site = "dc1"
-address = "127.0.0.1"
-
-[apps.{app}]
+        r#"[apps.{app}]
 ha = "{mode}"
 command = [{command}]
-
+{stop_timeout}
 [apps.{app}.restart]
 initial_backoff = "{backoff}ms"
 stable_after = "{stable}ms"
@@ -134,13 +152,13 @@ successes_before_healthy = {successes}
 {hook}
 [[apps.{app}.instances]]
 id = "a"
-host = "local"
+host = "{ha_}"
 priority = 100
 ports = {{ http = {pa} }}
 
 [[apps.{app}.instances]]
 id = "b"
-host = "local"
+host = "{hb}"
 priority = 50
 ports = {{ http = {pb} }}
 "#,
@@ -153,6 +171,7 @@ ports = {{ http = {pb} }}
         mode = p.mode,
         pa = p.ports[0],
         pb = p.ports[1],
-        agent_port = p.agent_port,
+        ha_ = hosts[0],
+        hb = hosts[1],
     )
 }

@@ -327,3 +327,83 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// One stretch of time in which one demo process acted as primary at one
+/// epoch, read from its journal: from its first line saying `primary` to
+/// the last one before it said anything else (or changed epoch).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PrimaryInterval {
+    /// Journal time (ms since the Unix epoch) of the first `primary` line.
+    pub first_ms: u64,
+    /// Journal time of the last `primary` line of the stretch.
+    pub last_ms: u64,
+    /// The instance id.
+    pub instance: String,
+    /// The process.
+    pub pid: u64,
+    /// The epoch it acted under.
+    pub epoch: u64,
+}
+
+/// Every primary interval recorded in the demo journals `paths` (missing
+/// files count as empty), sorted by start. A journal line whose role is
+/// `primary` (start, role, acting, notification, exit, ...) is evidence
+/// that the process acted as primary at that time; any other role ends
+/// the stretch.
+pub fn primary_intervals(paths: &[PathBuf]) -> Vec<PrimaryInterval> {
+    let mut out = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Open stretches by pid: several processes may append to one journal.
+        let mut open: std::collections::BTreeMap<u64, PrimaryInterval> = Default::default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let (Some(pid), Some(t), Some(epoch)) =
+                (v["pid"].as_u64(), v["t_ms"].as_u64(), v["epoch"].as_u64())
+            else {
+                continue;
+            };
+            let primary = v["role"] == "primary";
+            if let Some(cur) = open.get_mut(&pid) {
+                if primary && cur.epoch == epoch {
+                    cur.last_ms = cur.last_ms.max(t);
+                    continue;
+                }
+                out.extend(open.remove(&pid));
+            }
+            if primary {
+                open.insert(
+                    pid,
+                    PrimaryInterval {
+                        first_ms: t,
+                        last_ms: t,
+                        instance: v["instance"].as_str().unwrap_or("?").to_owned(),
+                        pid,
+                        epoch,
+                    },
+                );
+            }
+        }
+        out.extend(open.into_values());
+    }
+    out.sort();
+    out
+}
+
+/// The pairs (earlier, later) of `intervals` (sorted by start) in which the
+/// later one started before the earlier one ended: two primaries at once.
+pub fn overlapping_intervals(
+    intervals: &[PrimaryInterval],
+) -> Vec<(PrimaryInterval, PrimaryInterval)> {
+    let mut bad = Vec::new();
+    for (i, later) in intervals.iter().enumerate() {
+        for earlier in &intervals[..i] {
+            if later.first_ms <= earlier.last_ms {
+                bad.push((earlier.clone(), later.clone()));
+            }
+        }
+    }
+    bad
+}
