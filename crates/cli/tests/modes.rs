@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Up, alive, demo_get, free_port, signal};
+use common::{Up, alive, demo_get, free_port, overlapping_intervals, primary_intervals, signal};
 use tandem_api::types::{Health, Role};
 use tandem_client::SwitchoverOutcome;
 
@@ -104,35 +103,6 @@ async fn cold_standby_starts_the_spare_as_primary_when_the_primary_dies() {
 
 /// Per process (pid), the span of journal times in which it acted as
 /// primary.
-fn acting_spans(up: &Up, app: &str, ids: &[&str]) -> Vec<(u64, u64, u64, String)> {
-    let mut spans: BTreeMap<u64, (u64, u64, String)> = BTreeMap::new();
-    for id in ids {
-        let path = up.dir.path().join(format!("{app}.{id}.jsonl"));
-        for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let acting = v["role"] == "primary"
-                && matches!(v["event"].as_str(), Some("start" | "acting" | "role"));
-            if !acting {
-                continue;
-            }
-            let (Some(pid), Some(t)) = (v["pid"].as_u64(), v["t_ms"].as_u64()) else {
-                continue;
-            };
-            let e = spans.entry(pid).or_insert((t, t, id.to_string()));
-            e.0 = e.0.min(t);
-            e.1 = e.1.max(t);
-        }
-    }
-    let mut out: Vec<_> = spans
-        .into_iter()
-        .map(|(pid, (a, b, id))| (a, b, pid, id))
-        .collect();
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn singleton_never_runs_two_instances_through_kill_and_sigstop() {
     let p = ports(3);
@@ -190,19 +160,17 @@ async fn singleton_never_runs_two_instances_through_kill_and_sigstop() {
         "the frozen instance was stopped before another was started"
     );
 
-    let spans = acting_spans(&up, "daemon", &["a", "b", "c"]);
+    let paths: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|id| up.dir.path().join(format!("daemon.{id}.jsonl")))
+        .collect();
+    let intervals = primary_intervals(&paths);
     assert!(
-        spans.len() >= 5,
-        "expected at least 5 acting processes: {spans:?}"
+        intervals.len() >= 5,
+        "expected at least 5 acting processes: {intervals:?}"
     );
-    for pair in spans.windows(2) {
-        let (_, end, pid, id) = &pair[0];
-        let (start, _, pid2, id2) = &pair[1];
-        assert!(
-            end < start,
-            "{id} (pid {pid}) acted until {end} but {id2} (pid {pid2}) started acting at {start}: {spans:?}"
-        );
-    }
+    let overlaps = overlapping_intervals(&intervals);
+    assert!(overlaps.is_empty(), "two acted at once: {overlaps:?}");
     let last = up.client().app("daemon").await.expect("app");
     assert_eq!(
         last.instances.iter().filter(|i| i.pid.is_some()).count(),
