@@ -311,7 +311,8 @@ async fn pool_bench(trials: usize, as_json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -325,7 +326,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// (p50, p99, max, mean).
-fn stats(samples: &[f64]) -> (f64, f64, f64, f64) {
+pub(crate) fn stats(samples: &[f64]) -> (f64, f64, f64, f64) {
     let mut sorted = samples.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let mean = sorted.iter().sum::<f64>() / sorted.len().max(1) as f64;

@@ -17,7 +17,6 @@
 //! to run on one that holds another topology.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use tandem_demo::topology::{WarmPair, app_block};
 use tandem_store::Store;
 use tokio::time::Instant;
 
+use crate::bench::{free_port, stats};
 use crate::cluster::StoreArgs;
 
 /// The name of the topology these benches store (the stem of the file
@@ -92,10 +92,6 @@ type BenchApp = (String, [u16; 2]);
 /// Lease TTL, renew interval and fence margin (ms) for a TTL.
 fn timings(lease_ttl_ms: u64) -> (u64, u64, u64) {
     (lease_ttl_ms, lease_ttl_ms / 6, lease_ttl_ms / 3)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The topology: `pairs` warm-standby pairs `p0`, `p1`, ... of demo
@@ -342,19 +338,6 @@ fn host_of(id: &str) -> (&'static str, &'static str) {
     if id == "a" { HOSTS[0] } else { HOSTS[1] }
 }
 
-/// (p50, p99, max, mean) of `samples`.
-fn summary(samples: &[f64]) -> (f64, f64, f64, f64) {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let mean = sorted.iter().sum::<f64>() / sorted.len().max(1) as f64;
-    (
-        crate::bench::percentile(&sorted, 50.0),
-        crate::bench::percentile(&sorted, 99.0),
-        sorted.last().copied().unwrap_or(f64::NAN),
-        mean,
-    )
-}
-
 /// `tandem bench host-loss`.
 pub async fn host_loss(args: &HostLossArgs) -> anyhow::Result<ExitCode> {
     if args.trials == 0 {
@@ -439,7 +422,7 @@ pub async fn host_loss(args: &HostLossArgs) -> anyhow::Result<ExitCode> {
     rig.stop().await;
     result?;
 
-    let (p50, p99, max, mean) = summary(&samples);
+    let (p50, p99, max, mean) = stats(&samples);
     if args.json {
         println!(
             "{}",
