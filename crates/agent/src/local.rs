@@ -48,6 +48,9 @@ pub fn local_hosts(topology: &Topology) -> Vec<String> {
 /// How long the controller waits for every local agent to hold its lease.
 pub const STARTUP_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// An agent's session as its controller candidate follows it.
+type Session = tokio::sync::watch::Receiver<Option<tandem_store::LeaseId>>;
+
 /// Options of [`Local::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct LocalOptions {
@@ -64,10 +67,7 @@ pub struct Local {
     cancel: CancellationToken,
     store: Arc<dyn Store>,
     agents: Vec<AgentHandle>,
-    sessions: Vec<(
-        String,
-        tokio::sync::watch::Receiver<Option<tandem_store::LeaseId>>,
-    )>,
+    sessions: Vec<(String, Session)>,
     /// Cancels the controller candidates (a new topology restarts them).
     candidates: CancellationToken,
 }
@@ -156,16 +156,7 @@ impl Local {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::timeout(STARTUP_SETTLE, all_up) => {}
                 }
-                let candidates = sessions.into_iter().map(|(host, rx)| {
-                    controller::run_candidate(
-                        store.clone(),
-                        topology.clone(),
-                        host,
-                        rx,
-                        cancel.clone(),
-                    )
-                });
-                futures::future::join_all(candidates).await;
+                run_candidates(store, topology, sessions, cancel).await;
             }
         })];
         Ok(Local {
@@ -189,20 +180,12 @@ impl Local {
         }
         self.candidates.cancel();
         self.candidates = self.cancel.child_token();
-        let cancel = self.candidates.clone();
-        let candidates = self.sessions.clone().into_iter().map(|(host, rx)| {
-            controller::run_candidate(
-                self.store.clone(),
-                topology.clone(),
-                host,
-                rx,
-                cancel.clone(),
-            )
-        });
-        let all = futures::future::join_all(candidates);
-        self.side.push(tokio::spawn(async move {
-            all.await;
-        }));
+        self.side.push(tokio::spawn(run_candidates(
+            self.store.clone(),
+            topology,
+            self.sessions.clone(),
+            self.candidates.clone(),
+        )));
     }
 
     /// Stops every instance, then every agent; returns once all are done.
@@ -224,4 +207,17 @@ impl Local {
             None => Ok(()),
         }
     }
+}
+
+/// Runs a controller candidate for each (host, session) until `cancel`.
+async fn run_candidates(
+    store: Arc<dyn Store>,
+    topology: Arc<Topology>,
+    sessions: Vec<(String, Session)>,
+    cancel: CancellationToken,
+) {
+    let candidates = sessions.into_iter().map(|(host, rx)| {
+        controller::run_candidate(store.clone(), topology.clone(), host, rx, cancel.clone())
+    });
+    futures::future::join_all(candidates).await;
 }
