@@ -578,7 +578,6 @@ impl Agent {
             }
         }
         self.replace_stopped();
-        self.refresh();
     }
 
     /// Starts a just-added local instance: fenced if the host is, told its
@@ -602,6 +601,7 @@ impl Agent {
         if self.stopping {
             return;
         }
+        let mut removed = false;
         for i in 0..self.locals.len() {
             let l = &mut self.locals[i];
             if !l.retired || l.gone || !l.machine.is_stopped() {
@@ -610,14 +610,19 @@ impl Agent {
             l.gone = true;
             match l.replacement.take() {
                 Some((app, inst)) => {
+                    // Starting it feeds it, which refreshes the view.
                     let j = self.add_local(app, inst, self.session.unwrap_or_default());
                     self.start_local(j);
                 }
                 None => {
                     let key = keys::status(&l.app.name, &l.instance.id);
                     self.publisher.delete(key);
+                    removed = true;
                 }
             }
+        }
+        if removed {
+            self.refresh();
         }
     }
 
@@ -890,7 +895,6 @@ impl Agent {
                 self.fence_instance(i);
             }
         }
-        self.refresh();
     }
 
     /// Asks, for every app with a primary here, every other agent running
