@@ -354,13 +354,9 @@ fn judge_primary(s: &InstanceStatus, id: &str, roles: Option<&AppRoles>) -> (Ver
         );
     };
     if let Some(grant) = roles.primary.as_ref().filter(|g| g.instance == id) {
-        // The same test as the API's acknowledged primary: the granted
-        // incarnation, in this agent session, acknowledged at the granted
-        // epoch (a promotion in flight still reports the old epoch).
-        if s.acting_epoch != grant.epoch
-            || s.incarnation != grant.incarnation
-            || s.session != grant.session
-        {
+        // The same test as the API's acknowledged primary (a promotion in
+        // flight still reports the old epoch).
+        if !s.has_acknowledged(grant) {
             return (
                 Verdict::Down,
                 format!(

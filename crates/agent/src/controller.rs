@@ -405,11 +405,7 @@ impl Leader {
                     .and_then(|(r, _)| r.primary.as_ref())
                     .filter(|g| g.instance == instance);
                 let acked = |s: Option<&InstanceStatus>, g: &tandem_core::model::PrimaryGrant| {
-                    s.is_some_and(|s| {
-                        s.process == tandem_core::model::ProcessState::Running
-                            && s.acting == tandem_core::model::Role::Primary
-                            && s.acting_epoch == g.epoch
-                    })
+                    s.is_some_and(|s| s.has_acknowledged(g))
                 };
                 if let Some(g) = grant
                     && acked(new.as_ref(), g)

@@ -159,11 +159,7 @@ pub(crate) fn acknowledged_primary<'a, 's>(
     let grant = roles?.primary.as_ref()?;
     app.instance(&grant.instance)?;
     let status = status_of(&grant.instance)?;
-    let acknowledged = status.may_act_as_primary()
-        && status.acting_epoch == grant.epoch
-        && status.incarnation == grant.incarnation
-        && status.session == grant.session;
-    acknowledged.then_some(grant)
+    status.has_acknowledged(grant).then_some(grant)
 }
 
 /// The port clients should use: the one named `main`, else the one whose

@@ -184,6 +184,16 @@ impl InstanceStatus {
         self.process == ProcessState::Running && self.acting == Role::Primary
     }
 
+    /// True if this process has acknowledged `grant`: it runs, acts as
+    /// primary at the grant's epoch, and is the incarnation and agent
+    /// session the grant was made for.
+    pub fn has_acknowledged(&self, grant: &PrimaryGrant) -> bool {
+        self.may_act_as_primary()
+            && self.acting_epoch == grant.epoch
+            && self.incarnation == grant.incarnation
+            && self.session == grant.session
+    }
+
     /// True if it could take the primary role: running, healthy, and not
     /// crash-looping.
     pub fn eligible(&self) -> bool {
