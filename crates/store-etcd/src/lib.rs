@@ -107,6 +107,7 @@ mod convert;
 mod error;
 mod options;
 mod pool;
+pub mod testing;
 mod watch;
 
 use std::collections::HashMap;

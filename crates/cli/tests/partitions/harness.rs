@@ -313,36 +313,15 @@ name = "dc1"
             .iter()
             .map(|m| format!("{}=http://{}:{ETCD_PEER_PORT}", m.name, m.addr))
             .collect();
-        let data = self.dir.path().join("etcd").join(name);
-        [
-            "--name",
+        tandem_store_etcd::testing::Member {
             name,
-            "--data-dir",
-            &data.display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &initial.join(","),
-            "--initial-cluster-token",
-            "tandem-partitions",
-            "--initial-cluster-state",
-            "new",
-            // As etcd >= 3.5 by default: a returning member does not disrupt the leader.
-            "--pre-vote",
-            "--logger",
-            "zap",
-            "--log-outputs",
-            "stderr",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            client_url: &client,
+            peer_url: &peer,
+            initial_cluster: &initial.join(","),
+            token: "tandem-partitions",
+            data_dir: &self.dir.path().join("etcd").join(name),
+        }
+        .args()
     }
 
     /// Starts member `i` (again, from its data directory).

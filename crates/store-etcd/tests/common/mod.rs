@@ -224,38 +224,16 @@ impl Cluster {
         let client = self.endpoint(i);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
-        let mut args: Vec<String> = [
-            "--name",
-            &m.name,
-            "--data-dir",
-            &self.data.join(&m.name).display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &initial.join(","),
-            "--initial-cluster-token",
-            &self.token,
-            "--initial-cluster-state",
-            "new",
-            // As etcd >= 3.5 by default: a member that was cut off does not
-            // disrupt the leader when it returns.
-            "--pre-vote",
-            "--logger",
-            "zap",
-            "--log-outputs",
-            "stderr",
-            "--listen-metrics-urls",
-            &metrics,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = tandem_store_etcd::testing::Member {
+            name: &m.name,
+            client_url: &client,
+            peer_url: &peer,
+            initial_cluster: &initial.join(","),
+            token: &self.token,
+            data_dir: &self.data.join(&m.name),
+        }
+        .args();
+        args.extend(["--listen-metrics-urls".to_owned(), metrics]);
         if let Some(tls) = &self.tls {
             for (flag, path) in [
                 ("--cert-file", &tls.cert),
