@@ -7,12 +7,20 @@
 //! anything. Children get `PR_SET_PDEATHSIG = SIGKILL`: if the agent dies,
 //! its instances die with it and cannot go on acting on a role nobody
 //! renews.
+//!
+//! The kernel sends that signal when the *thread* that forked the child
+//! ends, not the process (prctl(2)). A runtime's threads come and go (a
+//! worker that entered `block_in_place` becomes a blocking-pool thread and
+//! ends after its idle keep-alive), so every child is forked by one
+//! spawner thread that lives as long as the process ([`spawn`]).
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -117,8 +125,51 @@ pub fn spawn(
             Ok(())
         });
     }
-    cmd.spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("{first}: {e}")))
+    let first = first.clone();
+    on_spawner_thread(move || {
+        cmd.spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{first}: {e}")))
+    })
+}
+
+/// A job for the spawner thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `spawn` (a fork and exec) on the spawner thread, with the caller's
+/// tokio runtime entered so the child is registered with it, and returns
+/// its result. Must be called from within a runtime.
+fn on_spawner_thread(
+    spawn: impl FnOnce() -> io::Result<tokio::process::Child> + Send + 'static,
+) -> io::Result<tokio::process::Child> {
+    static SPAWNER: OnceLock<io::Result<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        // The sender lives in a static and is never dropped: the thread
+        // ends only with the process, so `PR_SET_PDEATHSIG` fires only then.
+        std::thread::Builder::new()
+            .name("tandem-spawner".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map(|_| tx)
+    });
+    let tx = spawner
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the spawner thread: {e}")))?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| io::Error::other(format!("no runtime to register the child with: {e}")))?;
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _entered = runtime.enter();
+        let _ = reply_tx.send(spawn());
+    });
+    tx.send(job)
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
 }
 
 /// How a process ended, in words.
