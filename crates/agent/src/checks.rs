@@ -355,7 +355,7 @@ fn judge_primary(s: &InstanceStatus, id: &str, roles: Option<&AppRoles>) -> (Ver
     };
     if let Some(grant) = roles.primary.as_ref().filter(|g| g.instance == id) {
         // The same test as the API's acknowledged primary (a promotion in
-        // flight still reports the old epoch).
+        // flight reports the new epoch, but as promoting).
         if !s.has_acknowledged(grant) {
             return (
                 Verdict::Down,
@@ -779,6 +779,7 @@ mod tests {
             health_detail: (health == Health::Unhealthy).then(|| "GET /health timed out".into()),
             acting,
             acting_epoch: epoch,
+            promoting: false,
             crash_looping: false,
             restarts: 0,
             last_exit: None,

@@ -129,6 +129,7 @@ fn instance_document(
         priority: instance.priority,
         role: status.map_or(Role::Stopped, |s| s.acting),
         epoch: status.map(|s| s.acting_epoch),
+        promoting: status.is_some_and(|s| s.promoting),
         pid: status.and_then(|s| s.pid),
         health: status.map_or(Health::Unknown, |s| s.health),
         health_detail: status.and_then(|s| s.health_detail.clone()),
@@ -275,6 +276,7 @@ ports = { main = 15432, aux = 15433 }
             health_detail: None,
             acting,
             acting_epoch: epoch,
+            promoting: false,
             crash_looping: false,
             restarts: 1,
             last_exit: Some("exited with code 1".into()),
@@ -322,6 +324,35 @@ ports = { main = 15432, aux = 15433 }
         assert_eq!(web.instances[1].address, "10.0.0.2");
         assert_eq!(web.instances[0].priority, 100);
         assert_eq!(web.instances[0].ports.get("http"), Some(&18081));
+    }
+
+    #[test]
+    fn a_promotion_in_flight_shows_its_epoch_and_is_not_yet_the_primary() {
+        let t = topology();
+        let promoting = InstanceStatus {
+            promoting: true,
+            ..status(Role::Primary, 5)
+        };
+        let statuses = listing(vec![
+            kv(&keys::status("web", "a"), &status(Role::Backup, 4)),
+            kv(&keys::status("web", "b"), &promoting),
+        ]);
+        let roles = listing(vec![kv(&keys::roles("web"), &roles_with_primary("b", 5))]);
+        let doc = status_document(&t, "embedded", &statuses, &roles);
+        let b = &doc.apps[0].instances[1];
+        assert_eq!(
+            (b.role, b.epoch, b.promoting),
+            (Role::Primary, Some(5), true)
+        );
+        assert_eq!(doc.apps[0].primary, None, "not acknowledged yet");
+        // Once acknowledged, it is.
+        let statuses = listing(vec![kv(
+            &keys::status("web", "b"),
+            &status(Role::Primary, 5),
+        )]);
+        let doc = status_document(&t, "embedded", &statuses, &roles);
+        assert_eq!(doc.apps[0].primary.as_deref(), Some("b"));
+        assert!(!doc.apps[0].instances[1].promoting);
     }
 
     #[test]
@@ -387,6 +418,7 @@ ports = { main = 15432, aux = 15433 }
                 "older epoch",
                 InstanceStatus {
                     acting_epoch: 4,
+                    promoting: false,
                     ..ok.clone()
                 },
             ),

@@ -81,6 +81,10 @@ pub struct InstanceDoc {
     pub role: Role,
     /// The epoch that came with `role`.
     pub epoch: Option<u64>,
+    /// The primary role at `epoch` is being delivered and not yet
+    /// acknowledged (the instance does not serve yet).
+    #[serde(default)]
+    pub promoting: bool,
     /// Its pid while running.
     pub pid: Option<u32>,
     /// Its health.

@@ -177,6 +177,7 @@ fn status(acting: Role, epoch: u64) -> InstanceStatus {
         health_detail: None,
         acting,
         acting_epoch: epoch,
+        promoting: false,
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -570,7 +570,7 @@ async fn read_pair(
         }
     };
     let p = status(&grant.instance).await?;
-    if p.acting != Role::Primary || p.acting_epoch != grant.epoch {
+    if p.acting != Role::Primary || p.acting_epoch != grant.epoch || p.promoting {
         return None;
     }
     let backup = ports.keys().find(|id| **id != grant.instance)?;

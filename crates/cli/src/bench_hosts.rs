@@ -286,6 +286,7 @@ impl Rig {
         let b = status(other(&grant.instance)).await?;
         let settled = p.acting == Role::Primary
             && p.acting_epoch == grant.epoch
+            && !p.promoting
             && b.process == ProcessState::Running
             && b.health == Health::Healthy
             && b.acting == Role::Backup

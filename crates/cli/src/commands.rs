@@ -34,7 +34,11 @@ pub fn status_table(doc: &StatusDoc) -> String {
                 app.ha.to_string(),
                 i.id.clone(),
                 i.host.clone(),
-                i.role.to_string(),
+                if i.promoting {
+                    format!("{} (promoting)", i.role)
+                } else {
+                    i.role.to_string()
+                },
                 i.epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
                 i.health.to_string(),
                 i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),

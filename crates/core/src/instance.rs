@@ -292,13 +292,15 @@ impl InstanceMachine {
             Proc::Idle | Proc::Stopped => ProcessState::Stopped,
         };
         let running = process == ProcessState::Running;
-        let promoting = matches!(
-            self.hook,
+        // A promotion in flight may already have taken effect: it counts as
+        // acting, at the epoch being delivered.
+        let promoting = match self.hook {
             HookState::InFlight {
                 role: Role::Primary,
-                ..
-            }
-        );
+                epoch,
+            } if running => Some(epoch),
+            _ => None,
+        };
         InstanceStatus {
             host: self.host.clone(),
             process,
@@ -315,8 +317,7 @@ impl InstanceMachine {
                 .trackers
                 .iter()
                 .find_map(|t| t.last_failure().map(str::to_string)),
-            // A promotion in flight may already have taken effect.
-            acting: if running && promoting {
+            acting: if promoting.is_some() {
                 Role::Primary
             } else if running {
                 self.acting
@@ -327,7 +328,8 @@ impl InstanceMachine {
             } else {
                 Role::Stopped
             },
-            acting_epoch: self.acting_epoch,
+            acting_epoch: promoting.unwrap_or(self.acting_epoch),
+            promoting: promoting.is_some(),
             crash_looping: self.crash_looping,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),

@@ -166,8 +166,14 @@ pub struct InstanceStatus {
     pub health_detail: Option<String>,
     /// The role the running process has been told and acknowledged.
     pub acting: Role,
-    /// The epoch that came with `acting`.
+    /// The epoch that came with `acting`. Never 0 while `acting` is
+    /// `primary`: a promotion being delivered reports its new epoch.
     pub acting_epoch: u64,
+    /// The primary role at `acting_epoch` is being delivered (its hook is in
+    /// flight) and not yet acknowledged: the process may already act on it,
+    /// so `acting` says `primary`, but it does not serve yet.
+    #[serde(default)]
+    pub promoting: bool,
     /// Restarted too often in a row: never promoted until stable again.
     pub crash_looping: bool,
     /// Restarts since the agent started.
@@ -189,6 +195,7 @@ impl InstanceStatus {
     /// session the grant was made for.
     pub fn has_acknowledged(&self, grant: &PrimaryGrant) -> bool {
         self.may_act_as_primary()
+            && !self.promoting
             && self.acting_epoch == grant.epoch
             && self.incarnation == grant.incarnation
             && self.session == grant.session

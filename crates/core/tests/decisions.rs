@@ -380,6 +380,7 @@ fn st(acting: Role, health: Health) -> InstanceStatus {
         health_detail: (health == Health::Unhealthy).then(|| "GET /health timed out".into()),
         acting,
         acting_epoch: 1,
+        promoting: false,
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -48,6 +48,7 @@ fn status(crash_looping: bool) -> InstanceStatus {
         health_detail: None,
         acting: Role::Active,
         acting_epoch: 0,
+        promoting: false,
         crash_looping,
         restarts: 0,
         last_exit: None,

@@ -14,9 +14,11 @@
 //!   as fenced;
 //! - cold standby and singleton: at most one process is alive at all,
 //!   frozen or not;
+//! - every published status that says `primary` carries an epoch that was
+//!   granted to that instance (never 0, never another's);
 //! - after the faults stop, the app converges to exactly one primary.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -86,6 +88,8 @@ struct World {
     inbox: Vec<VecDeque<AppRoles>>,
     last_epoch: u64,
     intents: u64,
+    /// Every (instance, epoch) ever granted.
+    granted: BTreeSet<(String, u64)>,
 }
 
 fn app(n: usize, priorities: &[i64]) -> App {
@@ -165,6 +169,7 @@ impl World {
             inbox: vec![VecDeque::new(); n],
             last_epoch: 0,
             intents: 0,
+            granted: BTreeSet::new(),
             app,
         };
         for i in 0..n {
@@ -192,7 +197,16 @@ impl World {
     fn publish(&mut self, i: usize) {
         if self.connected[i] {
             let id = self.id(i);
-            self.store.insert(id, self.machines[i].status());
+            let status = self.machines[i].status();
+            if status.acting == Role::Primary {
+                assert!(
+                    self.granted.contains(&(id.clone(), status.acting_epoch)),
+                    "{id} published primary at epoch {}, never granted to it (grants: {:?}): {status:?}",
+                    status.acting_epoch,
+                    self.granted
+                );
+            }
+            self.store.insert(id, status);
         }
     }
 
@@ -304,6 +318,7 @@ impl World {
                 self.last_epoch
             );
             self.last_epoch = g.epoch;
+            self.granted.insert((g.instance.clone(), g.epoch));
         }
         let primaries = d
             .roles
