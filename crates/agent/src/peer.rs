@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tandem_core::model::{AppRoles, InstanceStatus};
 use tandem_core::topology::HaMode;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -58,33 +58,7 @@ pub struct InstanceView {
     pub fenced: bool,
 }
 
-/// A failsafe confirmation request, from the agent of a primary that
-/// cannot renew its lease.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FailsafeAsk {
-    /// The asking host.
-    pub from: String,
-    /// The app whose primary runs on the asking host.
-    pub app: String,
-    /// How long the asked agent must refuse any promotion of `app`,
-    /// counted from when it receives the request.
-    pub hold_ms: u64,
-}
-
-/// The answer to a [`FailsafeAsk`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FailsafeAnswer {
-    /// The answering host.
-    pub host: String,
-    /// True if the answering agent can reach the store itself: then the
-    /// asking primary must step down (the controller can replace it).
-    pub store_reachable: bool,
-    /// Set when the agent promised: it refuses every promotion of the app
-    /// for this long from receipt.
-    pub promised_ms: Option<u64>,
-    /// Why it did not promise, if it did not.
-    pub refused: Option<String>,
-}
+pub use tandem_core::host::{FailsafeAnswer, FailsafeAsk};
 
 /// What the handlers ask of the agent's loop.
 #[derive(Debug)]

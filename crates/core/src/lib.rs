@@ -16,6 +16,7 @@
 
 pub mod controller;
 pub mod health;
+pub mod host;
 pub mod instance;
 pub mod model;
 pub mod topology;
