@@ -606,3 +606,51 @@ fn stop_stops_every_instance_for_good() {
     run(&mut m, s, MS);
     assert!(m.stopped());
 }
+
+#[test]
+fn a_grant_held_by_this_hosts_own_extension_is_applied_once_a_renewal_ends_it() {
+    // web/a here is primary, the store is lost, every peer confirms.
+    let mut m = primary(false);
+    m.handle(HostInput::Lease(LeaseInput::Failed), 600 * MS);
+    m.handle(HostInput::Tick, 600 * MS);
+    m.handle(
+        HostInput::Answers(vec![vec![promise("h2", 3000)]]),
+        650 * MS,
+    );
+    // a crashes and restarts; the controller grants it again (a new
+    // incarnation): held back by this host's own extension.
+    let s = m.handle(
+        HostInput::Instance(
+            0,
+            Input::Exited {
+                how: "killed by signal 9".into(),
+            },
+        ),
+        700 * MS,
+    );
+    run(&mut m, s, 700 * MS);
+    let s = m.handle(HostInput::Tick, 900 * MS);
+    run(&mut m, s, 900 * MS);
+    let mut regrant = grant_web("a", 2, 2);
+    if let HostInput::Assigned { roles, .. } = &mut regrant {
+        roles.primary.as_mut().expect("grant").incarnation = 2;
+    }
+    let s = m.handle(regrant, 1000 * MS);
+    assert_eq!(notes(&s), ["promotion_held"]);
+    // The store answers again: the extension ends, and so does the hold.
+    m.handle(renewed(1100 * MS), 1100 * MS);
+    assert_eq!(m.next_wakeup(), Some(Duration::ZERO));
+    let s = m.handle(HostInput::Tick, 1100 * MS);
+    assert_eq!(notes(&s)[0], "hold_ended");
+    assert!(s.actions.iter().any(|a| matches!(
+        a,
+        HostAction::Instance(
+            0,
+            Action::RunHook {
+                role: Role::Primary,
+                epoch: 2,
+                ..
+            }
+        )
+    )));
+}

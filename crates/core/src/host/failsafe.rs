@@ -163,11 +163,12 @@ impl HostMachine {
         }
     }
 
-    /// When the first held-back assignment may be applied.
+    /// When the first held-back assignment may be applied: at once for one
+    /// whose hold is gone (a renewal ended the extension that held it).
     pub(super) fn next_hold_release(&self) -> Option<Duration> {
         self.deferred
             .keys()
-            .filter_map(|app| self.held_until(app))
+            .map(|app| self.held_until(app).unwrap_or_default())
             .min()
     }
 
