@@ -40,30 +40,9 @@ use crate::model::{
     AppRoles, EventDraft, EventKind, Health, InstanceStatus, Intent, IntentKind, IntentState,
     PendingSwitchover, PrimaryGrant, ProcessState, Role, SteppingDown,
 };
-use crate::topology::{App, HaMode};
+use crate::topology::App;
 
-/// How a mode runs its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
-    /// All run; the primary role is given and taken through the hook.
-    Hooked,
-    /// An instance runs only while it holds the primary grant.
-    OnGrant,
-    /// An instance runs while it is assigned `active`.
-    OnAssign,
-    /// All run, always in the mode's one role.
-    Always,
-}
-
-/// How `ha` runs its instances.
-pub fn style(ha: HaMode) -> Style {
-    match ha {
-        HaMode::WarmStandby | HaMode::HotStandby => Style::Hooked,
-        HaMode::ColdStandby | HaMode::Singleton => Style::OnGrant,
-        HaMode::NPlus1 => Style::OnAssign,
-        HaMode::None | HaMode::Pool => Style::Always,
-    }
-}
+pub use crate::mode::{Style, default_role, style};
 
 /// What [`decide`] looks at for one app.
 #[derive(Debug, Clone, Copy)]
@@ -92,16 +71,6 @@ pub struct Decision {
     pub events: Vec<EventDraft>,
     /// The intent's new state, if it changed.
     pub intent: Option<IntentState>,
-}
-
-/// The role an instance of an app in `ha` mode has when it is not primary.
-pub fn default_role(ha: HaMode) -> Role {
-    match ha {
-        HaMode::WarmStandby | HaMode::HotStandby => Role::Backup,
-        HaMode::ColdStandby | HaMode::Singleton | HaMode::NPlus1 => Role::Standby,
-        HaMode::None => Role::Active,
-        HaMode::Pool => Role::Free,
-    }
 }
 
 /// Decides the roles of one app.
@@ -445,34 +414,12 @@ fn grant_broken(app: &App, grant: &PrimaryGrant, s: Option<&InstanceStatus>) -> 
     }
 }
 
-/// Could `s` take the primary role now? On-grant modes accept a
-/// crash-looping instance (its agent paces the start with its backoff), but
-/// only when nothing better exists: see [`best_candidate`].
-fn fit(app: &App, s: &InstanceStatus) -> bool {
-    match style(app.ha) {
-        Style::OnGrant => !s.process.is_live(),
-        _ => s.eligible(),
-    }
-}
-
-/// True if this instance may be acting as primary without holding the
-/// grant (defence in depth: none should).
-fn may_act(app: &App, s: &InstanceStatus) -> bool {
-    match style(app.ha) {
-        Style::OnGrant => s.process.is_live(),
-        _ => s.may_act_as_primary(),
-    }
-}
-
 /// The grant `s` would get.
 fn grant_for(app: &App, id: &str, s: &InstanceStatus, epoch: u64) -> PrimaryGrant {
     PrimaryGrant {
         instance: id.to_string(),
         epoch,
-        incarnation: match style(app.ha) {
-            Style::OnGrant => s.incarnation + 1,
-            _ => s.incarnation,
-        },
+        incarnation: style(app.ha).granted_incarnation(s),
         session: s.session,
     }
 }
@@ -494,7 +441,7 @@ fn best_candidate<'a>(
             .filter(|i| !skip_avoided || Some(i.id.as_str()) != avoid)
             .filter_map(|i| {
                 let s = status.get(&i.id)?;
-                (fit(app, s) && (allow_looping || !s.crash_looping)).then_some((i, s))
+                (style(app.ha).fit(s) && (allow_looping || !s.crash_looping)).then_some((i, s))
             })
             .max_by(|(a, _), (b, _)| a.priority.cmp(&b.priority).then_with(|| b.id.cmp(&a.id)))
             .map(|(i, s)| (i.id.as_str(), s))
@@ -614,7 +561,7 @@ fn decide_primary(input: &AppInput<'_>) -> Decision {
             .or_else(|| {
                 app.instances
                     .iter()
-                    .find(|i| status.get(&i.id).is_some_and(|s| may_act(app, s)))
+                    .find(|i| status.get(&i.id).is_some_and(|s| style(app.ha).may_act(s)))
                     .map(|i| i.id.as_str())
             });
         if let Some(still) = still {
@@ -622,7 +569,7 @@ fn decide_primary(input: &AppInput<'_>) -> Decision {
         } else {
             let mut choice = None;
             if let Some(sw) = next.switchover.take() {
-                match status.get(&sw.to).filter(|s| fit(app, s)) {
+                match status.get(&sw.to).filter(|s| style(app.ha).fit(s)) {
                     Some(s) => {
                         choice = Some((
                             sw.to.clone(),

@@ -30,8 +30,8 @@
 
 use std::time::Duration;
 
-use crate::controller::{Style, default_role, style};
 use crate::health::{CheckTracker, combine};
+use crate::mode::{Style, default_role, reports_load, spawn_role, style};
 use crate::model::{Health, InstanceStatus, ProcessState, Role};
 use crate::topology::{HaMode, RestartPolicy};
 
@@ -471,7 +471,7 @@ impl InstanceMachine {
             }
             Input::Load { incarnation, busy } => {
                 let role = if busy { Role::Busy } else { Role::Free };
-                if self.ha == HaMode::Pool
+                if reports_load(self.ha)
                     && self.proc == Proc::Running
                     && incarnation == self.incarnation
                     && self.acting != role
@@ -605,39 +605,22 @@ impl InstanceMachine {
 
     /// Whether a process that is not running should be started now.
     fn should_start(&self) -> bool {
-        match self.style {
-            Style::Hooked | Style::Always => true,
-            Style::OnGrant => {
-                self.desired_role == Role::Primary
-                    && !self.fenced
-                    && self.desired_grant == Some((self.incarnation + 1, self.session))
-            }
-            Style::OnAssign => self.desired_role == Role::Active,
-        }
+        let granted =
+            !self.fenced && self.desired_grant == Some((self.incarnation + 1, self.session));
+        self.style.runs(self.desired_role, granted)
     }
 
     /// Whether the running process may go on running.
     fn should_keep_running(&self) -> bool {
-        match self.style {
-            Style::Hooked | Style::Always => true,
-            Style::OnGrant => {
-                self.desired_role == Role::Primary
-                    && !self.fenced
-                    && self.desired_grant == Some((self.incarnation, self.session))
-            }
-            Style::OnAssign => self.desired_role == Role::Active,
-        }
+        let granted = !self.fenced && self.desired_grant == Some((self.incarnation, self.session));
+        self.style.runs(self.desired_role, granted)
     }
 
     fn spawn(&mut self, step: &mut Step) {
         self.incarnation += 1;
         self.proc = Proc::Spawning;
         self.hook = HookState::Idle;
-        let role = match self.style {
-            Style::OnGrant => Role::Primary,
-            Style::OnAssign => Role::Active,
-            Style::Hooked | Style::Always => default_role(self.ha),
-        };
+        let role = spawn_role(self.ha);
         self.acting = role;
         self.acting_epoch = self.desired_epoch;
         step.act(Action::Spawn {
