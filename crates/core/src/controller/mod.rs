@@ -47,7 +47,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{AppRoles, EventDraft, InstanceStatus, Intent, IntentState};
+use crate::model::{AppRoles, EventDraft, InstanceStatus, Intent, IntentState, Role};
 use crate::topology::App;
 
 pub use crate::mode::{Style, default_role, style};
@@ -126,10 +126,31 @@ impl Decision {
     /// Keeps the stored reason and drops events when nothing is written.
     fn settle(mut self, before: &AppRoles) -> Decision {
         if !self.changed && self.intent.is_none() {
-            self.roles.reason = before.reason.clone();
+            if self.roles.reason != before.reason {
+                self.roles.reason.clone_from(&before.reason);
+            }
             self.events.clear();
         }
         self
+    }
+}
+
+/// Makes `roles` say `role_of` each instance of `app`, and nothing else.
+/// A map that already says exactly that is left as it is (a decision that
+/// changes nothing allocates nothing here).
+fn assign_roles(roles: &mut BTreeMap<String, Role>, app: &App, role_of: impl Fn(&str) -> Role) {
+    let same = roles.len() == app.instances.len()
+        && app
+            .instances
+            .iter()
+            .all(|i| roles.get(&i.id) == Some(&role_of(&i.id)))
+        && roles.keys().all(|id| app.instance(id).is_some());
+    if !same {
+        *roles = app
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), role_of(&i.id)))
+            .collect();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AppInput, Decision, pending};
+use super::{AppInput, Decision, assign_roles, pending};
 use crate::model::{EventDraft, EventKind, InstanceStatus, IntentState, Role};
 use crate::topology::App;
 
@@ -30,18 +30,14 @@ pub(super) fn decide_n_plus_1(input: &AppInput<'_>) -> Decision {
     next.primary = None;
     next.stepping_down = None;
     next.switchover = None;
-    next.roles = app
-        .instances
-        .iter()
-        .map(|i| {
-            let role = if keep.contains(&i.id.as_str()) {
-                Role::Active
-            } else {
-                Role::Standby
-            };
-            (i.id.clone(), role)
-        })
-        .collect();
+    let role_of = |id: &str| {
+        if keep.contains(&id) {
+            Role::Active
+        } else {
+            Role::Standby
+        }
+    };
+    assign_roles(&mut next.roles, app, role_of);
     let mut d = Decision::new(input.roles, next);
     if d.changed {
         d.roles.reason = reason(name, &keep, want);

@@ -1,7 +1,7 @@
 //! Apps without a primary whose instances all run in one role (`none`,
 //! `pool`).
 
-use super::{AppInput, Decision, default_role, pending};
+use super::{AppInput, Decision, assign_roles, default_role, pending};
 use crate::model::IntentState;
 
 /// Every instance has its mode's default role.
@@ -11,12 +11,7 @@ pub(super) fn decide_static(input: &AppInput<'_>) -> Decision {
     roles.primary = None;
     roles.stepping_down = None;
     roles.switchover = None;
-    roles.roles = input
-        .app
-        .instances
-        .iter()
-        .map(|i| (i.id.clone(), role))
-        .collect();
+    assign_roles(&mut roles.roles, input.app, |_| role);
     let mut d = Decision::new(input.roles, roles);
     if d.changed {
         d.roles.reason = format!("every instance of a {} app is {role}", input.app.ha);

@@ -10,12 +10,13 @@ impl Pass<'_, '_> {
     pub(super) fn check_grant(&mut self) {
         let input = self.input;
         let name = input.app.name.as_str();
-        let Some(grant) = self.next.primary.clone() else {
+        let Some(grant) = &self.next.primary else {
             return;
         };
-        let Some(why) = grant_broken(input.app, &grant, input.status.get(&grant.instance)) else {
+        let Some(why) = grant_broken(input.app, grant, input.status.get(&grant.instance)) else {
             return;
         };
+        let grant = grant.clone();
         self.withdraw();
         self.next.reason = format!("primary {name}/{} failed: {why}", grant.instance);
         self.failure = Some(self.next.reason.clone());
