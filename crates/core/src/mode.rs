@@ -111,3 +111,47 @@ impl Style {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_mode_has_the_style_and_roles_of_the_table() {
+        use HaMode::*;
+        use Role::*;
+        let table = [
+            (WarmStandby, Style::Hooked, Backup, Backup),
+            (HotStandby, Style::Hooked, Backup, Backup),
+            (ColdStandby, Style::OnGrant, Standby, Primary),
+            (Singleton, Style::OnGrant, Standby, Primary),
+            (NPlus1, Style::OnAssign, Standby, Active),
+            (None, Style::Always, Active, Active),
+            (Pool, Style::Always, Free, Free),
+        ];
+        assert_eq!(table.len(), HaMode::ALL.len());
+        for (ha, s, not_primary, starts_as) in table {
+            assert_eq!(
+                (style(ha), default_role(ha), spawn_role(ha)),
+                (s, not_primary, starts_as),
+                "{ha}"
+            );
+            assert_eq!(reports_load(ha), ha == Pool, "{ha}");
+        }
+    }
+
+    #[test]
+    fn only_on_grant_and_on_assign_modes_wait_for_their_role_to_run() {
+        for role in Role::ALL {
+            for granted in [false, true] {
+                assert!(Style::Hooked.runs(role, granted));
+                assert!(Style::Always.runs(role, granted));
+                assert_eq!(
+                    Style::OnGrant.runs(role, granted),
+                    role == Role::Primary && granted
+                );
+                assert_eq!(Style::OnAssign.runs(role, granted), role == Role::Active);
+            }
+        }
+    }
+}

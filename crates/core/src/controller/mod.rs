@@ -164,3 +164,76 @@ fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
         && a.stepping_down == b.stepping_down
         && a.maintenance == b.maintenance
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{HaMode, Instance, RestartPolicy};
+
+    fn app(ids: &[&str]) -> App {
+        App {
+            name: "web".into(),
+            ha: HaMode::WarmStandby,
+            command: vec!["serve".into()],
+            env: BTreeMap::new(),
+            workdir: None,
+            checks: Vec::new(),
+            hook: None,
+            restart: RestartPolicy::default(),
+            replicas: 1,
+            min_healthy: 1,
+            stop_timeout: App::DEFAULT_STOP_TIMEOUT,
+            instances: ids
+                .iter()
+                .map(|id| Instance {
+                    id: id.to_string(),
+                    host: "h1".into(),
+                    priority: 0,
+                    ports: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn map(entries: &[(&str, Role)]) -> BTreeMap<String, Role> {
+        entries.iter().map(|(id, r)| (id.to_string(), *r)).collect()
+    }
+
+    #[test]
+    fn assign_roles_gives_each_instance_its_role_and_drops_the_others() {
+        let app = app(&["a", "b"]);
+        let role_of = |id: &str| {
+            if id == "a" {
+                Role::Primary
+            } else {
+                Role::Backup
+            }
+        };
+        let want = map(&[("a", Role::Primary), ("b", Role::Backup)]);
+        let cases = [
+            ("already right", want.clone()),
+            ("empty", BTreeMap::new()),
+            (
+                "a role differs",
+                map(&[("a", Role::Backup), ("b", Role::Backup)]),
+            ),
+            ("an instance missing", map(&[("a", Role::Primary)])),
+            (
+                "an instance that left the topology",
+                map(&[("a", Role::Primary), ("c", Role::Backup)]),
+            ),
+            (
+                "one too many",
+                map(&[
+                    ("a", Role::Primary),
+                    ("b", Role::Backup),
+                    ("c", Role::Backup),
+                ]),
+            ),
+        ];
+        for (name, mut roles) in cases {
+            assign_roles(&mut roles, &app, role_of);
+            assert_eq!(roles, want, "{name}");
+        }
+    }
+}
