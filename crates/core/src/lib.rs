@@ -9,6 +9,8 @@
 //! - [`topology`]: the declarative topology file, parsed and validated.
 //! - [`model`]: the shared vocabulary (roles, statuses, role assignments,
 //!   events) as stored in the coordination store.
+//! - [`mode`]: what each HA mode means (how its instances run, their
+//!   roles), for the controller and the agent alike.
 //! - [`controller`]: the controller's decision function.
 //! - [`instance`]: the agent's per-instance state machine.
 //! - [`health`]: health-check hysteresis.
@@ -18,5 +20,6 @@ pub mod controller;
 pub mod health;
 pub mod host;
 pub mod instance;
+pub mod mode;
 pub mod model;
 pub mod topology;

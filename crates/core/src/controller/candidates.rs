@@ -1,0 +1,150 @@
+//! Who may hold or take an app's primary role: why an instance is unfit,
+//! whether a grant still holds, the best candidate and the grant it gets.
+
+use std::collections::BTreeMap;
+
+use super::{Style, style};
+use crate::model::{Health, InstanceStatus, PrimaryGrant, ProcessState};
+use crate::topology::App;
+
+/// Why an instance cannot keep or take the primary role, if it cannot.
+pub(super) fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Option<String> {
+    let Some(s) = status else {
+        let host = app.instance(id).map(|i| i.host.as_str()).unwrap_or("?");
+        return Some(format!("host {host} lost (no status: its lease expired)"));
+    };
+    if style(app.ha) == Style::OnGrant {
+        return s
+            .process
+            .is_live()
+            .then(|| "already running without the grant".to_string());
+    }
+    if s.crash_looping {
+        return Some("crash-looping".to_string());
+    }
+    match s.process {
+        ProcessState::Running => {}
+        ProcessState::Starting => return Some("starting".to_string()),
+        ProcessState::Backoff | ProcessState::Stopped | ProcessState::Pending => {
+            return Some(not_running(s));
+        }
+    }
+    match s.health {
+        Health::Healthy => None,
+        Health::Unhealthy => Some(unhealthy(s)),
+        Health::Unknown => Some("health not yet known".to_string()),
+    }
+}
+
+/// Whether the holder of `grant` still holds it well; `Some(why)` if not.
+pub(super) fn grant_broken(
+    app: &App,
+    grant: &PrimaryGrant,
+    s: Option<&InstanceStatus>,
+) -> Option<String> {
+    if app.instance(&grant.instance).is_none() {
+        return Some("removed from the topology".to_string());
+    }
+    let Some(st) = s else {
+        return unfit(app, &grant.instance, s);
+    };
+    if st.session != grant.session {
+        return Some(format!(
+            "its agent's session ended (lease {} replaced by {})",
+            grant.session, st.session
+        ));
+    }
+    match style(app.ha) {
+        Style::OnGrant => on_grant_broken(grant, st),
+        _ => running_grant_broken(grant, st),
+    }
+}
+
+/// On-grant modes: the grant names the incarnation its agent starts next;
+/// it holds while that one is about to start or runs, not unhealthy.
+fn on_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<String> {
+    let running = st.process.is_live();
+    if st.incarnation + 1 == grant.incarnation && !running {
+        // Its agent is about to start it (after its backoff).
+        None
+    } else if st.incarnation == grant.incarnation && running {
+        (st.health == Health::Unhealthy).then(|| unhealthy(st))
+    } else if st.incarnation == grant.incarnation {
+        Some(not_running(st))
+    } else {
+        Some(restarted(grant, st))
+    }
+}
+
+/// Hooked modes: the grant names the running incarnation; it holds while
+/// that one runs, not unhealthy.
+fn running_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<String> {
+    if st.incarnation != grant.incarnation {
+        Some(restarted(grant, st))
+    } else if !st.process.is_live() {
+        Some(not_running(st))
+    } else if st.health == Health::Unhealthy {
+        Some(unhealthy(st))
+    } else {
+        None
+    }
+}
+
+fn restarted(grant: &PrimaryGrant, st: &InstanceStatus) -> String {
+    format!(
+        "restarted since it was granted (incarnation {} → {})",
+        grant.incarnation, st.incarnation
+    )
+}
+
+fn not_running(s: &InstanceStatus) -> String {
+    match &s.last_exit {
+        Some(how) => format!("not running: {how}"),
+        None => "not running".to_string(),
+    }
+}
+
+fn unhealthy(s: &InstanceStatus) -> String {
+    match &s.health_detail {
+        Some(d) => format!("unhealthy: {d}"),
+        None => "unhealthy".to_string(),
+    }
+}
+
+/// The grant `s` would get.
+pub(super) fn grant_for(app: &App, id: &str, s: &InstanceStatus, epoch: u64) -> PrimaryGrant {
+    PrimaryGrant {
+        instance: id.to_string(),
+        epoch,
+        incarnation: style(app.ha).granted_incarnation(s),
+        session: s.session,
+    }
+}
+
+/// The best instance to promote: fit, not crash-looping, not the one that
+/// just failed, highest priority, then lowest id; failing that, the one
+/// that just failed; failing that (on-grant modes: one must run), a
+/// crash-looping one.
+pub(super) fn best_candidate<'a>(
+    app: &'a App,
+    status: &'a BTreeMap<String, InstanceStatus>,
+    exclude: Option<&str>,
+    avoid: Option<&str>,
+) -> Option<(&'a str, &'a InstanceStatus)> {
+    let style = style(app.ha);
+    let pick = |skip_avoided: bool, allow_looping: bool| {
+        app.instances
+            .iter()
+            .filter(|i| Some(i.id.as_str()) != exclude)
+            .filter(|i| !skip_avoided || Some(i.id.as_str()) != avoid)
+            .filter_map(|i| {
+                let s = status.get(&i.id)?;
+                (style.fit(s) && (allow_looping || !s.crash_looping)).then_some((i, s))
+            })
+            .max_by(|(a, _), (b, _)| a.priority.cmp(&b.priority).then_with(|| b.id.cmp(&a.id)))
+            .map(|(i, s)| (i.id.as_str(), s))
+    };
+    pick(true, false)
+        .or_else(|| pick(false, false))
+        .or_else(|| pick(false, true))
+}

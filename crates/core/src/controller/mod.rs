@@ -1,0 +1,239 @@
+//! The controller's decision function: observed state + intents → desired
+//! roles, with the reason for every change.
+//!
+//! [`decide`] is pure. The controller runtime calls it for an app whenever
+//! that app's statuses, role assignment or intent change, writes the
+//! returned [`AppRoles`] by compare-and-swap together with the events, and
+//! agents carry the roles out.
+//!
+//! # Modes
+//!
+//! - `warm-standby`, `hot-standby`: every instance runs; one is granted the
+//!   primary role through its hook ([`Style::Hooked`]).
+//! - `cold-standby`, `singleton`: an instance runs only while it holds the
+//!   grant; the grant names the next incarnation its agent is to start, and
+//!   the start is the promotion ([`Style::OnGrant`]).
+//! - `n-plus-1`: `replicas` instances are active, on live hosts; the others
+//!   wait stopped ([`Style::OnAssign`]).
+//! - `none`, `pool`: every instance runs in its one role ([`Style::Always`]).
+//!
+//! # Safety rules enforced here
+//!
+//! - At most one grant per app ([`AppRoles::primary`]), and a new grant is
+//!   made only when **no other instance may still act as primary**: the
+//!   holder of a withdrawn grant has confirmed it
+//!   ([`SteppingDown::is_done`](crate::model::SteppingDown::is_done):
+//!   acknowledged, not running, or its host lease expired), and no other
+//!   instance reports acting (hooked modes) or running (on-grant modes). A
+//!   crashed primary is replaced at once; a live one is told to step down
+//!   first and replaced once it has.
+//! - Every grant carries `epoch = previous epoch + 1`: epochs strictly
+//!   increase.
+//! - A grant names the incarnation and agent session it is for; a restarted
+//!   process or an agent in a new session never acts on an old grant.
+//! - Only a fit instance is granted: running, healthy and not crash-looping
+//!   (hooked), or on a live host, stopped and not crash-looping (on-grant).
+//! - While an app is in maintenance, nothing about its roles changes.
+//!
+//! # Layout
+//!
+//! One handler per concern, each a file: `maintenance` (on, off, and the
+//! freeze while on), `primary` (modes with a primary, in four steps: the
+//! current grant, a planned switchover, a promotion, the others' roles),
+//! `candidates` (who is fit, whether a grant holds, the best candidate),
+//! `n_plus_1` and `static_roles` (modes without a primary), and
+//! `status_events` (events from status changes). What each mode means
+//! lives in [`crate::mode`].
+
+use std::collections::BTreeMap;
+
+use crate::model::{AppRoles, EventDraft, InstanceStatus, Intent, IntentState, Role};
+use crate::topology::App;
+
+pub use crate::mode::{Style, default_role, style};
+pub use status_events::status_events;
+
+mod candidates;
+mod maintenance;
+mod n_plus_1;
+mod primary;
+mod static_roles;
+mod status_events;
+
+/// What [`decide`] looks at for one app.
+#[derive(Debug, Clone, Copy)]
+pub struct AppInput<'a> {
+    /// The app as the topology declares it.
+    pub app: &'a App,
+    /// The current role assignment (default if none was ever written).
+    pub roles: &'a AppRoles,
+    /// Status of each instance whose agent reports one. An instance absent
+    /// here is not running as far as anyone can tell: its host's lease has
+    /// expired (its agent fenced it) or its agent has not started.
+    pub status: &'a BTreeMap<String, InstanceStatus>,
+    /// The app's intent, if any is recorded.
+    pub intent: Option<&'a Intent>,
+}
+
+/// What [`decide`] concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The role assignment to hold from now on.
+    pub roles: AppRoles,
+    /// True if `roles` differs from the input in anything but `reason`:
+    /// the runtime must write it.
+    pub changed: bool,
+    /// What happened, for the event log.
+    pub events: Vec<EventDraft>,
+    /// The intent's new state, if it changed.
+    pub intent: Option<IntentState>,
+}
+
+/// Decides the roles of one app.
+pub fn decide(input: &AppInput<'_>) -> Decision {
+    if let Some(d) = maintenance::maintenance(input) {
+        return d;
+    }
+    match style(input.app.ha) {
+        Style::Hooked | Style::OnGrant => primary::decide_primary(input),
+        Style::OnAssign => n_plus_1::decide_n_plus_1(input),
+        Style::Always => static_roles::decide_static(input),
+    }
+}
+
+/// The intent, if it still waits to be acted on.
+fn pending(intent: Option<&Intent>) -> Option<&Intent> {
+    intent.filter(|i| i.outcome == IntentState::Pending)
+}
+
+impl Decision {
+    /// `after`, with its generation counted up if it differs from `before`.
+    fn new(before: &AppRoles, mut after: AppRoles) -> Decision {
+        let changed = !same_assignment(before, &after);
+        after.generation = if changed {
+            before.generation + 1
+        } else {
+            before.generation
+        };
+        Decision {
+            roles: after,
+            changed,
+            events: Vec::new(),
+            intent: None,
+        }
+    }
+
+    /// Keeps the stored reason and drops events when nothing is written.
+    fn settle(mut self, before: &AppRoles) -> Decision {
+        if !self.changed && self.intent.is_none() {
+            if self.roles.reason != before.reason {
+                self.roles.reason.clone_from(&before.reason);
+            }
+            self.events.clear();
+        }
+        self
+    }
+}
+
+/// Makes `roles` say `role_of` each instance of `app`, and nothing else.
+/// A map that already says exactly that is left as it is (a decision that
+/// changes nothing allocates nothing here).
+fn assign_roles(roles: &mut BTreeMap<String, Role>, app: &App, role_of: impl Fn(&str) -> Role) {
+    let same = roles.len() == app.instances.len()
+        && app
+            .instances
+            .iter()
+            .all(|i| roles.get(&i.id) == Some(&role_of(&i.id)))
+        && roles.keys().all(|id| app.instance(id).is_some());
+    if !same {
+        *roles = app
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), role_of(&i.id)))
+            .collect();
+    }
+}
+
+/// True if `a` and `b` assign the same roles (reasons and generations
+/// aside).
+fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
+    a.epoch == b.epoch
+        && a.primary == b.primary
+        && a.roles == b.roles
+        && a.switchover == b.switchover
+        && a.stepping_down == b.stepping_down
+        && a.maintenance == b.maintenance
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{HaMode, Instance, RestartPolicy};
+
+    fn app(ids: &[&str]) -> App {
+        App {
+            name: "web".into(),
+            ha: HaMode::WarmStandby,
+            command: vec!["serve".into()],
+            env: BTreeMap::new(),
+            workdir: None,
+            checks: Vec::new(),
+            hook: None,
+            restart: RestartPolicy::default(),
+            replicas: 1,
+            min_healthy: 1,
+            stop_timeout: App::DEFAULT_STOP_TIMEOUT,
+            instances: ids
+                .iter()
+                .map(|id| Instance {
+                    id: id.to_string(),
+                    host: "h1".into(),
+                    priority: 0,
+                    ports: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn map(entries: &[(&str, Role)]) -> BTreeMap<String, Role> {
+        entries.iter().map(|(id, r)| (id.to_string(), *r)).collect()
+    }
+
+    #[test]
+    fn assign_roles_gives_each_instance_its_role_and_drops_the_others() {
+        let app = app(&["a", "b"]);
+        let role_of = |id: &str| {
+            if id == "a" {
+                Role::Primary
+            } else {
+                Role::Backup
+            }
+        };
+        let want = map(&[("a", Role::Primary), ("b", Role::Backup)]);
+        let cases = [
+            ("already right", want.clone()),
+            ("empty", BTreeMap::new()),
+            (
+                "a role differs",
+                map(&[("a", Role::Backup), ("b", Role::Backup)]),
+            ),
+            ("an instance missing", map(&[("a", Role::Primary)])),
+            (
+                "an instance that left the topology",
+                map(&[("a", Role::Primary), ("c", Role::Backup)]),
+            ),
+            (
+                "one too many",
+                map(&[
+                    ("a", Role::Primary),
+                    ("b", Role::Backup),
+                    ("c", Role::Backup),
+                ]),
+            ),
+        ];
+        for (name, mut roles) in cases {
+            assign_roles(&mut roles, &app, role_of);
+            assert_eq!(roles, want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Step 1: is the current grant still good?
+
+use super::Pass;
+use crate::controller::candidates::grant_broken;
+use crate::model::{EventDraft, EventKind, IntentState};
+
+impl Pass<'_, '_> {
+    /// Withdraws the current grant if its holder no longer holds it well,
+    /// and interrupts the switchover in progress, if any.
+    pub(super) fn check_grant(&mut self) {
+        let input = self.input;
+        let name = input.app.name.as_str();
+        let Some(grant) = &self.next.primary else {
+            return;
+        };
+        let Some(why) = grant_broken(input.app, grant, input.status.get(&grant.instance)) else {
+            return;
+        };
+        let grant = grant.clone();
+        self.withdraw();
+        self.next.reason = format!("primary {name}/{} failed: {why}", grant.instance);
+        self.failure = Some(self.next.reason.clone());
+        self.failed_holder = Some(grant.instance.clone());
+        self.events.push(
+            EventDraft::instance(
+                EventKind::PrimaryFailed,
+                name,
+                &grant.instance,
+                &self.next.reason,
+            )
+            .with_epoch(grant.epoch),
+        );
+        if let Some(sw) = self.next.switchover.take()
+            && input.intent.is_some_and(|i| i.id == sw.intent)
+        {
+            self.intent = Some(IntentState::Refused {
+                reason: format!(
+                    "switchover interrupted: primary {name}/{} failed: {why}",
+                    grant.instance
+                ),
+            });
+        }
+    }
+}

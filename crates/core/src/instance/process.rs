@@ -1,0 +1,205 @@
+//! The process's lifecycle: starting it, its exits and restart backoff,
+//! stopping it, and what time passing changes.
+
+use std::time::Duration;
+
+use super::{Action, HookState, InstanceMachine, Proc, Step};
+use crate::mode::{Style, default_role, spawn_role};
+use crate::model::Role;
+
+impl InstanceMachine {
+    /// Time passed: start what should run, stop what should not, note a
+    /// process that has run stably, and deliver a role due again.
+    pub(super) fn tick(&mut self, now: Duration, step: &mut Step) {
+        match self.proc {
+            Proc::Pending | Proc::Idle => {
+                if self.should_start() {
+                    self.spawn(step);
+                } else if self.proc == Proc::Pending {
+                    self.proc = Proc::Idle;
+                    step.act(Action::Publish);
+                }
+            }
+            Proc::Backoff { until } if now >= until => {
+                if self.should_start() {
+                    self.spawn(step);
+                } else {
+                    self.proc = Proc::Idle;
+                    step.act(Action::Publish);
+                }
+            }
+            Proc::Running => self.tick_running(now, step),
+            _ => {}
+        }
+    }
+
+    fn tick_running(&mut self, now: Duration, step: &mut Step) {
+        if (self.quick_exits > 0 || self.crash_looping)
+            && now >= self.started_at + self.policy.stable_after
+        {
+            self.quick_exits = 0;
+            self.backoff = self.policy.initial_backoff;
+            if self.crash_looping {
+                self.crash_looping = false;
+                step.notes.push(format!(
+                    "{} runs stably again: no longer crash-looping",
+                    self.name
+                ));
+                step.act(Action::Publish);
+            }
+        }
+        if !self.should_keep_running() {
+            self.proc = Proc::Terminating;
+            step.notes.push(format!(
+                "{}: its role is now {}: stopping it",
+                self.name, self.desired_role
+            ));
+            step.act(Action::Terminate);
+            return;
+        }
+        if let HookState::RetryAt(t) = self.hook
+            && now >= t
+        {
+            self.hook = HookState::Idle;
+        }
+        self.reconcile(now, step);
+    }
+
+    /// Whether a process that is not running should be started now.
+    pub(super) fn should_start(&self) -> bool {
+        let granted =
+            !self.fenced && self.desired_grant == Some((self.incarnation + 1, self.session));
+        self.style.runs(self.desired_role, granted)
+    }
+
+    /// Whether the running process may go on running.
+    pub(super) fn should_keep_running(&self) -> bool {
+        let granted = !self.fenced && self.desired_grant == Some((self.incarnation, self.session));
+        self.style.runs(self.desired_role, granted)
+    }
+
+    fn spawn(&mut self, step: &mut Step) {
+        self.incarnation += 1;
+        self.proc = Proc::Spawning;
+        self.hook = HookState::Idle;
+        let role = spawn_role(self.ha);
+        self.acting = role;
+        self.acting_epoch = self.desired_epoch;
+        step.act(Action::Spawn {
+            incarnation: self.incarnation,
+            role,
+            epoch: self.desired_epoch,
+        });
+    }
+
+    /// [`super::Input::Spawned`]: the process runs.
+    pub(super) fn spawned(&mut self, pid: u32, now: Duration, step: &mut Step) {
+        if self.proc != Proc::Spawning {
+            return;
+        }
+        self.proc = Proc::Running;
+        self.pid = Some(pid);
+        self.started_at = now;
+        for t in &mut self.trackers {
+            t.reset();
+        }
+        step.act(Action::Publish);
+        if self.style == Style::OnGrant && !self.should_keep_running() {
+            // Fenced or withdrawn while it was being started.
+            self.proc = Proc::Terminating;
+            step.act(Action::Kill {
+                reason: format!("{}: started after its grant ended: killed", self.name),
+            });
+            return;
+        }
+        self.reconcile(now, step);
+    }
+
+    /// [`super::Input::SpawnFailed`]: counts as a quick exit.
+    pub(super) fn spawn_failed(&mut self, error: String, now: Duration, step: &mut Step) {
+        if self.proc != Proc::Spawning {
+            return;
+        }
+        self.started_at = now;
+        self.back_off(format!("failed to start: {error}"), now, step);
+    }
+
+    /// [`super::Input::Exited`]: stopped for good, stopped by its role, or
+    /// crashed (restarted after a backoff).
+    pub(super) fn exited(&mut self, how: String, now: Duration, step: &mut Step) {
+        match self.proc {
+            Proc::Stopping => {
+                self.proc = Proc::Stopped;
+                self.pid = None;
+                self.acting = Role::Stopped;
+                self.last_exit = Some(how);
+                self.hook = HookState::Idle;
+                step.act(Action::Publish);
+            }
+            Proc::Terminating => {
+                self.proc = Proc::Idle;
+                self.pid = None;
+                self.acting = default_role(self.ha);
+                self.last_exit = Some(how);
+                self.hook = HookState::Idle;
+                step.act(Action::Publish);
+                // It may have been granted again meanwhile.
+                self.tick(now, step);
+            }
+            Proc::Running => self.back_off(how, now, step),
+            _ => {}
+        }
+    }
+
+    /// The process ended unasked: restart it after a backoff that doubles
+    /// with each quick exit; quick exits in a row mean crash-looping.
+    fn back_off(&mut self, how: String, now: Duration, step: &mut Step) {
+        let ran = now.saturating_sub(self.started_at);
+        if ran < self.policy.stable_after {
+            self.quick_exits += 1;
+        } else {
+            self.quick_exits = 1;
+            self.backoff = self.policy.initial_backoff;
+        }
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.policy.max_backoff);
+        let was_looping = self.crash_looping;
+        self.crash_looping = self.quick_exits >= self.policy.crashloop_after;
+        self.restarts += 1;
+        self.pid = None;
+        self.acting = Role::Stopped;
+        self.hook = HookState::Idle;
+        self.proc = Proc::Backoff { until: now + delay };
+        step.notes.push(format!(
+            "{} {how}; restarting in {} ms",
+            self.name,
+            delay.as_millis()
+        ));
+        if self.crash_looping && !was_looping {
+            step.notes.push(format!(
+                "{} is crash-looping ({} quick exits in a row): it will not be promoted until it runs for {} ms",
+                self.name,
+                self.quick_exits,
+                self.policy.stable_after.as_millis()
+            ));
+        }
+        self.last_exit = Some(how);
+        step.act(Action::Publish);
+    }
+
+    /// [`super::Input::Stop`]: stop the process for good.
+    pub(super) fn stop(&mut self, step: &mut Step) {
+        match self.proc {
+            Proc::Running => {
+                self.proc = Proc::Stopping;
+                step.act(Action::Terminate);
+            }
+            Proc::Terminating => self.proc = Proc::Stopping,
+            Proc::Stopping | Proc::Stopped => {}
+            Proc::Pending | Proc::Idle | Proc::Backoff { .. } | Proc::Spawning => {
+                self.proc = Proc::Stopped;
+                step.act(Action::Publish);
+            }
+        }
+    }
+}
