@@ -13,6 +13,9 @@
 //!   roles), for the controller and the agent alike.
 //! - [`controller`]: the controller's decision function.
 //! - [`instance`]: the agent's per-instance state machine.
+//! - [`host`]: the agent's per-host state machine around its instance
+//!   machines: the host lease, self-fencing, failsafe, holds, topology
+//!   changes, watchdog deadlines.
 //! - [`health`]: health-check hysteresis.
 #![deny(missing_docs)]
 

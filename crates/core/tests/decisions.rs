@@ -1098,3 +1098,58 @@ fn a_pool_worker_is_free_or_busy_as_its_health_answer_says() {
     );
     assert_eq!(w.status().acting, Role::Backup);
 }
+
+/// The runtime may start a process asynchronously: inputs can arrive
+/// between the spawn action and its outcome.
+#[test]
+fn a_stop_or_a_role_change_during_a_start_takes_effect_once_it_runs() {
+    // Stopped while starting: terminated as soon as it runs.
+    let mut m = machine(HaMode::WarmStandby);
+    let step = m.handle(Input::Tick, Duration::ZERO);
+    assert!(matches!(step.actions[..], [Action::Spawn { .. }]));
+    let step = m.handle(Input::Stop, MS);
+    assert!(step.actions.is_empty(), "{step:?}");
+    assert!(!m.is_stopped(), "its start is under way");
+    let step = m.handle(Input::Spawned { pid: 5 }, 2 * MS);
+    assert_eq!(step.actions, vec![Action::Publish, Action::Terminate]);
+    m.handle(
+        Input::Exited {
+            how: "exited with code 0".into(),
+        },
+        3 * MS,
+    );
+    assert!(m.is_stopped());
+    // Stopped while starting, and the start failed: stopped, not retried.
+    let mut m = machine(HaMode::WarmStandby);
+    m.handle(Input::Tick, Duration::ZERO);
+    m.handle(Input::Stop, MS);
+    m.handle(
+        Input::SpawnFailed {
+            error: "ENOENT".into(),
+        },
+        2 * MS,
+    );
+    assert!(m.is_stopped());
+    assert_eq!(m.next_wakeup(), None);
+    // An n-plus-1 member made standby while starting: stopped once it runs.
+    let mut m = InstanceMachine::new(InstanceSpec {
+        name: "web/a".into(),
+        host: "h1".into(),
+        ha: HaMode::NPlus1,
+        has_hook: false,
+        restart: policy(),
+        checks: vec![],
+        session: 7,
+    });
+    let active = |role, generation| Input::Assigned {
+        role,
+        epoch: 0,
+        grant: None,
+        generation,
+    };
+    m.handle(active(Role::Active, 1), Duration::ZERO);
+    let step = m.handle(active(Role::Standby, 2), MS);
+    assert!(!step.actions.contains(&Action::Terminate));
+    let step = m.handle(Input::Spawned { pid: 6 }, 2 * MS);
+    assert!(step.actions.contains(&Action::Terminate), "{step:?}");
+}

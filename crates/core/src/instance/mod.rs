@@ -237,6 +237,9 @@ pub struct InstanceMachine {
     restarts: u32,
     last_exit: Option<String>,
     fenced: bool,
+    /// Asked to stop for good while its start was under way: stopped as
+    /// soon as it runs.
+    stop_when_started: bool,
 }
 
 /// Settings of one instance, taken from the topology.
@@ -293,6 +296,7 @@ impl InstanceMachine {
             restarts: 0,
             last_exit: None,
             fenced: false,
+            stop_when_started: false,
         }
     }
 

@@ -104,6 +104,11 @@ impl InstanceMachine {
             t.reset();
         }
         step.act(Action::Publish);
+        if self.stop_when_started {
+            self.proc = Proc::Stopping;
+            step.act(Action::Terminate);
+            return;
+        }
         if self.style == Style::OnGrant && !self.should_keep_running() {
             // Fenced or withdrawn while it was being started.
             self.proc = Proc::Terminating;
@@ -112,7 +117,8 @@ impl InstanceMachine {
             });
             return;
         }
-        self.reconcile(now, step);
+        // Its role may have changed while it was being started.
+        self.tick_running(now, step);
     }
 
     /// [`super::Input::SpawnFailed`]: counts as a quick exit.
@@ -121,6 +127,12 @@ impl InstanceMachine {
             return;
         }
         self.started_at = now;
+        if self.stop_when_started {
+            self.proc = Proc::Stopped;
+            self.last_exit = Some(format!("failed to start: {error}"));
+            step.act(Action::Publish);
+            return;
+        }
         self.back_off(format!("failed to start: {error}"), now, step);
     }
 
@@ -196,7 +208,10 @@ impl InstanceMachine {
             }
             Proc::Terminating => self.proc = Proc::Stopping,
             Proc::Stopping | Proc::Stopped => {}
-            Proc::Pending | Proc::Idle | Proc::Backoff { .. } | Proc::Spawning => {
+            // Its start is under way: it is stopped once it runs (the
+            // runtime may start processes asynchronously).
+            Proc::Spawning => self.stop_when_started = true,
+            Proc::Pending | Proc::Idle | Proc::Backoff { .. } => {
                 self.proc = Proc::Stopped;
                 step.act(Action::Publish);
             }
