@@ -116,6 +116,7 @@ impl Rig {
                 && let Some(s) = self.status(&g.instance).await
                 && s.acting == Role::Primary
                 && s.acting_epoch == g.epoch
+                && !s.promoting
                 && let Some(pid) = s.pid
             {
                 return (g.instance, pid, g.epoch);

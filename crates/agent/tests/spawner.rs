@@ -53,7 +53,10 @@ fn children_outlive_the_runtime_threads_that_forked_them() {
             let (a, i, h, p) = (app.clone(), instance.clone(), host.clone(), paths.clone());
             let burst = tokio::task::spawn_blocking(move || {
                 (0..5)
-                    .map(|_| spawn(&a, &i, &h, Role::Active, 0, &p, None))
+                    .map(|_| {
+                        let start = spawn(&a, &i, &h, Role::Active, 0, &p, None);
+                        tokio::runtime::Handle::current().block_on(start)
+                    })
                     .collect::<Vec<_>>()
             })
             .await
@@ -63,7 +66,10 @@ fn children_outlive_the_runtime_threads_that_forked_them() {
             let burst = tokio::spawn(async move {
                 tokio::task::block_in_place(|| {
                     (0..5)
-                        .map(|_| spawn(&a, &i, &h, Role::Active, 0, &p, None))
+                        .map(|_| {
+                            let start = spawn(&a, &i, &h, Role::Active, 0, &p, None);
+                            tokio::runtime::Handle::current().block_on(start)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
