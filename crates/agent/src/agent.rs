@@ -22,13 +22,13 @@ use anyhow::Context;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use tandem_core::host::{
-    FailsafeAnswer, HostAction, HostConfig, HostInput, HostMachine, HostNote, HostStep, LeaseInput,
-    Level, PeerAsk,
+    FailsafeAnswer, HostAction, HostConfig, HostInput, HostMachine, HostStep, LeaseInput, PeerAsk,
 };
 use tandem_core::instance::{Action, Input};
 use tandem_core::model::{AppRoles, HostRecord, keys};
 use tandem_core::topology::{Host, Topology};
 use tandem_store::{EventKind, LeaseId, Store};
+use tandem_telemetry::host::{ExitCause, HostEvent, HostMetrics};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -72,6 +72,8 @@ pub struct AgentHandle {
     pub view: watch::Receiver<HostView>,
     /// Where the agent port listens (peers and load-balancer checks).
     pub agent_addr: SocketAddr,
+    /// The agent's metrics (served on its port at `/metrics`).
+    pub metrics: Arc<HostMetrics>,
     inbox: mpsc::Sender<Msg>,
 }
 
@@ -90,10 +92,14 @@ impl AgentHandle {
 struct Proc {
     pid: Option<u32>,
     probes: Vec<AbortHandle>,
+    /// tandem signalled the running process to end (SIGKILL or SIGTERM).
+    ended_by_tandem: bool,
 }
 
 enum Msg {
     Input(usize, Input),
+    /// The process of incarnation `.1` of local `.0` started with pid `.2`.
+    Started(usize, u64, u32),
     Roles(String, AppRoles),
     ForceKill(usize, u64),
     Answers(Vec<Vec<Option<FailsafeAnswer>>>),
@@ -120,6 +126,7 @@ struct Agent {
     watchdog: Option<mpsc::UnboundedSender<watchdog::Command>>,
     /// Answers owed to peers, oldest first.
     replies: Vec<oneshot::Sender<FailsafeAnswer>>,
+    metrics: Arc<HostMetrics>,
 }
 
 /// Starts the agent of `config.host`; it runs until `cancel`, then stops
@@ -144,16 +151,19 @@ pub fn start(
         host: host.name.clone(),
         ..HostView::default()
     });
+    let metrics = Arc::new(HostMetrics::new(&host.name));
     let handle = AgentHandle {
         session: session_rx,
         view: view_rx.clone(),
         agent_addr,
+        metrics: metrics.clone(),
         inbox: inbox_tx.clone(),
     };
     let (peer_tx, peer_rx) = mpsc::channel(64);
     let peer_state = PeerState {
         view: view_rx,
         requests: peer_tx,
+        metrics: metrics.clone(),
     };
     tokio::spawn(peer::serve(listener, peer_state, cancel.child_token()));
     let task = tokio::spawn(run(
@@ -168,6 +178,7 @@ pub fn start(
             view_tx,
             peer_rx,
             inbox: (inbox_tx, inbox_rx),
+            metrics,
         },
         cancel,
     ));
@@ -182,6 +193,7 @@ struct Extras {
     view_tx: watch::Sender<HostView>,
     peer_rx: mpsc::Receiver<PeerRequest>,
     inbox: (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
+    metrics: Arc<HostMetrics>,
 }
 
 /// Starts the watchdog process; the returned sender feeds its stdin.
@@ -231,6 +243,7 @@ async fn run(
         view_tx,
         mut peer_rx,
         inbox: (tx, mut rx),
+        metrics,
     } = extras;
     let watchdog = match watchdog {
         Some(cmd) => Some(start_watchdog(&cmd)?),
@@ -271,6 +284,7 @@ async fn run(
         view_pos: Vec::new(),
         watchdog,
         replies: Vec::new(),
+        metrics,
     };
 
     // Hold a lease before starting anything.
@@ -470,11 +484,21 @@ impl Agent {
                 sent_at: self.since_origin(sent_at),
                 ttl,
             },
-            LeaseEvent::Renewed { lease, sent_at } => LeaseInput::Renewed {
-                lease,
-                sent_at: self.since_origin(sent_at),
-            },
-            LeaseEvent::Failed => LeaseInput::Failed,
+            LeaseEvent::Renewed { lease, sent_at } => {
+                self.metrics.emit(HostEvent::LeaseRenewed {
+                    latency: sent_at.elapsed(),
+                });
+                LeaseInput::Renewed {
+                    lease,
+                    sent_at: self.since_origin(sent_at),
+                }
+            }
+            LeaseEvent::Failed => {
+                self.metrics.emit(HostEvent::LeaseRenewFailed {
+                    error: "failed or timed out",
+                });
+                LeaseInput::Failed
+            }
             LeaseEvent::Expired { lease } => LeaseInput::Expired { lease },
         };
         self.handle(HostInput::Lease(input));
@@ -483,15 +507,24 @@ impl Agent {
     fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Input(i, input) => {
-                if matches!(input, Input::Exited { .. })
-                    && let Some(p) = self.procs.get_mut(i)
-                {
-                    p.pid = None;
-                    for probe in p.probes.drain(..) {
-                        probe.abort();
-                    }
+                if let Input::Exited { how } = &input {
+                    self.exited(i, how);
                 }
                 self.handle(HostInput::Instance(i, input));
+            }
+            Msg::Started(i, incarnation, pid) => {
+                let local = &self.machine.locals()[i];
+                self.metrics.emit(HostEvent::ProcessStarted {
+                    app: &local.app.name,
+                    instance: &local.name(),
+                    pid,
+                    incarnation,
+                    role: local.machine().status().acting.as_str(),
+                });
+                self.procs[i].pid = Some(pid);
+                self.procs[i].ended_by_tandem = false;
+                self.start_probes(i, incarnation);
+                self.handle(HostInput::Instance(i, Input::Spawned { pid }));
             }
             Msg::Roles(app, roles) => self.handle(HostInput::Assigned { app, roles }),
             Msg::Answers(answers) => self.handle(HostInput::Answers(answers)),
@@ -529,7 +562,7 @@ impl Agent {
             view_changed,
         } = step;
         for note in &notes {
-            log_note(note);
+            self.metrics.emit(HostEvent::Decision(note));
         }
         let mut structure_changed = false;
         for action in actions {
@@ -600,35 +633,8 @@ impl Agent {
                 role,
                 epoch,
             } => {
-                let local = &self.machine.locals()[i];
-                match process::spawn(
-                    &local.app,
-                    &local.instance,
-                    &self.host,
-                    role,
-                    epoch,
-                    &self.paths,
-                    self.api.as_deref(),
-                ) {
-                    Ok(child) => match child.id() {
-                        Some(pid) => {
-                            debug!(instance = %name, pid, incarnation, %role, "started");
-                            self.procs[i].pid = Some(pid);
-                            self.watch_exit(i, child);
-                            self.start_probes(i, incarnation);
-                            Some(Input::Spawned { pid })
-                        }
-                        None => Some(Input::SpawnFailed {
-                            error: "process ended at once".into(),
-                        }),
-                    },
-                    Err(e) => {
-                        warn!(instance = %name, error = %e, "cannot start");
-                        Some(Input::SpawnFailed {
-                            error: e.to_string(),
-                        })
-                    }
-                }
+                self.spawn(i, incarnation, role, epoch);
+                None
             }
             Action::RunHook {
                 role,
@@ -639,14 +645,21 @@ impl Agent {
                 None
             }
             Action::Kill { reason } => {
-                warn!(instance = %name, "{reason}");
+                let reason = reason.to_string();
+                self.metrics.emit(HostEvent::Killed {
+                    app: &self.machine.locals()[i].app.name,
+                    instance: &name,
+                    reason: &reason,
+                });
                 if let Some(pid) = self.procs[i].pid {
+                    self.procs[i].ended_by_tandem = true;
                     let _ = signal_group(pid, Signal::SIGKILL);
                 }
                 None
             }
             Action::Terminate => {
                 if let Some(pid) = self.procs[i].pid {
+                    self.procs[i].ended_by_tandem = true;
                     let _ = signal_group(pid, Signal::SIGTERM);
                     // A frozen process takes SIGTERM only once thawed.
                     let _ = signal_group(pid, Signal::SIGCONT);
@@ -666,6 +679,79 @@ impl Agent {
                 None
             }
         }
+    }
+
+    /// Starts local `i`'s process without blocking the loop: the fork runs
+    /// on the spawner thread, and its outcome comes back as
+    /// [`Msg::Started`] (then [`Input::Exited`] when it ends) or
+    /// [`Input::SpawnFailed`].
+    fn spawn(&self, i: usize, incarnation: u64, role: tandem_core::model::Role, epoch: u64) {
+        let local = &self.machine.locals()[i];
+        let start = process::spawn(
+            &local.app,
+            &local.instance,
+            &self.host,
+            role,
+            epoch,
+            &self.paths,
+            self.api.as_deref(),
+        );
+        let tx = self.tx.clone();
+        let metrics = self.metrics.clone();
+        let (app, name) = (local.app.name.clone(), local.name());
+        tokio::spawn(async move {
+            let failed = |error: String| Msg::Input(i, Input::SpawnFailed { error });
+            let mut child = match start.await {
+                Ok(child) => child,
+                Err(e) => {
+                    let error = e.to_string();
+                    metrics.emit(HostEvent::SpawnFailed {
+                        app: &app,
+                        instance: &name,
+                        error: &error,
+                    });
+                    let _ = tx.send(failed(error)).await;
+                    return;
+                }
+            };
+            let Some(pid) = child.id() else {
+                let _ = tx.send(failed("process ended at once".into())).await;
+                return;
+            };
+            if tx.send(Msg::Started(i, incarnation, pid)).await.is_err() {
+                return;
+            }
+            let how = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("lost track of the process: {e}"),
+            };
+            let _ = tx.send(Msg::Input(i, Input::Exited { how })).await;
+        });
+    }
+
+    /// Local `i`'s process ended: forget its pid and probes, count it.
+    fn exited(&mut self, i: usize, how: &str) {
+        let Some(p) = self.procs.get_mut(i) else {
+            return;
+        };
+        p.pid = None;
+        for probe in p.probes.drain(..) {
+            probe.abort();
+        }
+        let cause = if p.ended_by_tandem {
+            ExitCause::Tandem
+        } else if how.starts_with("killed by signal") {
+            ExitCause::Signal
+        } else {
+            ExitCause::Code
+        };
+        let local = &self.machine.locals()[i];
+        self.metrics.emit(HostEvent::ProcessExited {
+            app: &local.app.name,
+            instance: &local.name(),
+            how,
+            cause,
+        });
     }
 
     fn publish(&mut self, i: usize) {
@@ -727,6 +813,7 @@ impl Agent {
         }
         let roles = view_changed.then(|| machine.roles().clone());
         let store_reachable = machine.store_reachable();
+        self.metrics.set_store_reachable(store_reachable);
         self.view_tx.send_modify(|v| {
             for (pos, iv) in updates {
                 if let Some(slot) = v.instances.get_mut(pos) {
@@ -759,17 +846,6 @@ impl Agent {
         });
     }
 
-    fn watch_exit(&self, i: usize, mut child: tokio::process::Child) {
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let how = match child.wait().await {
-                Ok(status) => describe_exit(status),
-                Err(e) => format!("lost track of the process: {e}"),
-            };
-            let _ = tx.send(Msg::Input(i, Input::Exited { how })).await;
-        });
-    }
-
     fn start_probes(&mut self, i: usize, incarnation: u64) {
         let local = &self.machine.locals()[i];
         let proc = &mut self.procs[i];
@@ -782,6 +858,7 @@ impl Agent {
             let instance = local.instance.clone();
             let host = self.host.clone();
             let http = self.http.clone();
+            let metrics = self.metrics.clone();
             let interval = check.interval;
             let handle = tokio::spawn(async move {
                 let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -789,7 +866,13 @@ impl Agent {
                 loop {
                     ticker.tick().await;
                     let check = &app.checks[check_idx];
+                    let started = Instant::now();
                     let result = probe(check, &app, &instance, &host, &http).await;
+                    metrics.emit(HostEvent::Probed {
+                        app: &app.name,
+                        latency: started.elapsed(),
+                        ok: result.is_ok(),
+                    });
                     let busy = result.as_ref().ok().copied().flatten();
                     let input = Input::Probe {
                         check: check_idx,
@@ -825,6 +908,7 @@ impl Agent {
         let host = self.host.clone();
         let role_file = self.paths.role_file(&app.name, &instance.id);
         let http = self.http.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let target = HookTarget {
                 app: &app,
@@ -835,12 +919,14 @@ impl Agent {
             };
             let started = Instant::now();
             let result = run_hook(&hook, &target, role, epoch, &http).await;
-            debug!(
-                instance = %format!("{}/{}", app.name, instance.id),
-                %role, epoch, ok = result.is_ok(),
-                hook_us = started.elapsed().as_micros() as u64,
-                "hook finished"
-            );
+            metrics.emit(HostEvent::HookDone {
+                app: &app.name,
+                instance: &format!("{}/{}", app.name, instance.id),
+                role: role.as_str(),
+                epoch,
+                latency: started.elapsed(),
+                ok: result.is_ok(),
+            });
             let input = Input::HookDone {
                 role,
                 epoch,
@@ -849,17 +935,5 @@ impl Agent {
             };
             let _ = tx.send(Msg::Input(i, input)).await;
         });
-    }
-}
-
-/// Logs a decision of the host machine at its level, with its reason's
-/// name and subject.
-fn log_note(note: &HostNote) {
-    let reason = note.name();
-    let subject = note.subject().unwrap_or("");
-    match note.level() {
-        Level::Debug => debug!(reason, subject, "{note}"),
-        Level::Info => info!(reason, subject, "{note}"),
-        Level::Warn => warn!(reason, subject, "{note}"),
     }
 }

@@ -74,12 +74,15 @@ pub struct PeerState {
     pub view: watch::Receiver<HostView>,
     /// The agent's inbox for requests.
     pub requests: mpsc::Sender<PeerRequest>,
+    /// The agent's metrics.
+    pub metrics: std::sync::Arc<tandem_telemetry::host::HostMetrics>,
 }
 
 /// The agent port's routes.
 pub fn router(state: PeerState) -> Router {
     Router::new()
         .route("/v1/failsafe", post(failsafe))
+        .route("/metrics", axum::routing::get(metrics))
         .merge(crate::checks::router())
         .with_state(state)
 }
@@ -98,6 +101,19 @@ async fn failsafe(State(state): State<PeerState>, Json(ask): Json<FailsafeAsk>) 
         Ok(answer) => Json(answer).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping").into_response(),
     }
+}
+
+/// `GET /metrics`: the agent's metrics, in the OpenMetrics text format.
+async fn metrics(State(state): State<PeerState>) -> Response {
+    let body = tandem_telemetry::encode(&[state.metrics.registry()]);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            tandem_telemetry::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Binds the agent port (a clear error if it is taken).

@@ -69,7 +69,10 @@ pub fn program(first: &str) -> io::Result<PathBuf> {
     }
 }
 
-/// Starts an instance's process with its role in the environment.
+/// Starts an instance's process with its role in the environment. The
+/// command is prepared at once; the fork happens on the spawner thread
+/// when the returned future is polled, without blocking the caller's
+/// thread.
 pub fn spawn(
     app: &App,
     instance: &Instance,
@@ -78,7 +81,28 @@ pub fn spawn(
     epoch: u64,
     paths: &Paths,
     api: Option<&str>,
-) -> io::Result<tokio::process::Child> {
+) -> impl Future<Output = io::Result<tokio::process::Child>> + Send + 'static {
+    let prepared = command(app, instance, host, role, epoch, paths, api);
+    async move {
+        let (mut cmd, first) = prepared?;
+        on_spawner_thread(move || {
+            cmd.spawn()
+                .map_err(|e| io::Error::new(e.kind(), format!("{first}: {e}")))
+        })
+        .await
+    }
+}
+
+/// The command that starts an instance, and its program's name.
+fn command(
+    app: &App,
+    instance: &Instance,
+    host: &Host,
+    role: Role,
+    epoch: u64,
+    paths: &Paths,
+    api: Option<&str>,
+) -> io::Result<(tokio::process::Command, String)> {
     let argv = expand_all(&app.command, app, instance, host);
     let Some((first, args)) = argv.split_first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
@@ -125,11 +149,7 @@ pub fn spawn(
             Ok(())
         });
     }
-    let first = first.clone();
-    on_spawner_thread(move || {
-        cmd.spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{first}: {e}")))
-    })
+    Ok((cmd, first.clone()))
 }
 
 /// A job for the spawner thread.
@@ -138,7 +158,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Runs `spawn` (a fork and exec) on the spawner thread, with the caller's
 /// tokio runtime entered so the child is registered with it, and returns
 /// its result. Must be called from within a runtime.
-fn on_spawner_thread(
+async fn on_spawner_thread(
     spawn: impl FnOnce() -> io::Result<tokio::process::Child> + Send + 'static,
 ) -> io::Result<tokio::process::Child> {
     static SPAWNER: OnceLock<io::Result<mpsc::Sender<Job>>> = OnceLock::new();
@@ -160,7 +180,7 @@ fn on_spawner_thread(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start the spawner thread: {e}")))?;
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| io::Error::other(format!("no runtime to register the child with: {e}")))?;
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let _entered = runtime.enter();
         let _ = reply_tx.send(spawn());
@@ -168,7 +188,7 @@ fn on_spawner_thread(
     tx.send(job)
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
     reply_rx
-        .recv()
+        .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
 }
 

@@ -1,0 +1,157 @@
+//! The elected controller's events and metrics (served with the API of
+//! the same process).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use crate::{seconds_histogram, secs};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// One thing the controller did.
+#[derive(Debug, Clone, Copy)]
+pub enum ControllerEvent<'a> {
+    /// This process's controller candidate was elected.
+    Elected {
+        /// Its host.
+        host: &'a str,
+    },
+    /// It stopped leading.
+    Deposed {
+        /// Why.
+        why: &'a str,
+    },
+    /// One decision pass over the apps that changed.
+    Pass {
+        /// How many apps it decided.
+        apps: usize,
+        /// How long it took, writes included.
+        latency: Duration,
+    },
+    /// A request to the coordination store.
+    StoreRequest {
+        /// Which (`txn`, `list`, `watch`, ...).
+        op: &'static str,
+        /// How long it took.
+        latency: Duration,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// An event was written to the log.
+    EventWritten {
+        /// Its kind (`promoted`, `primary-failed`, ...).
+        kind: &'a str,
+    },
+}
+
+/// The controller's metrics.
+#[derive(Debug)]
+pub struct ControllerMetrics {
+    registry: Registry,
+    leading: Gauge,
+    passes: Counter,
+    pass_seconds: Histogram,
+    store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    events: Family<KindLabels, Counter>,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics::new()
+    }
+}
+
+impl ControllerMetrics {
+    /// Fresh metrics.
+    pub fn new() -> ControllerMetrics {
+        let mut registry = Registry::with_prefix("tandem");
+        let m = ControllerMetrics {
+            leading: Gauge::default(),
+            passes: Counter::default(),
+            pass_seconds: seconds_histogram(),
+            store_seconds: Family::new_with_constructor(seconds_histogram),
+            events: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "controller_leading",
+            "1 while this process's controller candidate leads, else 0",
+            m.leading.clone(),
+        );
+        r.register(
+            "controller_passes",
+            "Decision passes of the controller over the apps that changed",
+            m.passes.clone(),
+        );
+        r.register(
+            "controller_pass_seconds",
+            "Duration of a decision pass, the store writes included",
+            m.pass_seconds.clone(),
+        );
+        r.register(
+            "store_request_seconds",
+            "Latency of the controller's requests to the coordination store, by op and outcome",
+            m.store_seconds.clone(),
+        );
+        r.register(
+            "controller_events",
+            "Events the controller wrote to the log, by kind",
+            m.events.clone(),
+        );
+        ControllerMetrics { registry, ..m }
+    }
+
+    /// The registry to serve.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Logs `ev` and updates its metric.
+    pub fn emit(&self, ev: ControllerEvent<'_>) {
+        match ev {
+            ControllerEvent::Elected { host } => {
+                info!(host, "this host's controller candidate leads");
+                self.leading.set(1);
+            }
+            ControllerEvent::Deposed { why } => {
+                warn!("controller stopped leading: {why}");
+                self.leading.set(0);
+            }
+            ControllerEvent::Pass { apps, latency } => {
+                tracing::debug!(apps, pass_us = latency.as_micros() as u64, "decision pass");
+                self.passes.inc();
+                self.pass_seconds.observe(secs(latency));
+            }
+            ControllerEvent::StoreRequest { op, latency, ok } => {
+                self.store_seconds
+                    .get_or_create(&OpLabels {
+                        op,
+                        outcome: if ok { "ok" } else { "failed" },
+                    })
+                    .observe(secs(latency));
+            }
+            ControllerEvent::EventWritten { kind } => {
+                self.events
+                    .get_or_create(&KindLabels { kind: kind.into() })
+                    .inc();
+            }
+        }
+    }
+}
