@@ -25,6 +25,7 @@
 //! meet it the same way (the embedded one does).
 
 pub mod checks;
+mod watch_breaker;
 
 use std::fmt::{Debug, Display};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::{Result, Store, StoreError, WatchEvent, WatchStream};
+
+pub use watch_breaker::WatchBreaker;
 
 /// How the suite runs against one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,8 @@ macro_rules! for_each_conformance_check {
                 watch_txn_events_in_op_order,
                 watch_delete_event_shape,
                 watch_from_zero_sees_only_new_changes,
+                follow_resumes_across_broken_watches,
+                follow_relists_after_a_broken_watch,
                 concurrent_cas_increments_are_linearizable,
                 invalid_arguments_are_rejected,
             ],
