@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
 use tandem_agent::local::{Local, LocalOptions};
 use tandem_api::ApiState;
 use tandem_core::model::keys;
 use tandem_core::topology::Topology;
+use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{EventKind, Store};
 use tandem_store_etcd::{EtcdOptions, EtcdStore, EtcdTls, parse_store_url};
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::up::load_topology;
 use crate::{LogFormat, init_logging};
+
+/// Pause before re-reading the topology after its watch broke.
+const TOPOLOGY_RETRY: Duration = Duration::from_millis(500);
 
 /// How to reach the coordination store.
 #[derive(clap::Args, Debug, Clone)]
@@ -157,21 +160,27 @@ async fn stored_topology(
 
 /// Waits until the stored topology changes after `revision`.
 async fn topology_changed(store: &Arc<dyn Store>, revision: u64) {
+    let mut topology = follow(
+        store.clone(),
+        keys::TOPOLOGY,
+        Start::At(revision + 1),
+        AfterBreak::Relist,
+    )
+    .retry_delay(TOPOLOGY_RETRY, TOPOLOGY_RETRY);
     loop {
-        if let Ok(mut w) = store.watch(keys::TOPOLOGY, revision + 1).await {
-            while let Some(ev) = w.next().await {
-                match ev {
-                    Ok(ev) if ev.kv.key == keys::TOPOLOGY && ev.kind == EventKind::Put => return,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
+        match topology.next().await {
+            FollowItem::Change(ev) if ev.kv.key == keys::TOPOLOGY && ev.kind == EventKind::Put => {
+                return;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(Some(kv)) = store.get(keys::TOPOLOGY).await
-            && kv.mod_revision > revision
-        {
-            return;
+            FollowItem::Snapshot(listing)
+                if listing
+                    .kvs
+                    .iter()
+                    .any(|kv| kv.key == keys::TOPOLOGY && kv.mod_revision > revision) =>
+            {
+                return;
+            }
+            FollowItem::Change(_) | FollowItem::Snapshot(_) | FollowItem::Interrupted(_) => {}
         }
     }
 }
