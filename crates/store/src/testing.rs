@@ -23,6 +23,11 @@
 //! [`checks::watch_slow_consumer_is_dropped`] is not part of
 //! [`conformance`]: only a backend that bounds each watcher's buffer can
 //! meet it the same way (the embedded one does).
+//!
+//! [`WatchBreaker`] wraps any backend and breaks its watches on purpose:
+//! the `follow_*` checks use it to test [`crate::watch::follow`] across
+//! lost watches on every backend, and other crates' tests can use it to
+//! force a `WatchLost`.
 
 pub mod checks;
 mod watch_breaker;
