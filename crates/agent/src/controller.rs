@@ -17,11 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tandem_core::controller::{AppInput, decide, status_events};
 use tandem_core::model::{AppRoles, EventDraft, EventKind, InstanceStatus, Intent, keys};
 use tandem_core::topology::Topology;
+use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{
     Compare, EventKind as StoreEventKind, LeaseId, Op, OpResult, Revision, Store, StoreError, Txn,
     WatchEvent,
@@ -34,6 +35,8 @@ use tracing::{debug, info, warn};
 pub const MAX_EVENTS: u64 = 10_000;
 /// How many times a decision is retried after a conflicting write.
 const MAX_CONFLICTS: u32 = 8;
+/// Pause before reading or watching the store again after it failed.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// The value of the controller key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +141,7 @@ pub async fn run_candidate(
                 warn!(error = %e, "campaign failed");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
                 }
             }
         }
@@ -157,24 +160,24 @@ async fn wait_for_vacancy(
     if held.is_none() {
         return;
     }
-    let mut stream = match store.watch(keys::CONTROLLER, from).await {
-        Ok(s) => s,
-        Err(_) => {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            return;
-        }
-    };
+    let mut key = follow(
+        store.clone(),
+        keys::CONTROLLER,
+        Start::At(from),
+        AfterBreak::Resume,
+    );
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = session.changed() => {
                 if r.is_err() || *session.borrow() != Some(lease) { return; }
             }
-            ev = stream.next() => match ev {
-                Some(Ok(ev)) if ev.kv.key == keys::CONTROLLER && ev.kind == StoreEventKind::Delete => return,
-                Some(Ok(_)) => {}
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            item = key.next() => match item {
+                FollowItem::Change(ev) if ev.kv.key == keys::CONTROLLER && ev.kind == StoreEventKind::Delete => return,
+                FollowItem::Change(_) => {}
+                // Campaign again: the campaign reads the key as it is.
+                FollowItem::Snapshot(_) | FollowItem::Interrupted(_) => {
+                    tokio::time::sleep(RETRY_DELAY).await;
                     return;
                 }
             }
@@ -247,7 +250,7 @@ impl Leader {
                     warn!(error = %e, "controller cannot read the store; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = tokio::time::sleep(RETRY_DELAY) => {}
                     }
                 }
             }
@@ -285,8 +288,13 @@ impl Leader {
         self.first_decision_by =
             tokio::time::Instant::now() + self.topology.cluster.renew_interval * 4;
 
-        let mut from = listing.revision + 1;
-        let mut stream = None;
+        let mut changes = follow(
+            self.store.clone(),
+            keys::ROOT,
+            Start::At(listing.revision + 1),
+            AfterBreak::Resume,
+        )
+        .retry_delay(RETRY_DELAY, RETRY_DELAY);
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             if self.deposed {
@@ -299,19 +307,6 @@ impl Leader {
                 }
                 if self.deposed {
                     return;
-                }
-            }
-            if stream.is_none() {
-                match self.store.watch(keys::ROOT, from).await {
-                    Ok(s) => stream = Some(s),
-                    Err(StoreError::Compacted { .. }) => {
-                        warn!("controller fell behind the store's history; re-reading");
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "controller cannot watch; retrying");
-                        retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(200));
-                    }
                 }
             }
             let wake = match (retry_at, self.pending_deadline()) {
@@ -332,27 +327,23 @@ impl Leader {
                     }
                 }
                 _ = retry => retry_at = None,
-                ev = async {
-                    match stream.as_mut() {
-                        Some(s) => s.next().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    match ev {
-                        Some(Ok(ev)) => {
-                            from = ev.revision() + 1;
-                            self.apply(&ev, true);
-                            // Take every change already delivered before deciding.
-                            while let Some(Some(Ok(ev))) = stream.as_mut().and_then(|s| s.next().now_or_never()) {
-                                from = ev.revision() + 1;
-                                self.apply(&ev, true);
+                item = changes.next() => {
+                    let mut item = Some(item);
+                    // Take every change already delivered before deciding.
+                    while let Some(next) = item {
+                        match next {
+                            FollowItem::Change(ev) => self.apply(&ev, true),
+                            FollowItem::Interrupted(StoreError::Compacted { .. })
+                            | FollowItem::Snapshot(_) => {
+                                warn!("controller fell behind the store's history; re-reading");
+                                return;
+                            }
+                            FollowItem::Interrupted(e) => {
+                                warn!(error = %e, "controller watch broke; resuming");
+                                break;
                             }
                         }
-                        Some(Err(e)) => {
-                            warn!(error = %e, "controller watch broke; resuming");
-                            stream = None;
-                        }
-                        None => stream = None,
+                        item = changes.next().now_or_never();
                     }
                 }
             }

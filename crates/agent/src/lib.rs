@@ -23,4 +23,5 @@ pub mod peer;
 pub mod probe;
 pub mod process;
 pub mod publish;
+pub mod supervisor;
 pub mod watchdog;

@@ -12,7 +12,8 @@ use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tandem_core::model::{Event, keys};
-use tandem_store::{EventKind, KeyValue, Revision, Store, StoreError};
+use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
+use tandem_store::{EventKind, KeyValue, Revision, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,7 @@ pub const MAX_LIMIT: u64 = 10_000;
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Events buffered per follower before the follower's watch waits.
 const FOLLOW_BUFFER: usize = 256;
-/// Backoff bounds when the store cannot be watched.
+/// Retry delay bounds when the store cannot be watched.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -141,18 +142,17 @@ fn select_backlog(events: Vec<Event>, since: Option<u64>, limit: u64) -> Vec<Eve
     }
 }
 
-/// Feeds one follower: watches the event log from `from` and sends every
+/// Feeds one follower: follows the event log from `from` and sends every
 /// event newer than `last_seq`, in order, until the follower goes away or
 /// the server shuts down. A broken watch resumes from the last revision
 /// seen plus one; if that history is gone, the log is listed again.
 async fn feed_follower(
     store: std::sync::Arc<dyn Store>,
-    mut from: Revision,
+    from: Revision,
     mut last_seq: Option<u64>,
     tx: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) {
-    let mut retry = RETRY_MIN;
     let send = |event: Event, last_seq: &mut Option<u64>| {
         let fresh = last_seq.is_none_or(|l| event.seq > l);
         if fresh {
@@ -170,64 +170,31 @@ async fn feed_follower(
             }
         }
     };
+    let mut log = follow(store, keys::EVENTS, Start::At(from), AfterBreak::Resume)
+        .retry_delay(RETRY_MIN, RETRY_MAX);
     loop {
-        let watched = tokio::select! {
+        let item = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tx.closed() => return,
-            w = store.watch(keys::EVENTS, from) => w,
+            item = log.next() => item,
         };
-        let mut progressed = false;
-        match watched {
-            Ok(mut stream) => loop {
-                let item = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    item = stream.next() => item,
-                };
-                match item {
-                    Some(Ok(change)) => {
-                        retry = RETRY_MIN;
-                        progressed = true;
-                        from = change.revision() + 1;
-                        if change.kind != EventKind::Put {
-                            continue; // the log being trimmed
-                        }
-                        if let Some(event) = parse_event(&change.kv)
-                            && !send(event, &mut last_seq).await
-                        {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "event watch broke; resuming");
-                        break;
-                    }
-                    None => break,
-                }
-            },
-            Err(StoreError::Compacted { .. }) => match store.list(keys::EVENTS).await {
-                Ok(listing) => {
-                    for event in parse_events(&listing.kvs) {
-                        if !send(event, &mut last_seq).await {
-                            return;
-                        }
-                    }
-                    from = listing.revision + 1;
-                    continue;
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot list the event log"),
-            },
-            Err(e) => tracing::debug!(error = %e, "cannot watch the event log"),
+        let events = match item {
+            FollowItem::Change(change) if change.kind == EventKind::Put => {
+                parse_event(&change.kv).into_iter().collect()
+            }
+            FollowItem::Change(_) => continue, // the log being trimmed
+            // The history to resume from is gone: the log as it is now.
+            FollowItem::Snapshot(listing) => parse_events(&listing.kvs),
+            FollowItem::Interrupted(e) => {
+                tracing::debug!(error = %e, "event watch broke; resuming");
+                continue;
+            }
+        };
+        for event in events {
+            if !send(event, &mut last_seq).await {
+                return;
+            }
         }
-        if progressed {
-            continue; // the watch worked, then broke: resume at once
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(retry) => {}
-        }
-        retry = (retry * 2).min(RETRY_MAX);
     }
 }
 

@@ -33,7 +33,6 @@ mod maintenance;
 mod params;
 mod status;
 mod switchover;
-pub mod types;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,9 +45,12 @@ use tandem_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use events::{DEFAULT_LIMIT, KEEP_ALIVE_INTERVAL, MAX_LIMIT};
-pub use maintenance::MaintenanceRequest;
 pub use status::status_document;
 pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
+/// The documents the API answers with and the requests it accepts: the
+/// `tandem-wire` crate, which clients share without this server.
+pub use tandem_wire as types;
+pub use tandem_wire::MaintenanceRequest;
 
 /// What every handler shares: the store, the topology, and the server's
 /// shutdown signal (which ends event streams and switchover waits).

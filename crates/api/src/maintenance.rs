@@ -10,7 +10,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use tandem_core::model::{IntentKind, IntentState, keys};
 use tokio::time::Instant;
 
@@ -19,15 +18,7 @@ use crate::error::ApiError;
 use crate::handlers::path_app;
 use crate::params::Params;
 use crate::switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, Waited, record, wait_for_outcome};
-use crate::types::{SwitchoverProgress, SwitchoverResponse};
-
-/// The body of a maintenance request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceRequest {
-    /// Turn maintenance on or off.
-    pub on: bool,
-}
+use crate::types::{MaintenanceRequest, SwitchoverProgress, SwitchoverResponse};
 
 /// The handler.
 pub(crate) async fn maintenance(

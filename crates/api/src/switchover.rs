@@ -17,9 +17,9 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use tandem_core::model::{Intent, IntentKind, IntentState, keys};
 use tandem_core::topology::{App, HaMode};
+use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{Compare, EventKind, Op, Revision, Txn};
 use tokio::time::Instant;
 
@@ -36,7 +36,8 @@ pub const MAX_TIMEOUT_MS: u64 = 60_000;
 /// How often recording the intent is retried when a concurrent write moved
 /// the key between our read and our compare-and-swap.
 const RECORD_ATTEMPTS: usize = 3;
-/// Pause before re-reading after the watch broke.
+/// Pause before re-reading after the watch broke without delivering
+/// anything (a watch that delivered changes re-reads at once).
 const REWATCH_PAUSE: Duration = Duration::from_millis(100);
 
 /// True for HA modes whose apps have a primary to switch over.
@@ -268,7 +269,7 @@ pub(crate) async fn wait_for_outcome(
     state: &ApiState,
     key: &str,
     id: &str,
-    mut from: Revision,
+    from: Revision,
     deadline: Instant,
 ) -> Waited {
     let mut last = SwitchoverProgress::Pending;
@@ -279,37 +280,29 @@ pub(crate) async fn wait_for_outcome(
         }
     };
     let wait = async {
+        let mut intent = follow(
+            state.store.clone(),
+            key,
+            Start::At(from),
+            AfterBreak::Relist,
+        )
+        .retry_delay(REWATCH_PAUSE, REWATCH_PAUSE);
         loop {
-            match state.store.watch(key, from).await {
-                Ok(mut stream) => loop {
-                    match stream.next().await {
-                        Some(Ok(event)) => {
-                            from = event.revision() + 1;
-                            if event.kv.key != key {
-                                continue; // another app whose name starts with ours
-                            }
-                            if event.kind == EventKind::Delete {
-                                return Waited::Gone;
-                            }
-                            match check(&event.kv.value, id, &mut last) {
-                                Some(done) => return done,
-                                None => continue,
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "intent watch broke; resuming");
-                            break;
-                        }
-                        None => break,
+            match intent.next().await {
+                FollowItem::Change(event) => {
+                    if event.kv.key != key {
+                        continue; // another app whose name starts with ours
                     }
-                },
-                Err(e) => tracing::debug!(error = %e, "cannot watch the intent; re-reading"),
-            }
-            tokio::time::sleep(REWATCH_PAUSE).await;
-            // The watch broke (or its history is compacted): read the key as
-            // it is now, then watch from after that read.
-            match state.store.list(key).await {
-                Ok(listing) => {
+                    if event.kind == EventKind::Delete {
+                        return Waited::Gone;
+                    }
+                    if let Some(done) = check(&event.kv.value, id, &mut last) {
+                        return done;
+                    }
+                }
+                // The watch broke (or its history is compacted): the key as
+                // it is now, then the changes after that read.
+                FollowItem::Snapshot(listing) => {
                     match listing.kvs.iter().find(|kv| kv.key == key) {
                         None => return Waited::Gone,
                         Some(kv) => {
@@ -318,9 +311,10 @@ pub(crate) async fn wait_for_outcome(
                             }
                         }
                     }
-                    from = listing.revision + 1;
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot re-read the intent"),
+                FollowItem::Interrupted(e) => {
+                    tracing::debug!(error = %e, "intent watch broke; re-reading");
+                }
             }
         }
     };

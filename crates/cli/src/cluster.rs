@@ -1,12 +1,7 @@
 //! Several machines: `tandem topology apply|show` and `tandem agent`, on a
-//! shared etcd cluster.
-//!
-//! The topology lives in the store (`/tandem/topology`); every agent reads
-//! it at start and follows it without restarting: when it changes, only the
-//! instances whose settings changed restart, removed ones stop, new ones
-//! start, and the controller candidates start again with it. A change of
-//! the cluster settings or of this host's own record restarts every
-//! instance of the host.
+//! shared etcd cluster: flags, connecting to the store, and the API served
+//! beside the agent. The agent itself, following the stored topology,
+//! runs in `tandem_agent::supervisor`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
-use tandem_agent::local::{Local, LocalOptions};
+use tandem_agent::local::LocalOptions;
+use tandem_agent::supervisor::{self, Companion, SupervisorConfig};
 use tandem_api::ApiState;
 use tandem_core::model::keys;
 use tandem_core::topology::Topology;
-use tandem_store::{EventKind, Store};
+use tandem_store::Store;
 use tandem_store_etcd::{EtcdOptions, EtcdStore, EtcdTls, parse_store_url};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -128,88 +123,36 @@ pub struct AgentArgs {
     pub log_level: String,
 }
 
-/// Reads the stored topology, waiting for one; returns it with its revision.
-async fn stored_topology(
-    store: &Arc<dyn Store>,
-    stop: &CancellationToken,
-) -> anyhow::Result<Option<(Arc<Topology>, u64)>> {
-    let mut said = false;
-    loop {
-        match store.get(keys::TOPOLOGY).await {
-            Ok(Some(kv)) => {
-                let t: Topology = serde_json::from_slice(&kv.value)
-                    .context("the stored topology is unreadable")?;
-                return Ok(Some((Arc::new(t), kv.mod_revision)));
-            }
-            Ok(None) if !said => {
-                tracing::warn!("no topology stored yet: waiting for `tandem topology apply FILE`");
-                said = true;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the topology; retrying"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
-/// Waits until the stored topology changes after `revision`.
-async fn topology_changed(store: &Arc<dyn Store>, revision: u64) {
-    loop {
-        if let Ok(mut w) = store.watch(keys::TOPOLOGY, revision + 1).await {
-            while let Some(ev) = w.next().await {
-                match ev {
-                    Ok(ev) if ev.kv.key == keys::TOPOLOGY && ev.kind == EventKind::Put => return,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(Some(kv)) = store.get(keys::TOPOLOGY).await
-            && kv.mod_revision > revision
-        {
-            return;
-        }
-    }
-}
-
-/// Fails if `host` is not in `topology`.
-fn check_host(topology: &Topology, host: &str) -> anyhow::Result<()> {
-    if topology.host(host).is_none() {
-        let hosts: Vec<&str> = topology.hosts.iter().map(|h| h.name.as_str()).collect();
-        bail!(
-            "host {host:?} is not in topology {} (its hosts: {})",
-            topology.name,
-            hosts.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// The API, when this agent serves it.
+/// The API, when this agent serves it: the listener bound at start, then
+/// the same address bound again for each new topology.
 struct Api {
+    store: Arc<dyn Store>,
+    listener: Option<tokio::net::TcpListener>,
+    addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Api {
-    fn start(
-        listener: Option<tokio::net::TcpListener>,
-        store: &Arc<dyn Store>,
-        topology: &Arc<Topology>,
-    ) -> Api {
-        let stop = CancellationToken::new();
-        let task = listener.map(|l| {
-            let state = ApiState::new(store.clone(), topology.clone());
-            let stop = stop.clone();
+impl Companion for Api {
+    async fn start(&mut self, topology: &Arc<Topology>) -> anyhow::Result<()> {
+        let listener = match (self.listener.take(), self.addr) {
+            (Some(l), _) => Some(l),
+            (None, Some(addr)) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} again"))?,
+            ),
+            (None, None) => None,
+        };
+        self.stop = CancellationToken::new();
+        self.task = listener.map(|l| {
+            let state = ApiState::new(self.store.clone(), topology.clone());
+            let stop = self.stop.clone();
             tokio::spawn(async move {
                 let _ = tandem_api::serve(l, state, stop.cancelled_owned()).await;
             })
         });
-        Api { stop, task }
+        Ok(())
     }
 
     /// Stops it (its listener is closed with it).
@@ -255,70 +198,21 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // lease can expire.
     let exe = std::env::current_exe().context("cannot find tandem's own executable")?;
     let watchdog = vec![exe.into_os_string(), "watchdog".into()];
-    let mut listener = listener;
-    let mut next: Option<(Arc<Topology>, u64)> = None;
-    'restart: loop {
-        let (topology, revision) = match next.take() {
-            Some(t) => t,
-            None => match stored_topology(&store, &stop).await? {
-                Some(t) => t,
-                None => break,
-            },
-        };
-        check_host(&topology, &args.host)?;
-        tracing::info!(host = %args.host, topology = %topology.name, revision, "running");
-        let mut local = Local::start_with(
-            store.clone(),
-            topology.clone(),
-            std::slice::from_ref(&args.host),
-            data_dir.clone(),
-            LocalOptions {
-                api: api_addr.map(|a| a.to_string()),
-                watchdog: Some(watchdog.clone()),
-            },
-        )?;
-        let mut api = Api::start(listener.take(), &store, &topology);
-        let (mut current, mut revision) = (topology, revision);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    local.stop().await?;
-                    api.stop().await;
-                    break 'restart;
-                }
-                _ = topology_changed(&store, revision) => {}
-            }
-            let Some((new, new_revision)) = stored_topology(&store, &stop).await? else {
-                continue;
-            };
-            check_host(&new, &args.host)?;
-            // The API answers from the topology it was given: serve the new one.
-            api.stop().await;
-            if let Some(addr) = api_addr {
-                listener = Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("cannot listen on {addr} again"))?,
-                );
-            }
-            if new.cluster == current.cluster && new.host(&args.host) == current.host(&args.host) {
-                tracing::info!(
-                    revision = new_revision,
-                    "the topology changed: applying it to the instances it changes"
-                );
-                local.update(new.clone()).await;
-                api = Api::start(listener.take(), &store, &new);
-                (current, revision) = (new, new_revision);
-            } else {
-                tracing::warn!(
-                    revision = new_revision,
-                    "the cluster settings or this host changed: restarting this host's instances with the new topology"
-                );
-                local.stop().await?;
-                next = Some((new, new_revision));
-                continue 'restart;
-            }
-        }
-    }
+    let config = SupervisorConfig {
+        host: args.host.clone(),
+        data_dir,
+        local: LocalOptions {
+            api: api_addr.map(|a| a.to_string()),
+            watchdog: Some(watchdog),
+        },
+    };
+    let mut api = Api {
+        store: store.clone(),
+        listener,
+        addr: api_addr,
+        stop: CancellationToken::new(),
+        task: None,
+    };
+    supervisor::run(store, config, &mut api, stop).await?;
     Ok(ExitCode::SUCCESS)
 }

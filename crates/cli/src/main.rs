@@ -3,7 +3,6 @@
 #![allow(clippy::disallowed_methods)] // a binary reads clocks
 
 mod bench;
-mod bench_hosts;
 mod cluster;
 mod commands;
 mod table;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
 use tandem_agent::local::{Local, local_hosts};
 use tandem_api::ApiState;
 use tandem_core::model::{Event, keys};
 use tandem_core::topology::Topology;
+use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{EmbeddedStore, EventKind, Store};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -193,33 +193,42 @@ fn print_banner(topology: &Topology, hosts: &[String], data_dir: &Path, api: Soc
 
 /// Prints every event as it is written.
 async fn follow_events(store: Arc<dyn Store>, stop: CancellationToken) {
-    let mut from = match store.list(keys::EVENTS).await {
-        Ok(l) => l.revision + 1,
-        Err(_) => 0,
-    };
+    let mut log = follow(store, keys::EVENTS, Start::Listing, AfterBreak::Resume);
+    // The newest event printed or passed over; none before the first
+    // listing.
+    let mut seen: Option<u64> = None;
     loop {
-        let mut stream = tokio::select! {
+        let item = tokio::select! {
             _ = stop.cancelled() => return,
-            s = store.watch(keys::EVENTS, from) => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
+            item = log.next() => item,
         };
-        loop {
-            let item = tokio::select! {
-                _ = stop.cancelled() => return,
-                i = stream.next() => i,
-            };
-            match item {
-                Some(Ok(ev)) => {
-                    from = ev.revision() + 1;
-                    if ev.kind == EventKind::Put
-                        && let Ok(e) = serde_json::from_slice::<Event>(&ev.kv.value)
-                    {
-                        println!("{}", event_line(&e));
-                    }
+        match item {
+            FollowItem::Change(ev) => {
+                if ev.kind == EventKind::Put
+                    && let Ok(e) = serde_json::from_slice::<Event>(&ev.kv.value)
+                {
+                    seen = Some(e.seq);
+                    println!("{}", event_line(&e));
                 }
-                _ => break,
+            }
+            // The log as it is: at the start (its events are older than the
+            // summary: none printed), or after its history was lost.
+            FollowItem::Snapshot(listing) => {
+                let mut events: Vec<Event> = listing
+                    .kvs
+                    .iter()
+                    .filter(|kv| keys::parse_event(&kv.key).is_some())
+                    .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                    .collect();
+                events.sort_by_key(|e| e.seq);
+                let after = seen.unwrap_or(u64::MAX);
+                for e in events.iter().filter(|e| e.seq > after) {
+                    println!("{}", event_line(e));
+                }
+                seen = events.iter().map(|e| e.seq).chain(seen).max().or(Some(0));
+            }
+            FollowItem::Interrupted(e) => {
+                tracing::debug!(error = %e, "event watch broke; resuming")
             }
         }
     }

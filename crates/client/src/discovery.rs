@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tandem_api::types::{Event, EventKind, PrimaryDoc};
+use tandem_wire::{Event, EventKind, PrimaryDoc};
 
 use crate::{ApiClient, ClientError};
 

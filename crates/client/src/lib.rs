@@ -3,8 +3,9 @@
 //! find an app's current primary, ask for a switchover and read or follow
 //! the event log.
 //!
-//! The documents are the API's own types ([`tandem_api::types`], re-exported
-//! here), so both ends always agree on the JSON.
+//! The documents are the API's own types (crate `tandem-wire`, re-exported
+//! here as [`types`]), so both ends always agree on the JSON, and a client
+//! does not pull in the server.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tandem_client::ClientError> {
@@ -35,8 +36,8 @@ use futures::{Stream, StreamExt};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-pub use tandem_api::types;
-pub use tandem_api::types::{
+pub use tandem_wire as types;
+pub use tandem_wire::{
     AppDoc, ErrorDoc, Event, EventsDoc, InstanceDoc, MemberDoc, MembersDoc, PrimaryDoc, StatusDoc,
     SwitchoverProgress, SwitchoverRequest, SwitchoverResponse,
 };
@@ -235,7 +236,7 @@ impl ApiClient {
         on: bool,
         timeout: Duration,
     ) -> Result<SwitchoverOutcome, ClientError> {
-        let request = tandem_api::MaintenanceRequest { on };
+        let request = tandem_wire::MaintenanceRequest { on };
         self.intent(app, "maintenance", &request, timeout).await
     }
 

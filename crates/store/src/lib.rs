@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod testing;
+pub mod watch;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -224,7 +225,7 @@ impl WatchEvent {
 
 /// A stream of changes, in revision order. An `Err` item means the stream
 /// is broken; the caller resumes with a new watch from the last revision it
-/// saw plus one.
+/// saw plus one ([`watch::follow`] does that).
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
 
 /// What tandem's HA logic needs from a coordination store.

@@ -23,8 +23,14 @@
 //! [`checks::watch_slow_consumer_is_dropped`] is not part of
 //! [`conformance`]: only a backend that bounds each watcher's buffer can
 //! meet it the same way (the embedded one does).
+//!
+//! [`WatchBreaker`] wraps any backend and breaks its watches on purpose:
+//! the `follow_*` checks use it to test [`crate::watch::follow`] across
+//! lost watches on every backend, and other crates' tests can use it to
+//! force a `WatchLost`.
 
 pub mod checks;
+mod watch_breaker;
 
 use std::fmt::{Debug, Display};
 use std::sync::Arc;
@@ -34,6 +40,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::{Result, Store, StoreError, WatchEvent, WatchStream};
+
+pub use watch_breaker::WatchBreaker;
 
 /// How the suite runs against one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +134,8 @@ macro_rules! for_each_conformance_check {
                 watch_txn_events_in_op_order,
                 watch_delete_event_shape,
                 watch_from_zero_sees_only_new_changes,
+                follow_resumes_across_broken_watches,
+                follow_relists_after_a_broken_watch,
                 concurrent_cas_increments_are_linearizable,
                 invalid_arguments_are_rejected,
             ],

@@ -1382,3 +1382,213 @@ pub async fn watch_slow_consumer_is_dropped(
     );
     c.ok(store.revoke_lease(lease.id).await, "revoke");
 }
+
+/// The retry delay of the follow checks: short, to keep them fast.
+const FOLLOW_RETRY: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(10));
+
+/// Writes one batch of changes under `c`'s scope: single puts, two
+/// transactions of several ops, deletes. Returns how many watch events it
+/// makes.
+async fn write_follow_batch(c: &Check, store: &Arc<dyn Store>, tag: &str) -> usize {
+    let key = |k: &str| c.key(&format!("{tag}/{k}"));
+    c.ok(store.put(&key("k"), b"1".to_vec(), None).await, "put k");
+    let txn = |success| Txn {
+        compares: vec![],
+        success,
+        failure: vec![],
+    };
+    c.ok(
+        store
+            .txn(txn(vec![
+                Op::put(key("a"), b"a".to_vec()),
+                Op::put(key("b"), b"b".to_vec()),
+                Op::delete(key("k")),
+            ]))
+            .await,
+        "txn of three ops",
+    );
+    c.ok(store.put(&key("a"), b"a2".to_vec(), None).await, "put a");
+    c.ok(
+        store
+            .txn(txn(vec![
+                Op::delete(key("b")),
+                Op::put(key("c"), b"c".to_vec()),
+            ]))
+            .await,
+        "txn of two ops",
+    );
+    c.ok(store.delete(&key("a")).await, "delete a");
+    8
+}
+
+/// The next `n` changes of `follow`, which must resume by itself (no
+/// snapshot) after any number of interruptions.
+async fn follow_changes(
+    c: &Check,
+    follow: &mut crate::watch::Follow,
+    n: usize,
+    what: &str,
+) -> (Vec<WatchEvent>, usize) {
+    use crate::watch::FollowItem;
+    const MAX_INTERRUPTIONS: usize = 1000;
+    let mut changes = Vec::with_capacity(n);
+    let mut interruptions = 0;
+    while changes.len() < n {
+        match tokio::time::timeout(EVENT_TIMEOUT, follow.next()).await {
+            Ok(FollowItem::Change(e)) => changes.push(e),
+            Ok(FollowItem::Interrupted(_)) => {
+                interruptions += 1;
+                c.ensure(
+                    interruptions < MAX_INTERRUPTIONS,
+                    format_args!("{what}: more than {MAX_INTERRUPTIONS} interruptions"),
+                );
+            }
+            Ok(FollowItem::Snapshot(l)) => c.fail(format_args!(
+                "{what}: a snapshot (revision {}) instead of resuming after change {}",
+                l.revision,
+                changes.len()
+            )),
+            Err(_) => c.fail(format_args!(
+                "{what}: no change within {EVENT_TIMEOUT:?} after {} of {n}",
+                changes.len()
+            )),
+        }
+    }
+    (changes, interruptions)
+}
+
+/// [`crate::watch::follow`] resuming after breaks: over watches broken on
+/// purpose ([`super::WatchBreaker`]) after 2, 0, 1 and 3 events in turn (so
+/// between the events of one transaction, and before any event), it
+/// delivers exactly the changes one unbroken watch delivers, each once, in
+/// order, from history and live alike.
+pub async fn follow_resumes_across_broken_watches(
+    store: &Arc<dyn Store>,
+    config: &ConformanceConfig,
+) {
+    use crate::watch::{AfterBreak, Start, follow};
+    let c = Check::new("follow_resumes_across_broken_watches", config);
+    let start = c.ok(
+        store.put(&c.key("before"), b"x".to_vec(), None).await,
+        "put before the start",
+    ) + 1;
+    let mut plain = c.ok(store.watch(&c.scope, start).await, "unbroken watch");
+    let breaker = super::WatchBreaker::new(store.clone(), vec![2, 0, 1, 3]);
+    let mut follow = follow(
+        breaker.clone(),
+        c.scope.clone(),
+        Start::At(start),
+        AfterBreak::Resume,
+    )
+    .retry_delay(FOLLOW_RETRY.0, FOLLOW_RETRY.1);
+    let mut interruptions = 0;
+    for (batch, what) in [("1", "history"), ("2", "live")] {
+        let n = write_follow_batch(&c, store, batch).await;
+        let expected = c.next_events(&mut plain, n, what).await;
+        let (got, broken) = follow_changes(&c, &mut follow, n, what).await;
+        c.eq(got, expected, format_args!("followed changes ({what})"));
+        interruptions += broken;
+    }
+    c.ensure(
+        interruptions >= 4 && breaker.watches() >= 5,
+        format_args!(
+            "the watches broke and were resumed ({interruptions} interruptions, {} watches)",
+            breaker.watches()
+        ),
+    );
+}
+
+/// [`crate::watch::follow`] following state: it starts with a snapshot of
+/// the prefix, and after each break (every watch broken after one event)
+/// hands over a new snapshot before any further change. Snapshots and
+/// changes come in revision order, and applied in turn they give the
+/// prefix's current content.
+pub async fn follow_relists_after_a_broken_watch(
+    store: &Arc<dyn Store>,
+    config: &ConformanceConfig,
+) {
+    use std::collections::BTreeMap;
+
+    use crate::watch::{AfterBreak, FollowItem, Start, follow};
+    let c = Check::new("follow_relists_after_a_broken_watch", config);
+    c.ok(store.put(&c.key("a"), b"a".to_vec(), None).await, "put a");
+    c.ok(store.put(&c.key("b"), b"b".to_vec(), None).await, "put b");
+    let breaker = super::WatchBreaker::new(store.clone(), vec![1]);
+    let mut follow = follow(breaker, c.scope.clone(), Start::Listing, AfterBreak::Relist)
+        .retry_delay(FOLLOW_RETRY.0, FOLLOW_RETRY.1);
+    let mut next = async || match tokio::time::timeout(EVENT_TIMEOUT, follow.next()).await {
+        Ok(item) => item,
+        Err(_) => c.fail(format_args!("nothing to follow within {EVENT_TIMEOUT:?}")),
+    };
+    let view = |kvs: &[KeyValue]| -> BTreeMap<String, Vec<u8>> {
+        kvs.iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect()
+    };
+    let mut state = match next().await {
+        FollowItem::Snapshot(l) => {
+            c.eq(
+                l.kvs.clone(),
+                c.ok(store.list(&c.scope).await, "list").kvs,
+                "the first snapshot",
+            );
+            l
+        }
+        other => c.fail(format_args!(
+            "the first item must be a snapshot, got {other:?}"
+        )),
+    };
+    c.ok(store.put(&c.key("c"), b"c".to_vec(), None).await, "put c");
+    c.ok(
+        store
+            .txn(Txn {
+                compares: vec![],
+                success: vec![Op::put(c.key("d"), b"d".to_vec()), Op::delete(c.key("a"))],
+                failure: vec![],
+            })
+            .await,
+        "txn",
+    );
+    c.ok(store.put(&c.key("e"), b"e".to_vec(), None).await, "put e");
+    let expected = view(&c.ok(store.list(&c.scope).await, "list at the end").kvs);
+    let mut current = view(&state.kvs);
+    let mut last_revision = state.revision;
+    let (mut snapshots, mut interrupted) = (1, false);
+    for _ in 0..1000 {
+        if current == expected && snapshots > 1 {
+            return;
+        }
+        match next().await {
+            FollowItem::Snapshot(l) => {
+                c.ensure(
+                    l.revision >= last_revision,
+                    format_args!("snapshot at {} after revision {last_revision}", l.revision),
+                );
+                last_revision = l.revision;
+                current = view(&l.kvs);
+                state = l;
+                snapshots += 1;
+                interrupted = false;
+            }
+            FollowItem::Change(e) => {
+                c.ensure(
+                    !interrupted,
+                    "after a break, a snapshot comes before any change",
+                );
+                c.ensure(
+                    e.revision() > state.revision && e.revision() >= last_revision,
+                    format_args!("change at {} after revision {last_revision}", e.revision()),
+                );
+                last_revision = e.revision();
+                match e.kind {
+                    EventKind::Put => current.insert(e.kv.key, e.kv.value),
+                    EventKind::Delete => current.remove(&e.kv.key),
+                };
+            }
+            FollowItem::Interrupted(_) => interrupted = true,
+        }
+    }
+    c.fail(format_args!(
+        "followed state never reached the store's: {current:?} (expected {expected:?}, {snapshots} snapshot(s))"
+    ));
+}

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +31,8 @@ use tandem_demo::topology::{WarmPair, app_block};
 use tandem_store::Store;
 use tokio::time::Instant;
 
-use crate::bench::{free_port, stats};
-use crate::cluster::StoreArgs;
+use crate::figures::stats;
+use crate::{Connect, free_port};
 
 /// The name of the topology these benches store (the stem of the file
 /// name given to the parser); any other one stored in the cluster makes
@@ -47,43 +47,36 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped agent may take to stop its instances and leave.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Flags of `tandem bench host-loss`.
-#[derive(clap::Args, Debug)]
-pub struct HostLossArgs {
-    /// The etcd cluster (etcd://h1:2379,...); everything under /tandem/ is replaced.
-    #[arg(long)]
-    store: String,
+/// What [`host_loss`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLoss {
+    /// The etcd cluster (etcd://h1:2379,...); everything under /tandem/ is
+    /// replaced.
+    pub store: String,
     /// Number of trials.
-    #[arg(long, default_value_t = 20)]
-    trials: usize,
+    pub trials: usize,
     /// The agents' lease TTL in ms (etcd grants whole seconds); the renew
     /// interval is a sixth of it and the fence margin a third, as with the
     /// topology defaults (3 s, 500 ms, 1 s).
-    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1000..=60_000))]
-    lease_ttl_ms: u64,
+    pub lease_ttl_ms: u64,
     /// Print the figures as JSON.
-    #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
-/// Flags of `tandem bench etcd-load`.
-#[derive(clap::Args, Debug)]
-pub struct EtcdLoadArgs {
-    /// The etcd cluster (etcd://h1:2379,...); everything under /tandem/ is replaced.
-    #[arg(long)]
-    store: String,
+/// What [`etcd_load`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdLoad {
+    /// The etcd cluster (etcd://h1:2379,...); everything under /tandem/ is
+    /// replaced.
+    pub store: String,
     /// Managed instances (warm-standby pairs, so an even number).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=400))]
-    instances: u64,
+    pub instances: u64,
     /// Length of the measured window, in seconds.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    seconds: u64,
-    /// The agents' lease TTL in ms (see `host-loss`).
-    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1000..=60_000))]
-    lease_ttl_ms: u64,
+    pub seconds: u64,
+    /// The agents' lease TTL in ms (see [`HostLoss::lease_ttl_ms`]).
+    pub lease_ttl_ms: u64,
     /// Print the figures as JSON.
-    #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// An app of the bench topology and the ports of its instances a and b.
@@ -146,15 +139,8 @@ struct Rig {
 impl Rig {
     /// Connects, checks the cluster is free for the bench, stores the
     /// topology and starts both agents.
-    async fn start(store_url: &str, text: &str) -> anyhow::Result<Rig> {
-        let store = StoreArgs {
-            store: store_url.to_string(),
-            etcd_ca: None,
-            etcd_cert: None,
-            etcd_key: None,
-        }
-        .connect()
-        .await?;
+    async fn start(store_url: &str, text: &str, connect: &impl Connect) -> anyhow::Result<Rig> {
+        let store = connect.connect(store_url).await?;
         if let Some(kv) = store.get(keys::TOPOLOGY).await? {
             let name = serde_json::from_slice::<Topology>(&kv.value)
                 .map(|t| t.name)
@@ -339,8 +325,9 @@ fn host_of(id: &str) -> (&'static str, &'static str) {
     if id == "a" { HOSTS[0] } else { HOSTS[1] }
 }
 
-/// `tandem bench host-loss`.
-pub async fn host_loss(args: &HostLossArgs) -> anyhow::Result<ExitCode> {
+/// `tandem bench host-loss`: kill -9 of the primary's agent process (its
+/// host) → the backup on another host answers as primary.
+pub async fn host_loss(args: &HostLoss, connect: &impl Connect) -> anyhow::Result<()> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
@@ -350,7 +337,7 @@ pub async fn host_loss(args: &HostLossArgs) -> anyhow::Result<ExitCode> {
         .first()
         .cloned()
         .context("the bench topology has no app")?;
-    let mut rig = Rig::start(&args.store, &text).await?;
+    let mut rig = Rig::start(&args.store, &text, connect).await?;
     if !args.json {
         println!(
             "bench host-loss: agents h1 (127.0.0.1) and h2 (127.0.0.2), a warm-standby pair of demo components, etcd {}, {} trials",
@@ -438,7 +425,7 @@ pub async fn host_loss(args: &HostLossArgs) -> anyhow::Result<ExitCode> {
             samples.len()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Sums the samples of metric `name` whose labels include every one of
@@ -532,8 +519,9 @@ async fn read_counters(
     Ok(out)
 }
 
-/// `tandem bench etcd-load`.
-pub async fn etcd_load(args: &EtcdLoadArgs) -> anyhow::Result<ExitCode> {
+/// `tandem bench etcd-load`: etcd writes per managed instance and lease
+/// keep-alives per host, in steady state.
+pub async fn etcd_load(args: &EtcdLoad, connect: &impl Connect) -> anyhow::Result<()> {
     if !args.instances.is_multiple_of(2) {
         bail!(
             "--instances must be even: the instances are warm-standby pairs (got {})",
@@ -553,7 +541,7 @@ pub async fn etcd_load(args: &EtcdLoadArgs) -> anyhow::Result<ExitCode> {
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let rig = Rig::start(&args.store, &text).await?;
+    let rig = Rig::start(&args.store, &text, connect).await?;
     if !args.json {
         println!(
             "bench etcd-load: agents h1 (127.0.0.1) and h2 (127.0.0.2), {} managed instances ({pairs} warm-standby pairs), etcd {}; lease TTL {ttl} ms, renew interval {renew} ms, fence margin {margin} ms; a {} s window",
@@ -635,7 +623,7 @@ pub async fn etcd_load(args: &EtcdLoadArgs) -> anyhow::Result<ExitCode> {
             per_host(keep_alives)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,21 @@
-//! The documents the API answers with and the requests it accepts, shared
-//! with `tandem-client` (which deserializes exactly these types).
+//! The JSON documents of tandem's HTTP API: what the API (`tandem-api`)
+//! answers with and the requests it accepts, and what its clients
+//! (`tandem-client`, the `tandem` CLI, tools) deserialize.
+//!
+//! This crate is plain data so that both ends always agree on the JSON
+//! without a client pulling in the server's HTTP stack: it depends on
+//! `serde` and on `tandem-core` for the model types it re-exports, nothing
+//! async. The server re-exports it as `tandem_api::types`.
 //!
 //! Enumerations keep their store spelling: roles are `"primary"`,
 //! `"backup"`, `"stopped"`, ... ([`Role`]), health is `"healthy"`,
 //! `"unhealthy"` or `"unknown"` ([`Health`]).
+//!
+//! ```
+//! let doc: tandem_wire::SwitchoverRequest = serde_json::from_str(r#"{"to": "b"}"#).unwrap();
+//! assert_eq!(doc.to.as_deref(), Some("b"));
+//! ```
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 
@@ -233,4 +245,13 @@ pub struct EventsDoc {
 pub struct HealthzDoc {
     /// Always `"ok"`.
     pub status: String,
+}
+
+/// `POST /v1/apps/{app}/maintenance` body: turn the app's maintenance on or
+/// off. Unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// Turn maintenance on or off.
+    pub on: bool,
 }

@@ -1,0 +1,52 @@
+//! tandem's benchmarks: the measurements behind `tandem bench`, which print
+//! the figures of DESIGN.md's performance targets (tests never time
+//! anything).
+//!
+//! Each bench runs real components and kills them with SIGKILL, trial after
+//! trial: on this machine under an in-process agent and controller
+//! ([`failover`], [`cold`], [`singleton`], [`hot`], [`discovery`],
+//! [`proxy`], and [`pool`] for dispatch), or as two `tandem agent`
+//! processes on an etcd cluster ([`host_loss`], [`etcd_load`]). The `tandem`
+//! binary parses the flags and calls these functions; they run inside it:
+//! the components they start are `tandem` subcommands (this executable, or
+//! `tandem` on the `PATH`).
+#![deny(missing_docs)]
+#![allow(clippy::disallowed_methods)] // a benchmark reads clocks
+
+pub mod figures;
+mod hosts;
+mod local;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use tandem_store::Store;
+
+pub use hosts::{EtcdLoad, HostLoss, etcd_load, host_loss};
+pub use local::{cold, discovery, failover, hot, pool, proxy, singleton};
+
+/// The trials of a bench on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trials {
+    /// Number of trials.
+    pub trials: usize,
+    /// Print the figures as JSON.
+    pub json: bool,
+    /// Run on this etcd cluster (etcd://h1:2379,...) instead of the
+    /// embedded store.
+    pub store: Option<String>,
+}
+
+/// How a bench reaches the etcd cluster of a store URL
+/// (`etcd://h1:2379,...`): the caller's (the CLI connects as
+/// `tandem agent --store URL` does, so the figures are production's).
+pub trait Connect: Sync {
+    /// Connects to the cluster `url` names.
+    fn connect(&self, url: &str) -> impl Future<Output = anyhow::Result<Arc<dyn Store>>> + Send;
+}
+
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
