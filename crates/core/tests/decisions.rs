@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tandem_core::controller::{AppInput, decide};
-use tandem_core::instance::{Action, HookFailure, Input, InstanceMachine, InstanceSpec};
+use tandem_core::instance::{
+    Action, HookFailure, Input, InstanceMachine, InstanceSpec, KillReason,
+};
 use tandem_core::model::{
     AppRoles, EventKind, Health, InstanceStatus, Intent, IntentKind, IntentState, PrimaryGrant,
     ProcessState, Role,
@@ -103,7 +105,12 @@ fn instance_machine_table() {
         actions: Vec<Action>,
         acting: Role,
     }
-    let kill = |r: &str| Action::Kill { reason: r.into() };
+    // The typed reason, checked against the sentence the log shows.
+    let kill = |reason: KillReason, sentence: &str| {
+        assert_eq!(reason.to_string(), sentence);
+        Action::Kill { reason }
+    };
+    let web_a = || "web/a".to_string();
     let cases = vec![
         Case {
             name: "a new instance starts in its non-primary role",
@@ -187,6 +194,10 @@ fn instance_machine_table() {
             actions: vec![
                 Action::Publish,
                 kill(
+                    KillReason::PromotionFailed {
+                        instance: web_a(),
+                        error: "timeout".into(),
+                    },
                     "web/a: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
                 ),
             ],
@@ -215,6 +226,10 @@ fn instance_machine_table() {
             },
             input: hook_done(Role::Backup, 3, failed(false)),
             actions: vec![kill(
+                KillReason::StepDownUnconfirmed {
+                    instance: web_a(),
+                    error: "timeout".into(),
+                },
                 "web/a: could not confirm stepping down (timeout): killed so that it cannot act as primary",
             )],
             acting: Role::Primary,
@@ -250,6 +265,7 @@ fn instance_machine_table() {
             },
             input: Input::Fence,
             actions: vec![kill(
+                KillReason::LeaseLostWhilePromoting { instance: web_a() },
                 "web/a: lease about to be lost while a promotion is in flight",
             )],
             acting: Role::Primary,
@@ -263,6 +279,10 @@ fn instance_machine_table() {
             },
             input: hook_done(Role::Backup, 3, failed(true)),
             actions: vec![kill(
+                KillReason::StepDownUnconfirmed {
+                    instance: web_a(),
+                    error: "timeout".into(),
+                },
                 "web/a: could not confirm stepping down (timeout): killed so that it cannot act as primary",
             )],
             acting: Role::Primary,

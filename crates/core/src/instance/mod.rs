@@ -46,8 +46,11 @@ use crate::topology::{HaMode, RestartPolicy};
 
 mod fencing;
 mod health;
+mod notes;
 mod process;
 mod roles;
+
+pub use notes::{KillReason, Note};
 
 /// Longest wait between two attempts to deliver a role that failed.
 pub const MAX_HOOK_RETRY: Duration = Duration::from_secs(5);
@@ -156,7 +159,7 @@ pub enum Action {
     /// Kill the process group at once (SIGKILL).
     Kill {
         /// Why, for the log.
-        reason: String,
+        reason: KillReason,
     },
     /// Stop the process gracefully (SIGTERM, then SIGKILL after the app's
     /// stop timeout).
@@ -170,8 +173,8 @@ pub enum Action {
 pub struct Step {
     /// Actions, in order.
     pub actions: Vec<Action>,
-    /// Why, for the log.
-    pub notes: Vec<String>,
+    /// What was decided and why, for the log.
+    pub notes: Vec<Note>,
 }
 
 impl Step {

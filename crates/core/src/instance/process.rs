@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Action, HookState, InstanceMachine, Proc, Step};
+use super::{Action, HookState, InstanceMachine, KillReason, Note, Proc, Step};
 use crate::mode::{Style, default_role, spawn_role};
 use crate::model::Role;
 
@@ -41,19 +41,18 @@ impl InstanceMachine {
             self.backoff = self.policy.initial_backoff;
             if self.crash_looping {
                 self.crash_looping = false;
-                step.notes.push(format!(
-                    "{} runs stably again: no longer crash-looping",
-                    self.name
-                ));
+                step.notes.push(Note::StableAgain {
+                    instance: self.name.clone(),
+                });
                 step.act(Action::Publish);
             }
         }
         if !self.should_keep_running() {
             self.proc = Proc::Terminating;
-            step.notes.push(format!(
-                "{}: its role is now {}: stopping it",
-                self.name, self.desired_role
-            ));
+            step.notes.push(Note::RoleChanged {
+                instance: self.name.clone(),
+                role: self.desired_role,
+            });
             step.act(Action::Terminate);
             return;
         }
@@ -113,7 +112,9 @@ impl InstanceMachine {
             // Fenced or withdrawn while it was being started.
             self.proc = Proc::Terminating;
             step.act(Action::Kill {
-                reason: format!("{}: started after its grant ended: killed", self.name),
+                reason: KillReason::GrantEnded {
+                    instance: self.name.clone(),
+                },
             });
             return;
         }
@@ -182,18 +183,17 @@ impl InstanceMachine {
         self.acting = Role::Stopped;
         self.hook = HookState::Idle;
         self.proc = Proc::Backoff { until: now + delay };
-        step.notes.push(format!(
-            "{} {how}; restarting in {} ms",
-            self.name,
-            delay.as_millis()
-        ));
+        step.notes.push(Note::Exited {
+            instance: self.name.clone(),
+            how: how.clone(),
+            restart_in: delay,
+        });
         if self.crash_looping && !was_looping {
-            step.notes.push(format!(
-                "{} is crash-looping ({} quick exits in a row): it will not be promoted until it runs for {} ms",
-                self.name,
-                self.quick_exits,
-                self.policy.stable_after.as_millis()
-            ));
+            step.notes.push(Note::CrashLooping {
+                instance: self.name.clone(),
+                quick_exits: self.quick_exits,
+                stable_after: self.policy.stable_after,
+            });
         }
         self.last_exit = Some(how);
         step.act(Action::Publish);
