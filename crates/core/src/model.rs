@@ -178,9 +178,17 @@ pub struct InstanceStatus {
     pub crash_looping: bool,
     /// Restarts since the agent started.
     pub restarts: u32,
-    /// How the last run ended ("exited with code 1", "killed by signal 9").
+    /// How the last run ended ("exited with code 1", "killed by signal 9");
+    /// when tandem asked for it, followed by [`BY_TANDEM`] and why
+    /// ("killed by signal 9 (SIGKILL), by tandem: promotion hook failed
+    /// (timeout); …").
     pub last_exit: Option<String>,
 }
+
+/// What separates how a run ended from why tandem ended it, in
+/// [`InstanceStatus::last_exit`]: `"{how}, by tandem: {why}"`. An exit
+/// nobody in tandem asked for has no such part.
+pub const BY_TANDEM: &str = ", by tandem: ";
 
 impl InstanceStatus {
     /// True if this process may be acting as primary right now: it runs and
@@ -199,6 +207,14 @@ impl InstanceStatus {
             && self.acting_epoch == grant.epoch
             && self.incarnation == grant.incarnation
             && self.session == grant.session
+    }
+
+    /// True if the last run ended because tandem asked it to (see
+    /// [`BY_TANDEM`]).
+    pub fn exit_by_tandem(&self) -> bool {
+        self.last_exit
+            .as_deref()
+            .is_some_and(|how| how.contains(BY_TANDEM))
     }
 
     /// True if it could take the primary role: running, healthy, and not

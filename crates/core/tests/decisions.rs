@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tandem_core::controller::{AppInput, decide};
 use tandem_core::instance::{
-    Action, HookFailure, Input, InstanceMachine, InstanceSpec, KillReason,
+    Action, HookFailure, Input, InstanceMachine, InstanceSpec, KillReason, Note,
 };
 use tandem_core::model::{
     AppRoles, EventKind, Health, InstanceStatus, Intent, IntentKind, IntentState, PrimaryGrant,
@@ -359,6 +359,301 @@ fn quick_exits_back_off_exponentially_then_mark_the_instance_crash_looping() {
         now + 6000 * MS,
     );
     assert_eq!(m.next_wakeup(), Some(now + 6100 * MS));
+}
+
+// ---- exits tandem asked for ----
+
+/// An on-grant machine (`ha`) whose process (incarnation 1, pid 100) runs
+/// under its grant.
+fn granted_in(ha: HaMode) -> InstanceMachine {
+    let mut m = InstanceMachine::new(InstanceSpec {
+        has_hook: false,
+        checks: vec![],
+        ..spec(ha)
+    });
+    m.handle(
+        Input::Assigned {
+            role: Role::Primary,
+            epoch: 1,
+            grant: Some((1, 7)),
+            generation: 1,
+        },
+        Duration::ZERO,
+    );
+    m.handle(Input::Spawned { pid: 100 }, Duration::ZERO);
+    assert_eq!(m.status().process, ProcessState::Running);
+    m
+}
+
+fn spec(ha: HaMode) -> InstanceSpec {
+    InstanceSpec {
+        name: "web/a".into(),
+        host: "h1".into(),
+        ha,
+        has_hook: true,
+        restart: policy(),
+        checks: vec![(2, 1)],
+        session: 7,
+    }
+}
+
+/// A cold spare whose grant was withdrawn: its process is being stopped.
+fn withdrawn() -> InstanceMachine {
+    let mut m = granted_in(HaMode::ColdStandby);
+    let step = m.handle(
+        Input::Assigned {
+            role: Role::Standby,
+            epoch: 1,
+            grant: None,
+            generation: 2,
+        },
+        MS,
+    );
+    assert!(step.actions.contains(&Action::Terminate), "{step:?}");
+    m
+}
+
+fn stopping() -> InstanceMachine {
+    let mut m = running();
+    assert_eq!(m.handle(Input::Stop, 2 * MS).actions, [Action::Terminate]);
+    m
+}
+
+#[test]
+fn an_exit_tandem_asked_for_says_why_in_last_exit() {
+    struct Case {
+        name: &'static str,
+        machine: fn() -> InstanceMachine,
+        how: &'static str,
+        /// The name of [`InstanceMachine::ending`] before the exit.
+        ending: Option<&'static str>,
+        last_exit: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "an exit nobody in tandem asked for is as the runtime saw it",
+            machine: running,
+            how: "killed by signal 9 (SIGKILL)",
+            ending: None,
+            last_exit: "killed by signal 9 (SIGKILL)",
+        },
+        Case {
+            name: "killed after a failed promotion",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("promotion_failed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
+        },
+        Case {
+            name: "killed because it could not confirm stepping down",
+            machine: || {
+                let mut m = primary_machine();
+                m.handle(backup(3, 4), 4 * MS);
+                m.handle(hook_done(Role::Backup, 3, failed(false)), 5 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("step_down_unconfirmed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: could not confirm stepping down (timeout): killed so that it cannot act as primary",
+        },
+        Case {
+            name: "stopped because the agent is shutting down",
+            machine: stopping,
+            how: "exited with code 0",
+            ending: Some("agent_stopping"),
+            last_exit: "exited with code 0, by tandem: stopped because its agent is shutting down",
+        },
+        Case {
+            name: "stopped because its grant was withdrawn",
+            machine: withdrawn,
+            how: "exited with code 0",
+            ending: Some("role_changed"),
+            last_exit: "exited with code 0, by tandem: stopped because its role is now standby",
+        },
+        Case {
+            name: "stopped, then killed after its stop timeout",
+            machine: || {
+                let mut m = withdrawn();
+                m.handle(Input::StopTimedOut { incarnation: 1 }, 2 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("role_changed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: stopped because its role is now standby, then killed after its stop timeout",
+        },
+        Case {
+            name: "killed on lease loss: it runs only under a grant",
+            machine: || {
+                let mut m = granted_in(HaMode::Singleton);
+                m.handle(Input::Fence, MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("lease_may_be_lost"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: host lease may be lost: killed before it can expire (it runs only under a grant)",
+        },
+        Case {
+            name: "a kill replaces the reason of a graceful stop",
+            machine: || {
+                let mut m = withdrawn();
+                m.handle(Input::Fence, 2 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("lease_may_be_lost"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: host lease may be lost: killed before it can expire (it runs only under a grant)",
+        },
+        Case {
+            name: "a graceful stop does not replace the reason of a kill",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+                m.handle(Input::Stop, 4 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("promotion_failed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
+        },
+        Case {
+            name: "the next incarnation's exit owes nothing to an earlier kill",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+                m.handle(
+                    Input::Exited {
+                        how: "killed by signal 9 (SIGKILL)".into(),
+                    },
+                    4 * MS,
+                );
+                let at = m.next_wakeup().expect("a restart is scheduled");
+                m.handle(Input::Tick, at);
+                m.handle(Input::Spawned { pid: 101 }, at);
+                assert_eq!(m.incarnation(), 2);
+                m
+            },
+            how: "exited with code 1",
+            ending: None,
+            last_exit: "exited with code 1",
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut m = (c.machine)();
+        let ending = m.ending().map(|e| e.name());
+        let step = m.handle(Input::Exited { how: c.how.into() }, time(10));
+        let last_exit = m.status().last_exit;
+        if ending != c.ending
+            || last_exit.as_deref() != Some(c.last_exit)
+            || !step.actions.contains(&Action::Publish)
+            || m.ending().is_some()
+        {
+            failures.push(format!(
+                "{}:\n  got ending {ending:?} last_exit {last_exit:?} {step:?}\n  want ending {:?} last_exit {:?}",
+                c.name, c.ending, c.last_exit
+            ));
+        }
+        // The logged note says how it ended, as before.
+        for note in &step.notes {
+            if let Note::Exited { how, .. } = note {
+                assert_eq!(how, c.how, "{}", c.name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+fn time(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+#[test]
+fn a_stop_that_times_out_is_killed_only_while_that_incarnation_is_being_stopped() {
+    let stop_timeout = KillReason::StopTimeout {
+        instance: "web/a".into(),
+    };
+    assert_eq!(
+        stop_timeout.to_string(),
+        "web/a did not stop within its stop timeout: SIGKILL"
+    );
+    let kill = vec![Action::Kill {
+        reason: stop_timeout,
+    }];
+    // (case, machine, incarnation timed out, actions)
+    type Case = (&'static str, fn() -> InstanceMachine, u64, Vec<Action>);
+    let cases: Vec<Case> = vec![
+        (
+            "stopped for the agent's shutdown",
+            stopping,
+            1,
+            kill.clone(),
+        ),
+        (
+            "stopped because its grant was withdrawn",
+            withdrawn,
+            1,
+            kill,
+        ),
+        ("an older incarnation", stopping, 0, vec![]),
+        ("a process that is not being stopped", running, 1, vec![]),
+        (
+            "a process that already exited",
+            || {
+                let mut m = stopping();
+                m.handle(
+                    Input::Exited {
+                        how: "exited with code 0".into(),
+                    },
+                    3 * MS,
+                );
+                m
+            },
+            1,
+            vec![],
+        ),
+        (
+            "a process started again since",
+            || {
+                let mut m = withdrawn();
+                m.handle(
+                    Input::Exited {
+                        how: "exited with code 0".into(),
+                    },
+                    2 * MS,
+                );
+                m.handle(
+                    Input::Assigned {
+                        role: Role::Primary,
+                        epoch: 2,
+                        grant: Some((2, 7)),
+                        generation: 3,
+                    },
+                    3 * MS,
+                );
+                m.handle(Input::Spawned { pid: 101 }, 3 * MS);
+                assert_eq!(m.incarnation(), 2);
+                m
+            },
+            1,
+            vec![],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, machine, incarnation, want) in cases {
+        let mut m = machine();
+        let step = m.handle(Input::StopTimedOut { incarnation }, time(10));
+        if step.actions != want {
+            failures.push(format!("{name}: got {:?}, want {want:?}", step.actions));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 // ---- the controller ----

@@ -20,22 +20,24 @@ impl InstanceMachine {
             // It runs only under the lease: no grace period.
             if matches!(self.proc, Proc::Running | Proc::Terminating) {
                 self.proc = Proc::Terminating;
-                step.act(Action::Kill {
-                    reason: KillReason::LeaseMayBeLost {
+                self.kill(
+                    KillReason::LeaseMayBeLost {
                         instance: self.name.clone(),
                     },
-                });
+                    step,
+                );
             }
         } else if self.style == Style::Hooked && self.proc == Proc::Running {
             match self.hook {
                 HookState::InFlight {
                     role: Role::Primary,
                     ..
-                } => step.act(Action::Kill {
-                    reason: KillReason::LeaseLostWhilePromoting {
+                } => self.kill(
+                    KillReason::LeaseLostWhilePromoting {
                         instance: self.name.clone(),
                     },
-                }),
+                    step,
+                ),
                 HookState::InFlight { .. } => {}
                 _ => {
                     self.hook = HookState::Idle;

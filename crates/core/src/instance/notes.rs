@@ -296,6 +296,99 @@ impl fmt::Display for KillReason {
     }
 }
 
+/// Why tandem asked the current process to end ([`super::InstanceMachine::ending`]).
+///
+/// When the process then exits, its `last_exit` reads `"{how}, by tandem:
+/// {reason}"` ([`crate::model::BY_TANDEM`]), `{reason}` being this value's
+/// sentence: the kill reason's sentence without the instance's name, or
+/// what a graceful stop was for:
+///
+/// - `killed by signal 9 (SIGKILL), by tandem: promotion hook failed
+///   (timeout); the process may or may not act as primary, so it is killed`
+/// - `exited with code 0, by tandem: stopped because its role is now
+///   standby`
+/// - `exited with code 0, by tandem: stopped because its agent is shutting
+///   down`
+/// - `killed by signal 9 (SIGKILL), by tandem: stopped because its role is
+///   now standby, then killed after its stop timeout`
+///
+/// The first request stands, except that a kill replaces a graceful stop
+/// (the kill is what ends the process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// Killed at once ([`super::Action::Kill`]).
+    Killed(KillReason),
+    /// Stopped gracefully ([`super::Action::Terminate`]) because its role
+    /// no longer lets it run.
+    RoleChanged {
+        /// The role it is assigned.
+        role: Role,
+        /// It did not stop within its stop timeout and was killed
+        /// ([`KillReason::StopTimeout`]).
+        killed_after_timeout: bool,
+    },
+    /// Stopped gracefully because the agent is shutting down
+    /// ([`super::Input::Stop`]).
+    AgentStopping {
+        /// It did not stop within its stop timeout and was killed
+        /// ([`KillReason::StopTimeout`]).
+        killed_after_timeout: bool,
+    },
+}
+
+impl EndReason {
+    /// A stable name, usable as a metric label: the kill reason's name,
+    /// `role_changed` or `agent_stopping` (a stop timeout does not change
+    /// it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndReason::Killed(k) => k.name(),
+            EndReason::RoleChanged { .. } => "role_changed",
+            EndReason::AgentStopping { .. } => "agent_stopping",
+        }
+    }
+
+    /// Records that the graceful stop ended in a kill after the stop
+    /// timeout.
+    pub(super) fn timed_out(&mut self) {
+        match self {
+            EndReason::Killed(_) => {}
+            EndReason::RoleChanged {
+                killed_after_timeout,
+                ..
+            }
+            | EndReason::AgentStopping {
+                killed_after_timeout,
+            } => *killed_after_timeout = true,
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let timed_out = match self {
+            EndReason::Killed(k) => return k.why().fmt(f),
+            EndReason::RoleChanged {
+                role,
+                killed_after_timeout,
+            } => {
+                write!(f, "stopped because its role is now {role}")?;
+                killed_after_timeout
+            }
+            EndReason::AgentStopping {
+                killed_after_timeout,
+            } => {
+                f.write_str("stopped because its agent is shutting down")?;
+                killed_after_timeout
+            }
+        };
+        if *timed_out {
+            f.write_str(", then killed after its stop timeout")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

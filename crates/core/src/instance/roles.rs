@@ -133,21 +133,23 @@ impl InstanceMachine {
             self.acting = Role::Primary;
             self.acting_epoch = epoch;
             step.act(Action::Publish);
-            step.act(Action::Kill {
-                reason: KillReason::PromotionFailed {
+            self.kill(
+                KillReason::PromotionFailed {
                     instance: self.name.clone(),
                     error: f.error,
                 },
-            });
+                step,
+            );
             return;
         }
         if self.acting == Role::Primary && (self.fenced || !f.process_stopped) {
-            step.act(Action::Kill {
-                reason: KillReason::StepDownUnconfirmed {
+            self.kill(
+                KillReason::StepDownUnconfirmed {
                     instance: self.name.clone(),
                     error: f.error,
                 },
-            });
+                step,
+            );
             return;
         }
         if self.acting == Role::Primary {
