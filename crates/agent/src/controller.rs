@@ -280,6 +280,7 @@ impl Leader {
                 instance: None,
                 epoch: None,
                 message: format!("controller elected on host {}", self.host),
+                reason: None,
             });
         for app in &self.topology.apps {
             self.dirty.insert(app.name.clone());
@@ -461,6 +462,7 @@ impl Leader {
                     instance: None,
                     epoch: None,
                     message,
+                    reason: Some(if put { "host_joined" } else { "host_lost" }),
                 });
             self.dirty.insert(NO_APP.into());
         }

@@ -212,6 +212,7 @@ mod tests {
             instance: Some("a".into()),
             epoch: Some(seq),
             message: format!("event {seq}"),
+            reason: None,
         }
     }
 

@@ -209,6 +209,7 @@ fn event(seq: u64) -> Event {
         instance: Some("a".into()),
         epoch: Some(seq),
         message: format!("event number {seq}"),
+        reason: None,
     }
 }
 

@@ -131,13 +131,20 @@ pub enum Health {
     Unhealthy,
 }
 
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Health {
+    /// The spelling used in the store, the API and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Health::Unknown => "unknown",
             Health::Healthy => "healthy",
             Health::Unhealthy => "unhealthy",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -178,9 +185,17 @@ pub struct InstanceStatus {
     pub crash_looping: bool,
     /// Restarts since the agent started.
     pub restarts: u32,
-    /// How the last run ended ("exited with code 1", "killed by signal 9").
+    /// How the last run ended ("exited with code 1", "killed by signal 9");
+    /// when tandem asked for it, followed by [`BY_TANDEM`] and why
+    /// ("killed by signal 9 (SIGKILL), by tandem: promotion hook failed
+    /// (timeout); …").
     pub last_exit: Option<String>,
 }
+
+/// What separates how a run ended from why tandem ended it, in
+/// [`InstanceStatus::last_exit`]: `"{how}, by tandem: {why}"`. An exit
+/// nobody in tandem asked for has no such part.
+pub const BY_TANDEM: &str = ", by tandem: ";
 
 impl InstanceStatus {
     /// True if this process may be acting as primary right now: it runs and
@@ -199,6 +214,14 @@ impl InstanceStatus {
             && self.acting_epoch == grant.epoch
             && self.incarnation == grant.incarnation
             && self.session == grant.session
+    }
+
+    /// True if the last run ended because tandem asked it to (see
+    /// [`BY_TANDEM`]).
+    pub fn exit_by_tandem(&self) -> bool {
+        self.last_exit
+            .as_deref()
+            .is_some_and(|how| how.contains(BY_TANDEM))
     }
 
     /// True if it could take the primary role: running, healthy, and not
@@ -291,6 +314,93 @@ pub struct AppRoles {
     pub switchover: Option<PendingSwitchover>,
     /// Why the last change was made.
     pub reason: String,
+    /// The name of the last cause of a change of the primary, kept so that
+    /// a promotion decided later names it
+    /// ([`Cause`](crate::controller::Cause)). Like `reason`, it does not
+    /// make an assignment differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<CauseName>,
+}
+
+/// The name of why an app's primary changed, as stored in
+/// [`AppRoles::cause`]: why the primary was unfit
+/// ([`Unfit`](crate::controller::Unfit)), a planned switchover, or no
+/// primary before. Spelled in snake case, as event reasons and metric
+/// labels are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseName {
+    /// Its host was lost (no status).
+    HostLost,
+    /// It is crash-looping.
+    CrashLooping,
+    /// It is being started.
+    Starting,
+    /// It is not running.
+    NotRunning,
+    /// Its checks fail.
+    Unhealthy,
+    /// Its health is not yet known.
+    HealthUnknown,
+    /// It runs without the grant.
+    AlreadyRunning,
+    /// It left the topology.
+    Removed,
+    /// Its agent began a new session.
+    SessionEnded,
+    /// It restarted since it was granted.
+    Restarted,
+    /// A planned switchover.
+    Switchover,
+    /// The app had no primary.
+    NoPrimary,
+    /// A withdrawal whose cause is not known (stored by another version).
+    #[serde(other)]
+    Withdrawn,
+}
+
+impl CauseName {
+    /// Every name.
+    pub const ALL: [CauseName; 13] = [
+        CauseName::HostLost,
+        CauseName::CrashLooping,
+        CauseName::Starting,
+        CauseName::NotRunning,
+        CauseName::Unhealthy,
+        CauseName::HealthUnknown,
+        CauseName::AlreadyRunning,
+        CauseName::Removed,
+        CauseName::SessionEnded,
+        CauseName::Restarted,
+        CauseName::Switchover,
+        CauseName::NoPrimary,
+        CauseName::Withdrawn,
+    ];
+
+    /// The spelling used in the store, in events and as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CauseName::HostLost => "host_lost",
+            CauseName::CrashLooping => "crash_looping",
+            CauseName::Starting => "starting",
+            CauseName::NotRunning => "not_running",
+            CauseName::Unhealthy => "unhealthy",
+            CauseName::HealthUnknown => "health_unknown",
+            CauseName::AlreadyRunning => "already_running",
+            CauseName::Removed => "removed",
+            CauseName::SessionEnded => "session_ended",
+            CauseName::Restarted => "restarted",
+            CauseName::Switchover => "switchover",
+            CauseName::NoPrimary => "no_primary",
+            CauseName::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+impl fmt::Display for CauseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl AppRoles {
@@ -401,6 +511,10 @@ pub struct Event {
     pub epoch: Option<u64>,
     /// A sentence an operator can read: what happened and why.
     pub message: String,
+    /// Why, as a stable name (`not_running`, `switchover`, `host_lost`,
+    /// ...), if the event has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// An event as decided by core, before the runtime stamps it with a
@@ -417,6 +531,8 @@ pub struct EventDraft {
     pub epoch: Option<u64>,
     /// What happened and why.
     pub message: String,
+    /// Why, as a stable name, if the event has one.
+    pub reason: Option<&'static str>,
 }
 
 impl EventDraft {
@@ -428,6 +544,7 @@ impl EventDraft {
             instance: None,
             epoch: None,
             message: message.into(),
+            reason: None,
         }
     }
 
@@ -450,6 +567,12 @@ impl EventDraft {
         self
     }
 
+    /// Sets the reason's stable name.
+    pub fn with_reason(mut self, reason: &'static str) -> EventDraft {
+        self.reason = Some(reason);
+        self
+    }
+
     /// Stamps the draft into a log entry.
     pub fn stamp(self, seq: u64, t_ms: u64) -> Event {
         Event {
@@ -460,6 +583,7 @@ impl EventDraft {
             instance: self.instance,
             epoch: self.epoch,
             message: self.message,
+            reason: self.reason.map(str::to_string),
         }
     }
 }
@@ -549,6 +673,24 @@ mod tests {
         assert_eq!(keys::parse_status(&k), Some(("wfm-server", "a")));
         assert_eq!(keys::parse_event(&keys::event(42)), Some(42));
         assert!(keys::event(9) < keys::event(10));
+    }
+
+    #[test]
+    fn cause_names_are_stored_as_spelled_and_unknown_ones_read_as_withdrawn() {
+        for name in CauseName::ALL {
+            let json = serde_json::to_string(&name).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<CauseName>(&json).unwrap(), name);
+        }
+        let later: CauseName = serde_json::from_str("\"named_by_a_later_version\"").unwrap();
+        assert_eq!(later, CauseName::Withdrawn);
+        // An assignment stored without a cause reads as none.
+        let roles: AppRoles = serde_json::from_str(
+            r#"{"generation":1,"epoch":0,"primary":null,"roles":{},"stepping_down":null,"switchover":null,"reason":""}"#,
+        )
+        .unwrap();
+        assert_eq!(roles.cause, None);
+        assert!(!serde_json::to_string(&roles).unwrap().contains("cause"));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tandem_core::controller::{AppInput, decide};
-use tandem_core::instance::{Action, HookFailure, Input, InstanceMachine, InstanceSpec};
+use tandem_core::controller::{AppInput, decide, status_events};
+use tandem_core::instance::{
+    Action, HookFailure, Input, InstanceMachine, InstanceSpec, KillReason, Note,
+};
 use tandem_core::model::{
-    AppRoles, EventKind, Health, InstanceStatus, Intent, IntentKind, IntentState, PrimaryGrant,
-    ProcessState, Role,
+    AppRoles, CauseName, EventKind, Health, InstanceStatus, Intent, IntentKind, IntentState,
+    PrimaryGrant, ProcessState, Role,
 };
 use tandem_core::topology::{App, HaMode, Instance, RestartPolicy};
 
@@ -103,7 +105,12 @@ fn instance_machine_table() {
         actions: Vec<Action>,
         acting: Role,
     }
-    let kill = |r: &str| Action::Kill { reason: r.into() };
+    // The typed reason, checked against the sentence the log shows.
+    let kill = |reason: KillReason, sentence: &str| {
+        assert_eq!(reason.to_string(), sentence);
+        Action::Kill { reason }
+    };
+    let web_a = || "web/a".to_string();
     let cases = vec![
         Case {
             name: "a new instance starts in its non-primary role",
@@ -187,6 +194,10 @@ fn instance_machine_table() {
             actions: vec![
                 Action::Publish,
                 kill(
+                    KillReason::PromotionFailed {
+                        instance: web_a(),
+                        error: "timeout".into(),
+                    },
                     "web/a: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
                 ),
             ],
@@ -215,6 +226,10 @@ fn instance_machine_table() {
             },
             input: hook_done(Role::Backup, 3, failed(false)),
             actions: vec![kill(
+                KillReason::StepDownUnconfirmed {
+                    instance: web_a(),
+                    error: "timeout".into(),
+                },
                 "web/a: could not confirm stepping down (timeout): killed so that it cannot act as primary",
             )],
             acting: Role::Primary,
@@ -250,6 +265,7 @@ fn instance_machine_table() {
             },
             input: Input::Fence,
             actions: vec![kill(
+                KillReason::LeaseLostWhilePromoting { instance: web_a() },
                 "web/a: lease about to be lost while a promotion is in flight",
             )],
             acting: Role::Primary,
@@ -263,6 +279,10 @@ fn instance_machine_table() {
             },
             input: hook_done(Role::Backup, 3, failed(true)),
             actions: vec![kill(
+                KillReason::StepDownUnconfirmed {
+                    instance: web_a(),
+                    error: "timeout".into(),
+                },
                 "web/a: could not confirm stepping down (timeout): killed so that it cannot act as primary",
             )],
             acting: Role::Primary,
@@ -339,6 +359,301 @@ fn quick_exits_back_off_exponentially_then_mark_the_instance_crash_looping() {
         now + 6000 * MS,
     );
     assert_eq!(m.next_wakeup(), Some(now + 6100 * MS));
+}
+
+// ---- exits tandem asked for ----
+
+/// An on-grant machine (`ha`) whose process (incarnation 1, pid 100) runs
+/// under its grant.
+fn granted_in(ha: HaMode) -> InstanceMachine {
+    let mut m = InstanceMachine::new(InstanceSpec {
+        has_hook: false,
+        checks: vec![],
+        ..spec(ha)
+    });
+    m.handle(
+        Input::Assigned {
+            role: Role::Primary,
+            epoch: 1,
+            grant: Some((1, 7)),
+            generation: 1,
+        },
+        Duration::ZERO,
+    );
+    m.handle(Input::Spawned { pid: 100 }, Duration::ZERO);
+    assert_eq!(m.status().process, ProcessState::Running);
+    m
+}
+
+fn spec(ha: HaMode) -> InstanceSpec {
+    InstanceSpec {
+        name: "web/a".into(),
+        host: "h1".into(),
+        ha,
+        has_hook: true,
+        restart: policy(),
+        checks: vec![(2, 1)],
+        session: 7,
+    }
+}
+
+/// A cold spare whose grant was withdrawn: its process is being stopped.
+fn withdrawn() -> InstanceMachine {
+    let mut m = granted_in(HaMode::ColdStandby);
+    let step = m.handle(
+        Input::Assigned {
+            role: Role::Standby,
+            epoch: 1,
+            grant: None,
+            generation: 2,
+        },
+        MS,
+    );
+    assert!(step.actions.contains(&Action::Terminate), "{step:?}");
+    m
+}
+
+fn stopping() -> InstanceMachine {
+    let mut m = running();
+    assert_eq!(m.handle(Input::Stop, 2 * MS).actions, [Action::Terminate]);
+    m
+}
+
+#[test]
+fn an_exit_tandem_asked_for_says_why_in_last_exit() {
+    struct Case {
+        name: &'static str,
+        machine: fn() -> InstanceMachine,
+        how: &'static str,
+        /// The name of [`InstanceMachine::ending`] before the exit.
+        ending: Option<&'static str>,
+        last_exit: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "an exit nobody in tandem asked for is as the runtime saw it",
+            machine: running,
+            how: "killed by signal 9 (SIGKILL)",
+            ending: None,
+            last_exit: "killed by signal 9 (SIGKILL)",
+        },
+        Case {
+            name: "killed after a failed promotion",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("promotion_failed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
+        },
+        Case {
+            name: "killed because it could not confirm stepping down",
+            machine: || {
+                let mut m = primary_machine();
+                m.handle(backup(3, 4), 4 * MS);
+                m.handle(hook_done(Role::Backup, 3, failed(false)), 5 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("step_down_unconfirmed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: could not confirm stepping down (timeout): killed so that it cannot act as primary",
+        },
+        Case {
+            name: "stopped because the agent is shutting down",
+            machine: stopping,
+            how: "exited with code 0",
+            ending: Some("agent_stopping"),
+            last_exit: "exited with code 0, by tandem: stopped because its agent is shutting down",
+        },
+        Case {
+            name: "stopped because its grant was withdrawn",
+            machine: withdrawn,
+            how: "exited with code 0",
+            ending: Some("role_changed"),
+            last_exit: "exited with code 0, by tandem: stopped because its role is now standby",
+        },
+        Case {
+            name: "stopped, then killed after its stop timeout",
+            machine: || {
+                let mut m = withdrawn();
+                m.handle(Input::StopTimedOut { incarnation: 1 }, 2 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("role_changed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: stopped because its role is now standby, then killed after its stop timeout",
+        },
+        Case {
+            name: "killed on lease loss: it runs only under a grant",
+            machine: || {
+                let mut m = granted_in(HaMode::Singleton);
+                m.handle(Input::Fence, MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("lease_may_be_lost"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: host lease may be lost: killed before it can expire (it runs only under a grant)",
+        },
+        Case {
+            name: "a kill replaces the reason of a graceful stop",
+            machine: || {
+                let mut m = withdrawn();
+                m.handle(Input::Fence, 2 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("lease_may_be_lost"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: host lease may be lost: killed before it can expire (it runs only under a grant)",
+        },
+        Case {
+            name: "a graceful stop does not replace the reason of a kill",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+                m.handle(Input::Stop, 4 * MS);
+                m
+            },
+            how: "killed by signal 9 (SIGKILL)",
+            ending: Some("promotion_failed"),
+            last_exit: "killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed",
+        },
+        Case {
+            name: "the next incarnation's exit owes nothing to an earlier kill",
+            machine: || {
+                let mut m = running();
+                m.handle(grant(3), 2 * MS);
+                m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+                m.handle(
+                    Input::Exited {
+                        how: "killed by signal 9 (SIGKILL)".into(),
+                    },
+                    4 * MS,
+                );
+                let at = m.next_wakeup().expect("a restart is scheduled");
+                m.handle(Input::Tick, at);
+                m.handle(Input::Spawned { pid: 101 }, at);
+                assert_eq!(m.incarnation(), 2);
+                m
+            },
+            how: "exited with code 1",
+            ending: None,
+            last_exit: "exited with code 1",
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut m = (c.machine)();
+        let ending = m.ending().map(|e| e.name());
+        let step = m.handle(Input::Exited { how: c.how.into() }, time(10));
+        let last_exit = m.status().last_exit;
+        if ending != c.ending
+            || last_exit.as_deref() != Some(c.last_exit)
+            || !step.actions.contains(&Action::Publish)
+            || m.ending().is_some()
+        {
+            failures.push(format!(
+                "{}:\n  got ending {ending:?} last_exit {last_exit:?} {step:?}\n  want ending {:?} last_exit {:?}",
+                c.name, c.ending, c.last_exit
+            ));
+        }
+        // The logged note says how it ended, as before.
+        for note in &step.notes {
+            if let Note::Exited { how, .. } = note {
+                assert_eq!(how, c.how, "{}", c.name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+fn time(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+#[test]
+fn a_stop_that_times_out_is_killed_only_while_that_incarnation_is_being_stopped() {
+    let stop_timeout = KillReason::StopTimeout {
+        instance: "web/a".into(),
+    };
+    assert_eq!(
+        stop_timeout.to_string(),
+        "web/a did not stop within its stop timeout: SIGKILL"
+    );
+    let kill = vec![Action::Kill {
+        reason: stop_timeout,
+    }];
+    // (case, machine, incarnation timed out, actions)
+    type Case = (&'static str, fn() -> InstanceMachine, u64, Vec<Action>);
+    let cases: Vec<Case> = vec![
+        (
+            "stopped for the agent's shutdown",
+            stopping,
+            1,
+            kill.clone(),
+        ),
+        (
+            "stopped because its grant was withdrawn",
+            withdrawn,
+            1,
+            kill,
+        ),
+        ("an older incarnation", stopping, 0, vec![]),
+        ("a process that is not being stopped", running, 1, vec![]),
+        (
+            "a process that already exited",
+            || {
+                let mut m = stopping();
+                m.handle(
+                    Input::Exited {
+                        how: "exited with code 0".into(),
+                    },
+                    3 * MS,
+                );
+                m
+            },
+            1,
+            vec![],
+        ),
+        (
+            "a process started again since",
+            || {
+                let mut m = withdrawn();
+                m.handle(
+                    Input::Exited {
+                        how: "exited with code 0".into(),
+                    },
+                    2 * MS,
+                );
+                m.handle(
+                    Input::Assigned {
+                        role: Role::Primary,
+                        epoch: 2,
+                        grant: Some((2, 7)),
+                        generation: 3,
+                    },
+                    3 * MS,
+                );
+                m.handle(Input::Spawned { pid: 101 }, 3 * MS);
+                assert_eq!(m.incarnation(), 2);
+                m
+            },
+            1,
+            vec![],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, machine, incarnation, want) in cases {
+        let mut m = machine();
+        let step = m.handle(Input::StopTimedOut { incarnation }, time(10));
+        if step.actions != want {
+            failures.push(format!("{name}: got {:?}, want {want:?}", step.actions));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 // ---- the controller ----
@@ -674,6 +989,434 @@ fn an_unchanged_situation_writes_nothing() {
     assert!(!again.changed);
     assert!(again.events.is_empty());
     assert_eq!(again.roles, roles);
+}
+
+/// The roles `decide` holds after one decision.
+fn decided(
+    roles: &AppRoles,
+    status: &BTreeMap<String, InstanceStatus>,
+    intent: Option<&Intent>,
+) -> AppRoles {
+    let app = app();
+    decide(&AppInput {
+        app: &app,
+        roles,
+        status,
+        intent,
+    })
+    .roles
+}
+
+fn switchover_intent() -> Intent {
+    Intent {
+        id: "i1".into(),
+        app: "web".into(),
+        kind: IntentKind::Switchover { to: None },
+        outcome: IntentState::Pending,
+    }
+}
+
+/// `a` has stepped down: it reports a non-primary role having seen
+/// generation `seen`.
+fn stepped_down(seen: u64) -> InstanceStatus {
+    InstanceStatus {
+        seen_generation: seen,
+        ..st(Role::Backup, Health::Healthy)
+    }
+}
+
+#[test]
+fn controller_events_carry_the_name_of_their_reason() {
+    use Health::*;
+    use Role::*;
+    struct Case {
+        name: &'static str,
+        roles: fn() -> AppRoles,
+        status: fn() -> BTreeMap<String, InstanceStatus>,
+        intent: Option<Intent>,
+        /// Each event's kind and reason.
+        events: Vec<(EventKind, Option<&'static str>)>,
+    }
+    let cases = vec![
+        Case {
+            name: "first promotion: the app had no primary",
+            roles: AppRoles::default,
+            status: || statuses(&[("a", st(Backup, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: None,
+            events: vec![(EventKind::Promoted, Some("no_primary"))],
+        },
+        Case {
+            name: "the primary was killed: it is not running",
+            roles: held_by_a,
+            status: || statuses(&[("a", exited()), ("b", st(Backup, Healthy))]),
+            intent: None,
+            events: vec![
+                (EventKind::PrimaryFailed, Some("not_running")),
+                (EventKind::Promoted, Some("not_running")),
+            ],
+        },
+        Case {
+            name: "the primary's host was lost",
+            roles: held_by_a,
+            status: || statuses(&[("b", st(Backup, Healthy))]),
+            intent: None,
+            events: vec![
+                (EventKind::PrimaryFailed, Some("host_lost")),
+                (EventKind::Promoted, Some("host_lost")),
+            ],
+        },
+        Case {
+            name: "the primary restarted since it was granted",
+            roles: held_by_a,
+            status: || {
+                statuses(&[
+                    (
+                        "a",
+                        InstanceStatus {
+                            incarnation: 2,
+                            ..st(Backup, Healthy)
+                        },
+                    ),
+                    ("b", st(Backup, Healthy)),
+                ])
+            },
+            intent: None,
+            events: vec![
+                (EventKind::PrimaryFailed, Some("restarted")),
+                (EventKind::Promoted, Some("restarted")),
+            ],
+        },
+        Case {
+            name: "an unhealthy primary is withdrawn: nobody is promoted yet",
+            roles: held_by_a,
+            status: || statuses(&[("a", st(Primary, Unhealthy)), ("b", st(Backup, Healthy))]),
+            intent: None,
+            events: vec![(EventKind::PrimaryFailed, Some("unhealthy"))],
+        },
+        Case {
+            name: "once it has stepped down, the promotion names the earlier failure",
+            roles: || {
+                decided(
+                    &held_by_a(),
+                    &statuses(&[("a", st(Primary, Unhealthy)), ("b", st(Backup, Healthy))]),
+                    None,
+                )
+            },
+            status: || statuses(&[("a", stepped_down(2)), ("b", st(Backup, Healthy))]),
+            intent: None,
+            events: vec![(EventKind::Promoted, Some("unhealthy"))],
+        },
+        Case {
+            name: "an accepted switchover demotes the primary",
+            roles: held_by_a,
+            status: || statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: Some(switchover_intent()),
+            events: vec![
+                (EventKind::Intent, Some("running")),
+                (EventKind::Demoted, Some("switchover")),
+            ],
+        },
+        Case {
+            name: "once the primary has stepped down, the target is promoted for the switchover",
+            roles: || {
+                decided(
+                    &held_by_a(),
+                    &statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+                    Some(&switchover_intent()),
+                )
+            },
+            status: || statuses(&[("a", stepped_down(2)), ("b", st(Backup, Healthy))]),
+            intent: Some(IntentState::Running).map(|outcome| Intent {
+                outcome,
+                ..switchover_intent()
+            }),
+            events: vec![(EventKind::Promoted, Some("switchover"))],
+        },
+        Case {
+            name: "a switchover that became impossible promotes the best other for it",
+            roles: || {
+                decided(
+                    &held_by_a(),
+                    &statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+                    Some(&switchover_intent()),
+                )
+            },
+            status: || {
+                statuses(&[
+                    ("a", stepped_down(2)),
+                    ("b", st(Backup, Unhealthy)),
+                    ("c", st(Backup, Healthy)),
+                ])
+            },
+            intent: Some(IntentState::Running).map(|outcome| Intent {
+                outcome,
+                ..switchover_intent()
+            }),
+            events: vec![(EventKind::Promoted, Some("switchover"))],
+        },
+        Case {
+            name: "a refused switchover",
+            roles: held_by_a,
+            status: || statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Unhealthy))]),
+            intent: Some(Intent {
+                kind: IntentKind::Switchover {
+                    to: Some("b".into()),
+                },
+                ..switchover_intent()
+            }),
+            events: vec![(EventKind::Intent, Some("refused"))],
+        },
+        Case {
+            name: "the primary failed and nobody is fit",
+            roles: held_by_a,
+            status: || statuses(&[("a", exited()), ("b", st(Backup, Unhealthy))]),
+            intent: None,
+            events: vec![
+                (EventKind::PrimaryFailed, Some("not_running")),
+                (EventKind::NoCandidate, Some("no_candidate")),
+            ],
+        },
+        Case {
+            name: "maintenance on",
+            roles: held_by_a,
+            status: || statuses(&[("a", st(Primary, Healthy))]),
+            intent: Some(Intent {
+                kind: IntentKind::Maintenance { on: true },
+                ..switchover_intent()
+            }),
+            events: vec![(EventKind::Maintenance, Some("on"))],
+        },
+        Case {
+            name: "maintenance off",
+            roles: || AppRoles {
+                maintenance: true,
+                ..held_by_a()
+            },
+            status: || statuses(&[("a", st(Primary, Healthy))]),
+            intent: Some(Intent {
+                kind: IntentKind::Maintenance { on: false },
+                ..switchover_intent()
+            }),
+            events: vec![(EventKind::Maintenance, Some("off"))],
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let app = app();
+        let d = decide(&AppInput {
+            app: &app,
+            roles: &(c.roles)(),
+            status: &(c.status)(),
+            intent: c.intent.as_ref(),
+        });
+        let got: Vec<_> = d.events.iter().map(|e| (e.kind, e.reason)).collect();
+        if got != c.events {
+            failures.push(format!(
+                "{}:\n  got {got:?}\n  want {:?}\n  {:?}",
+                c.name, c.events, d.events
+            ));
+        }
+        // Stamped, the reason is stored with the event (and omitted when
+        // there is none).
+        for e in &d.events {
+            let stored = serde_json::to_value(e.clone().stamp(1, 2)).unwrap();
+            assert_eq!(stored.get("reason").and_then(|r| r.as_str()), e.reason);
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
+    let app = app();
+    let status = statuses(&[
+        ("a", st(Role::Primary, Health::Unhealthy)),
+        ("b", st(Role::Backup, Health::Healthy)),
+    ]);
+    let withdrawn = decide(&AppInput {
+        app: &app,
+        roles: &held_by_a(),
+        status: &status,
+        intent: None,
+    });
+    assert_eq!(withdrawn.roles.cause, Some(CauseName::Unhealthy));
+    // A decision that changes nothing keeps it.
+    let waiting = decide(&AppInput {
+        app: &app,
+        roles: &withdrawn.roles,
+        status: &status,
+        intent: None,
+    });
+    assert!(!waiting.changed);
+    assert_eq!(waiting.roles, withdrawn.roles);
+    // The cause alone does not make an assignment differ.
+    let other_cause = AppRoles {
+        cause: Some(CauseName::HostLost),
+        ..withdrawn.roles.clone()
+    };
+    let same = decide(&AppInput {
+        app: &app,
+        roles: &other_cause,
+        status: &status,
+        intent: None,
+    });
+    assert!(!same.changed);
+    assert_eq!(same.roles.cause, Some(CauseName::HostLost));
+    // Stepped down: the promotion names it.
+    let promoted = decide(&AppInput {
+        app: &app,
+        roles: &withdrawn.roles,
+        status: &statuses(&[
+            ("a", stepped_down(withdrawn.roles.generation)),
+            ("b", st(Role::Backup, Health::Healthy)),
+        ]),
+        intent: None,
+    });
+    assert_eq!(promoted.roles.primary.map(|g| g.instance), Some("b".into()));
+    assert_eq!(promoted.events[0].reason, Some("unhealthy"));
+    assert_eq!(promoted.roles.cause, Some(CauseName::Unhealthy));
+}
+
+#[test]
+fn status_changes_are_logged_with_the_name_of_their_reason() {
+    use Health::*;
+    use Role::*;
+    let by_tandem = InstanceStatus {
+        last_exit: Some(
+            "killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed"
+                .into(),
+        ),
+        ..exited()
+    };
+    let looping = InstanceStatus {
+        crash_looping: true,
+        restarts: 3,
+        ..exited()
+    };
+    let restarted = InstanceStatus {
+        incarnation: 2,
+        pid: Some(2),
+        ..st(Backup, Unknown)
+    };
+    let frozen = InstanceStatus {
+        acting: Fenced,
+        ..st(Primary, Healthy)
+    };
+    // (case, old status, new status, each event's kind and reason)
+    type Case = (
+        &'static str,
+        Option<InstanceStatus>,
+        Option<InstanceStatus>,
+        Vec<(EventKind, Option<&'static str>)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "an exit tandem asked for",
+            Some(st(Primary, Healthy)),
+            Some(by_tandem),
+            vec![(EventKind::InstanceExited, Some("by_tandem"))],
+        ),
+        (
+            "a crash",
+            Some(st(Primary, Healthy)),
+            Some(exited()),
+            vec![(EventKind::InstanceExited, Some("crashed"))],
+        ),
+        (
+            "a crash that makes it crash-looping",
+            Some(st(Backup, Healthy)),
+            Some(looping),
+            vec![
+                (EventKind::InstanceExited, Some("crashed")),
+                (EventKind::CrashLoop, Some("crash_looping")),
+            ],
+        ),
+        (
+            "a restart",
+            Some(exited()),
+            Some(restarted.clone()),
+            vec![(EventKind::InstanceStarted, Some("started"))],
+        ),
+        (
+            "its health is known",
+            Some(restarted.clone()),
+            Some(InstanceStatus {
+                health: Healthy,
+                ..restarted.clone()
+            }),
+            vec![(EventKind::HealthChanged, Some("healthy"))],
+        ),
+        (
+            "unhealthy",
+            Some(st(Backup, Healthy)),
+            Some(st(Backup, Unhealthy)),
+            vec![(EventKind::HealthChanged, Some("unhealthy"))],
+        ),
+        (
+            "frozen and fenced",
+            Some(st(Primary, Healthy)),
+            Some(frozen),
+            vec![(EventKind::Demoted, Some("fenced"))],
+        ),
+        (
+            "its status is gone with its host's lease",
+            Some(st(Backup, Healthy)),
+            None,
+            vec![(EventKind::Host, Some("host_lost"))],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, old, new, want) in cases {
+        let events = status_events("web", "a", old.as_ref(), new.as_ref());
+        let got: Vec<_> = events.iter().map(|e| (e.kind, e.reason)).collect();
+        if got != want {
+            failures.push(format!("{name}:\n  got {got:?}\n  want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// From the kill to the event log: an exit tandem asked for says so in the
+/// status, the status events and the promotion that follows.
+#[test]
+fn a_kill_by_tandem_reads_as_such_down_to_the_promotion() {
+    let mut m = running();
+    m.handle(grant(3), 2 * MS);
+    m.handle(hook_done(Role::Primary, 3, failed(false)), 3 * MS);
+    let before = m.status();
+    m.handle(
+        Input::Exited {
+            how: "killed by signal 9 (SIGKILL)".into(),
+        },
+        4 * MS,
+    );
+    let after = InstanceStatus {
+        seen_generation: 1,
+        ..m.status()
+    };
+    assert!(after.exit_by_tandem(), "{after:?}");
+    let events = status_events("web", "a", Some(&before), Some(&after));
+    assert_eq!(events[0].reason, Some("by_tandem"));
+    assert_eq!(
+        events[0].message,
+        "web/a killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed"
+    );
+    let app = app();
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &held_by_a(),
+        status: &statuses(&[("a", after), ("b", st(Role::Backup, Health::Healthy))]),
+        intent: None,
+    });
+    let promoted = &d.events[1];
+    assert_eq!(
+        (promoted.kind, promoted.reason),
+        (EventKind::Promoted, Some("not_running"))
+    );
+    assert_eq!(
+        promoted.message,
+        "promoted web/b (epoch 2): primary web/a failed: not running: killed by signal 9 (SIGKILL), by tandem: promotion hook failed (timeout); the process may or may not act as primary, so it is killed"
+    );
 }
 
 // ---- on-grant modes (cold standby, singleton), n-plus-1, maintenance ----
@@ -1152,4 +1895,34 @@ fn a_stop_or_a_role_change_during_a_start_takes_effect_once_it_runs() {
     assert!(!step.actions.contains(&Action::Terminate));
     let step = m.handle(Input::Spawned { pid: 6 }, 2 * MS);
     assert!(step.actions.contains(&Action::Terminate), "{step:?}");
+}
+
+#[test]
+fn n_plus_1_replacements_are_logged_with_the_name_of_their_reason() {
+    let app = app_in(HaMode::NPlus1, 2);
+    let first = decide(&AppInput {
+        app: &app,
+        roles: &AppRoles::default(),
+        status: &statuses(&[("a", idle()), ("b", idle()), ("c", idle())]),
+        intent: None,
+    });
+    let looping = InstanceStatus {
+        crash_looping: true,
+        ..st(Role::Active, Health::Healthy)
+    };
+    let d = decide(&AppInput {
+        app: &app,
+        roles: &first.roles,
+        status: &statuses(&[("a", looping), ("c", idle())]),
+        intent: None,
+    });
+    let got: Vec<_> = d.events.iter().map(|e| (e.kind, e.reason)).collect();
+    assert_eq!(
+        got,
+        [
+            (EventKind::CrashLoop, Some("crash_looping")),
+            (EventKind::Host, Some("host_lost")),
+            (EventKind::InstanceStarted, Some("made_active")),
+        ]
+    );
 }

@@ -121,9 +121,13 @@ enum Effect {
         incarnation: u64,
         deadline: Duration,
     },
-    /// SIGTERM was sent; the process exits when it handles it, or is
-    /// killed at the deadline.
-    Terminate { deadline: Duration },
+    /// SIGTERM was sent; the process exits when it handles it, or its
+    /// machine is told at the deadline that it did not stop in time (and
+    /// must kill it).
+    Terminate {
+        deadline: Duration,
+        incarnation: u64,
+    },
     Ask {
         asks: Vec<PeerAsk>,
         deadline: Duration,
@@ -135,7 +139,7 @@ impl Effect {
         match self {
             Effect::Spawn { .. } => None,
             Effect::Hook { deadline, .. }
-            | Effect::Terminate { deadline }
+            | Effect::Terminate { deadline, .. }
             | Effect::Ask { deadline, .. } => Some(*deadline),
         }
     }
@@ -386,6 +390,7 @@ impl World {
                             h,
                             Effect::Terminate {
                                 deadline: self.now + STOP_TIMEOUT,
+                                incarnation: self.procs[h].incarnation,
                             },
                         ));
                     }
@@ -551,6 +556,20 @@ impl World {
                             result,
                         },
                     ),
+                );
+            }
+            Effect::Terminate {
+                deadline,
+                incarnation,
+            } if self.now >= deadline => {
+                self.input(
+                    h,
+                    HostInput::Instance(0, Input::StopTimedOut { incarnation }),
+                );
+                assert!(
+                    !self.procs[h].alive,
+                    "{}: incarnation {incarnation} did not stop in time and was not killed",
+                    self.id(h)
                 );
             }
             Effect::Terminate { .. } => self.kill(h),

@@ -3,28 +3,27 @@
 
 use std::collections::BTreeMap;
 
-use super::{Style, style};
+use super::{Style, Unfit, style};
 use crate::model::{Health, InstanceStatus, PrimaryGrant, ProcessState};
 use crate::topology::App;
 
 /// Why an instance cannot keep or take the primary role, if it cannot.
-pub(super) fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Option<String> {
+pub(super) fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Option<Unfit> {
     let Some(s) = status else {
         let host = app.instance(id).map(|i| i.host.as_str()).unwrap_or("?");
-        return Some(format!("host {host} lost (no status: its lease expired)"));
+        return Some(Unfit::HostLost {
+            host: host.to_string(),
+        });
     };
     if style(app.ha) == Style::OnGrant {
-        return s
-            .process
-            .is_live()
-            .then(|| "already running without the grant".to_string());
+        return s.process.is_live().then_some(Unfit::AlreadyRunning);
     }
     if s.crash_looping {
-        return Some("crash-looping".to_string());
+        return Some(Unfit::CrashLooping);
     }
     match s.process {
         ProcessState::Running => {}
-        ProcessState::Starting => return Some("starting".to_string()),
+        ProcessState::Starting => return Some(Unfit::Starting),
         ProcessState::Backoff | ProcessState::Stopped | ProcessState::Pending => {
             return Some(not_running(s));
         }
@@ -32,7 +31,7 @@ pub(super) fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Opt
     match s.health {
         Health::Healthy => None,
         Health::Unhealthy => Some(unhealthy(s)),
-        Health::Unknown => Some("health not yet known".to_string()),
+        Health::Unknown => Some(Unfit::HealthUnknown),
     }
 }
 
@@ -41,18 +40,18 @@ pub(super) fn grant_broken(
     app: &App,
     grant: &PrimaryGrant,
     s: Option<&InstanceStatus>,
-) -> Option<String> {
+) -> Option<Unfit> {
     if app.instance(&grant.instance).is_none() {
-        return Some("removed from the topology".to_string());
+        return Some(Unfit::RemovedFromTopology);
     }
     let Some(st) = s else {
         return unfit(app, &grant.instance, s);
     };
     if st.session != grant.session {
-        return Some(format!(
-            "its agent's session ended (lease {} replaced by {})",
-            grant.session, st.session
-        ));
+        return Some(Unfit::SessionEnded {
+            old: grant.session,
+            new: st.session,
+        });
     }
     match style(app.ha) {
         Style::OnGrant => on_grant_broken(grant, st),
@@ -62,7 +61,7 @@ pub(super) fn grant_broken(
 
 /// On-grant modes: the grant names the incarnation its agent starts next;
 /// it holds while that one is about to start or runs, not unhealthy.
-fn on_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<String> {
+fn on_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<Unfit> {
     let running = st.process.is_live();
     if st.incarnation + 1 == grant.incarnation && !running {
         // Its agent is about to start it (after its backoff).
@@ -78,7 +77,7 @@ fn on_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<String> 
 
 /// Hooked modes: the grant names the running incarnation; it holds while
 /// that one runs, not unhealthy.
-fn running_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<String> {
+fn running_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<Unfit> {
     if st.incarnation != grant.incarnation {
         Some(restarted(grant, st))
     } else if !st.process.is_live() {
@@ -90,24 +89,22 @@ fn running_grant_broken(grant: &PrimaryGrant, st: &InstanceStatus) -> Option<Str
     }
 }
 
-fn restarted(grant: &PrimaryGrant, st: &InstanceStatus) -> String {
-    format!(
-        "restarted since it was granted (incarnation {} → {})",
-        grant.incarnation, st.incarnation
-    )
-}
-
-fn not_running(s: &InstanceStatus) -> String {
-    match &s.last_exit {
-        Some(how) => format!("not running: {how}"),
-        None => "not running".to_string(),
+fn restarted(grant: &PrimaryGrant, st: &InstanceStatus) -> Unfit {
+    Unfit::Restarted {
+        from: grant.incarnation,
+        to: st.incarnation,
     }
 }
 
-fn unhealthy(s: &InstanceStatus) -> String {
-    match &s.health_detail {
-        Some(d) => format!("unhealthy: {d}"),
-        None => "unhealthy".to_string(),
+fn not_running(s: &InstanceStatus) -> Unfit {
+    Unfit::NotRunning {
+        last_exit: s.last_exit.clone(),
+    }
+}
+
+fn unhealthy(s: &InstanceStatus) -> Unfit {
+    Unfit::Unhealthy {
+        detail: s.health_detail.clone(),
     }
 }
 

@@ -71,10 +71,9 @@ fn toggled(input: &AppInput<'_>, on: bool, reason: String) -> Decision {
     roles.maintenance = on;
     roles.reason = reason;
     let mut d = Decision::new(input.roles, roles);
-    d.events.push(EventDraft::app(
-        EventKind::Maintenance,
-        &input.app.name,
-        &d.roles.reason,
-    ));
+    d.events.push(
+        EventDraft::app(EventKind::Maintenance, &input.app.name, &d.roles.reason)
+            .with_reason(if on { "on" } else { "off" }),
+    );
     d
 }

@@ -41,6 +41,7 @@
 //! freeze while on), `primary` (modes with a primary, in four steps: the
 //! current grant, a planned switchover, a promotion, the others' roles),
 //! `candidates` (who is fit, whether a grant holds, the best candidate),
+//! `reasons` (why: [`Unfit`], the [`Cause`] of a promotion),
 //! `n_plus_1` and `static_roles` (modes without a primary), and
 //! `status_events` (events from status changes). What each mode means
 //! lives in [`crate::mode`].
@@ -51,12 +52,14 @@ use crate::model::{AppRoles, EventDraft, InstanceStatus, Intent, IntentState, Ro
 use crate::topology::App;
 
 pub use crate::mode::{Style, default_role, style};
+pub use reasons::{Cause, Unfit};
 pub use status_events::status_events;
 
 mod candidates;
 mod maintenance;
 mod n_plus_1;
 mod primary;
+mod reasons;
 mod static_roles;
 mod status_events;
 
@@ -80,8 +83,8 @@ pub struct AppInput<'a> {
 pub struct Decision {
     /// The role assignment to hold from now on.
     pub roles: AppRoles,
-    /// True if `roles` differs from the input in anything but `reason`:
-    /// the runtime must write it.
+    /// True if `roles` differs from the input in anything but `reason` and
+    /// `cause`: the runtime must write it.
     pub changed: bool,
     /// What happened, for the event log.
     pub events: Vec<EventDraft>,
@@ -123,11 +126,15 @@ impl Decision {
         }
     }
 
-    /// Keeps the stored reason and drops events when nothing is written.
+    /// Keeps the stored reason and cause and drops events when nothing is
+    /// written.
     fn settle(mut self, before: &AppRoles) -> Decision {
         if !self.changed && self.intent.is_none() {
             if self.roles.reason != before.reason {
                 self.roles.reason.clone_from(&before.reason);
+            }
+            if self.roles.cause != before.cause {
+                self.roles.cause.clone_from(&before.cause);
             }
             self.events.clear();
         }
@@ -154,8 +161,8 @@ fn assign_roles(roles: &mut BTreeMap<String, Role>, app: &App, role_of: impl Fn(
     }
 }
 
-/// True if `a` and `b` assign the same roles (reasons and generations
-/// aside).
+/// True if `a` and `b` assign the same roles (reasons, causes and
+/// generations aside).
 fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
     a.epoch == b.epoch
         && a.primary == b.primary

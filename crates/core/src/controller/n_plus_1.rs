@@ -64,18 +64,24 @@ fn still_active<'a>(
     for id in active {
         match status.get(*id) {
             Some(s) if !s.crash_looping => keep.push(*id),
-            Some(_) => events.push(EventDraft::instance(
-                EventKind::CrashLoop,
-                name,
-                id,
-                format!("{name}/{id} is crash-looping: replacing it"),
-            )),
-            None => events.push(EventDraft::instance(
-                EventKind::Host,
-                name,
-                id,
-                format!("{name}/{id}'s host is lost: replacing it"),
-            )),
+            Some(_) => events.push(
+                EventDraft::instance(
+                    EventKind::CrashLoop,
+                    name,
+                    id,
+                    format!("{name}/{id} is crash-looping: replacing it"),
+                )
+                .with_reason("crash_looping"),
+            ),
+            None => events.push(
+                EventDraft::instance(
+                    EventKind::Host,
+                    name,
+                    id,
+                    format!("{name}/{id}'s host is lost: replacing it"),
+                )
+                .with_reason("host_lost"),
+            ),
         }
     }
     keep
@@ -106,12 +112,15 @@ fn add_spares<'a>(
         }
         keep.push(id);
         if announce {
-            events.push(EventDraft::instance(
-                EventKind::InstanceStarted,
-                name,
-                id,
-                format!("{name}/{id} made active to keep {want} replica(s)"),
-            ));
+            events.push(
+                EventDraft::instance(
+                    EventKind::InstanceStarted,
+                    name,
+                    id,
+                    format!("{name}/{id} made active to keep {want} replica(s)"),
+                )
+                .with_reason("made_active"),
+            );
         }
     }
 }

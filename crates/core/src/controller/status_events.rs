@@ -3,7 +3,10 @@
 use crate::model::{EventDraft, EventKind, InstanceStatus, ProcessState, Role};
 
 /// Events an operator wants to see when an instance's status changes
-/// (`old`/`new` of `None`: no status, i.e. the host's lease is gone).
+/// (`old`/`new` of `None`: no status, i.e. the host's lease is gone), each
+/// with its reason's name: `host_lost`, `started`, `by_tandem` (an exit
+/// tandem asked for) or `crashed`, `crash_looping`, the new health, and
+/// `fenced`.
 pub fn status_events(
     app: &str,
     instance: &str,
@@ -11,15 +14,18 @@ pub fn status_events(
     new: Option<&InstanceStatus>,
 ) -> Vec<EventDraft> {
     match (old, new) {
-        (Some(o), None) => vec![EventDraft::instance(
-            EventKind::Host,
-            app,
-            instance,
-            format!(
-                "{app}/{instance}: status gone with host {}'s lease (host lost or agent stopped)",
-                o.host
-            ),
-        )],
+        (Some(o), None) => vec![
+            EventDraft::instance(
+                EventKind::Host,
+                app,
+                instance,
+                format!(
+                    "{app}/{instance}: status gone with host {}'s lease (host lost or agent stopped)",
+                    o.host
+                ),
+            )
+            .with_reason("host_lost"),
+        ],
         (None, Some(_)) | (None, None) => Vec::new(),
         (Some(o), Some(n)) => changes(app, instance, o, n),
     }
@@ -28,11 +34,14 @@ pub fn status_events(
 /// What changed between two statuses of a running agent.
 fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) -> Vec<EventDraft> {
     let mut out = Vec::new();
-    let mut ev = |kind, msg: String| out.push(EventDraft::instance(kind, app, instance, msg));
+    let mut ev = |kind, reason: &'static str, msg: String| {
+        out.push(EventDraft::instance(kind, app, instance, msg).with_reason(reason));
+    };
     if o.incarnation != n.incarnation && n.process == ProcessState::Running {
         let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
         ev(
             EventKind::InstanceStarted,
+            "started",
             format!(
                 "{app}/{instance} started (pid {pid}, start #{})",
                 n.incarnation
@@ -41,11 +50,21 @@ fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) ->
     }
     if o.process == ProcessState::Running && n.process != ProcessState::Running {
         let how = n.last_exit.as_deref().unwrap_or("stopped");
-        ev(EventKind::InstanceExited, format!("{app}/{instance} {how}"));
+        let reason = if n.exit_by_tandem() {
+            "by_tandem"
+        } else {
+            "crashed"
+        };
+        ev(
+            EventKind::InstanceExited,
+            reason,
+            format!("{app}/{instance} {how}"),
+        );
     }
     if n.crash_looping && !o.crash_looping {
         ev(
             EventKind::CrashLoop,
+            "crash_looping",
             format!(
                 "{app}/{instance} is crash-looping ({} restarts): it will not be promoted until it runs stably",
                 n.restarts
@@ -60,12 +79,14 @@ fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) ->
             .unwrap_or_default();
         ev(
             EventKind::HealthChanged,
+            n.health.as_str(),
             format!("{app}/{instance} is {}{detail}", n.health),
         );
     }
     if n.acting == Role::Fenced && o.acting != Role::Fenced {
         ev(
             EventKind::Demoted,
+            "fenced",
             format!(
                 "{app}/{instance} did not confirm it stepped down and is frozen: fenced (epoch {})",
                 n.acting_epoch

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::instance::Note;
+
 /// How loudly a note is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -109,12 +111,13 @@ pub enum HostNote {
         /// `app/instance`.
         instance: String,
         /// The machine's note.
-        note: String,
+        note: Note,
     },
 }
 
 impl HostNote {
-    /// A stable name, usable as a metric label.
+    /// A stable name, usable as a metric label; an instance's note has its
+    /// own ([`Note::name`]).
     pub fn name(&self) -> &'static str {
         match self {
             HostNote::SessionGranted { .. } => "session_granted",
@@ -131,7 +134,7 @@ impl HostNote {
             HostNote::SettingsChanged { .. } => "settings_changed",
             HostNote::LeftTopology { .. } => "left_topology",
             HostNote::JoinedTopology { .. } => "joined_topology",
-            HostNote::Instance { .. } => "instance",
+            HostNote::Instance { note, .. } => note.name(),
         }
     }
 
@@ -143,6 +146,7 @@ impl HostNote {
             | HostNote::FailsafeKept { .. }
             | HostNote::FailsafeNotConfirmed { .. } => Level::Warn,
             HostNote::FailsafeConfirmedAgain { .. } | HostNote::Promised { .. } => Level::Debug,
+            HostNote::Instance { note, .. } => note.level(),
             _ => Level::Info,
         }
     }
@@ -214,7 +218,7 @@ impl fmt::Display for HostNote {
             }
             HostNote::LeftTopology { .. } => f.write_str("no longer in the topology: stopping it"),
             HostNote::JoinedTopology { .. } => f.write_str("new in the topology: starting it"),
-            HostNote::Instance { note, .. } => f.write_str(note),
+            HostNote::Instance { note, .. } => note.fmt(f),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Action, HookState, InstanceMachine, Proc, Step};
+use super::{Action, HookState, InstanceMachine, KillReason, Note, Proc, Step};
 use crate::mode::Style;
 use crate::model::Role;
 
@@ -12,33 +12,32 @@ impl InstanceMachine {
     pub(super) fn fence(&mut self, now: Duration, step: &mut Step) {
         if !self.fenced {
             self.fenced = true;
-            step.notes.push(format!(
-                "{}: host lease cannot be renewed: stepping down before it can expire",
-                self.name
-            ));
+            step.notes.push(Note::Fenced {
+                instance: self.name.clone(),
+            });
         }
         if self.style == Style::OnGrant {
             // It runs only under the lease: no grace period.
             if matches!(self.proc, Proc::Running | Proc::Terminating) {
                 self.proc = Proc::Terminating;
-                step.act(Action::Kill {
-                    reason: format!(
-                        "{}: host lease may be lost: killed before it can expire (it runs only under a grant)",
-                        self.name
-                    ),
-                });
+                self.kill(
+                    KillReason::LeaseMayBeLost {
+                        instance: self.name.clone(),
+                    },
+                    step,
+                );
             }
         } else if self.style == Style::Hooked && self.proc == Proc::Running {
             match self.hook {
                 HookState::InFlight {
                     role: Role::Primary,
                     ..
-                } => step.act(Action::Kill {
-                    reason: format!(
-                        "{}: lease about to be lost while a promotion is in flight",
-                        self.name
-                    ),
-                }),
+                } => self.kill(
+                    KillReason::LeaseLostWhilePromoting {
+                        instance: self.name.clone(),
+                    },
+                    step,
+                ),
                 HookState::InFlight { .. } => {}
                 _ => {
                     self.hook = HookState::Idle;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Action, HookState, InstanceMachine, Proc, Step};
+use super::{Action, HookState, InstanceMachine, Note, Proc, Step};
 use crate::health::combine;
 use crate::mode::reports_load;
 use crate::model::{Health, Role};
@@ -28,7 +28,10 @@ impl InstanceMachine {
         let after = combine(&self.trackers);
         if after != before {
             step.act(Action::Publish);
-            step.notes.push(format!("{} is {after}", self.name));
+            step.notes.push(Note::HealthChanged {
+                instance: self.name.clone(),
+                health: after,
+            });
             if after == Health::Healthy && matches!(self.hook, HookState::RetryAt(_)) {
                 // It answers again: deliver its role at once.
                 self.hook = HookState::Idle;

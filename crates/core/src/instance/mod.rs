@@ -27,11 +27,15 @@
 //! - A failed promotion may have half-happened: the process is killed.
 //! - Exits are restarted with exponential backoff; quick exits in a row
 //!   mark the instance crash-looping (the controller never promotes it).
+//! - An exit that tandem asked for (a kill, or a stop for the role or for
+//!   the agent's shutdown) says so in `last_exit` (see [`EndReason`]); a
+//!   stop that times out becomes a kill, decided here.
 //!
 //! # Layout
 //!
 //! [`InstanceMachine::handle`] hands each input to one method, in files by
-//! concern: `process` (start, exits and backoff, stop, time passing),
+//! concern: `process` (start, exits and backoff, stop, time passing, why
+//! tandem ended a process),
 //! `health` (probes, pool load), `roles` (the assignment, the role the
 //! process should have, delivering it through the hook) and `fencing`
 //! (stepping down when the host lease may be lost, resuming after). What
@@ -46,8 +50,11 @@ use crate::topology::{HaMode, RestartPolicy};
 
 mod fencing;
 mod health;
+mod notes;
 mod process;
 mod roles;
+
+pub use notes::{EndReason, KillReason, Note};
 
 /// Longest wait between two attempts to deliver a role that failed.
 pub const MAX_HOOK_RETRY: Duration = Duration::from_secs(5);
@@ -130,6 +137,13 @@ pub enum Input {
     },
     /// The agent is shutting down: stop the process for good.
     Stop,
+    /// The process of `incarnation`, told to stop ([`Action::Terminate`]),
+    /// has not exited within its app's stop timeout: it is killed if it is
+    /// still the one being stopped.
+    StopTimedOut {
+        /// The incarnation that was told to stop.
+        incarnation: u64,
+    },
 }
 
 /// What the runtime must do.
@@ -156,10 +170,10 @@ pub enum Action {
     /// Kill the process group at once (SIGKILL).
     Kill {
         /// Why, for the log.
-        reason: String,
+        reason: KillReason,
     },
-    /// Stop the process gracefully (SIGTERM, then SIGKILL after the app's
-    /// stop timeout).
+    /// Stop the process gracefully (SIGTERM); if it has not exited within
+    /// the app's stop timeout, feed [`Input::StopTimedOut`].
     Terminate,
     /// The status changed: publish [`InstanceMachine::status`].
     Publish,
@@ -170,8 +184,8 @@ pub enum Action {
 pub struct Step {
     /// Actions, in order.
     pub actions: Vec<Action>,
-    /// Why, for the log.
-    pub notes: Vec<String>,
+    /// What was decided and why, for the log.
+    pub notes: Vec<Note>,
 }
 
 impl Step {
@@ -236,6 +250,8 @@ pub struct InstanceMachine {
     crash_looping: bool,
     restarts: u32,
     last_exit: Option<String>,
+    /// Why tandem asked the current process to end, if it did.
+    ending: Option<EndReason>,
     fenced: bool,
     /// Asked to stop for good while its start was under way: stopped as
     /// soon as it runs.
@@ -295,6 +311,7 @@ impl InstanceMachine {
             crash_looping: false,
             restarts: 0,
             last_exit: None,
+            ending: None,
             fenced: false,
             stop_when_started: false,
         }
@@ -364,6 +381,14 @@ impl InstanceMachine {
         self.incarnation
     }
 
+    /// Why tandem asked the current process to end ([`Action::Kill`] or
+    /// [`Action::Terminate`]), if it did: an exit of this process fed next
+    /// ([`Input::Exited`]) is tandem's doing. `None` while nobody in tandem
+    /// asked, and once the exit is fed.
+    pub fn ending(&self) -> Option<&EndReason> {
+        self.ending.as_ref()
+    }
+
     /// True once the process is stopped for good after [`Input::Stop`].
     pub fn is_stopped(&self) -> bool {
         self.proc == Proc::Stopped
@@ -415,6 +440,7 @@ impl InstanceMachine {
             Input::Fence => self.fence(now, s),
             Input::Unfence { session } => self.unfence(session, now, s),
             Input::Stop => self.stop(s),
+            Input::StopTimedOut { incarnation } => self.stop_timed_out(incarnation, s),
         }
         step
     }

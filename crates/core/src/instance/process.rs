@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::{Action, HookState, InstanceMachine, Proc, Step};
+use super::{Action, EndReason, HookState, InstanceMachine, KillReason, Note, Proc, Step};
 use crate::mode::{Style, default_role, spawn_role};
-use crate::model::Role;
+use crate::model::{BY_TANDEM, Role};
 
 impl InstanceMachine {
     /// Time passed: start what should run, stop what should not, note a
@@ -41,20 +41,25 @@ impl InstanceMachine {
             self.backoff = self.policy.initial_backoff;
             if self.crash_looping {
                 self.crash_looping = false;
-                step.notes.push(format!(
-                    "{} runs stably again: no longer crash-looping",
-                    self.name
-                ));
+                step.notes.push(Note::StableAgain {
+                    instance: self.name.clone(),
+                });
                 step.act(Action::Publish);
             }
         }
         if !self.should_keep_running() {
             self.proc = Proc::Terminating;
-            step.notes.push(format!(
-                "{}: its role is now {}: stopping it",
-                self.name, self.desired_role
-            ));
-            step.act(Action::Terminate);
+            step.notes.push(Note::RoleChanged {
+                instance: self.name.clone(),
+                role: self.desired_role,
+            });
+            self.terminate(
+                EndReason::RoleChanged {
+                    role: self.desired_role,
+                    killed_after_timeout: false,
+                },
+                step,
+            );
             return;
         }
         if let HookState::RetryAt(t) = self.hook
@@ -81,6 +86,7 @@ impl InstanceMachine {
     fn spawn(&mut self, step: &mut Step) {
         self.incarnation += 1;
         self.proc = Proc::Spawning;
+        self.ending = None;
         self.hook = HookState::Idle;
         let role = spawn_role(self.ha);
         self.acting = role;
@@ -106,15 +112,23 @@ impl InstanceMachine {
         step.act(Action::Publish);
         if self.stop_when_started {
             self.proc = Proc::Stopping;
-            step.act(Action::Terminate);
+            self.terminate(
+                EndReason::AgentStopping {
+                    killed_after_timeout: false,
+                },
+                step,
+            );
             return;
         }
         if self.style == Style::OnGrant && !self.should_keep_running() {
             // Fenced or withdrawn while it was being started.
             self.proc = Proc::Terminating;
-            step.act(Action::Kill {
-                reason: format!("{}: started after its grant ended: killed", self.name),
-            });
+            self.kill(
+                KillReason::GrantEnded {
+                    instance: self.name.clone(),
+                },
+                step,
+            );
             return;
         }
         // Its role may have changed while it was being started.
@@ -133,18 +147,30 @@ impl InstanceMachine {
             step.act(Action::Publish);
             return;
         }
-        self.back_off(format!("failed to start: {error}"), now, step);
+        let how = format!("failed to start: {error}");
+        self.back_off(how.clone(), how, now, step);
     }
 
     /// [`super::Input::Exited`]: stopped for good, stopped by its role, or
     /// crashed (restarted after a backoff).
     pub(super) fn exited(&mut self, how: String, now: Duration, step: &mut Step) {
+        if !matches!(
+            self.proc,
+            Proc::Stopping | Proc::Terminating | Proc::Running
+        ) {
+            return;
+        }
+        // Says so when tandem asked for it.
+        let last_exit = match self.ending.take() {
+            Some(end) => format!("{how}{BY_TANDEM}{end}"),
+            None => how.clone(),
+        };
         match self.proc {
             Proc::Stopping => {
                 self.proc = Proc::Stopped;
                 self.pid = None;
                 self.acting = Role::Stopped;
-                self.last_exit = Some(how);
+                self.last_exit = Some(last_exit);
                 self.hook = HookState::Idle;
                 step.act(Action::Publish);
             }
@@ -152,20 +178,21 @@ impl InstanceMachine {
                 self.proc = Proc::Idle;
                 self.pid = None;
                 self.acting = default_role(self.ha);
-                self.last_exit = Some(how);
+                self.last_exit = Some(last_exit);
                 self.hook = HookState::Idle;
                 step.act(Action::Publish);
                 // It may have been granted again meanwhile.
                 self.tick(now, step);
             }
-            Proc::Running => self.back_off(how, now, step),
+            Proc::Running => self.back_off(how, last_exit, now, step),
             _ => {}
         }
     }
 
     /// The process ended unasked: restart it after a backoff that doubles
-    /// with each quick exit; quick exits in a row mean crash-looping.
-    fn back_off(&mut self, how: String, now: Duration, step: &mut Step) {
+    /// with each quick exit; quick exits in a row mean crash-looping. `how`
+    /// is logged, `last_exit` published.
+    fn back_off(&mut self, how: String, last_exit: String, now: Duration, step: &mut Step) {
         let ran = now.saturating_sub(self.started_at);
         if ran < self.policy.stable_after {
             self.quick_exits += 1;
@@ -182,20 +209,19 @@ impl InstanceMachine {
         self.acting = Role::Stopped;
         self.hook = HookState::Idle;
         self.proc = Proc::Backoff { until: now + delay };
-        step.notes.push(format!(
-            "{} {how}; restarting in {} ms",
-            self.name,
-            delay.as_millis()
-        ));
+        step.notes.push(Note::Exited {
+            instance: self.name.clone(),
+            how,
+            restart_in: delay,
+        });
         if self.crash_looping && !was_looping {
-            step.notes.push(format!(
-                "{} is crash-looping ({} quick exits in a row): it will not be promoted until it runs for {} ms",
-                self.name,
-                self.quick_exits,
-                self.policy.stable_after.as_millis()
-            ));
+            step.notes.push(Note::CrashLooping {
+                instance: self.name.clone(),
+                quick_exits: self.quick_exits,
+                stable_after: self.policy.stable_after,
+            });
         }
-        self.last_exit = Some(how);
+        self.last_exit = Some(last_exit);
         step.act(Action::Publish);
     }
 
@@ -204,7 +230,12 @@ impl InstanceMachine {
         match self.proc {
             Proc::Running => {
                 self.proc = Proc::Stopping;
-                step.act(Action::Terminate);
+                self.terminate(
+                    EndReason::AgentStopping {
+                        killed_after_timeout: false,
+                    },
+                    step,
+                );
             }
             Proc::Terminating => self.proc = Proc::Stopping,
             Proc::Stopping | Proc::Stopped => {}
@@ -216,5 +247,42 @@ impl InstanceMachine {
                 step.act(Action::Publish);
             }
         }
+    }
+
+    /// [`super::Input::StopTimedOut`]: a process told to stop has not
+    /// exited in time: killed, if it is still the one being stopped.
+    pub(super) fn stop_timed_out(&mut self, incarnation: u64, step: &mut Step) {
+        if incarnation != self.incarnation
+            || !matches!(self.proc, Proc::Terminating | Proc::Stopping)
+        {
+            return;
+        }
+        let reason = KillReason::StopTimeout {
+            instance: self.name.clone(),
+        };
+        match &mut self.ending {
+            // Why it was stopped stays the reason it ended.
+            Some(end) => {
+                end.timed_out();
+                step.act(Action::Kill { reason });
+            }
+            None => self.kill(reason, step),
+        }
+    }
+
+    /// Kills the process at once, remembering why (a kill replaces the
+    /// reason of a graceful stop, not that of an earlier kill).
+    pub(super) fn kill(&mut self, reason: KillReason, step: &mut Step) {
+        if !matches!(self.ending, Some(EndReason::Killed(_))) {
+            self.ending = Some(EndReason::Killed(reason.clone()));
+        }
+        step.act(Action::Kill { reason });
+    }
+
+    /// Stops the process gracefully, remembering why unless tandem already
+    /// asked it to end.
+    fn terminate(&mut self, why: EndReason, step: &mut Step) {
+        self.ending.get_or_insert(why);
+        step.act(Action::Terminate);
     }
 }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    Action, FIRST_HOOK_RETRY, HookFailure, HookState, InstanceMachine, MAX_HOOK_RETRY, Proc, Step,
+    Action, FIRST_HOOK_RETRY, HookFailure, HookState, InstanceMachine, KillReason, MAX_HOOK_RETRY,
+    Note, Proc, Step,
 };
 use crate::mode::{Style, default_role};
 use crate::model::Role;
@@ -103,8 +104,11 @@ impl InstanceMachine {
                 self.hook_failures = 0;
                 self.acting = role;
                 self.acting_epoch = epoch;
-                step.notes
-                    .push(format!("{} is now {role} (epoch {epoch})", self.name));
+                step.notes.push(Note::RoleAcknowledged {
+                    instance: self.name.clone(),
+                    role,
+                    epoch,
+                });
                 step.act(Action::Publish);
                 self.reconcile(now, step);
             }
@@ -129,39 +133,41 @@ impl InstanceMachine {
             self.acting = Role::Primary;
             self.acting_epoch = epoch;
             step.act(Action::Publish);
-            step.act(Action::Kill {
-                reason: format!(
-                    "{}: promotion hook failed ({}); the process may or may not act as primary, so it is killed",
-                    self.name, f.error
-                ),
-            });
+            self.kill(
+                KillReason::PromotionFailed {
+                    instance: self.name.clone(),
+                    error: f.error,
+                },
+                step,
+            );
             return;
         }
         if self.acting == Role::Primary && (self.fenced || !f.process_stopped) {
-            step.act(Action::Kill {
-                reason: format!(
-                    "{}: could not confirm stepping down ({}): killed so that it cannot act as primary",
-                    self.name, f.error
-                ),
-            });
+            self.kill(
+                KillReason::StepDownUnconfirmed {
+                    instance: self.name.clone(),
+                    error: f.error,
+                },
+                step,
+            );
             return;
         }
         if self.acting == Role::Primary {
             self.acting = Role::Fenced;
-            step.notes.push(format!(
-                "{} is frozen and could not be told to step down ({}): fenced until it answers",
-                self.name, f.error
-            ));
+            step.notes.push(Note::FrozenFenced {
+                instance: self.name.clone(),
+                error: f.error.clone(),
+            });
             step.act(Action::Publish);
         }
         let shift = self.hook_failures.saturating_sub(1).min(5);
         let delay = (FIRST_HOOK_RETRY * (1u32 << shift)).min(MAX_HOOK_RETRY);
-        step.notes.push(format!(
-            "{}: delivering role {role} failed ({}); retrying in {} ms",
-            self.name,
-            f.error,
-            delay.as_millis()
-        ));
+        step.notes.push(Note::HookRetry {
+            instance: self.name.clone(),
+            role,
+            error: f.error,
+            retry_in: delay,
+        });
         self.hook = HookState::RetryAt(now + delay);
     }
 }

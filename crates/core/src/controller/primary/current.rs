@@ -1,6 +1,7 @@
 //! Step 1: is the current grant still good?
 
 use super::Pass;
+use crate::controller::Cause;
 use crate::controller::candidates::grant_broken;
 use crate::model::{EventDraft, EventKind, IntentState};
 
@@ -18,8 +19,13 @@ impl Pass<'_, '_> {
         };
         let grant = grant.clone();
         self.withdraw();
-        self.next.reason = format!("primary {name}/{} failed: {why}", grant.instance);
-        self.failure = Some(self.next.reason.clone());
+        let failure = Cause::Failed {
+            app: name.to_string(),
+            instance: grant.instance.clone(),
+            why,
+        };
+        self.next.reason = failure.to_string();
+        self.next.cause = Some(failure.cause_name());
         self.failed_holder = Some(grant.instance.clone());
         self.events.push(
             EventDraft::instance(
@@ -28,17 +34,16 @@ impl Pass<'_, '_> {
                 &grant.instance,
                 &self.next.reason,
             )
-            .with_epoch(grant.epoch),
+            .with_epoch(grant.epoch)
+            .with_reason(failure.name()),
         );
         if let Some(sw) = self.next.switchover.take()
             && input.intent.is_some_and(|i| i.id == sw.intent)
         {
             self.intent = Some(IntentState::Refused {
-                reason: format!(
-                    "switchover interrupted: primary {name}/{} failed: {why}",
-                    grant.instance
-                ),
+                reason: format!("switchover interrupted: {failure}"),
             });
         }
+        self.failure = Some(failure);
     }
 }

@@ -7,7 +7,7 @@
 //!    acting.
 //! 4. [`others`]: every other instance has the mode's non-primary role.
 
-use super::{AppInput, Decision};
+use super::{AppInput, Cause, Decision};
 use crate::model::{AppRoles, EventDraft, IntentState, SteppingDown};
 
 mod current;
@@ -38,7 +38,7 @@ struct Pass<'i, 'a> {
     /// The intent's new state, if it changed.
     intent: Option<IntentState>,
     /// Why the current grant failed in this decision, if it did.
-    failure: Option<String>,
+    failure: Option<Cause>,
     /// The holder of the grant that failed in this decision.
     failed_holder: Option<String>,
 }

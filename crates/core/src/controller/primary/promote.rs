@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 
 use super::Pass;
 use crate::controller::candidates::{best_candidate, grant_for, unfit};
-use crate::controller::{Style, style};
+use crate::controller::{Cause, Style, style};
 use crate::model::{EventDraft, EventKind, InstanceStatus, IntentState, SteppingDown};
 use crate::topology::App;
 
 /// An instance to promote, its status, and why it is promoted.
-type Choice<'a> = (String, &'a InstanceStatus, String);
+type Choice<'a> = (String, &'a InstanceStatus, Cause);
 
 impl<'a> Pass<'_, 'a> {
     /// Grants the primary role to the switchover's target or the best
@@ -50,12 +50,12 @@ impl<'a> Pass<'_, 'a> {
                 self.intent = Some(IntentState::Done {
                     message: format!("{name}/{} is primary", sw.to),
                 });
-                let cause = format!("planned switchover (intent {})", sw.intent);
+                let cause = Cause::Switchover { intent: sw.intent };
                 Some((sw.to, s, cause))
             }
             None => {
-                let why =
-                    unfit(app, &sw.to, status.get(&sw.to)).unwrap_or_else(|| "not eligible".into());
+                let why = unfit(app, &sw.to, status.get(&sw.to))
+                    .map_or_else(|| "not eligible".to_string(), |u| u.to_string());
                 self.intent = Some(IntentState::Refused {
                     reason: format!(
                         "switchover target {name}/{} became unfit ({why}); promoted the best other instance instead",
@@ -75,9 +75,14 @@ impl<'a> Pass<'_, 'a> {
         // withdrawal decided earlier, else there was no primary.
         let cause = self.failure.clone().unwrap_or_else(|| {
             if input.roles.stepping_down.is_some() || input.roles.switchover.is_some() {
-                input.roles.reason.clone()
+                Cause::Earlier {
+                    reason: input.roles.reason.clone(),
+                    name: input.roles.cause,
+                }
             } else {
-                format!("{} had no primary", input.app.name)
+                Cause::NoPrimary {
+                    app: input.app.name.clone(),
+                }
             }
         });
         let avoid = self.failed_holder.clone().or_else(|| {
@@ -92,7 +97,7 @@ impl<'a> Pass<'_, 'a> {
     }
 
     /// Grants the primary role to `id`, at the next epoch.
-    fn grant(&mut self, id: &str, s: &InstanceStatus, cause: &str) {
+    fn grant(&mut self, id: &str, s: &InstanceStatus, cause: &Cause) {
         let app = self.input.app;
         let name = &app.name;
         let epoch = self.next.epoch + 1;
@@ -103,9 +108,11 @@ impl<'a> Pass<'_, 'a> {
         } else {
             format!("promoted {name}/{id} (epoch {epoch}): {cause}")
         };
+        self.next.cause = Some(cause.cause_name());
         self.events.push(
             EventDraft::instance(EventKind::Promoted, name, id, &self.next.reason)
-                .with_epoch(epoch),
+                .with_epoch(epoch)
+                .with_reason(cause.name()),
         );
     }
 
@@ -123,17 +130,20 @@ impl<'a> Pass<'_, 'a> {
             .instances
             .iter()
             .map(|i| {
-                let why =
-                    unfit(app, &i.id, input.status.get(&i.id)).unwrap_or_else(|| "fit".into());
+                let why = unfit(app, &i.id, input.status.get(&i.id))
+                    .map_or_else(|| "fit".to_string(), |u| u.to_string());
                 format!("{}: {why}", i.id)
             })
             .collect::<Vec<_>>()
             .join("; ");
-        self.events.push(EventDraft::app(
-            EventKind::NoCandidate,
-            name,
-            format!("{} ({detail})", self.next.reason),
-        ));
+        self.events.push(
+            EventDraft::app(
+                EventKind::NoCandidate,
+                name,
+                format!("{} ({detail})", self.next.reason),
+            )
+            .with_reason("no_candidate"),
+        );
     }
 }
 

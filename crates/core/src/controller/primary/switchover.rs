@@ -6,7 +6,8 @@ use super::Pass;
 use crate::controller::candidates::{best_candidate, unfit};
 use crate::controller::pending;
 use crate::model::{
-    AppRoles, EventDraft, EventKind, InstanceStatus, IntentKind, IntentState, PendingSwitchover,
+    AppRoles, CauseName, EventDraft, EventKind, InstanceStatus, IntentKind, IntentState,
+    PendingSwitchover,
 };
 use crate::topology::App;
 
@@ -33,26 +34,31 @@ impl Pass<'_, '_> {
                 self.next.reason = format!(
                     "switchover requested: demoting {name}/{from}, then promoting {name}/{target}"
                 );
-                self.events.push(EventDraft::instance(
-                    EventKind::Intent,
-                    name,
-                    &from,
-                    &self.next.reason,
-                ));
-                self.events.push(EventDraft::instance(
-                    EventKind::Demoted,
-                    name,
-                    &from,
-                    format!("demoting {name}/{from} for a planned switchover to {target}"),
-                ));
+                self.next.cause = Some(CauseName::Switchover);
+                self.events.push(
+                    EventDraft::instance(EventKind::Intent, name, &from, &self.next.reason)
+                        .with_reason("running"),
+                );
+                self.events.push(
+                    EventDraft::instance(
+                        EventKind::Demoted,
+                        name,
+                        &from,
+                        format!("demoting {name}/{from} for a planned switchover to {target}"),
+                    )
+                    .with_reason("switchover"),
+                );
                 self.intent = Some(IntentState::Running);
             }
             Err(reason) => {
-                self.events.push(EventDraft::app(
-                    EventKind::Intent,
-                    name,
-                    format!("switchover refused: {reason}"),
-                ));
+                self.events.push(
+                    EventDraft::app(
+                        EventKind::Intent,
+                        name,
+                        format!("switchover refused: {reason}"),
+                    )
+                    .with_reason("refused"),
+                );
                 self.intent = Some(IntentState::Refused { reason });
             }
         }
