@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use nix::sys::signal::Signal;
 use tandem_core::host::{
     FailsafeAnswer, HostAction, HostConfig, HostInput, HostMachine, HostStep, LeaseInput, PeerAsk,
@@ -27,6 +26,7 @@ use tandem_core::host::{
 use tandem_core::instance::{Action, Input};
 use tandem_core::model::{AppRoles, HostRecord, keys};
 use tandem_core::topology::{Host, Topology};
+use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{EventKind, LeaseId, Store};
 use tandem_telemetry::host::{ExitCause, HostEvent, HostMetrics};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -92,8 +92,6 @@ impl AgentHandle {
 struct Proc {
     pid: Option<u32>,
     probes: Vec<AbortHandle>,
-    /// tandem signalled the running process to end (SIGKILL or SIGTERM).
-    ended_by_tandem: bool,
 }
 
 enum Msg {
@@ -101,7 +99,9 @@ enum Msg {
     /// The process of incarnation `.1` of local `.0` started with pid `.2`.
     Started(usize, u64, u32),
     Roles(String, AppRoles),
-    ForceKill(usize, u64),
+    /// The process of incarnation `.1` of local `.0`, told to stop, has
+    /// not exited within its app's stop timeout.
+    StopTimedOut(usize, u64),
     Answers(Vec<Vec<Option<FailsafeAnswer>>>),
     Topology(Arc<Topology>),
 }
@@ -366,70 +366,42 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Follows `roles/` from revision `from`. Role assignments are state, not
-/// a log: when the watch breaks, re-reading them all and watching from
-/// that read is a complete resume (agents ignore older generations).
+/// a log: after a broken watch, re-reading them all and watching from that
+/// read is a complete resume (agents ignore older generations).
 async fn watch_roles(
     store: Arc<dyn Store>,
-    mut from: u64,
+    from: u64,
     tx: mpsc::Sender<Msg>,
     cancel: CancellationToken,
 ) {
+    let mut roles = follow(store, keys::ROLES, Start::At(from), AfterBreak::Relist)
+        .retry_delay(Duration::from_millis(200), Duration::from_millis(200));
     loop {
-        let stream = tokio::select! {
+        let item = tokio::select! {
             _ = cancel.cancelled() => return,
-            s = store.watch(keys::ROLES, from) => s,
+            item = roles.next() => item,
         };
-        match stream {
-            Ok(mut stream) => loop {
-                let item = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    item = stream.next() => item,
-                };
-                match item {
-                    Some(Ok(ev)) if ev.kind == EventKind::Put => {
-                        let Some(app) = ev.kv.key.strip_prefix(keys::ROLES) else {
-                            continue;
-                        };
-                        match serde_json::from_slice::<AppRoles>(&ev.kv.value) {
-                            Ok(roles) => {
-                                if tx.send(Msg::Roles(app.to_string(), roles)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                warn!(key = %ev.kv.key, error = %e, "unreadable role assignment")
-                            }
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        warn!(error = %e, "role watch broke; re-reading");
-                        break;
-                    }
-                    None => break,
-                }
-            },
-            Err(e) => warn!(error = %e, "cannot watch role assignments"),
-        }
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        let kvs = match item {
+            FollowItem::Change(ev) if ev.kind == EventKind::Put => vec![ev.kv],
+            FollowItem::Change(_) => continue,
+            FollowItem::Snapshot(listing) => listing.kvs,
+            FollowItem::Interrupted(e) => {
+                warn!(error = %e, "role watch broke; re-reading");
+                continue;
             }
-            let Ok(listing) = store.list(keys::ROLES).await else {
+        };
+        for kv in kvs {
+            let Some(app) = kv.key.strip_prefix(keys::ROLES) else {
                 continue;
             };
-            for kv in listing.kvs {
-                if let (Some(app), Ok(roles)) = (
-                    kv.key.strip_prefix(keys::ROLES),
-                    serde_json::from_slice::<AppRoles>(&kv.value),
-                ) && tx.send(Msg::Roles(app.to_string(), roles)).await.is_err()
-                {
-                    return;
+            match serde_json::from_slice::<AppRoles>(&kv.value) {
+                Ok(roles) => {
+                    if tx.send(Msg::Roles(app.to_string(), roles)).await.is_err() {
+                        return;
+                    }
                 }
+                Err(e) => warn!(key = %kv.key, error = %e, "unreadable role assignment"),
             }
-            from = listing.revision + 1;
-            break;
         }
     }
 }
@@ -522,24 +494,14 @@ impl Agent {
                     role: local.machine().status().acting.as_str(),
                 });
                 self.procs[i].pid = Some(pid);
-                self.procs[i].ended_by_tandem = false;
                 self.start_probes(i, incarnation);
                 self.handle(HostInput::Instance(i, Input::Spawned { pid }));
             }
             Msg::Roles(app, roles) => self.handle(HostInput::Assigned { app, roles }),
             Msg::Answers(answers) => self.handle(HostInput::Answers(answers)),
             Msg::Topology(t) => self.handle(HostInput::Topology(t)),
-            Msg::ForceKill(i, incarnation) => {
-                let local = &self.machine.locals()[i];
-                if local.machine().incarnation() == incarnation
-                    && let Some(pid) = self.procs[i].pid
-                {
-                    warn!(
-                        "{} did not stop within its stop timeout: SIGKILL",
-                        local.name()
-                    );
-                    let _ = signal_group(pid, Signal::SIGKILL);
-                }
+            Msg::StopTimedOut(i, incarnation) => {
+                self.handle(HostInput::Instance(i, Input::StopTimedOut { incarnation }));
             }
         }
     }
@@ -559,7 +521,8 @@ impl Agent {
             actions,
             notes,
             touched,
-            view_changed,
+            roles_changed,
+            store_changed: _,
         } = step;
         for note in &notes {
             self.metrics.emit(HostEvent::Decision(note));
@@ -621,7 +584,7 @@ impl Agent {
                 }
             }
         }
-        self.update_view(&touched, view_changed, structure_changed);
+        self.update_view(&touched, &roles_changed, structure_changed);
     }
 
     /// Carries out one instance action; returns what to feed back at once.
@@ -645,21 +608,18 @@ impl Agent {
                 None
             }
             Action::Kill { reason } => {
-                let reason = reason.to_string();
                 self.metrics.emit(HostEvent::Killed {
                     app: &self.machine.locals()[i].app.name,
                     instance: &name,
                     reason: &reason,
                 });
                 if let Some(pid) = self.procs[i].pid {
-                    self.procs[i].ended_by_tandem = true;
                     let _ = signal_group(pid, Signal::SIGKILL);
                 }
                 None
             }
             Action::Terminate => {
                 if let Some(pid) = self.procs[i].pid {
-                    self.procs[i].ended_by_tandem = true;
                     let _ = signal_group(pid, Signal::SIGTERM);
                     // A frozen process takes SIGTERM only once thawed.
                     let _ = signal_group(pid, Signal::SIGCONT);
@@ -669,7 +629,7 @@ impl Agent {
                     let inc = local.machine().incarnation();
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
-                        let _ = tx.send(Msg::ForceKill(i, inc)).await;
+                        let _ = tx.send(Msg::StopTimedOut(i, inc)).await;
                     });
                 }
                 None
@@ -714,10 +674,7 @@ impl Agent {
                     return;
                 }
             };
-            let Some(pid) = child.id() else {
-                let _ = tx.send(failed("process ended at once".into())).await;
-                return;
-            };
+            let pid = child.id();
             if tx.send(Msg::Started(i, incarnation, pid)).await.is_err() {
                 return;
             }
@@ -738,14 +695,14 @@ impl Agent {
         for probe in p.probes.drain(..) {
             probe.abort();
         }
-        let cause = if p.ended_by_tandem {
+        let local = &self.machine.locals()[i];
+        let cause = if local.machine().ending().is_some() {
             ExitCause::Tandem
         } else if how.starts_with("killed by signal") {
             ExitCause::Signal
         } else {
             ExitCause::Code
         };
-        let local = &self.machine.locals()[i];
         self.metrics.emit(HostEvent::ProcessExited {
             app: &local.app.name,
             instance: &local.name(),
@@ -770,7 +727,7 @@ impl Agent {
     fn update_view(
         &mut self,
         touched: &std::collections::BTreeSet<usize>,
-        view_changed: bool,
+        roles_changed: &std::collections::BTreeSet<String>,
         structure_changed: bool,
     ) {
         let machine = &self.machine;
@@ -808,10 +765,10 @@ impl Agent {
             .iter()
             .filter_map(|&i| Some((self.view_pos.get(i).copied().flatten()?, view_of(i))))
             .collect();
-        if updates.is_empty() && !view_changed {
-            return;
-        }
-        let roles = view_changed.then(|| machine.roles().clone());
+        let roles: Vec<(String, AppRoles)> = roles_changed
+            .iter()
+            .filter_map(|app| Some((app.clone(), machine.roles().get(app)?.clone())))
+            .collect();
         let store_reachable = machine.store_reachable();
         self.metrics.set_store_reachable(store_reachable);
         self.view_tx.send_modify(|v| {
@@ -820,9 +777,7 @@ impl Agent {
                     *slot = iv;
                 }
             }
-            if let Some(roles) = roles {
-                v.roles = roles;
-            }
+            v.roles.extend(roles);
             v.store_reachable = store_reachable;
         });
     }

@@ -27,6 +27,7 @@ use tandem_store::{
     Compare, EventKind as StoreEventKind, LeaseId, Op, OpResult, Revision, Store, StoreError, Txn,
     WatchEvent,
 };
+use tandem_telemetry::controller::{ControllerEvent, ControllerMetrics};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,6 +36,11 @@ use tracing::{debug, info, warn};
 pub const MAX_EVENTS: u64 = 10_000;
 /// How many times a decision is retried after a conflicting write.
 const MAX_CONFLICTS: u32 = 8;
+/// Most operations in one branch of a transaction (etcd's default
+/// `--max-txn-ops`, and the embedded store's limit).
+const MAX_TXN_OPS: usize = 128;
+/// Most events of one app written in one transaction.
+const MAX_EVENTS_PER_WRITE: usize = 64;
 /// Pause before reading or watching the store again after it failed.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
@@ -54,6 +60,7 @@ pub async fn run_candidate(
     topology: Arc<Topology>,
     host: String,
     mut session: watch::Receiver<Option<LeaseId>>,
+    metrics: Arc<ControllerMetrics>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -111,13 +118,19 @@ pub async fn run_candidate(
         if let Some(key_revision) = elected {
             if ours.is_some() {
                 info!(host = %host, "the controller key is still this session's: leading again");
-            } else {
-                info!(host = %host, "elected controller");
             }
-            let mut leader =
-                Leader::new(store.clone(), topology.clone(), host.clone(), key_revision);
+            metrics.emit(ControllerEvent::Elected { host: &host });
+            let mut leader = Leader::new(
+                store.clone(),
+                topology.clone(),
+                host.clone(),
+                key_revision,
+                metrics.clone(),
+            );
             leader.lead(lease, &mut session, &cancel).await;
-            info!(host = %host, "no longer controller");
+            metrics.emit(ControllerEvent::Deposed {
+                why: "its session ended, its key changed hands, or it was stopped",
+            });
             // Resign if the key is still ours, so another takes over at once.
             let resign = Txn {
                 compares: vec![Compare::ModRevision(keys::CONTROLLER.into(), key_revision)],
@@ -208,6 +221,7 @@ struct Leader {
     /// Until then, an app that was never decided waits for every instance
     /// to report before its first decision.
     first_decision_by: tokio::time::Instant,
+    metrics: Arc<ControllerMetrics>,
 }
 
 /// Events not about one app are kept under this name.
@@ -219,6 +233,7 @@ impl Leader {
         topology: Arc<Topology>,
         host: String,
         key_revision: Revision,
+        metrics: Arc<ControllerMetrics>,
     ) -> Leader {
         Leader {
             store,
@@ -234,6 +249,7 @@ impl Leader {
             oldest_seq: 1,
             deposed: false,
             first_decision_by: tokio::time::Instant::now(),
+            metrics,
         }
     }
 
@@ -490,24 +506,74 @@ impl Leader {
             })
     }
 
-    /// Decides and writes every dirty app.
+    /// Decides every dirty app and writes what changed, many apps per
+    /// transaction (one durable write for a whole batch); an app whose
+    /// batch met a conflicting write is decided again on its own.
     async fn flush(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let mut waiting = Vec::new();
+        let mut batch: Vec<Plan> = Vec::new();
+        let mut decided = 0;
         while let Some(app) = self.dirty.pop_first() {
             if self.waiting_for_first_reports(&app) {
                 waiting.push(app);
                 continue;
             }
-            if let Err(e) = self.settle(&app).await {
-                self.dirty.insert(app);
-                return Err(e);
+            decided += 1;
+            let plan = match self.plan(&app) {
+                Ok(Some(plan)) => plan,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.dirty.insert(app);
+                    self.dirty.extend(batch.into_iter().map(|p| p.app));
+                    return Err(e);
+                }
+            };
+            if !fits(&batch, &plan) {
+                self.write_batch(std::mem::take(&mut batch)).await?;
+                if self.deposed {
+                    return Ok(());
+                }
             }
-            if self.deposed {
-                return Ok(());
+            batch.push(plan);
+        }
+        self.write_batch(batch).await?;
+        self.dirty.extend(waiting);
+        if decided > 0 {
+            self.metrics.emit(ControllerEvent::Pass {
+                apps: decided,
+                latency: started.elapsed(),
+            });
+        }
+        self.trim_events().await
+    }
+
+    /// Writes a batch of plans in one transaction; on a conflict, decides
+    /// and writes each of its apps again on its own.
+    async fn write_batch(&mut self, batch: Vec<Plan>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let apps: Vec<String> = batch.iter().map(|p| p.app.clone()).collect();
+        match self.commit(batch).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                for app in apps {
+                    if self.deposed {
+                        break;
+                    }
+                    if let Err(e) = self.settle(&app).await {
+                        self.dirty.insert(app);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty.extend(apps);
+                Err(e)
             }
         }
-        self.dirty.extend(waiting);
-        self.trim_events().await
     }
 
     /// When the next flush is due without any change (the end of the first
@@ -519,116 +585,15 @@ impl Leader {
             .then_some(self.first_decision_by)
     }
 
+    /// Decides one app and writes it, deciding again after a conflicting
+    /// write (bounded).
     async fn settle(&mut self, app_name: &str) -> Result<(), StoreError> {
         for _ in 0..MAX_CONFLICTS {
-            let mut ops = Vec::new();
-            let mut compares = vec![Compare::ModRevision(
-                keys::CONTROLLER.into(),
-                self.key_revision,
-            )];
-            let mut events = self.pending.get(app_name).cloned().unwrap_or_default();
-            let mut new_roles = None;
-            let mut new_intent = None;
-            if let Some(app) = self.topology.app(app_name) {
-                let (roles, roles_rev) = self.roles.get(app_name).cloned().unwrap_or_default();
-                let empty = BTreeMap::new();
-                let status = self.statuses.get(app_name).unwrap_or(&empty);
-                let intent = self.intents.get(app_name).map(|(i, _)| i);
-                let d = decide(&AppInput {
-                    app,
-                    roles: &roles,
-                    status,
-                    intent,
-                });
-                if d.changed {
-                    info!(
-                        app = app_name,
-                        generation = d.roles.generation,
-                        "{}",
-                        d.roles.reason
-                    );
-                    compares.push(Compare::ModRevision(keys::roles(app_name), roles_rev));
-                    ops.push(Op::put(keys::roles(app_name), to_json(&d.roles)?));
-                    new_roles = Some(d.roles);
-                }
-                if let (Some(state), Some((intent, rev))) = (d.intent, self.intents.get(app_name)) {
-                    let mut updated = intent.clone();
-                    updated.outcome = state;
-                    compares.push(Compare::ModRevision(keys::intent(app_name), *rev));
-                    ops.push(Op::put(keys::intent(app_name), to_json(&updated)?));
-                    new_intent = Some(updated);
-                }
-                events.extend(d.events);
-            }
-            if ops.is_empty() && events.is_empty() {
+            let Some(plan) = self.plan(app_name)? else {
                 return Ok(());
-            }
-            let t_ms = now_ms();
-            let first_seq = self.next_seq;
-            for (n, draft) in events.iter().enumerate() {
-                let ev = draft.clone().stamp(first_seq + n as u64, t_ms);
-                info!(kind = ?ev.kind, "{}", ev.message);
-                ops.push(Op::put(keys::event(ev.seq), to_json(&ev)?));
-            }
-            let resp = self
-                .store
-                .txn(Txn {
-                    compares,
-                    success: ops,
-                    failure: vec![
-                        Op::get(keys::CONTROLLER),
-                        Op::get(keys::roles(app_name)),
-                        Op::get(keys::intent(app_name)),
-                    ],
-                })
-                .await?;
-            if resp.succeeded {
-                self.next_seq += events.len() as u64;
-                self.pending.remove(app_name);
-                if let Some(r) = new_roles {
-                    self.roles.insert(app_name.to_string(), (r, resp.revision));
-                }
-                if let Some(i) = new_intent {
-                    self.intents
-                        .insert(app_name.to_string(), (i, resp.revision));
-                }
+            };
+            if self.commit(vec![plan]).await? || self.deposed {
                 return Ok(());
-            }
-            // Someone wrote in between: refresh and decide again.
-            let mut results = resp.results.into_iter();
-            match results.next() {
-                Some(OpResult::Get(Some(kv))) if kv.mod_revision == self.key_revision => {}
-                _ => {
-                    warn!("lost the controller key while writing");
-                    self.deposed = true;
-                    return Ok(());
-                }
-            }
-            if let Some(OpResult::Get(kv)) = results.next() {
-                match kv {
-                    Some(kv) => {
-                        if let Ok(r) = serde_json::from_slice::<AppRoles>(&kv.value) {
-                            self.roles
-                                .insert(app_name.to_string(), (r, kv.mod_revision));
-                        }
-                    }
-                    None => {
-                        self.roles.remove(app_name);
-                    }
-                }
-            }
-            if let Some(OpResult::Get(kv)) = results.next() {
-                match kv {
-                    Some(kv) => {
-                        if let Ok(i) = serde_json::from_slice::<Intent>(&kv.value) {
-                            self.intents
-                                .insert(app_name.to_string(), (i, kv.mod_revision));
-                        }
-                    }
-                    None => {
-                        self.intents.remove(app_name);
-                    }
-                }
             }
         }
         warn!(
@@ -638,11 +603,190 @@ impl Leader {
         Ok(())
     }
 
+    /// What deciding `app_name` now would write: `None` if nothing.
+    fn plan(&mut self, app_name: &str) -> Result<Option<Plan>, StoreError> {
+        let mut plan = Plan {
+            app: app_name.to_string(),
+            compares: Vec::new(),
+            ops: Vec::new(),
+            carried: Vec::new(),
+            decided: Vec::new(),
+            new_roles: None,
+            new_intent: None,
+        };
+        // Bounded events per app and write: the rest wait for the next.
+        if let Some(pending) = self.pending.get_mut(app_name) {
+            let n = pending.len().min(MAX_EVENTS_PER_WRITE);
+            plan.carried = pending.drain(..n).collect();
+            if !pending.is_empty() {
+                self.dirty.insert(app_name.to_string());
+            }
+        }
+        if let Some(app) = self.topology.app(app_name) {
+            let (roles, roles_rev) = self.roles.get(app_name).cloned().unwrap_or_default();
+            let empty = BTreeMap::new();
+            let status = self.statuses.get(app_name).unwrap_or(&empty);
+            let intent = self.intents.get(app_name).map(|(i, _)| i);
+            let d = decide(&AppInput {
+                app,
+                roles: &roles,
+                status,
+                intent,
+            });
+            if d.changed {
+                info!(
+                    app = app_name,
+                    generation = d.roles.generation,
+                    "{}",
+                    d.roles.reason
+                );
+                plan.compares
+                    .push(Compare::ModRevision(keys::roles(app_name), roles_rev));
+                plan.ops
+                    .push(Op::put(keys::roles(app_name), to_json(&d.roles)?));
+                plan.new_roles = Some(d.roles);
+            }
+            if let (Some(state), Some((intent, rev))) = (d.intent, self.intents.get(app_name)) {
+                let mut updated = intent.clone();
+                updated.outcome = state;
+                plan.compares
+                    .push(Compare::ModRevision(keys::intent(app_name), *rev));
+                plan.ops
+                    .push(Op::put(keys::intent(app_name), to_json(&updated)?));
+                plan.new_intent = Some(updated);
+            }
+            plan.decided = d.events;
+        }
+        if plan.ops.is_empty() && plan.carried.is_empty() && plan.decided.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(plan))
+    }
+
+    /// Writes `plans` in one transaction, guarded by the controller key and
+    /// by each app's assignment and intent as they were read. Ok(false):
+    /// someone wrote in between; what they wrote is read back, and the
+    /// plans' events go back to pending.
+    async fn commit(&mut self, plans: Vec<Plan>) -> Result<bool, StoreError> {
+        let mut compares = vec![Compare::ModRevision(
+            keys::CONTROLLER.into(),
+            self.key_revision,
+        )];
+        let mut ops = Vec::new();
+        let mut failure = vec![Op::get(keys::CONTROLLER)];
+        let t_ms = now_ms();
+        let mut seq = self.next_seq;
+        let mut written = Vec::new();
+        for p in &plans {
+            compares.extend(p.compares.iter().cloned());
+            ops.extend(p.ops.iter().cloned());
+            failure.push(Op::get(keys::roles(&p.app)));
+            failure.push(Op::get(keys::intent(&p.app)));
+            for draft in p.carried.iter().chain(&p.decided) {
+                let ev = draft.clone().stamp(seq, t_ms);
+                seq += 1;
+                ops.push(Op::put(keys::event(ev.seq), to_json(&ev)?));
+                written.push(ev);
+            }
+        }
+        let sent = std::time::Instant::now();
+        let resp = self
+            .store
+            .txn(Txn {
+                compares,
+                success: ops,
+                failure,
+            })
+            .await;
+        self.metrics.emit(ControllerEvent::StoreRequest {
+            op: "txn",
+            latency: sent.elapsed(),
+            ok: resp.is_ok(),
+        });
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.requeue(plans);
+                return Err(e);
+            }
+        };
+        if resp.succeeded {
+            self.next_seq = seq;
+            for ev in &written {
+                info!(kind = ?ev.kind, "{}", ev.message);
+                self.metrics.emit(ControllerEvent::EventWritten {
+                    kind: ev.kind.as_str(),
+                });
+            }
+            for p in plans {
+                if let Some(r) = p.new_roles {
+                    self.roles.insert(p.app.clone(), (r, resp.revision));
+                }
+                if let Some(i) = p.new_intent {
+                    self.intents.insert(p.app, (i, resp.revision));
+                }
+            }
+            return Ok(true);
+        }
+        // Someone wrote in between: refresh what they wrote.
+        let mut results = resp.results.into_iter();
+        match results.next() {
+            Some(OpResult::Get(Some(kv))) if kv.mod_revision == self.key_revision => {}
+            _ => {
+                self.metrics.emit(ControllerEvent::Deposed {
+                    why: "lost the controller key while writing",
+                });
+                self.deposed = true;
+                return Ok(false);
+            }
+        }
+        for p in &plans {
+            if let Some(OpResult::Get(kv)) = results.next() {
+                match kv.and_then(|kv| {
+                    let rev = kv.mod_revision;
+                    serde_json::from_slice::<AppRoles>(&kv.value)
+                        .ok()
+                        .map(|r| (r, rev))
+                }) {
+                    Some(r) => self.roles.insert(p.app.clone(), r),
+                    None => self.roles.remove(&p.app),
+                };
+            }
+            if let Some(OpResult::Get(kv)) = results.next() {
+                match kv.and_then(|kv| {
+                    let rev = kv.mod_revision;
+                    serde_json::from_slice::<Intent>(&kv.value)
+                        .ok()
+                        .map(|i| (i, rev))
+                }) {
+                    Some(i) => self.intents.insert(p.app.clone(), i),
+                    None => self.intents.remove(&p.app),
+                };
+            }
+        }
+        self.requeue(plans);
+        Ok(false)
+    }
+
+    /// Puts the events of unwritten plans back in front of their apps'
+    /// pending events, and marks the apps to decide again.
+    fn requeue(&mut self, plans: Vec<Plan>) {
+        for p in plans {
+            // The decision is made again; the events it carried are not.
+            let pending = self.pending.entry(p.app.clone()).or_default();
+            let rest = std::mem::take(pending);
+            pending.extend(p.carried);
+            pending.extend(rest);
+            self.dirty.insert(p.app);
+        }
+    }
+
     /// Keeps the event log bounded.
     async fn trim_events(&mut self) -> Result<(), StoreError> {
         while self.next_seq.saturating_sub(self.oldest_seq) > MAX_EVENTS {
             let excess = self.next_seq - self.oldest_seq - MAX_EVENTS;
-            let n = excess.min(256);
+            // A transaction branch holds at most 128 operations.
+            let n = excess.min(128);
             let ops = (self.oldest_seq..self.oldest_seq + n)
                 .map(|s| Op::delete(keys::event(s)))
                 .collect();
@@ -662,6 +806,242 @@ impl Leader {
     }
 }
 
+/// What deciding one app writes.
+struct Plan {
+    app: String,
+    /// The app's assignment and intent as they were read.
+    compares: Vec<Compare>,
+    /// Its new assignment and intent.
+    ops: Vec<Op>,
+    /// Events noted since the last write (status changes, hosts).
+    carried: Vec<EventDraft>,
+    /// Events of the decision.
+    decided: Vec<EventDraft>,
+    new_roles: Option<AppRoles>,
+    new_intent: Option<Intent>,
+}
+
+impl Plan {
+    /// (compares, success ops, failure ops) it adds to a transaction.
+    fn size(&self) -> (usize, usize, usize) {
+        let events = self.carried.len() + self.decided.len();
+        (self.compares.len(), self.ops.len() + events, 2)
+    }
+}
+
+/// Whether `plan` still fits in a transaction with `batch` (each branch
+/// and the compares at most [`MAX_TXN_OPS`], with the controller key's
+/// compare and read).
+fn fits(batch: &[Plan], plan: &Plan) -> bool {
+    let (mut c, mut s, mut f) = (1, 0, 1);
+    for p in batch.iter().chain(std::iter::once(plan)) {
+        let (pc, ps, pf) = p.size();
+        c += pc;
+        s += ps;
+        f += pf;
+    }
+    batch.is_empty() || (c <= MAX_TXN_OPS && s <= MAX_TXN_OPS && f <= MAX_TXN_OPS)
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Internal(format!("cannot encode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tandem_core::model::{Health, ProcessState, Role};
+    use tandem_store::{EmbeddedStore, KeyValue, Lease, Listing, TxnResponse, WatchStream};
+
+    use super::*;
+
+    /// The embedded store, counting transactions.
+    struct Counting {
+        inner: Arc<EmbeddedStore>,
+        txns: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Counting {
+        fn backend(&self) -> &'static str {
+            "counting"
+        }
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            lease: Option<LeaseId>,
+        ) -> Result<Revision, StoreError> {
+            self.inner.put(key, value, lease).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+            self.txns.fetch_add(1, Ordering::SeqCst);
+            self.inner.txn(txn).await
+        }
+        async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
+            self.inner.grant_lease(ttl).await
+        }
+        async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+            self.inner.revoke_lease(lease).await
+        }
+        async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream, StoreError> {
+            self.inner.watch(prefix, start).await
+        }
+    }
+
+    fn topology(apps: usize) -> Topology {
+        let mut t = String::from(
+            "[[sites]]\nname = \"dc1\"\n[[hosts]]\nname = \"h1\"\nsite = \"dc1\"\naddress = \"127.0.0.1\"\n",
+        );
+        for i in 0..apps {
+            t.push_str(&format!(
+                "[apps.s{i}]\nha = \"warm-standby\"\ncommand = [\"sleep\", \"60\"]\n\
+                 [apps.s{i}.hook]\nkind = \"command\"\ncommand = [\"true\"]\ntimeout = \"500ms\"\n\
+                 [[apps.s{i}.instances]]\nid = \"a\"\nhost = \"h1\"\npriority = 2\n\
+                 [[apps.s{i}.instances]]\nid = \"b\"\nhost = \"h1\"\npriority = 1\n"
+            ));
+        }
+        tandem_core::topology::parse("t.toml", &t).expect("topology")
+    }
+
+    fn running(incarnation: u64) -> InstanceStatus {
+        InstanceStatus {
+            host: "h1".into(),
+            process: ProcessState::Running,
+            pid: Some(100),
+            session: 7,
+            incarnation,
+            seen_generation: 0,
+            health: Health::Healthy,
+            health_detail: None,
+            acting: Role::Backup,
+            acting_epoch: 0,
+            promoting: false,
+            crash_looping: false,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+
+    /// A leader over `apps` apps whose instances all run, healthy, and
+    /// which were never decided.
+    async fn leader(apps: usize) -> (Leader, Arc<Counting>) {
+        let store = Arc::new(Counting {
+            inner: EmbeddedStore::in_memory(),
+            txns: AtomicUsize::new(0),
+        });
+        let record = serde_json::to_vec(&ControllerRecord {
+            host: "h1".into(),
+            lease: 7,
+        })
+        .expect("json");
+        let rev = store
+            .put(keys::CONTROLLER, record, None)
+            .await
+            .expect("put");
+        let mut leader = Leader::new(
+            store.clone(),
+            Arc::new(topology(apps)),
+            "h1".into(),
+            rev,
+            Arc::new(ControllerMetrics::new()),
+        );
+        for i in 0..apps {
+            let app = format!("s{i}");
+            let statuses = leader.statuses.entry(app.clone()).or_default();
+            statuses.insert("a".into(), running(1));
+            statuses.insert("b".into(), running(1));
+            leader.dirty.insert(app);
+        }
+        (leader, store)
+    }
+
+    async fn stored_roles(store: &Counting, apps: usize) -> Vec<AppRoles> {
+        let mut out = Vec::new();
+        for i in 0..apps {
+            let kv = store
+                .get(&keys::roles(&format!("s{i}")))
+                .await
+                .expect("get")
+                .expect("roles written");
+            out.push(serde_json::from_slice(&kv.value).expect("roles"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn one_pass_writes_many_apps_per_transaction_within_the_op_limits() {
+        let apps = 300;
+        let (mut leader, store) = leader(apps).await;
+        leader.flush().await.expect("flush");
+        let txns = store.txns.load(Ordering::SeqCst);
+        // Each app writes its assignment and one event, guarded by one
+        // compare: at most 63 apps fit the read-back branch (1 + 2 each).
+        assert!(
+            (5..=10).contains(&txns),
+            "{txns} transactions for {apps} apps"
+        );
+        for roles in stored_roles(&store, apps).await {
+            let grant = roles.primary.expect("a primary for every app");
+            assert_eq!((grant.instance.as_str(), grant.epoch), ("a", 1));
+        }
+        // Every event written once, with consecutive sequence numbers.
+        let events = store.list(keys::EVENTS).await.expect("events");
+        let seqs: Vec<u64> = events
+            .kvs
+            .iter()
+            .filter_map(|kv| keys::parse_event(&kv.key))
+            .collect();
+        assert_eq!(seqs.len(), apps);
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=apps as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_meets_a_conflicting_write_is_decided_again_app_by_app() {
+        let apps = 20;
+        let (mut leader, store) = leader(apps).await;
+        // Someone else wrote s7's assignment: the leader's view is stale.
+        let theirs = AppRoles {
+            generation: 5,
+            epoch: 9,
+            reason: "written elsewhere".into(),
+            ..AppRoles::default()
+        };
+        store
+            .put(
+                &keys::roles("s7"),
+                serde_json::to_vec(&theirs).expect("json"),
+                None,
+            )
+            .await
+            .expect("put");
+        leader.flush().await.expect("flush");
+        let roles = stored_roles(&store, apps).await;
+        for (i, r) in roles.iter().enumerate() {
+            let grant = r.primary.as_ref().expect("a primary");
+            if i == 7 {
+                // Decided again on what was actually stored.
+                assert_eq!((r.epoch, r.generation), (10, 6), "{r:?}");
+            } else {
+                assert_eq!(grant.epoch, 1);
+            }
+        }
+        // One failed batch, then one transaction per app.
+        assert_eq!(store.txns.load(Ordering::SeqCst), 1 + apps);
+    }
 }

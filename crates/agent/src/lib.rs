@@ -17,6 +17,7 @@ pub mod agent;
 pub mod checks;
 pub mod controller;
 pub mod hook;
+pub mod launch;
 pub mod lease;
 pub mod local;
 pub mod peer;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentConfig, AgentHandle};
 use crate::controller;
+use tandem_telemetry::controller::ControllerMetrics;
 
 /// The addresses of this machine: loopback and every interface address.
 pub fn local_addresses() -> BTreeSet<IpAddr> {
@@ -70,6 +71,8 @@ pub struct Local {
     sessions: Vec<(String, Session)>,
     /// Cancels the controller candidates (a new topology restarts them).
     candidates: CancellationToken,
+    /// The controller candidates' metrics (whichever leads).
+    controller_metrics: Arc<ControllerMetrics>,
 }
 
 impl Local {
@@ -138,6 +141,7 @@ impl Local {
             agents.push(handle);
         }
         let candidates = cancel.child_token();
+        let controller_metrics = Arc::new(ControllerMetrics::new());
         // The controller decides once every local agent holds its lease and
         // has published its instances (bounded), so that a first decision
         // does not place everything on whichever host reported first.
@@ -145,6 +149,7 @@ impl Local {
             let cancel = candidates.clone();
             let sessions = sessions.clone();
             let store = store.clone();
+            let metrics = controller_metrics.clone();
             async move {
                 let all_up = futures::future::join_all(sessions.iter().map(|(_, rx)| {
                     let mut rx = rx.clone();
@@ -156,7 +161,7 @@ impl Local {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::timeout(STARTUP_SETTLE, all_up) => {}
                 }
-                run_candidates(store, topology, sessions, cancel).await;
+                run_candidates(store, topology, sessions, metrics, cancel).await;
             }
         })];
         Ok(Local {
@@ -167,7 +172,18 @@ impl Local {
             agents,
             sessions,
             candidates,
+            controller_metrics,
         })
+    }
+
+    /// The agents running in this process.
+    pub fn agents(&self) -> &[AgentHandle] {
+        &self.agents
+    }
+
+    /// The metrics of this process's controller candidates.
+    pub fn controller_metrics(&self) -> &Arc<ControllerMetrics> {
+        &self.controller_metrics
     }
 
     /// Applies a new topology whose cluster settings and local hosts'
@@ -184,6 +200,7 @@ impl Local {
             self.store.clone(),
             topology,
             self.sessions.clone(),
+            self.controller_metrics.clone(),
             self.candidates.clone(),
         )));
     }
@@ -214,10 +231,18 @@ async fn run_candidates(
     store: Arc<dyn Store>,
     topology: Arc<Topology>,
     sessions: Vec<(String, Session)>,
+    metrics: Arc<ControllerMetrics>,
     cancel: CancellationToken,
 ) {
     let candidates = sessions.into_iter().map(|(host, rx)| {
-        controller::run_candidate(store.clone(), topology.clone(), host, rx, cancel.clone())
+        controller::run_candidate(
+            store.clone(),
+            topology.clone(),
+            host,
+            rx,
+            metrics.clone(),
+            cancel.clone(),
+        )
     });
     futures::future::join_all(candidates).await;
 }

@@ -13,12 +13,19 @@
 //! worker that entered `block_in_place` becomes a blocking-pool thread and
 //! ends after its idle keep-alive), so every child is forked by one
 //! spawner thread that lives as long as the process ([`spawn`]).
+//!
+//! Setting the signal takes code in the child before `exec`; the standard
+//! library could run it only by `fork`ing the whole agent, so instances
+//! are started by [`crate::launch`] (a `posix_spawn` with that step).
 
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::sync::mpsc;
 
@@ -26,6 +33,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tandem_core::model::Role;
 use tandem_core::topology::{App, Host, Instance, expand, expand_all};
+
+use crate::launch::{self, Child, Launch};
 
 /// Where an agent keeps per-instance files.
 #[derive(Debug, Clone)]
@@ -69,10 +78,39 @@ pub fn program(first: &str) -> io::Result<PathBuf> {
     }
 }
 
-/// Starts an instance's process with its role in the environment. The
-/// command is prepared at once; the fork happens on the spawner thread
-/// when the returned future is polled, without blocking the caller's
-/// thread.
+/// Finds `program` as `execvp` would: a path if it has a slash, else the
+/// first executable of that name on `PATH`.
+fn resolve(program: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return if executable(program) {
+            Ok(program.to_path_buf())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "No such file or directory (os error 2)",
+            ))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "No such file or directory (os error 2)",
+            )
+        })
+}
+
+/// Starts an instance's process with its role in the environment. Nothing
+/// happens until the returned future is polled: then a spawner thread
+/// prepares the process (its log file opened, its program found) and
+/// starts it, without blocking the caller's thread.
 pub fn spawn(
     app: &App,
     instance: &Instance,
@@ -81,20 +119,14 @@ pub fn spawn(
     epoch: u64,
     paths: &Paths,
     api: Option<&str>,
-) -> impl Future<Output = io::Result<tokio::process::Child>> + Send + 'static {
-    let prepared = command(app, instance, host, role, epoch, paths, api);
-    async move {
-        let (mut cmd, first) = prepared?;
-        on_spawner_thread(move || {
-            cmd.spawn()
-                .map_err(|e| io::Error::new(e.kind(), format!("{first}: {e}")))
-        })
-        .await
-    }
+) -> impl Future<Output = io::Result<Child>> + Send + 'static {
+    let (app, instance, host) = (app.clone(), instance.clone(), host.clone());
+    let (paths, api) = (paths.clone(), api.map(str::to_owned));
+    on_spawner_thread(move || start(&app, &instance, &host, role, epoch, &paths, api.as_deref()))
 }
 
-/// The command that starts an instance, and its program's name.
-fn command(
+/// Prepares and starts the process (on a spawner thread).
+fn start(
     app: &App,
     instance: &Instance,
     host: &Host,
@@ -102,78 +134,92 @@ fn command(
     epoch: u64,
     paths: &Paths,
     api: Option<&str>,
-) -> io::Result<(tokio::process::Command, String)> {
+) -> io::Result<Child> {
     let argv = expand_all(&app.command, app, instance, host);
-    let Some((first, args)) = argv.split_first() else {
+    let Some(first) = argv.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     };
+    let with_name = |e: io::Error| io::Error::new(e.kind(), format!("{first}: {e}"));
+    let program = resolve(&program(first)?).map_err(with_name)?;
     let log_path = paths.log_file(&app.name, &instance.id);
-    let log = OpenOptions::new()
+    let log: OwnedFd = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log_path.display())))?;
-    let mut cmd = tokio::process::Command::new(program(first)?);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(false);
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log_path.display())))?
+        .into();
+    let stdin: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
     for (k, v) in &app.env {
-        cmd.env(k, expand(v, app, instance, host));
+        env.insert(k.into(), expand(v, app, instance, host).into());
     }
-    cmd.env("TANDEM_APP", &app.name)
-        .env("TANDEM_INSTANCE", &instance.id)
-        .env("TANDEM_HOST", &host.name)
-        .env("TANDEM_ROLE", role.as_str())
-        .env("TANDEM_EPOCH", epoch.to_string())
-        .env("TANDEM_ROLE_FILE", paths.role_file(&app.name, &instance.id));
+    let role_file = paths.role_file(&app.name, &instance.id);
+    for (k, v) in [
+        ("TANDEM_APP", OsString::from(&app.name)),
+        ("TANDEM_INSTANCE", instance.id.clone().into()),
+        ("TANDEM_HOST", host.name.clone().into()),
+        ("TANDEM_ROLE", role.as_str().into()),
+        ("TANDEM_EPOCH", epoch.to_string().into()),
+        ("TANDEM_ROLE_FILE", role_file.into_os_string()),
+    ] {
+        env.insert(k.into(), v);
+    }
     if let Some(api) = api {
-        cmd.env("TANDEM_API", api);
+        env.insert("TANDEM_API".into(), api.into());
     }
-    if let Some(dir) = &app.workdir {
-        cmd.current_dir(dir);
-    }
-    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The agent may have died between fork and prctl.
-            if libc::getppid() == 1 {
-                return Err(io::Error::other("agent exited during start"));
-            }
-            Ok(())
-        });
-    }
-    Ok((cmd, first.clone()))
+    let cwd = app.workdir.as_ref().map(Path::new);
+    launch::start(&Launch {
+        program: &program,
+        argv: argv.iter().map(OsStr::new).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+            .collect(),
+        cwd,
+        stdin: &stdin,
+        stdout: &log,
+        stderr: &log,
+    })
+    .map_err(with_name)
 }
 
-/// A job for the spawner thread.
+/// A job for a spawner thread.
 type Job = Box<dyn FnOnce() + Send>;
+
+/// How many spawner threads start processes at once.
+const SPAWNER_THREADS: usize = 4;
 
 /// Runs `spawn` (a fork and exec) on the spawner thread, with the caller's
 /// tokio runtime entered so the child is registered with it, and returns
 /// its result. Must be called from within a runtime.
 async fn on_spawner_thread(
-    spawn: impl FnOnce() -> io::Result<tokio::process::Child> + Send + 'static,
-) -> io::Result<tokio::process::Child> {
+    spawn: impl FnOnce() -> io::Result<Child> + Send + 'static,
+) -> io::Result<Child> {
     static SPAWNER: OnceLock<io::Result<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
-        // The sender lives in a static and is never dropped: the thread
-        // ends only with the process, so `PR_SET_PDEATHSIG` fires only then.
-        std::thread::Builder::new()
-            .name("tandem-spawner".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })
-            .map(|_| tx)
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        // The sender lives in a static and is never dropped: the threads
+        // end only with the process, so `PR_SET_PDEATHSIG` fires only then.
+        // A few of them start a burst of instances in parallel.
+        for n in 0..SPAWNER_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("tandem-spawner-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                            rx.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(tx)
     });
     let tx = spawner
         .as_ref()

@@ -49,7 +49,9 @@ async fn without_any_store_the_primary_keeps_serving_and_nobody_is_promoted() {
     p.link2.cut(false);
     let (roles, _, _) = wait_until(&p.store, "a stable primary again", 20, |r, a, b, _| {
         let acting = |s: Option<&tandem_core::model::InstanceStatus>| {
-            s.is_some_and(|s| s.acting == Role::Primary && s.acting_epoch == r.epoch && !s.promoting)
+            s.is_some_and(|s| {
+                s.acting == Role::Primary && s.acting_epoch == r.epoch && !s.promoting
+            })
         };
         r.primary.is_some() && (acting(a) ^ acting(b))
     })
@@ -111,7 +113,9 @@ async fn when_the_store_comes_back_to_the_peer_first_its_promotion_waits_for_the
     p.link2.cut(false);
     let (roles, _, _) = wait_until(&p.store, "b promoted", 20, |r, _, b, _| {
         r.primary.as_ref().is_some_and(|g| g.instance == "b")
-            && b.is_some_and(|b| b.acting == Role::Primary && b.acting_epoch == r.epoch && !b.promoting)
+            && b.is_some_and(|b| {
+                b.acting == Role::Primary && b.acting_epoch == r.epoch && !b.promoting
+            })
     })
     .await;
     let after = hooks_after(&p.dir, healed_at);
@@ -162,7 +166,9 @@ async fn after_a_quorum_loss_the_controller_leads_again() {
         .status();
     wait_until(&p.store, "b promoted by a controller", 15, |r, _, b, _| {
         r.primary.as_ref().is_some_and(|g| g.instance == "b")
-            && b.is_some_and(|b| b.acting == Role::Primary && b.acting_epoch == r.epoch && !b.promoting)
+            && b.is_some_and(|b| {
+                b.acting == Role::Primary && b.acting_epoch == r.epoch && !b.promoting
+            })
             && r.epoch > roles.epoch
     })
     .await;

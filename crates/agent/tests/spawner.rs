@@ -95,3 +95,130 @@ fn children_outlive_the_runtime_threads_that_forked_them() {
         }
     });
 }
+
+mod launch {
+    use std::ffi::OsStr;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use tandem_agent::launch::{Child, Launch, start};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Starts `argv` with `env`, in `cwd`, its output into `out`.
+    fn run(
+        argv: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&Path>,
+        out: &Path,
+    ) -> std::io::Result<Child> {
+        let stdin: OwnedFd = std::fs::File::open("/dev/null").expect("null").into();
+        let stdout: OwnedFd = std::fs::File::create(out).expect("out").into();
+        start(&Launch {
+            program: Path::new(argv[0]),
+            argv: argv.iter().map(OsStr::new).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (OsStr::new(k), OsStr::new(v)))
+                .collect(),
+            cwd,
+            stdin: &stdin,
+            stdout: &stdout,
+            stderr: &stdout,
+        })
+    }
+
+    #[test]
+    fn a_child_gets_its_environment_directory_output_group_and_default_signals() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        rt.block_on(async {
+            let script = "echo \"$FOO\"; pwd; ps -o pgid= -p $$ | tr -d ' '; echo $$; \
+                          grep -E '^Sig(Blk|Ign)' /proc/self/status; exit 3";
+            let mut child = run(
+                &["/bin/sh", "-c", script],
+                &[("FOO", "bar"), ("PATH", "/usr/bin:/bin")],
+                Some(Path::new("/tmp")),
+                &out,
+            )
+            .expect("start");
+            let status = child.wait().await.expect("wait");
+            assert_eq!(status.code(), Some(3));
+            let text = std::fs::read_to_string(&out).expect("read");
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines[0], "bar", "{text}");
+            assert_eq!(lines[1], "/tmp", "{text}");
+            assert_eq!(lines[2], lines[3], "its own process group: {text}");
+            assert_eq!(lines[3], child.id().to_string());
+            // Nothing blocked; no standard signal ignored (the runtime
+            // ignores SIGPIPE; glibc's own 32 and 33 do not matter).
+            let ignored = lines[5].strip_prefix("SigIgn:\t").expect("SigIgn");
+            let ignored = u64::from_str_radix(ignored, 16).expect("hex");
+            assert_eq!(ignored & 0x7fff_ffff, 0, "{text}");
+            assert_eq!(lines[4], "SigBlk:\t0000000000000000", "{text}");
+        });
+    }
+
+    #[test]
+    fn a_missing_program_fails_the_start_and_a_kill_is_reported() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        rt.block_on(async {
+            let err = run(&["/nonexistent/program"], &[], None, &out).expect_err("must fail");
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+            let mut child = run(&["/bin/sleep", "60"], &[], None, &out).expect("start");
+            assert!(child.try_wait().expect("try_wait").is_none());
+            let status = child.kill().await.expect("kill");
+            assert_eq!(status.signal(), Some(9));
+        });
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let handle = rt.handle().clone();
+        let pid = std::thread::spawn(move || {
+            let _entered = handle.enter();
+            let child = run(&["/bin/sleep", "60"], &[], None, &out).expect("start");
+            let pid = child.id();
+            std::mem::forget(child);
+            pid
+        })
+        .join()
+        .expect("thread");
+        // The thread has ended: the kernel kills the child (PR_SET_PDEATHSIG).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next());
+            if matches!(state, None | Some('Z')) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child outlived the thread that started it"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Reap it.
+        // SAFETY: waitpid on our own child.
+        unsafe {
+            let mut status = 0;
+            libc::waitpid(pid as i32, &mut status, 0);
+        }
+    }
+}

@@ -53,7 +53,9 @@ async fn cut_off_host_fences_its_primary_and_the_other_host_takes_over_then_it_r
         15,
         |r, _, b, c| {
             r.primary.as_ref().is_some_and(|g| g.instance == "b")
-                && b.is_some_and(|b| b.acting == Role::Primary && b.acting_epoch == r.epoch && !b.promoting)
+                && b.is_some_and(|b| {
+                    b.acting == Role::Primary && b.acting_epoch == r.epoch && !b.promoting
+                })
                 && c.is_some_and(|c| c.host == "h2")
         },
     )

@@ -494,6 +494,28 @@ pub enum EventKind {
     Maintenance,
 }
 
+impl EventKind {
+    /// Its name in the store and the API (kebab-case), and as a metric
+    /// label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Promoted => "promoted",
+            EventKind::Serving => "serving",
+            EventKind::Demoted => "demoted",
+            EventKind::PrimaryFailed => "primary-failed",
+            EventKind::InstanceExited => "instance-exited",
+            EventKind::InstanceStarted => "instance-started",
+            EventKind::HealthChanged => "health-changed",
+            EventKind::CrashLoop => "crash-loop",
+            EventKind::Host => "host",
+            EventKind::NoCandidate => "no-candidate",
+            EventKind::Intent => "intent",
+            EventKind::Controller => "controller",
+            EventKind::Maintenance => "maintenance",
+        }
+    }
+}
+
 /// One entry of the append-only event log, stored at `events/{seq}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tandem_core::host::{HostNote, Level};
+use tandem_core::instance::KillReason;
 use tracing::{debug, info, warn};
 
 use crate::{seconds_histogram, secs};
@@ -27,6 +28,12 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabels {
     app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KillLabels {
+    app: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,7 +123,7 @@ pub enum HostEvent<'a> {
         /// `app/instance`.
         instance: &'a str,
         /// Why.
-        reason: &'a str,
+        reason: &'a KillReason,
     },
     /// A process ended.
     ProcessExited {
@@ -166,7 +173,7 @@ pub struct HostMetrics {
     process_restarts: Family<AppLabels, Counter>,
     processes_exited: Family<ExitLabels, Counter>,
     spawn_failures: Family<AppLabels, Counter>,
-    kills: Family<AppLabels, Counter>,
+    kills: Family<KillLabels, Counter>,
     probe_seconds: HistogramFamily<ProbeLabels>,
     hook_seconds: HistogramFamily<HookLabels>,
     store_reachable: Gauge,
@@ -231,7 +238,7 @@ impl HostMetrics {
         );
         r.register(
             "kills",
-            "SIGKILLs tandem sent to instance process groups, by app",
+            "SIGKILLs tandem sent to instance process groups, by app and reason",
             m.kills.clone(),
         );
         r.register(
@@ -316,9 +323,12 @@ impl HostMetrics {
                 instance,
                 reason,
             } => {
-                warn!(instance, "{reason}");
+                warn!(instance, reason = reason.name(), "{reason}");
                 self.kills
-                    .get_or_create(&AppLabels { app: app.into() })
+                    .get_or_create(&KillLabels {
+                        app: app.into(),
+                        reason: reason.name(),
+                    })
                     .inc();
             }
             HostEvent::ProcessExited {

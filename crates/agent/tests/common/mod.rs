@@ -319,7 +319,9 @@ impl Pair {
         .expect("h2");
         wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {
             r.primary.as_ref().is_some_and(|g| g.instance == "a")
-                && a.is_some_and(|a| a.acting == Role::Primary && a.acting_epoch == r.epoch && !a.promoting)
+                && a.is_some_and(|a| {
+                    a.acting == Role::Primary && a.acting_epoch == r.epoch && !a.promoting
+                })
                 && b.is_some_and(|b| b.acting == Role::Backup && b.seen_generation >= r.generation)
         })
         .await;

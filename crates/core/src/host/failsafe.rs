@@ -102,7 +102,6 @@ impl HostMachine {
         if self.renew_failing && self.session.is_some() {
             self.round_at = Some(now + self.topology.cluster.renew_interval);
         }
-        step.view_changed = true;
     }
 
     /// Answers a primary's failsafe request; promises only when this agent

@@ -40,7 +40,7 @@ impl HostMachine {
                 }
             }
         }
-        step.view_changed = true;
+        step.store_changed = true;
     }
 
     fn on_granted(

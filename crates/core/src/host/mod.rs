@@ -199,9 +199,10 @@ pub struct HostStep {
     pub notes: Vec<HostNote>,
     /// Local instances whose status or fencing may have changed.
     pub touched: BTreeSet<usize>,
-    /// The role assignments applied, or whether the store is reachable,
-    /// changed.
-    pub view_changed: bool,
+    /// Apps whose role assignment applied here changed.
+    pub roles_changed: BTreeSet<String>,
+    /// Whether the store is reachable may have changed.
+    pub store_changed: bool,
 }
 
 /// One local instance.
@@ -495,7 +496,7 @@ impl HostMachine {
             self.feed(i, input, now, step);
         }
         self.roles.insert(app.to_string(), roles);
-        step.view_changed = true;
+        step.roles_changed.insert(app.to_string());
     }
 
     /// What moves watchdog deadlines: the lease's end and the extensions.
