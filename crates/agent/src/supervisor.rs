@@ -34,10 +34,12 @@ const TOPOLOGY_RETRY: Duration = Duration::from_millis(500);
 /// (`tandem agent --api`: the HTTP API). Started with each topology the
 /// host runs, stopped before the next one and at the end.
 pub trait Companion: Send {
-    /// Starts serving `topology`.
+    /// Starts serving `topology`, beside the agents and controller
+    /// candidates of `local`.
     fn start(
         &mut self,
         topology: &Arc<Topology>,
+        local: &Local,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Stops serving, and returns once stopped (what `start` took, such as
     /// a listening port, is free again).
@@ -46,7 +48,7 @@ pub trait Companion: Send {
 
 /// No companion.
 impl Companion for () {
-    async fn start(&mut self, _topology: &Arc<Topology>) -> anyhow::Result<()> {
+    async fn start(&mut self, _topology: &Arc<Topology>, _local: &Local) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -94,7 +96,7 @@ pub async fn run(
             config.data_dir.clone(),
             config.local.clone(),
         )?;
-        companion.start(&topology).await?;
+        companion.start(&topology, &local).await?;
         let (mut current, mut revision) = (topology, revision);
         loop {
             tokio::select! {
@@ -117,7 +119,7 @@ pub async fn run(
                     "the topology changed: applying it to the instances it changes"
                 );
                 local.update(new.clone()).await;
-                companion.start(&new).await?;
+                companion.start(&new, &local).await?;
                 (current, revision) = (new, new_revision);
             } else {
                 tracing::warn!(

@@ -92,7 +92,11 @@ impl Recorder {
 }
 
 impl Companion for Recorder {
-    async fn start(&mut self, topology: &Arc<Topology>) -> anyhow::Result<()> {
+    async fn start(
+        &mut self,
+        topology: &Arc<Topology>,
+        _local: &tandem_agent::local::Local,
+    ) -> anyhow::Result<()> {
         self.0
             .lock()
             .expect("lock")

@@ -19,6 +19,7 @@
 //! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done, 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
 //! | `GET /v1/events[?since=SEQ][&limit=N]` | [`EventsDoc`](types::EventsDoc), oldest first (default: the last 100; at most 10000) |
 //! | `GET /v1/events?follow=true[&since=SEQ]` | `text/event-stream`: the same backlog, then each new event (`id:` seq, `event: event`, `data:` the event's JSON); honours `Last-Event-ID` |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text): failovers by app and reason, failover duration, intents by outcome, every instance's role and epoch, and this process's controller metrics |
 //!
 //! Store failures: without quorum, reads answer 503 "coordination store
 //! unavailable: ..." and writes 503 "read-only: the coordination store has
@@ -30,6 +31,7 @@ mod error;
 mod events;
 mod handlers;
 mod maintenance;
+mod metrics;
 mod params;
 mod status;
 mod switchover;
@@ -42,6 +44,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use tandem_core::topology::Topology;
 use tandem_store::Store;
+use tandem_telemetry::cluster::ClusterMetrics;
+use tandem_telemetry::controller::ControllerMetrics;
 use tokio_util::sync::CancellationToken;
 
 pub use events::{DEFAULT_LIMIT, KEEP_ALIVE_INTERVAL, MAX_LIMIT};
@@ -68,6 +72,11 @@ pub struct ApiState {
     /// `GET /v1/status` answers, marked stale, while the store has no
     /// quorum.
     pub(crate) last_status: Arc<std::sync::Mutex<Option<(types::StatusDoc, u64)>>>,
+    /// What `GET /metrics` counts: events of the log since the API started,
+    /// and the requests it answered.
+    pub(crate) metrics: Arc<ClusterMetrics>,
+    /// The metrics of this process's controller candidates, if it runs any.
+    pub(crate) controller: Option<Arc<ControllerMetrics>>,
 }
 
 impl ApiState {
@@ -79,7 +88,16 @@ impl ApiState {
             shutdown: CancellationToken::new(),
             intent_counter: Arc::new(AtomicU64::new(0)),
             last_status: Arc::new(std::sync::Mutex::new(None)),
+            metrics: Arc::new(ClusterMetrics::new()),
+            controller: None,
         }
+    }
+
+    /// Also serves the metrics of the controller candidates running in
+    /// this process (`tandem up`, `tandem agent --api`).
+    pub fn with_controller_metrics(mut self, metrics: Arc<ControllerMetrics>) -> ApiState {
+        self.controller = Some(metrics);
+        self
     }
 }
 
@@ -103,6 +121,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/maintenance", post(maintenance::maintenance))
         .route("/v1/apps/{app}/members", get(handlers::members))
         .route("/v1/events", get(events::events))
+        .route("/metrics", get(metrics::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
@@ -118,6 +137,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = state.shutdown.clone();
+    tokio::spawn(metrics::count_events(state.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topology = %state.topology.name, store = state.store.backend(), "API listening");
     }

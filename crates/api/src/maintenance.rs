@@ -50,28 +50,30 @@ pub(crate) async fn maintenance(
             message,
         })
     };
-    Ok(
-        match wait_for_outcome(&state, &key, &intent.id, revision + 1, deadline).await {
-            Waited::Resolved(IntentState::Done { message }) => (
-                StatusCode::OK,
-                respond(SwitchoverProgress::Done, Some(message)),
-            )
-                .into_response(),
-            Waited::Resolved(IntentState::Refused { reason }) => {
-                let mut e = ApiError::conflict(reason);
-                e.doc.intent = Some(intent.id.clone());
-                e.into_response()
-            }
-            Waited::Gone => ApiError::conflict(format!(
-                "intent {} of {} was replaced or removed before the controller resolved it",
-                intent.id, app.name
-            ))
+    let waited = wait_for_outcome(&state, &key, &intent.id, revision + 1, deadline).await;
+    state
+        .metrics
+        .intent_answered(&app.name, "maintenance", waited.outcome());
+    Ok(match waited {
+        Waited::Resolved(IntentState::Done { message }) => (
+            StatusCode::OK,
+            respond(SwitchoverProgress::Done, Some(message)),
+        )
             .into_response(),
-            Waited::Resolved(_) | Waited::Timeout(_) => (
-                StatusCode::ACCEPTED,
-                respond(SwitchoverProgress::Pending, None),
-            )
-                .into_response(),
-        },
-    )
+        Waited::Resolved(IntentState::Refused { reason }) => {
+            let mut e = ApiError::conflict(reason);
+            e.doc.intent = Some(intent.id.clone());
+            e.into_response()
+        }
+        Waited::Gone => ApiError::conflict(format!(
+            "intent {} of {} was replaced or removed before the controller resolved it",
+            intent.id, app.name
+        ))
+        .into_response(),
+        Waited::Resolved(_) | Waited::Timeout(_) => (
+            StatusCode::ACCEPTED,
+            respond(SwitchoverProgress::Pending, None),
+        )
+            .into_response(),
+    })
 }

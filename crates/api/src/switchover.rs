@@ -84,6 +84,9 @@ pub(crate) async fn switchover(
 
     let key = keys::intent(&app.name);
     let waited = wait_for_outcome(&state, &key, &intent.id, revision + 1, deadline).await;
+    state
+        .metrics
+        .intent_answered(&app.name, "switchover", waited.outcome());
     Ok(match waited {
         Waited::Resolved(IntentState::Done { message }) => (
             StatusCode::OK,
@@ -259,6 +262,17 @@ pub(crate) enum Waited {
     Timeout(SwitchoverProgress),
     /// The intent was deleted or replaced by another one.
     Gone,
+}
+
+impl Waited {
+    /// How the request ends, as a metric label.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            Waited::Resolved(IntentState::Done { .. }) => "done",
+            Waited::Resolved(IntentState::Refused { .. }) | Waited::Gone => "refused",
+            Waited::Resolved(_) | Waited::Timeout(_) => "accepted",
+        }
+    }
 }
 
 /// Watches the intent key from `from` until our intent is resolved, the

@@ -1035,3 +1035,80 @@ async fn an_unreachable_api_is_reported_in_one_clear_line() {
     ));
     assert!(follow.next().await.is_none());
 }
+
+/// GET /metrics as text, once `pred` holds of it (bounded).
+async fn metrics_when(h: &Harness, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let resp = reqwest::get(format!("{}/metrics", h.base))
+            .await
+            .expect("GET /metrics");
+        assert_eq!(resp.status(), 200);
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+        let text = resp.text().await.expect("body");
+        if pred(&text) {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "metrics never matched:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_show_roles_epochs_primaries_and_count_failovers_from_the_log() {
+    let h = Harness::start().await;
+    h.set_status("web", "a", &status(Role::Primary, 3)).await;
+    h.set_status("web", "b", &status(Role::Backup, 0)).await;
+    h.set_roles("web", &roles("a", 3)).await;
+    let text = metrics_when(&h, |_| true).await;
+    for line in [
+        "tandem_api_store_reachable 1",
+        "tandem_instance_role{app=\"web\",instance=\"a\",host=\"local\",role=\"primary\"} 1",
+        "tandem_instance_role{app=\"web\",instance=\"b\",host=\"local\",role=\"backup\"} 1",
+        "tandem_instance_epoch{app=\"web\",instance=\"a\",host=\"local\"} 3",
+        "tandem_app_primary{app=\"web\"} 1",
+        "tandem_app_epoch{app=\"web\"} 3",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // A failure, then the promotion and the new primary serving, 250 ms
+    // later: one failover counted with its reason, and its duration.
+    let failed = Event {
+        kind: EventKind::PrimaryFailed,
+        reason: Some("not_running".into()),
+        t_ms: 1_700_000_000_000,
+        ..event(1)
+    };
+    let promoted = Event {
+        kind: EventKind::Promoted,
+        reason: Some("not_running".into()),
+        t_ms: 1_700_000_000_100,
+        ..event(2)
+    };
+    let serving = Event {
+        kind: EventKind::Serving,
+        t_ms: 1_700_000_000_250,
+        ..event(3)
+    };
+    for e in [&failed, &promoted, &serving] {
+        h.put_json(&keys::event(e.seq), e).await;
+    }
+    let text = metrics_when(&h, |t| t.contains("tandem_failover_seconds_count")).await;
+    assert!(
+        text.contains("tandem_failovers_total{app=\"web\",reason=\"not_running\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tandem_failover_seconds_count{app=\"web\"} 1"), "{text}");
+    assert!(text.contains("tandem_failover_seconds_sum{app=\"web\"} 0.25"), "{text}");
+    assert!(text.contains("tandem_events_total{kind=\"serving\"} 1"), "{text}");
+    // No acknowledged primary: the app says so.
+    h.set_status("web", "a", &status(Role::Backup, 3)).await;
+    metrics_when(&h, |t| t.contains("tandem_app_primary{app=\"web\"} 0")).await;
+    h.stop().await;
+}

@@ -134,7 +134,11 @@ struct Api {
 }
 
 impl Companion for Api {
-    async fn start(&mut self, topology: &Arc<Topology>) -> anyhow::Result<()> {
+    async fn start(
+        &mut self,
+        topology: &Arc<Topology>,
+        local: &tandem_agent::local::Local,
+    ) -> anyhow::Result<()> {
         let listener = match (self.listener.take(), self.addr) {
             (Some(l), _) => Some(l),
             (None, Some(addr)) => Some(
@@ -146,7 +150,8 @@ impl Companion for Api {
         };
         self.stop = CancellationToken::new();
         self.task = listener.map(|l| {
-            let state = ApiState::new(self.store.clone(), topology.clone());
+            let state = ApiState::new(self.store.clone(), topology.clone())
+                .with_controller_metrics(local.controller_metrics().clone());
             let stop = self.stop.clone();
             tokio::spawn(async move {
                 let _ = tandem_api::serve(l, state, stop.cancelled_owned()).await;

@@ -123,7 +123,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let api_stop = CancellationToken::new();
     let api_task = {
         let stop = api_stop.clone();
-        let state = ApiState::new(store.clone(), topology.clone());
+        let state = ApiState::new(store.clone(), topology.clone())
+            .with_controller_metrics(local.controller_metrics().clone());
         tokio::spawn(
             async move { tandem_api::serve(listener, state, stop.cancelled_owned()).await },
         )

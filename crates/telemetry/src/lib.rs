@@ -23,6 +23,7 @@
 //! (`tandem up`) each expose their own.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod controller;
 pub mod host;
 
