@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tandem_core::controller::{AppInput, decide, status_events};
+use tandem_core::controller::{AppInput, awaits_first_reports, decide, status_events};
 use tandem_core::model::{AppRoles, EventDraft, EventKind, InstanceStatus, Intent, keys};
 use tandem_core::topology::Topology;
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
@@ -484,10 +484,8 @@ impl Leader {
         }
     }
 
-    /// True while `app` was never decided and some of its instances have
-    /// not reported yet, or run without a health verdict yet (bounded by
-    /// `first_decision_by`): deciding now would place it on whichever
-    /// instance came up first rather than the best one.
+    /// True while `app` was never decided and core says it should await
+    /// its instances' first reports, bounded by `first_decision_by`.
     fn waiting_for_first_reports(&self, app: &str) -> bool {
         if self.roles.contains_key(app) || tokio::time::Instant::now() >= self.first_decision_by {
             return false;
@@ -495,15 +493,8 @@ impl Leader {
         let Some(a) = self.topology.app(app) else {
             return false;
         };
-        let reported = self.statuses.get(app);
-        // Not yet reported, or running without a health verdict yet: the
-        // best instance may simply not have been judged.
-        a.instances
-            .iter()
-            .any(|i| match reported.and_then(|m| m.get(&i.id)) {
-                None => true,
-                Some(s) => s.process.is_live() && s.health == tandem_core::model::Health::Unknown,
-            })
+        let empty = BTreeMap::new();
+        awaits_first_reports(a, self.statuses.get(app).unwrap_or(&empty))
     }
 
     /// Decides every dirty app and writes what changed, many apps per

@@ -6,7 +6,8 @@
 //! trial: on this machine under an in-process agent and controller
 //! ([`failover`], [`cold`], [`singleton`], [`hot`], [`discovery`],
 //! [`proxy`], and [`pool`] for dispatch), or as two `tandem agent`
-//! processes on an etcd cluster ([`host_loss`], [`etcd_load`]). The `tandem`
+//! processes on an etcd cluster ([`host_loss`], [`etcd_load`]); and what
+//! N apps cost a real `tandem up` ([`scale`]). The `tandem`
 //! binary parses the flags and calls these functions; they run inside it:
 //! the components they start are `tandem` subcommands (this executable, or
 //! `tandem` on the `PATH`).
@@ -16,6 +17,7 @@
 pub mod figures;
 mod hosts;
 mod local;
+mod scale;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -25,6 +27,7 @@ use tandem_store::Store;
 
 pub use hosts::{EtcdLoad, HostLoss, etcd_load, host_loss};
 pub use local::{cold, discovery, failover, hot, pool, proxy, singleton};
+pub use scale::{Scale, scale};
 
 /// The trials of a bench on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]

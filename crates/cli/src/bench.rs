@@ -40,6 +40,27 @@ enum BenchKind {
     /// Production mode: etcd writes per managed instance and lease
     /// keep-alives per host, in steady state.
     EtcdLoad(EtcdLoadArgs),
+    /// N warm-standby apps (2N processes) under a real `tandem up`: start →
+    /// every primary serving, idle CPU and RSS, kill -9 → new primary
+    /// serving.
+    Scale(ScaleArgs),
+}
+
+/// Flags of `tandem bench scale`.
+#[derive(clap::Args, Debug)]
+struct ScaleArgs {
+    /// Warm-standby apps (each two `sleep` processes).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    apps: u64,
+    /// Primaries killed, one app after another (at most --apps).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    kills: u64,
+    /// Length of the idle window, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    idle_seconds: u64,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +171,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 json: a.json,
             };
             tandem_bench::etcd_load(&options, &Etcd).await
+        }
+        BenchKind::Scale(a) => {
+            let options = tandem_bench::Scale {
+                apps: a.apps as usize,
+                kills: a.kills as usize,
+                idle_seconds: a.idle_seconds,
+                json: a.json,
+            };
+            tandem_bench::scale(&options).await
         }
     }?;
     Ok(ExitCode::SUCCESS)

@@ -1926,3 +1926,57 @@ fn n_plus_1_replacements_are_logged_with_the_name_of_their_reason() {
         ]
     );
 }
+
+#[test]
+fn a_first_decision_awaits_every_instance_started_and_judged() {
+    use tandem_core::controller::awaits_first_reports;
+    let mut app = app();
+    app.instances.truncate(2);
+    let s = |process, health| InstanceStatus {
+        process,
+        ..st(Role::Backup, health)
+    };
+    let cases = [
+        // (a, b, wait?)
+        (None, None, true),
+        (Some(s(ProcessState::Running, Health::Healthy)), None, true),
+        (
+            Some(s(ProcessState::Running, Health::Healthy)),
+            Some(s(ProcessState::Pending, Health::Unknown)),
+            true,
+        ),
+        (
+            Some(s(ProcessState::Running, Health::Healthy)),
+            Some(s(ProcessState::Starting, Health::Unknown)),
+            true,
+        ),
+        (
+            Some(s(ProcessState::Running, Health::Healthy)),
+            Some(s(ProcessState::Running, Health::Unknown)),
+            true,
+        ),
+        (
+            Some(s(ProcessState::Running, Health::Healthy)),
+            Some(s(ProcessState::Running, Health::Unhealthy)),
+            false,
+        ),
+        // A spare that stays stopped (cold standby) or crashed has reported.
+        (
+            Some(s(ProcessState::Running, Health::Healthy)),
+            Some(s(ProcessState::Stopped, Health::Unknown)),
+            false,
+        ),
+        (
+            Some(s(ProcessState::Backoff, Health::Unknown)),
+            Some(s(ProcessState::Running, Health::Healthy)),
+            false,
+        ),
+    ];
+    for (n, (a, b, wait)) in cases.into_iter().enumerate() {
+        let status: BTreeMap<String, InstanceStatus> = [("a", a), ("b", b)]
+            .into_iter()
+            .filter_map(|(id, s)| Some((id.to_string(), s?)))
+            .collect();
+        assert_eq!(awaits_first_reports(&app, &status), wait, "case {n}");
+    }
+}

@@ -48,7 +48,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{AppRoles, EventDraft, InstanceStatus, Intent, IntentState, Role};
+use crate::model::{
+    AppRoles, EventDraft, Health, InstanceStatus, Intent, IntentState, ProcessState, Role,
+};
 use crate::topology::App;
 
 pub use crate::mode::{Style, default_role, style};
@@ -90,6 +92,21 @@ pub struct Decision {
     pub events: Vec<EventDraft>,
     /// The intent's new state, if it changed.
     pub intent: Option<IntentState>,
+}
+
+/// Whether an app that was never decided should wait before its first
+/// decision: some instance has not reported yet, has not started yet, or
+/// runs without a health verdict yet. Deciding then would place the role
+/// on whichever instance came up first rather than the best one. The
+/// runtime bounds this wait (a host may never report).
+pub fn awaits_first_reports(app: &App, status: &BTreeMap<String, InstanceStatus>) -> bool {
+    app.instances.iter().any(|i| match status.get(&i.id) {
+        None => true,
+        Some(s) => {
+            s.process == ProcessState::Pending
+                || (s.process.is_live() && s.health == Health::Unknown)
+        }
+    })
 }
 
 /// Decides the roles of one app.

@@ -1,0 +1,258 @@
+//! `tandem bench scale --apps N`: what N warm-standby apps (2N processes)
+//! cost a `tandem up` on this machine.
+//!
+//! It writes a topology of N warm-standby apps of `sleep` processes with a
+//! command hook (no health checks) on one host, runs a real `tandem up` on
+//! it (this executable) in a scratch directory, and measures, from outside
+//! the process:
+//!
+//! - start → every primary serving: from starting `tandem up` to every app
+//!   having an acknowledged primary (the API's status, polled every 20 ms);
+//! - idle CPU and RSS once settled: the `tandem up` process's user + system
+//!   time over a window (`/proc/PID/stat`) and its resident size at the end
+//!   (`VmRSS`);
+//! - kill -9 → new primary serving: a primary's process is killed, and the
+//!   time to the `serving` event of its successor (followed on the API's
+//!   event stream), over distinct apps one after the other.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tandem_client::ApiClient;
+use tandem_core::model::{EventKind, Role};
+use tokio::time::Instant;
+
+use crate::figures::stats;
+use crate::free_port;
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scale {
+    /// Warm-standby apps (each two processes).
+    pub apps: usize,
+    /// Primaries killed, one app after another.
+    pub kills: usize,
+    /// Length of the idle window, in seconds.
+    pub idle_seconds: u64,
+    /// Print the figures as JSON.
+    pub json: bool,
+}
+
+/// The topology: `apps` warm-standby apps of two `sleep` processes each.
+fn topology(apps: usize, agent_port: u16) -> String {
+    let mut t = format!(
+        "[cluster]\nagent_port = {agent_port}\n\n[[sites]]\nname = \"dc1\"\n\n\
+         [[hosts]]\nname = \"h1\"\nsite = \"dc1\"\naddress = \"127.0.0.1\"\n"
+    );
+    for i in 0..apps {
+        let _ = write!(
+            t,
+            "\n[apps.s{i}]\nha = \"warm-standby\"\ncommand = [\"sleep\", \"86400\"]\n\
+             [apps.s{i}.hook]\nkind = \"command\"\ncommand = [\"true\"]\ntimeout = \"500ms\"\n\
+             [[apps.s{i}.instances]]\nid = \"a\"\nhost = \"h1\"\npriority = 2\n\
+             [[apps.s{i}.instances]]\nid = \"b\"\nhost = \"h1\"\npriority = 1\n"
+        );
+    }
+    t
+}
+
+/// CPU time (user + system) of `pid` so far.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("tandem up (pid {pid}) is gone"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command name: state is field 3, utime 14, stime 15.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("unreadable /proc stat")?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// Resident size of `pid`, in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// A `tandem up` child, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the bench and prints its figures.
+pub async fn scale(args: &Scale) -> anyhow::Result<()> {
+    if args.apps == 0 || args.kills > args.apps {
+        bail!("--apps must be at least 1 and at least --kills");
+    }
+    let dir = tempfile::tempdir()?;
+    let topology = dir.path().join("scale.toml");
+    std::fs::write(&topology, topology_text(args.apps)?)?;
+    let api = format!("127.0.0.1:{}", free_port()?);
+    let started = Instant::now();
+    let up = Up(spawn_up(dir.path(), &topology, &api)?);
+    let pid = up.0.id();
+    let client = ApiClient::new(&api)?;
+
+    let serving = wait_all_serving(&client, args.apps, &up, dir.path()).await?;
+    let start_s = started.elapsed().as_secs_f64();
+    let serving_s = serving.as_secs_f64();
+
+    // Settle, then the idle window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu0 = cpu_time(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_pct = (cpu_time(pid)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+    let rss = rss_mib(pid)?;
+
+    let kills = kill_primaries(&client, args.kills).await?;
+    let (p50, p99, max, _) = stats(&kills);
+    drop(up);
+
+    let processes = 2 * args.apps;
+    if args.json {
+        println!(
+            "{}",
+            json!({"bench": "scale", "apps": args.apps, "processes": processes,
+                   "start_to_serving_s": serving_s, "run_s": start_s,
+                   "idle_cpu_pct": idle_pct, "idle_window_s": args.idle_seconds, "rss_mib": rss,
+                   "kill_to_serving_p50_ms": p50, "kill_to_serving_p99_ms": p99,
+                   "kill_to_serving_max_ms": max, "kills": kills.len(), "samples_ms": kills})
+        );
+    } else {
+        println!(
+            "scale: {} apps ({processes} processes): start → every primary serving {serving_s:.2} s; \
+             idle CPU {idle_pct:.2} % of a core, RSS {rss:.1} MiB ({} s window); \
+             kill -9 → new primary serving p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({} kills)",
+            args.apps,
+            args.idle_seconds,
+            kills.len()
+        );
+    }
+    Ok(())
+}
+
+fn topology_text(apps: usize) -> anyhow::Result<String> {
+    Ok(topology(apps, free_port()?))
+}
+
+fn spawn_up(dir: &Path, topology: &Path, api: &str) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("cannot find tandem's own executable")?;
+    let log = std::fs::File::create(dir.join("up.log"))?;
+    std::process::Command::new(exe)
+        .arg("up")
+        .arg(topology)
+        .args(["--api", api, "--quiet"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start tandem up")
+}
+
+/// Polls the status until every app has an acknowledged primary; returns
+/// how long that took from the first answer's request.
+async fn wait_all_serving(
+    client: &ApiClient,
+    apps: usize,
+    up: &Up,
+    dir: &Path,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60 + apps as u64 / 10);
+    loop {
+        if let Ok(status) = client.status().await
+            && status.apps.iter().filter(|a| a.primary.is_some()).count() == apps
+        {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+            bail!(
+                "not every primary served within the bound (tandem up pid {}); its log ends:\n{tail}",
+                up.0.id()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the primary of apps s0, s1, ... one after the other; each sample
+/// is the time from the kill to its successor's `serving` event.
+async fn kill_primaries(client: &ApiClient, kills: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::new();
+    let last = client.events(None, Some(1)).await?;
+    let mut events = client.follow_events(last.last().map(|e| e.seq));
+    for k in 0..kills {
+        let app = format!("s{k}");
+        let doc = client.app(&app).await?;
+        let Some(primary) = doc.instances.iter().find(|i| i.role == Role::Primary) else {
+            bail!("{app} has no primary to kill");
+        };
+        let (Some(pid), Some(epoch)) = (primary.pid, primary.epoch) else {
+            bail!("{app}'s primary has no pid or epoch");
+        };
+        let killed_at = now_ms();
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let next = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .with_context(|| format!("no new primary of {app} served within 10 s"))?;
+            let Some(Ok(ev)) = next else {
+                bail!("the event stream ended");
+            };
+            if ev.kind == EventKind::Serving
+                && ev.app.as_deref() == Some(app.as_str())
+                && ev.epoch.is_some_and(|e| e > epoch)
+            {
+                samples.push((ev.t_ms as f64 - killed_at).max(0.0));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(samples)
+}
