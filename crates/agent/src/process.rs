@@ -85,26 +85,16 @@ fn resolve(program: &Path) -> io::Result<PathBuf> {
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
-        return if executable(program) {
-            Ok(program.to_path_buf())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "No such file or directory (os error 2)",
-            ))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "No such file or directory (os error 2)",
-            )
-        })
+    let found = if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        executable(program).then(|| program.to_path_buf())
+    } else {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    };
+    found.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 /// Starts an instance's process with its role in the environment. Nothing
@@ -120,21 +110,40 @@ pub fn spawn(
     paths: &Paths,
     api: Option<&str>,
 ) -> impl Future<Output = io::Result<Child>> + Send + 'static {
-    let (app, instance, host) = (app.clone(), instance.clone(), host.clone());
-    let (paths, api) = (paths.clone(), api.map(str::to_owned));
-    on_spawner_thread(move || start(&app, &instance, &host, role, epoch, &paths, api.as_deref()))
+    let what = What {
+        app: app.clone(),
+        instance: instance.clone(),
+        host: host.clone(),
+        role,
+        epoch,
+        paths: paths.clone(),
+        api: api.map(str::to_owned),
+    };
+    on_spawner_thread(move || start(&what))
+}
+
+/// What to start, owned, for a spawner thread.
+struct What {
+    app: App,
+    instance: Instance,
+    host: Host,
+    role: Role,
+    epoch: u64,
+    paths: Paths,
+    api: Option<String>,
 }
 
 /// Prepares and starts the process (on a spawner thread).
-fn start(
-    app: &App,
-    instance: &Instance,
-    host: &Host,
-    role: Role,
-    epoch: u64,
-    paths: &Paths,
-    api: Option<&str>,
-) -> io::Result<Child> {
+fn start(what: &What) -> io::Result<Child> {
+    let What {
+        app,
+        instance,
+        host,
+        role,
+        epoch,
+        paths,
+        api,
+    } = what;
     let argv = expand_all(&app.command, app, instance, host);
     let Some(first) = argv.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));

@@ -15,7 +15,6 @@
 //!   time to the `serving` event of its successor (followed on the API's
 //!   event stream), over distinct apps one after the other.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +26,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tandem_client::ApiClient;
 use tandem_core::model::{EventKind, Role};
+use tandem_demo::topology::sleepers;
 use tokio::time::Instant;
 
 use crate::figures::stats;
@@ -43,24 +43,6 @@ pub struct Scale {
     pub idle_seconds: u64,
     /// Print the figures as JSON.
     pub json: bool,
-}
-
-/// The topology: `apps` warm-standby apps of two `sleep` processes each.
-fn topology(apps: usize, agent_port: u16) -> String {
-    let mut t = format!(
-        "[cluster]\nagent_port = {agent_port}\n\n[[sites]]\nname = \"dc1\"\n\n\
-         [[hosts]]\nname = \"h1\"\nsite = \"dc1\"\naddress = \"127.0.0.1\"\n"
-    );
-    for i in 0..apps {
-        let _ = write!(
-            t,
-            "\n[apps.s{i}]\nha = \"warm-standby\"\ncommand = [\"sleep\", \"86400\"]\n\
-             [apps.s{i}.hook]\nkind = \"command\"\ncommand = [\"true\"]\ntimeout = \"500ms\"\n\
-             [[apps.s{i}.instances]]\nid = \"a\"\nhost = \"h1\"\npriority = 2\n\
-             [[apps.s{i}.instances]]\nid = \"b\"\nhost = \"h1\"\npriority = 1\n"
-        );
-    }
-    t
 }
 
 /// CPU time (user + system) of `pid` so far.
@@ -173,7 +155,11 @@ pub async fn scale(args: &Scale) -> anyhow::Result<()> {
 }
 
 fn topology_text(apps: usize) -> anyhow::Result<String> {
-    Ok(topology(apps, free_port()?))
+    Ok(format!(
+        "[cluster]\nagent_port = {}\n\n{}",
+        free_port()?,
+        sleepers(apps, &[("h1", "127.0.0.1")])
+    ))
 }
 
 fn spawn_up(dir: &Path, topology: &Path, api: &str) -> anyhow::Result<std::process::Child> {

@@ -52,13 +52,21 @@ async fn wait_b_primary(c: &Cluster, what: &str, before: &StatusDoc) -> StatusDo
     .await
 }
 
-/// h2's instances answer, themselves, as primaries at the new epochs.
+/// h2's instances answer, themselves, as primaries at the new epochs. A
+/// singleton's successor is started as primary: it may still be opening
+/// its port when the API already names it (bounded wait).
 async fn assert_b_serves(c: &Cluster, after: &StatusDoc) {
     for a in APPS {
-        let seen = c
-            .demo("h2", a)
-            .await
-            .unwrap_or_else(|| panic!("{a}/b on h2 does not answer"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let seen = loop {
+            match c.demo("h2", a).await {
+                Some(seen) => break seen,
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                None => panic!("{a}/b on h2 does not answer"),
+            }
+        };
         assert_eq!(seen["role"], "primary", "{a}/b: {seen}");
         assert_eq!(seen["epoch"], app(after, a).epoch, "{a}/b: {seen}");
     }

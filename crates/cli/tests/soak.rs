@@ -8,63 +8,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use common::Up;
 use tandem_api::types::{EventKind, Role};
 
-/// `n` warm-standby apps of two `sleep` processes each, over two local
-/// hosts (two agents in one process).
-fn sleepers(n: usize) -> String {
-    let mut t = String::from(
-        r#"[[sites]]
-name = "dc1"
-
-[[hosts]]
-name = "h1"
-site = "dc1"
-address = "127.0.0.1"
-
-[[hosts]]
-name = "h2"
-site = "dc1"
-address = "127.0.0.2"
-"#,
-    );
-    for i in 0..n {
-        write!(
-            t,
-            r#"
-[apps.s{i}]
-ha = "warm-standby"
-command = ["sleep", "3600"]
-
-[apps.s{i}.hook]
-kind = "command"
-command = ["true"]
-timeout = "500ms"
-
-[[apps.s{i}.instances]]
-id = "a"
-host = "h1"
-priority = 2
-
-[[apps.s{i}.instances]]
-id = "b"
-host = "h2"
-priority = 1
-"#
-        )
-        .expect("write");
-    }
-    t
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_started_in_a_burst_outlive_the_runtimes_idle_threads() {
     let n = 50;
-    let up = Up::topology(&sleepers(n));
+    let up = Up::topology(&tandem_demo::topology::sleepers(
+        n,
+        &[("h1", "127.0.0.1"), ("h2", "127.0.0.2")],
+    ));
     // Every primary serving: 2n processes started in one burst.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let pids = loop {

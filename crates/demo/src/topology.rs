@@ -175,3 +175,32 @@ ports = {{ http = {pb} }}
         hb = hosts[1],
     )
 }
+
+/// A topology of `apps` warm-standby apps `s0`, `s1`, ... of two `sleep`
+/// processes each, with a command hook (`true`) and no health check:
+/// instance `a` (priority 2) on the first of `hosts` and `b` (priority 1)
+/// on the last; `hosts` are (name, address) in site `dc1`. What costs
+/// tandem, and only tandem, something per instance (`tandem bench scale`,
+/// soak tests).
+pub fn sleepers(apps: usize, hosts: &[(&str, &str)]) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::from("[[sites]]\nname = \"dc1\"\n");
+    for (name, address) in hosts {
+        let _ = write!(
+            t,
+            "\n[[hosts]]\nname = \"{name}\"\nsite = \"dc1\"\naddress = \"{address}\"\n"
+        );
+    }
+    let first = hosts.first().map_or("h1", |h| h.0);
+    let last = hosts.last().map_or("h1", |h| h.0);
+    for i in 0..apps {
+        let _ = write!(
+            t,
+            "\n[apps.s{i}]\nha = \"warm-standby\"\ncommand = [\"sleep\", \"86400\"]\n\n\
+             [apps.s{i}.hook]\nkind = \"command\"\ncommand = [\"true\"]\ntimeout = \"500ms\"\n\n\
+             [[apps.s{i}.instances]]\nid = \"a\"\nhost = \"{first}\"\npriority = 2\n\n\
+             [[apps.s{i}.instances]]\nid = \"b\"\nhost = \"{last}\"\npriority = 1\n"
+        );
+    }
+    t
+}
