@@ -1050,12 +1050,18 @@ async fn metrics_when(h: &Harness, pred: impl Fn(&str) -> bool) -> String {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
         let text = resp.text().await.expect("body");
         if pred(&text) {
             return text;
         }
-        assert!(tokio::time::Instant::now() < deadline, "metrics never matched:\n{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never matched:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1104,9 +1110,18 @@ async fn metrics_show_roles_epochs_primaries_and_count_failovers_from_the_log() 
         text.contains("tandem_failovers_total{app=\"web\",reason=\"not_running\"} 1"),
         "{text}"
     );
-    assert!(text.contains("tandem_failover_seconds_count{app=\"web\"} 1"), "{text}");
-    assert!(text.contains("tandem_failover_seconds_sum{app=\"web\"} 0.25"), "{text}");
-    assert!(text.contains("tandem_events_total{kind=\"serving\"} 1"), "{text}");
+    assert!(
+        text.contains("tandem_failover_seconds_count{app=\"web\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tandem_failover_seconds_sum{app=\"web\"} 0.25"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tandem_events_total{kind=\"serving\"} 1"),
+        "{text}"
+    );
     // No acknowledged primary: the app says so.
     h.set_status("web", "a", &status(Role::Backup, 3)).await;
     metrics_when(&h, |t| t.contains("tandem_app_primary{app=\"web\"} 0")).await;
