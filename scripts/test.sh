@@ -12,9 +12,14 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
 
 # Debian packages the tests use: etcd for the etcd backend's conformance and
-# fault tests (a real 3-member cluster), protoc to build its client, and
-# PostgreSQL for the hot-standby sink (each suite starts its own server).
-APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy)
+# fault tests (a real 3-member cluster), protoc to build its client,
+# PostgreSQL for the hot-standby sink (each suite starts its own server),
+# and Prometheus (with promtool) to check examples/prometheus and scrape a
+# real `tandem up`. The tests start their own Prometheus on a free port:
+# without systemd, installing the package starts no service (invoke-rc.d
+# finds no runlevel); with systemd, Debian's service listens on :9090 and
+# its node exporter on :9100, ports no test uses.
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy prometheus)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -87,7 +87,7 @@ impl ClusterMetrics {
         let r = &mut registry;
         r.register(
             "failovers",
-            "Primaries granted, by app and reason (exited, unhealthy, host_lost, restarted, session_ended, removed, switchover, no_primary)",
+            "Primaries granted, by app and reason (the cause the controller stored: no_primary for a first primary; not_running, unhealthy, host_lost, crash_looping, restarted, session_ended, removed, switchover, withdrawn, ...)",
             m.failovers.clone(),
         );
         r.register(
