@@ -754,6 +754,7 @@ impl Agent {
             }
             let roles: BTreeMap<String, AppRoles> = machine.roles().clone();
             let store_reachable = machine.store_reachable();
+            self.metrics.set_store_reachable(store_reachable);
             self.view_tx.send_modify(|v| {
                 v.instances = instances;
                 v.roles = roles;

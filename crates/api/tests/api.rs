@@ -1075,9 +1075,10 @@ async fn metrics_show_roles_epochs_primaries_and_count_failovers_from_the_log() 
     let text = metrics_when(&h, |_| true).await;
     for line in [
         "tandem_api_store_reachable 1",
-        "tandem_instance_role{app=\"web\",instance=\"a\",host=\"local\",role=\"primary\"} 1",
-        "tandem_instance_role{app=\"web\",instance=\"b\",host=\"local\",role=\"backup\"} 1",
-        "tandem_instance_epoch{app=\"web\",instance=\"a\",host=\"local\"} 3",
+        "tandem_instance_role{app=\"web\",id=\"a\",host=\"local\",role=\"primary\"} 1",
+        "tandem_instance_role{app=\"web\",id=\"b\",host=\"local\",role=\"backup\"} 1",
+        "tandem_instance_epoch{app=\"web\",id=\"a\",host=\"local\"} 3",
+        "tandem_instance_crash_looping{app=\"web\",id=\"a\",host=\"local\"} 0",
         "tandem_app_primary{app=\"web\"} 1",
         "tandem_app_epoch{app=\"web\"} 3",
     ] {

@@ -372,13 +372,13 @@ scrape_configs:
         |s| one(s, 1.0),
     )
     .await;
-    // tandem's `instance` label arrives as `exported_instance` (the target
-    // label wins), as prometheus.yml says.
+    // The instance is labelled `id` (Prometheus's `instance` is the
+    // scrape target).
     prom.wait_for(
         &up,
         "the backup's role as primary",
         &format!(
-            r#"tandem_instance_role{{app="web",exported_instance="{}",role="primary"}}"#,
+            r#"tandem_instance_role{{app="web",id="{}",role="primary"}}"#,
             b.id
         ),
         20,

@@ -38,17 +38,19 @@ struct KindLabels {
     kind: String,
 }
 
+/// An instance: its app, its id within the app (`id`, not `instance`,
+/// which Prometheus gives the scrape target), and its host.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
     app: String,
-    instance: String,
+    id: String,
     host: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     app: String,
-    instance: String,
+    id: String,
     host: String,
     role: String,
 }
@@ -189,6 +191,7 @@ pub fn state_registry(
     );
     let role: Family<RoleLabels, Gauge> = Family::default();
     let epoch: Family<InstanceLabels, Gauge> = Family::default();
+    let looping: Family<InstanceLabels, Gauge> = Family::default();
     let has_primary: Family<AppLabels, Gauge> = Family::default();
     let app_epoch: Family<AppLabels, Gauge> = Family::default();
     for app in &topology.apps {
@@ -196,13 +199,13 @@ pub fn state_registry(
             let status = statuses.get(&(app.name.clone(), i.id.clone()));
             let labels = InstanceLabels {
                 app: app.name.clone(),
-                instance: i.id.clone(),
+                id: i.id.clone(),
                 host: i.host.clone(),
             };
             let acting = status.map_or("stopped".to_string(), |s| s.acting.to_string());
             role.get_or_create(&RoleLabels {
                 app: labels.app.clone(),
-                instance: labels.instance.clone(),
+                id: labels.id.clone(),
                 host: labels.host.clone(),
                 role: acting,
             })
@@ -210,6 +213,9 @@ pub fn state_registry(
             epoch
                 .get_or_create(&labels)
                 .set(status.map_or(0, |s| s.acting_epoch as i64));
+            looping
+                .get_or_create(&labels)
+                .set(i64::from(status.is_some_and(|s| s.crash_looping)));
         }
         if let Some(p) = primaries.get(&app.name) {
             let labels = AppLabels {
@@ -223,13 +229,18 @@ pub fn state_registry(
     }
     registry.register(
         "instance_role",
-        "1 for each instance's current role (the one its process acknowledged)",
+        "1 for each instance's current role (the one its process acknowledged); `id` is the instance's id within its app",
         role,
     );
     registry.register(
         "instance_epoch",
         "The epoch that came with each instance's role",
         epoch,
+    );
+    registry.register(
+        "instance_crash_looping",
+        "1 while an instance restarts too often in a row (it is not promoted until it runs stably)",
+        looping,
     );
     registry.register(
         "app_primary",

@@ -256,6 +256,11 @@ impl HostMetrics {
             "1 while the host lease is renewed in time (the store answers), else 0",
             m.store_reachable.clone(),
         );
+        // The decisions alerts follow exist from the start, at 0, so that
+        // their first occurrence is an increase.
+        for reason in ["session_fenced", "fenced", "crash_looping", "failsafe_kept"] {
+            let _ = m.decisions.get_or_create(&ReasonLabels { reason });
+        }
         HostMetrics { registry, ..m }
     }
 
