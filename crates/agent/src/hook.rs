@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -18,7 +17,7 @@ use tandem_core::model::Role;
 use tandem_core::topology::{App, Hook, Host, Instance, expand_all};
 
 use crate::probe::{reach, without_url};
-use crate::process::{describe_exit, is_stopped, program};
+use crate::process::{describe_exit, is_stopped, spawn_helper};
 
 /// What a hook needs to know about its instance.
 pub struct HookTarget<'a> {
@@ -97,21 +96,21 @@ async fn deliver(
             let mut argv = expand_all(command, t.app, t.instance, t.host);
             argv.push(role.as_str().to_string());
             argv.push(epoch.to_string());
-            let (first, args) = argv.split_first().ok_or("empty hook command")?;
-            let status = tokio::process::Command::new(program(first).map_err(|e| e.to_string())?)
-                .args(args)
-                .env("TANDEM_APP", &t.app.name)
-                .env("TANDEM_INSTANCE", &t.instance.id)
-                .env("TANDEM_ROLE", role.as_str())
-                .env("TANDEM_EPOCH", epoch.to_string())
-                .env("TANDEM_PID", t.pid.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
+            let first = argv.first().cloned().ok_or("empty hook command")?;
+            let env = vec![
+                ("TANDEM_APP".to_string(), t.app.name.clone()),
+                ("TANDEM_INSTANCE".to_string(), t.instance.id.clone()),
+                ("TANDEM_ROLE".to_string(), role.as_str().to_string()),
+                ("TANDEM_EPOCH".to_string(), epoch.to_string()),
+                ("TANDEM_PID".to_string(), t.pid.to_string()),
+            ];
+            let mut child = spawn_helper(argv, env)
                 .await
-                .map_err(|e| format!("cannot run hook {first}: {e}"))?;
+                .map_err(|e| format!("cannot run hook {e}"))?;
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| format!("hook {first}: {e}"))?;
             if status.success() {
                 Ok(())
             } else {

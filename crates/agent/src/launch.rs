@@ -10,10 +10,17 @@
 //! memory, the calling thread waits until it has called `execve`, and it
 //! makes only async-signal-safe system calls on data prepared beforehand
 //! (no allocation, no lock). Its exit is awaited through a pidfd.
+//!
+//! The child also shares the agent's file descriptor table at first
+//! (`CLONE_FILES`) and then takes a private copy of only fds 0–2
+//! (`close_range(3, ~0, CLOSE_RANGE_UNSHARE)`, Linux 5.9) before opening its
+//! own stdin and output: an agent watching thousands of processes holds
+//! thousands of pidfds, and copying them into every child, then closing
+//! them at `exec`, made each start cost milliseconds.
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -32,12 +39,12 @@ pub struct Launch<'a> {
     pub env: Vec<(&'a OsStr, &'a OsStr)>,
     /// Its working directory, if not the agent's.
     pub cwd: Option<&'a Path>,
-    /// Becomes its stdin.
-    pub stdin: &'a OwnedFd,
-    /// Becomes its stdout.
-    pub stdout: &'a OwnedFd,
-    /// Becomes its stderr.
-    pub stderr: &'a OwnedFd,
+    /// Opened (read-only) as its stdin.
+    pub stdin: &'a Path,
+    /// Opened (appending, created if missing) as its stdout and stderr.
+    pub output: &'a Path,
+    /// Kill it (SIGKILL) if the [`Child`] is dropped before it was reaped.
+    pub kill_on_drop: bool,
 }
 
 /// A started process, the leader of its own process group.
@@ -46,7 +53,18 @@ pub struct Child {
     pid: u32,
     pidfd: AsyncFd<OwnedFd>,
     status: Option<ExitStatus>,
+    kill_on_drop: bool,
 }
+
+/// What the child was doing when it failed.
+const STAGES: [&str; 6] = [
+    "",
+    "cannot set its parent-death signal",
+    "cannot open its stdin",
+    "cannot open its output",
+    "cannot set it up",
+    "cannot change to its directory",
+];
 
 fn cstring(s: &[u8]) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte"))
@@ -58,23 +76,29 @@ struct ChildArgs {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
-    fds: [RawFd; 3],
+    stdin: *const libc::c_char,
+    output: *const libc::c_char,
     parent: libc::pid_t,
     /// The highest signal number.
     sigmax: libc::c_int,
     /// Where the child writes the errno of what failed.
     error: *mut libc::c_int,
+    /// Where the child writes what it was doing (an index of STAGES, or
+    /// STAGES.len() for exec).
+    stage: *mut libc::c_int,
 }
 
 /// The child, between clone and execve: only async-signal-safe calls.
 extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points at the ChildArgs the parent keeps alive until
     // this child has exec'd or exited (CLONE_VFORK); every pointer in it
-    // was built from live CStrings and null-terminated arrays.
+    // was built from live CStrings and null-terminated arrays. Until the
+    // fd table is unshared, nothing here changes it (CLONE_FILES).
     unsafe {
         let a = &*(arg as *const ChildArgs);
-        let fail = |a: &ChildArgs| -> libc::c_int {
+        let fail = |a: &ChildArgs, stage: libc::c_int| -> libc::c_int {
             *a.error = *libc::__errno_location();
+            *a.stage = stage;
             libc::_exit(127)
         };
         // The parent's handlers are not the program's: back to defaults
@@ -88,26 +112,50 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return fail(a);
+            return fail(a, 1);
         }
         // The agent may have died before the signal was set.
         if libc::getppid() != a.parent {
             *a.error = libc::ESRCH;
+            *a.stage = 1;
             libc::_exit(127);
         }
-        if libc::setpgid(0, 0) != 0 {
-            return fail(a);
+        // A table of its own, with only fds 0-2 copied.
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        ) != 0
+        {
+            return fail(a, 4);
         }
-        for (target, fd) in a.fds.iter().enumerate() {
-            if libc::dup2(*fd, target as libc::c_int) < 0 {
-                return fail(a);
-            }
+        if libc::setpgid(0, 0) != 0 {
+            return fail(a, 4);
+        }
+        let fd = libc::open(a.stdin, libc::O_RDONLY);
+        if fd < 0 || libc::dup2(fd, 0) < 0 {
+            return fail(a, 2);
+        }
+        if fd > 2 {
+            libc::close(fd);
+        }
+        let fd = libc::open(
+            a.output,
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            0o666 as libc::c_uint,
+        );
+        if fd < 0 || libc::dup2(fd, 1) < 0 || libc::dup2(fd, 2) < 0 {
+            return fail(a, 3);
+        }
+        if fd > 2 {
+            libc::close(fd);
         }
         if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
-            return fail(a);
+            return fail(a, 5);
         }
         libc::execve(a.program, a.argv, a.envp);
-        fail(a)
+        fail(a, STAGES.len() as libc::c_int)
     }
 }
 
@@ -134,6 +182,8 @@ pub fn start(launch: &Launch<'_>) -> io::Result<Child> {
         .cwd
         .map(|c| cstring(c.as_os_str().as_bytes()))
         .transpose()?;
+    let stdin = cstring(launch.stdin.as_os_str().as_bytes())?;
+    let output = cstring(launch.output.as_os_str().as_bytes())?;
     let argv_ptrs: Vec<*const libc::c_char> = argv
         .iter()
         .map(|a| a.as_ptr())
@@ -145,20 +195,19 @@ pub fn start(launch: &Launch<'_>) -> io::Result<Child> {
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let mut error: libc::c_int = 0;
+    let mut stage: libc::c_int = 0;
     let args = ChildArgs {
         program: program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
         cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-        fds: [
-            launch.stdin.as_raw_fd(),
-            launch.stdout.as_raw_fd(),
-            launch.stderr.as_raw_fd(),
-        ],
+        stdin: stdin.as_ptr(),
+        output: output.as_ptr(),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         sigmax: libc::SIGRTMAX(),
         error: &mut error,
+        stage: &mut stage,
     };
     // The child's stack, 16-byte aligned at its top (stacks grow down).
     const STACK_BYTES: usize = 64 * 1024;
@@ -175,7 +224,7 @@ pub fn start(launch: &Launch<'_>) -> io::Result<Child> {
         let pid = libc::clone(
             child,
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
             &args as *const ChildArgs as *mut libc::c_void,
         );
         let clone_error = io::Error::last_os_error();
@@ -193,7 +242,19 @@ pub fn start(launch: &Launch<'_>) -> io::Result<Child> {
             let mut status = 0;
             libc::waitpid(pid, &mut status, 0);
         }
-        return Err(io::Error::from_raw_os_error(error));
+        let e = io::Error::from_raw_os_error(error);
+        let what = match STAGES.get(stage as usize) {
+            Some(&"cannot open its output") => {
+                format!("cannot open {}", launch.output.display())
+            }
+            Some(&"cannot change to its directory") => format!(
+                "cannot change to {}",
+                launch.cwd.map_or("?".into(), |c| c.display().to_string())
+            ),
+            Some(stage) if !stage.is_empty() => (*stage).to_string(),
+            _ => return Err(e),
+        };
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
     }
     // SAFETY: pidfd_open takes a pid and flags; a negative result is an
     // error, anything else a new descriptor we own (always close-on-exec).
@@ -218,6 +279,7 @@ pub fn start(launch: &Launch<'_>) -> io::Result<Child> {
         pid: pid as u32,
         pidfd,
         status: None,
+        kill_on_drop: launch.kill_on_drop,
     })
 }
 
@@ -257,12 +319,32 @@ impl Child {
         }
     }
 
-    /// Sends it SIGKILL and reaps it.
-    pub async fn kill(&mut self) -> io::Result<ExitStatus> {
+    /// Sends it SIGKILL (if it has not been reaped yet).
+    pub fn start_kill(&mut self) {
         if self.status.is_none() {
             // SAFETY: our own child, not yet reaped (its pid is not reused).
             unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
         }
+    }
+
+    /// Sends it SIGKILL and reaps it.
+    pub async fn kill(&mut self) -> io::Result<ExitStatus> {
+        self.start_kill();
         self.wait().await
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.kill_on_drop && matches!(self.try_wait(), Ok(None)) {
+            self.start_kill();
+            // Reaped when it exits: nothing waits for it any more, so wait
+            // here (SIGKILL is immediate).
+            // SAFETY: our own child.
+            unsafe {
+                let mut status = 0;
+                libc::waitpid(self.pid as libc::pid_t, &mut status, 0);
+            }
+        }
     }
 }

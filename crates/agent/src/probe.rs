@@ -3,12 +3,9 @@
 //! has a boolean `busy` also says whether a pool worker is busy.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tandem_core::topology::{App, Check, CheckKind, Host, Instance, expand_all};
-
-use crate::process::program;
 
 /// Runs one probe of `check` against an instance. `Ok(Some(busy))` when
 /// the answer said whether the instance is busy.
@@ -97,20 +94,16 @@ async fn run(
         }
         CheckKind::Exec { command } => {
             let argv = expand_all(command, app, instance, host);
-            let Some((first, args)) = argv.split_first() else {
+            let Some(first) = argv.first().cloned() else {
                 return Err("empty check command".into());
             };
-            let mut child =
-                tokio::process::Command::new(program(first).map_err(|e| e.to_string())?)
-                    .args(args)
-                    .env("TANDEM_APP", &app.name)
-                    .env("TANDEM_INSTANCE", &instance.id)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("cannot run check {first}: {e}"))?;
+            let env = vec![
+                ("TANDEM_APP".to_string(), app.name.clone()),
+                ("TANDEM_INSTANCE".to_string(), instance.id.clone()),
+            ];
+            let mut child = crate::process::spawn_helper(argv, env)
+                .await
+                .map_err(|e| format!("cannot run check {e}"))?;
             let status = child
                 .wait()
                 .await

@@ -20,9 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -119,7 +117,7 @@ pub fn spawn(
         paths: paths.clone(),
         api: api.map(str::to_owned),
     };
-    on_spawner_thread(move || start(&what))
+    on_spawner_thread(&INSTANCES, move || start(&what))
 }
 
 /// What to start, owned, for a spawner thread.
@@ -151,13 +149,6 @@ fn start(what: &What) -> io::Result<Child> {
     let with_name = |e: io::Error| io::Error::new(e.kind(), format!("{first}: {e}"));
     let program = resolve(&program(first)?).map_err(with_name)?;
     let log_path = paths.log_file(&app.name, &instance.id);
-    let log: OwnedFd = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log_path.display())))?
-        .into();
-    let stdin: OwnedFd = std::fs::File::open("/dev/null")?.into();
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
     for (k, v) in &app.env {
         env.insert(k.into(), expand(v, app, instance, host).into());
@@ -185,54 +176,110 @@ fn start(what: &What) -> io::Result<Child> {
             .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
             .collect(),
         cwd,
-        stdin: &stdin,
-        stdout: &log,
-        stderr: &log,
+        stdin: Path::new("/dev/null"),
+        output: &log_path,
+        kill_on_drop: false,
     })
     .map_err(with_name)
+}
+
+/// Starts a helper command of an instance (a role hook, an exec health
+/// check): `argv` with `env` added to the agent's environment, no stdin,
+/// no output, killed if its [`Child`] is dropped (a timeout). Like an
+/// instance, it is started by a spawner thread and dies with the agent.
+pub fn spawn_helper(
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+) -> impl Future<Output = io::Result<Child>> + Send + 'static {
+    on_spawner_thread(&HELPERS, move || {
+        let Some(first) = argv.first() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+        };
+        let with_name = |e: io::Error| io::Error::new(e.kind(), format!("{first}: {e}"));
+        let program = resolve(&program(first)?).map_err(with_name)?;
+        let mut all: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        all.extend(env.into_iter().map(|(k, v)| (k.into(), v.into())));
+        launch::start(&Launch {
+            program: &program,
+            argv: argv.iter().map(OsStr::new).collect(),
+            env: all
+                .iter()
+                .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+                .collect(),
+            cwd: None,
+            stdin: Path::new("/dev/null"),
+            output: Path::new("/dev/null"),
+            kill_on_drop: true,
+        })
+        .map_err(with_name)
+    })
 }
 
 /// A job for a spawner thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// How many spawner threads start processes at once.
-const SPAWNER_THREADS: usize = 4;
+/// A set of spawner threads, each living as long as the process.
+struct Pool {
+    name: &'static str,
+    threads: usize,
+    jobs: OnceLock<io::Result<mpsc::Sender<Job>>>,
+}
 
-/// Runs `spawn` (a fork and exec) on the spawner thread, with the caller's
-/// tokio runtime entered so the child is registered with it, and returns
-/// its result. Must be called from within a runtime.
+/// Starts instances: a few threads, so a burst starts in parallel.
+static INSTANCES: Pool = Pool {
+    name: "tandem-spawner",
+    threads: 4,
+    jobs: OnceLock::new(),
+};
+
+/// Starts role hooks and exec checks, which are on the failover path and
+/// have a timeout: never queued behind a burst of instance starts.
+static HELPERS: Pool = Pool {
+    name: "tandem-hooks",
+    threads: 2,
+    jobs: OnceLock::new(),
+};
+
+impl Pool {
+    /// Its job queue, starting its threads the first time. The sender
+    /// lives in a static and is never dropped: the threads end only with
+    /// the process, so `PR_SET_PDEATHSIG` fires only then.
+    fn jobs(&'static self) -> io::Result<&'static mpsc::Sender<Job>> {
+        let jobs = self.jobs.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+            for n in 0..self.threads {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("{}-{n}", self.name))
+                    .spawn(move || {
+                        loop {
+                            let job = {
+                                let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                                rx.recv()
+                            };
+                            match job {
+                                Ok(job) => job(),
+                                Err(_) => return,
+                            }
+                        }
+                    })?;
+            }
+            Ok(tx)
+        });
+        jobs.as_ref()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start the spawner threads: {e}")))
+    }
+}
+
+/// Runs `spawn` (a fork and exec) on one of `pool`'s threads, with the
+/// caller's tokio runtime entered so the child is registered with it, and
+/// returns its result. Must be called from within a runtime.
 async fn on_spawner_thread(
+    pool: &'static Pool,
     spawn: impl FnOnce() -> io::Result<Child> + Send + 'static,
 ) -> io::Result<Child> {
-    static SPAWNER: OnceLock<io::Result<mpsc::Sender<Job>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        // The sender lives in a static and is never dropped: the threads
-        // end only with the process, so `PR_SET_PDEATHSIG` fires only then.
-        // A few of them start a burst of instances in parallel.
-        for n in 0..SPAWNER_THREADS {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("tandem-spawner-{n}"))
-                .spawn(move || {
-                    loop {
-                        let job = {
-                            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                            rx.recv()
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                })?;
-        }
-        Ok(tx)
-    });
-    let tx = spawner
-        .as_ref()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the spawner thread: {e}")))?;
+    let tx = pool.jobs()?;
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| io::Error::other(format!("no runtime to register the child with: {e}")))?;
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();

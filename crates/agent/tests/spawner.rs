@@ -98,7 +98,6 @@ fn children_outlive_the_runtime_threads_that_forked_them() {
 
 mod launch {
     use std::ffi::OsStr;
-    use std::os::fd::OwnedFd;
     use std::os::unix::process::ExitStatusExt;
     use std::path::Path;
     use std::time::{Duration, Instant};
@@ -120,8 +119,6 @@ mod launch {
         cwd: Option<&Path>,
         out: &Path,
     ) -> std::io::Result<Child> {
-        let stdin: OwnedFd = std::fs::File::open("/dev/null").expect("null").into();
-        let stdout: OwnedFd = std::fs::File::create(out).expect("out").into();
         start(&Launch {
             program: Path::new(argv[0]),
             argv: argv.iter().map(OsStr::new).collect(),
@@ -130,10 +127,57 @@ mod launch {
                 .map(|(k, v)| (OsStr::new(k), OsStr::new(v)))
                 .collect(),
             cwd,
-            stdin: &stdin,
-            stdout: &stdout,
-            stderr: &stdout,
+            stdin: Path::new("/dev/null"),
+            output: out,
+            kill_on_drop: false,
         })
+    }
+
+    #[test]
+    fn a_child_inherits_no_descriptor_but_its_stdio() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        // 200 descriptors open in the agent, without close-on-exec: a
+        // plain fork and exec would hand them all to the child.
+        let leaked: Vec<i32> = (0..200)
+            .map(|_| {
+                // SAFETY: open with a valid C string; closed below.
+                let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+                assert!(fd >= 0);
+                fd
+            })
+            .collect();
+        rt.block_on(async {
+            let mut child = run(&["/bin/ls", "/proc/self/fd"], &[], None, &out).expect("start");
+            assert!(child.wait().await.expect("wait").success());
+        });
+        for fd in leaked {
+            // SAFETY: our own descriptors.
+            unsafe { libc::close(fd) };
+        }
+        let text = std::fs::read_to_string(&out).expect("read");
+        let fds: Vec<&str> = text.lines().collect();
+        // 0, 1, 2, and the directory ls reads.
+        assert!(
+            fds.len() <= 4,
+            "the child had {} descriptors: {fds:?}",
+            fds.len()
+        );
+        for std in ["0", "1", "2"] {
+            assert!(fds.contains(&std), "{fds:?}");
+        }
+    }
+
+    #[test]
+    fn an_output_that_cannot_be_opened_fails_the_start_and_says_which() {
+        let rt = runtime();
+        rt.block_on(async {
+            let err = run(&["/bin/true"], &[], None, Path::new("/nonexistent/dir/out"))
+                .expect_err("must fail");
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+            assert!(err.to_string().contains("/nonexistent/dir/out"), "{err}");
+        });
     }
 
     #[test]

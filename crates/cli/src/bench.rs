@@ -52,7 +52,8 @@ struct ScaleArgs {
     /// Warm-standby apps (each two `sleep` processes).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
     apps: u64,
-    /// Primaries killed, one app after another (at most --apps).
+    /// Primaries killed, one app after another (around again, once it
+    /// has a backup again, when there are fewer apps).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     kills: u64,
     /// Length of the idle window, in seconds.

@@ -206,6 +206,16 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Up(_) | Command::Agent(_)) {
+        // glibc gives each thread that allocates an arena of its own; for
+        // a daemon of a few threads holding thousands of small objects,
+        // two arenas keep the resident size down (about 15 MiB at 1,000
+        // apps) at no measurable cost.
+        // SAFETY: mallopt only sets a malloc parameter.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
     if let Command::Watchdog = cli.command {
         // No runtime: a plain loop on stdin.
         tandem_agent::watchdog::run(std::io::BufReader::new(std::io::stdin()));

@@ -15,7 +15,8 @@ use tandem_api::types::{EventKind, Role};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_started_in_a_burst_outlive_the_runtimes_idle_threads() {
-    let n = 50;
+    // Enough that a start queued behind a burst of others would show.
+    let n = 200;
     let up = Up::topology(&tandem_demo::topology::sleepers(
         n,
         &[("h1", "127.0.0.1"), ("h2", "127.0.0.2")],
