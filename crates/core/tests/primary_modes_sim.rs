@@ -1052,6 +1052,21 @@ fn start_all(w: &mut World) {
     }
 }
 
+/// A warm-standby world of `n` instances whose every process runs, healthy,
+/// with i0 (the highest priority) primary at epoch 1.
+fn primary_on_i0(n: usize) -> World {
+    let priorities: Vec<i64> = (0..n as i64).rev().collect();
+    let mut w = World::new(app(n, &priorities));
+    start_all(&mut w);
+    w.decide();
+    for h in 0..n {
+        w.deliver(h);
+    }
+    start_all(&mut w);
+    assert_eq!(w.procs[0].believes, (Role::Primary, 1));
+    w
+}
+
 /// The interleaving that the `promoting` rule of `InstanceMachine::status`
 /// exists for: a promotion hook is still in flight when the grant is
 /// withdrawn. The controller must not promote anyone else until that hook
@@ -1166,13 +1181,7 @@ fn a_start_in_flight_is_not_mistaken_for_an_exit() {
 /// expiry, with a higher epoch, and the old primary rejoins as a backup.
 #[test]
 fn a_primary_cut_off_from_the_store_steps_down_before_its_lease_expires() {
-    let mut w = World::new(app(2, &[1, 0]));
-    start_all(&mut w);
-    w.decide();
-    w.deliver(0);
-    w.deliver(1);
-    start_all(&mut w);
-    assert_eq!(w.procs[0].believes, (Role::Primary, 1));
+    let mut w = primary_on_i0(2);
     w.apply(&Op::Cut(0));
     // Its peer reaches the store: failsafe does not confirm; it steps down
     // by lease end − margin, before the store expires its lease.
@@ -1210,13 +1219,7 @@ fn a_primary_cut_off_from_the_store_steps_down_before_its_lease_expires() {
 /// overlaps it.
 #[test]
 fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_lease_ends() {
-    let mut w = World::new(app(2, &[1, 0]));
-    start_all(&mut w);
-    w.decide();
-    w.deliver(0);
-    w.deliver(1);
-    start_all(&mut w);
-    assert_eq!(w.procs[0].believes, (Role::Primary, 1));
+    let mut w = primary_on_i0(2);
     w.apply(&Op::Pause(0));
     for _ in 0..40 {
         w.advance(100);
@@ -1234,14 +1237,7 @@ fn a_frozen_agents_primary_is_killed_by_its_watchdog_before_the_lease_ends() {
 /// and the primary keeps its role; nothing is promoted.
 #[test]
 fn without_quorum_failsafe_keeps_the_primary_and_promotes_no_one() {
-    let mut w = World::new(app(3, &[2, 1, 0]));
-    start_all(&mut w);
-    w.decide();
-    for h in 0..3 {
-        w.deliver(h);
-    }
-    start_all(&mut w);
-    assert_eq!(w.procs[0].believes, (Role::Primary, 1));
+    let mut w = primary_on_i0(3);
     w.apply(&Op::StoreDown);
     for _ in 0..100 {
         w.advance(100);
@@ -1273,13 +1269,7 @@ fn without_quorum_failsafe_keeps_the_primary_and_promotes_no_one() {
 /// the old primary has stepped down.
 #[test]
 fn a_promise_holds_back_the_peers_promotion_until_the_old_primary_has_stepped_down() {
-    let mut w = World::new(app(2, &[1, 0]));
-    start_all(&mut w);
-    w.decide();
-    w.deliver(0);
-    w.deliver(1);
-    start_all(&mut w);
-    assert_eq!(w.procs[0].believes, (Role::Primary, 1));
+    let mut w = primary_on_i0(2);
     w.apply(&Op::Cut(0));
     w.apply(&Op::Cut(1));
     // Well past the lease's expiry on the store: failsafe keeps i0.
