@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! scripts/etcd-cluster.sh start /tmp/tandem-etcd 20000
-//! cargo run --release -p tandem-store-etcd --example latency -- etcd://127.0.0.1:20001,127.0.0.1:20002,127.0.0.1:20003
+//! cargo run --release -p tandem-store-etcd --example etcd_latency -- etcd://127.0.0.1:20001,127.0.0.1:20002,127.0.0.1:20003
 //! scripts/etcd-cluster.sh stop /tmp/tandem-etcd
 //! ```
 
