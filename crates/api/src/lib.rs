@@ -16,7 +16,7 @@
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
 //! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`); never cached |
-//! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done, 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
+//! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done (the new primary acknowledged its role), 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
 //! | `GET /v1/events[?since=SEQ][&limit=N]` | [`EventsDoc`](types::EventsDoc), oldest first (default: the last 100; at most 10000) |
 //! | `GET /v1/events?follow=true[&since=SEQ]` | `text/event-stream`: the same backlog, then each new event (`id:` seq, `event: event`, `data:` the event's JSON); honours `Last-Event-ID` |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text): failovers by app and reason, failover duration, intents by outcome, every instance's role and epoch, and this process's controller metrics |

@@ -17,7 +17,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tandem_core::model::{Intent, IntentKind, IntentState, keys};
+use tandem_core::model::{AppRoles, InstanceStatus, Intent, IntentKind, IntentState, keys};
 use tandem_core::topology::{App, HaMode};
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{Compare, EventKind, Op, Revision, Txn};
@@ -83,7 +83,15 @@ pub(crate) async fn switchover(
     );
 
     let key = keys::intent(&app.name);
-    let waited = wait_for_outcome(&state, &key, &intent.id, revision + 1, deadline).await;
+    let mut waited = wait_for_outcome(&state, &key, &intent.id, revision + 1, deadline).await;
+    // The controller marks the intent done when it grants the target;
+    // "done" to the caller means the new primary serves (acknowledged its
+    // role), which is one hook later.
+    if matches!(waited, Waited::Resolved(IntentState::Done { .. }))
+        && !wait_serving(&state, &app, deadline).await
+    {
+        waited = Waited::Timeout(SwitchoverProgress::Running);
+    }
     state
         .metrics
         .intent_answered(&app.name, "switchover", waited.outcome());
@@ -118,6 +126,29 @@ pub(crate) async fn switchover(
             e.into_response()
         }
     })
+}
+
+/// Waits until `app` has an acknowledged primary (its grant's holder
+/// acknowledged the role at the grant's epoch), until `deadline`.
+async fn wait_serving(state: &ApiState, app: &App, deadline: Instant) -> bool {
+    loop {
+        if let Ok(Some(kv)) = state.store.get(&keys::roles(&app.name)).await
+            && let Ok(roles) = serde_json::from_slice::<AppRoles>(&kv.value)
+            && let Some(grant) = &roles.primary
+            && let Ok(Some(status)) = state
+                .store
+                .get(&keys::status(&app.name, &grant.instance))
+                .await
+            && serde_json::from_slice::<InstanceStatus>(&status.value)
+                .is_ok_and(|s| s.has_acknowledged(grant))
+        {
+            return true;
+        }
+        if Instant::now() >= deadline || state.shutdown.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn accepted(app: &App, intent: String, outcome: SwitchoverProgress) -> Response {

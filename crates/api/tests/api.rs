@@ -492,8 +492,48 @@ async fn invalid_switchovers_are_refused_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn a_switchover_is_done_only_once_the_new_primary_serves() {
+    let h = Harness::start().await;
+    // The controller says done, but the new primary never acknowledges
+    // its role: still under way at the request's timeout.
+    h.set_roles("web", &roles("b", 4)).await;
+    h.set_status("web", "b", &status(Role::Backup, 3)).await;
+    let controller = fake_controller(h.store.clone(), |_| {
+        vec![IntentState::Done {
+            message: "promoted web/b (epoch 4)".into(),
+        }]
+    });
+    let outcome = h
+        .client
+        .switchover("web", Some("b"), Duration::from_millis(300))
+        .await
+        .expect("switchover");
+    assert!(
+        matches!(outcome, SwitchoverOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    // Once it acknowledges, a request answers done.
+    h.set_status("web", "b", &status(Role::Primary, 4)).await;
+    let outcome = h
+        .client
+        .switchover("web", Some("b"), WAIT)
+        .await
+        .expect("switchover");
+    assert!(
+        matches!(outcome, SwitchoverOutcome::Done { .. }),
+        "{outcome:?}"
+    );
+    controller.abort();
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn switchover_done_by_the_controller_answers_200() {
     let h = Harness::start().await;
+    // What the controller's promotion leaves: b granted, and serving (its
+    // agent acknowledged the role): "done" waits for that.
+    h.set_roles("web", &roles("b", 4)).await;
+    h.set_status("web", "b", &status(Role::Primary, 4)).await;
     let controller = fake_controller(h.store.clone(), |intent| {
         let to = match &intent.kind {
             IntentKind::Switchover { to } => to.clone(),
