@@ -553,6 +553,7 @@ impl Agent {
                         host: self.host.name.clone(),
                         pid: std::process::id(),
                         version: env!("CARGO_PKG_VERSION").to_string(),
+                        lease_ttl_ms: self.machine.lease_ttl().map(|t| t.as_millis() as u64),
                     };
                     if let Ok(v) = serde_json::to_vec(&record) {
                         self.publisher.put(keys::host(&self.host.name), v);

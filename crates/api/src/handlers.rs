@@ -30,13 +30,15 @@ pub(crate) async fn status(
     Params::parse(query, &[])?;
     let read = tokio::try_join!(
         state.store.list(keys::STATUS),
-        state.store.list(keys::ROLES)
+        state.store.list(keys::ROLES),
+        state.store.list(keys::HOSTS)
     );
     let cache = || state.last_status.lock().unwrap_or_else(|e| e.into_inner());
     match read {
-        Ok((statuses, roles)) => {
-            let doc =
+        Ok((statuses, roles, hosts)) => {
+            let mut doc =
                 crate::status_document(&state.topology, state.store.backend(), &statuses, &roles);
+            doc.hosts = crate::status::hosts_document(&state.topology, &hosts);
             *cache() = Some((doc.clone(), now_ms()));
             Ok(Json(doc))
         }

@@ -1,13 +1,13 @@
 //! Pure assembly of the status documents from what the store holds: no I/O,
 //! so it is unit-tested with hand-made listings.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use tandem_core::model::{AppRoles, Health, InstanceStatus, PrimaryGrant, Role, keys};
+use tandem_core::model::{AppRoles, Health, HostRecord, InstanceStatus, PrimaryGrant, Role, keys};
 use tandem_core::topology::{App, Instance, Topology};
 use tandem_store::{KeyValue, Listing};
 
-use crate::types::{AppDoc, InstanceDoc, PrimaryDoc, StatusDoc};
+use crate::types::{AppDoc, HostDoc, InstanceDoc, PrimaryDoc, StatusDoc};
 
 /// What the store holds about the apps, parsed: instance statuses and role
 /// assignments. A value that does not parse is logged and treated as absent.
@@ -92,7 +92,36 @@ pub fn status_document(
             .iter()
             .map(|app| app_document(topology, app, &observed))
             .collect(),
+        hosts: Vec::new(),
     }
+}
+
+/// Every host of the topology, from a listing of `/tandem/hosts/` (the
+/// records agents keep bound to their leases).
+pub fn hosts_document(topology: &Topology, hosts: &Listing) -> Vec<HostDoc> {
+    let records: BTreeMap<&str, HostRecord> = hosts
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key.strip_prefix(keys::HOSTS)?;
+            Some((name, serde_json::from_slice(&kv.value).ok()?))
+        })
+        .collect();
+    topology
+        .hosts
+        .iter()
+        .map(|h| {
+            let record = records.get(h.name.as_str());
+            HostDoc {
+                name: h.name.clone(),
+                site: h.site.clone(),
+                address: h.address.to_string(),
+                up: record.is_some(),
+                lease_ttl_ms: record.and_then(|r| r.lease_ttl_ms),
+                asked_lease_ttl_ms: topology.cluster.lease_ttl.as_millis() as u64,
+            }
+        })
+        .collect()
 }
 
 /// One app's document (without its intent, which only the app endpoint
@@ -353,6 +382,28 @@ ports = { main = 15432, aux = 15433 }
         let doc = status_document(&t, "embedded", &statuses, &roles);
         assert_eq!(doc.apps[0].primary.as_deref(), Some("b"));
         assert!(!doc.apps[0].instances[1].promoting);
+    }
+
+    #[test]
+    fn hosts_say_which_agent_holds_a_lease_and_how_long_it_was_granted() {
+        let t = topology();
+        let record = HostRecord {
+            host: "local".into(),
+            pid: 1,
+            version: "0.1.0".into(),
+            lease_ttl_ms: Some(4000),
+        };
+        let hosts = hosts_document(&t, &listing(vec![kv(&keys::host("local"), &record)]));
+        let names: Vec<_> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["local", "other"]);
+        assert!(hosts[0].up);
+        assert_eq!(hosts[0].lease_ttl_ms, Some(4000));
+        assert_eq!(hosts[0].asked_lease_ttl_ms, 3000);
+        assert!(!hosts[1].up);
+        assert_eq!(
+            (hosts[1].lease_ttl_ms, hosts[1].address.as_str()),
+            (None, "10.0.0.2")
+        );
     }
 
     #[test]

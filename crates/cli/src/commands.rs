@@ -73,6 +73,34 @@ pub fn status_table(doc: &StatusDoc) -> String {
         ],
         &rows,
     ));
+    if !doc.hosts.is_empty() {
+        let rows: Vec<Vec<String>> = doc
+            .hosts
+            .iter()
+            .map(|h| {
+                let lease = match h.lease_ttl_ms {
+                    Some(ms) if ms > h.asked_lease_ttl_ms => format!(
+                        "{ms} ms (lease_ttl asks {} ms: the store grants no shorter; see the README's Timings)",
+                        h.asked_lease_ttl_ms
+                    ),
+                    Some(ms) => format!("{ms} ms"),
+                    None => "-".into(),
+                };
+                vec![
+                    h.name.clone(),
+                    h.site.clone(),
+                    h.address.clone(),
+                    if h.up { "up" } else { "down" }.into(),
+                    lease,
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&render(
+            &["HOST", "SITE", "ADDRESS", "AGENT", "LEASE"],
+            &rows,
+        ));
+    }
     out
 }
 

@@ -416,3 +416,74 @@ ports = {{ http = {extra_port} }}
         (Some("a"), before.epoch)
     );
 }
+
+/// The lease as the store granted it: stock etcd (election timeout 1 s)
+/// grants no lease under 2 s, so a topology asking for 1 s gets 2 s; the
+/// agent warns and `tandem status` shows both. With etcd's heartbeat
+/// interval at 50 ms and election timeout at 500 ms (the README's
+/// Timings), a 1 s lease is granted as asked and nothing warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_the_store_granted_is_reported_when_longer_than_asked() {
+    for (timing, granted) in [(None, 2000), (Some((50, 500)), 1000)] {
+        let cluster = tokio::task::spawn_blocking(move || match timing {
+            None => etcd::Cluster::start_with(3),
+            Some(t) => etcd::Cluster::start_timed(3, t),
+        })
+        .await
+        .expect("etcd cluster");
+        let store = store_url(&cluster);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = topology([free_port(), free_port()])
+            .replace("lease_ttl = \"2s\"", "lease_ttl = \"1s\"")
+            .replace("renew_interval = \"300ms\"", "renew_interval = \"200ms\"")
+            .replace("fence_margin = \"800ms\"", "fence_margin = \"500ms\"");
+        apply(dir.path(), &store, &text);
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let agent = start_agent(dir.path(), &store, "h1", Some(&api_addr));
+        let api = ApiClient::new(&api_addr).expect("client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let hosts = loop {
+            if let Ok(s) = api.status().await
+                && s.hosts.iter().any(|h| h.name == "h1" && h.up)
+            {
+                break s.hosts;
+            }
+            assert!(Instant::now() < deadline, "h1 never came up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let h1 = hosts.iter().find(|h| h.name == "h1").expect("h1");
+        let h2 = hosts.iter().find(|h| h.name == "h2").expect("h2");
+        assert_eq!(
+            (h1.lease_ttl_ms, h1.asked_lease_ttl_ms),
+            (Some(granted), 1000),
+            "etcd timing {timing:?}"
+        );
+        assert!(
+            !h2.up && h2.lease_ttl_ms.is_none(),
+            "h2 has no agent: {h2:?}"
+        );
+        let shown = Command::new(tandem())
+            .args(["status", "--api", &api_addr])
+            .output()
+            .expect("tandem status");
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        let h1_row = shown
+            .lines()
+            .find(|l| l.starts_with("h1 "))
+            .unwrap_or_else(|| panic!("no h1 row in:\n{shown}"));
+        assert!(h1_row.contains(&format!("{granted} ms")), "{shown}");
+        assert_eq!(
+            h1_row.contains("lease_ttl asks 1000 ms"),
+            granted > 1000,
+            "{shown}"
+        );
+        drop(agent);
+        let log = std::fs::read_to_string(dir.path().join("agent-h1.log")).expect("log");
+        let warned = log.contains("lease_longer") || log.contains("grants no lease shorter");
+        assert_eq!(
+            warned,
+            granted > 1000,
+            "etcd timing {timing:?}, the agent's log:\n{log}"
+        );
+    }
+}

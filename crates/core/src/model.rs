@@ -619,6 +619,10 @@ pub struct HostRecord {
     pub pid: u32,
     /// The agent's version.
     pub version: String,
+    /// The TTL of its lease, as the store granted it (ms); it may be longer
+    /// than the topology's `lease_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<u64>,
 }
 
 /// Store key layout, in one place.

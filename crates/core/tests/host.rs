@@ -663,3 +663,26 @@ fn a_grant_held_by_this_hosts_own_extension_is_applied_once_a_renewal_ends_it() 
         )
     )));
 }
+
+#[test]
+fn a_lease_longer_than_asked_is_reported_once_per_grant() {
+    let mut m = machine("h1", false);
+    // The topology asks 3 s; the store grants 4 s (etcd rounds up).
+    let s = m.handle(
+        HostInput::Lease(LeaseInput::Granted {
+            lease: LEASE,
+            sent_at: Duration::ZERO,
+            ttl: 4000 * MS,
+        }),
+        Duration::ZERO,
+    );
+    assert_eq!(notes(&s), ["lease_longer"]);
+    assert_eq!(m.lease_ttl(), Some(4000 * MS));
+    // Fencing follows the granted lease: 4 s − 1 s.
+    assert_eq!(m.next_wakeup(), Some(3000 * MS));
+    // As asked: nothing to say.
+    let mut m = machine("h1", false);
+    let s = m.handle(granted(Duration::ZERO), Duration::ZERO);
+    assert!(!notes(&s).contains(&"lease_longer"));
+    assert_eq!(m.lease_ttl(), Some(3000 * MS));
+}

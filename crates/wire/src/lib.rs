@@ -43,6 +43,28 @@ pub struct StatusDoc {
     pub stale_reason: Option<String>,
     /// One entry per app, in topology order.
     pub apps: Vec<AppDoc>,
+    /// One entry per host, in topology order.
+    #[serde(default)]
+    pub hosts: Vec<HostDoc>,
+}
+
+/// One host: whether its agent holds a lease, and the lease's length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDoc {
+    /// The host's name.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// Its address.
+    pub address: String,
+    /// Its agent holds a lease (it is up).
+    pub up: bool,
+    /// The TTL the store granted its lease (ms), while up.
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
+    /// The TTL the topology asks (`lease_ttl`, ms): a granted one longer
+    /// than this means a lost host fails over later than configured.
+    pub asked_lease_ttl_ms: u64,
 }
 
 /// One app: its role assignment and its instances.

@@ -19,6 +19,13 @@ impl HostMachine {
                 } else {
                     step.notes.push(HostNote::SessionGranted { lease });
                 }
+                let asked = self.topology.cluster.lease_ttl;
+                if ttl > asked {
+                    step.notes.push(HostNote::LeaseLonger {
+                        asked,
+                        granted: ttl,
+                    });
+                }
                 self.on_granted(lease, sent_at, ttl, now, step);
             }
             LeaseInput::Renewed { lease, sent_at } => self.on_renewed(lease, sent_at, now, step),

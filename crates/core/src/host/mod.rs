@@ -353,6 +353,11 @@ impl HostMachine {
         self.session
     }
 
+    /// The TTL the store granted the lease held, if one is.
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        self.session.map(|_| self.ttl)
+    }
+
     /// True while the host lease is renewed in time (the store answers).
     pub fn store_reachable(&self) -> bool {
         self.session.is_some() && !self.renew_failing

@@ -25,6 +25,15 @@ pub enum HostNote {
         /// The lease.
         lease: i64,
     },
+    /// The store granted a longer lease than the topology asked for (etcd
+    /// grants no lease shorter than about 1.5 election timeouts): a lost
+    /// host fails over later than `lease_ttl` says.
+    LeaseLonger {
+        /// What the topology asks (`lease_ttl`).
+        asked: Duration,
+        /// What the store granted.
+        granted: Duration,
+    },
     /// A renewal succeeded after failures.
     StoreAnswersAgain {
         /// The lease.
@@ -121,6 +130,7 @@ impl HostNote {
     pub fn name(&self) -> &'static str {
         match self {
             HostNote::SessionGranted { .. } => "session_granted",
+            HostNote::LeaseLonger { .. } => "lease_longer",
             HostNote::StoreAnswersAgain { .. } => "store_answers_again",
             HostNote::FencingLifted { .. } => "fencing_lifted",
             HostNote::SessionFenced { .. } => "session_fenced",
@@ -142,6 +152,7 @@ impl HostNote {
     pub fn level(&self) -> Level {
         match self {
             HostNote::SessionFenced { .. }
+            | HostNote::LeaseLonger { .. }
             | HostNote::FailsafeEnded { .. }
             | HostNote::FailsafeKept { .. }
             | HostNote::FailsafeNotConfirmed { .. } => Level::Warn,
@@ -177,6 +188,12 @@ impl fmt::Display for HostNote {
             HostNote::SessionGranted { lease } => {
                 write!(f, "new session: lease {lease} granted")
             }
+            HostNote::LeaseLonger { asked, granted } => write!(
+                f,
+                "the store granted a {} ms lease where lease_ttl asks {} ms: a lost host fails over that much later (etcd grants no lease shorter than about 1.5 times its election timeout; see the README)",
+                granted.as_millis(),
+                asked.as_millis()
+            ),
             HostNote::StoreAnswersAgain { lease } => {
                 write!(f, "the store answers again (lease {lease})")
             }

@@ -49,6 +49,9 @@ pub struct Cluster {
     token: String,
     members: Vec<MemberSpec>,
     tls: Option<ServerTls>,
+    /// Raft timing (heartbeat interval, election timeout, in ms) other than
+    /// etcd's defaults (100, 1000).
+    timing: Option<(u64, u64)>,
     children: Mutex<Vec<Option<Child>>>,
 }
 
@@ -133,9 +136,20 @@ impl Cluster {
     /// [`Cluster::start_with`], with clients talking TLS (and presenting
     /// certificates) if `tls` is given.
     pub fn start_tls(n: usize, tls: Option<ServerTls>) -> Cluster {
+        Cluster::start_full(n, tls, None)
+    }
+
+    /// [`Cluster::start_with`] with raft timing `(heartbeat interval,
+    /// election timeout)` in ms: etcd grants no lease shorter than about
+    /// 1.5 election timeouts, so 1 s leases need a 500 ms timeout.
+    pub fn start_timed(n: usize, timing: (u64, u64)) -> Cluster {
+        Cluster::start_full(n, None, Some(timing))
+    }
+
+    fn start_full(n: usize, tls: Option<ServerTls>, timing: Option<(u64, u64)>) -> Cluster {
         let mut last = String::new();
         for _ in 0..3 {
-            let cluster = Cluster::spawn(n, tls.clone());
+            let cluster = Cluster::spawn(n, tls.clone(), timing);
             match cluster.wait_started() {
                 Ok(()) => return cluster,
                 Err(e) => last = e,
@@ -144,7 +158,7 @@ impl Cluster {
         panic!("cannot start an etcd cluster: {last}");
     }
 
-    fn spawn(n: usize, tls: Option<ServerTls>) -> Cluster {
+    fn spawn(n: usize, tls: Option<ServerTls>, timing: Option<(u64, u64)>) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("tandem-etcd-test-")
             .tempdir()
@@ -168,6 +182,7 @@ impl Cluster {
             token: format!("tandem-test-{}-{nanos}", std::process::id()),
             members,
             tls,
+            timing,
             children: Mutex::new((0..n).map(|_| None).collect()),
         };
         for i in 0..n {
@@ -234,6 +249,14 @@ impl Cluster {
         }
         .args();
         args.extend(["--listen-metrics-urls".to_owned(), metrics]);
+        if let Some((heartbeat, election)) = self.timing {
+            args.extend([
+                "--heartbeat-interval".to_owned(),
+                heartbeat.to_string(),
+                "--election-timeout".to_owned(),
+                election.to_string(),
+            ]);
+        }
         if let Some(tls) = &self.tls {
             for (flag, path) in [
                 ("--cert-file", &tls.cert),
