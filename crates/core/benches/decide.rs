@@ -49,6 +49,7 @@ fn app(i: usize) -> App {
         env: BTreeMap::new(),
         workdir: None,
         checks: Vec::new(),
+        fencing: Default::default(),
         hook: None,
         restart: RestartPolicy::default(),
         replicas: 1,

@@ -666,6 +666,7 @@ fn app() -> App {
         env: BTreeMap::new(),
         workdir: None,
         checks: Vec::new(),
+        fencing: Default::default(),
         hook: None,
         restart: policy(),
         stop_timeout: Duration::from_secs(1),

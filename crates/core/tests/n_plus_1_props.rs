@@ -20,6 +20,7 @@ fn app(n: usize, replicas: u32, priorities: &[i64]) -> App {
         env: BTreeMap::new(),
         workdir: None,
         checks: Vec::new(),
+        fencing: Default::default(),
         hook: None,
         restart: RestartPolicy::default(),
         stop_timeout: Duration::from_secs(1),

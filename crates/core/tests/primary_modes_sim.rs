@@ -215,6 +215,7 @@ fn app_in(ha: HaMode, n: usize, priorities: &[i64]) -> App {
             failures_before_unhealthy: 2,
             successes_before_healthy: 1,
         }],
+        fencing: Default::default(),
         hook: (style(ha) == Style::Hooked).then(|| Hook::Command {
             command: vec!["hook".into()],
             timeout: HOOK_TIMEOUT,
@@ -253,13 +254,18 @@ fn topology(app: &App) -> Arc<Topology> {
             fence_margin: MARGIN,
             agent_port: 7400,
             failsafe: true,
+            ..Cluster::default()
         },
-        sites: vec![Site { name: "dc1".into() }],
+        sites: vec![Site {
+            name: "dc1".into(),
+            fence: None,
+        }],
         hosts: (0..app.instances.len())
             .map(|h| Host {
                 name: format!("h{h}"),
                 site: "dc1".into(),
                 address: address(h),
+                fence: None,
             })
             .collect(),
         apps: vec![app.clone()],

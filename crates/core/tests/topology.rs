@@ -51,18 +51,30 @@ fn full_file_parses_into_the_expected_model() {
             fence_margin: ms(1000),
             agent_port: 7500,
             failsafe: false,
+            ..Cluster::default()
         },
-        sites: vec![Site { name: "dc1".into() }, Site { name: "dc2".into() }],
+        sites: vec![
+            Site {
+                name: "dc1".into(),
+                fence: None,
+            },
+            Site {
+                name: "dc2".into(),
+                fence: None,
+            },
+        ],
         hosts: vec![
             Host {
                 name: "local".into(),
                 site: "dc1".into(),
                 address: "127.0.0.1".parse().unwrap(),
+                fence: None,
             },
             Host {
                 name: "remote".into(),
                 site: "dc2".into(),
                 address: "::1".parse().unwrap(),
+                fence: None,
             },
         ],
         apps: vec![
@@ -128,6 +140,7 @@ fn full_file_parses_into_the_expected_model() {
                     crashloop_after: 5,
                 },
                 stop_timeout: ms(2000),
+                fencing: Default::default(),
                 replicas: 2,
                 min_healthy: 2,
                 instances: vec![
@@ -149,6 +162,7 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
+                fencing: Default::default(),
                 replicas: 1,
                 min_healthy: 1,
                 instances: vec![instance("main", "local", 0, &[("pg", 5432)])],
@@ -166,6 +180,7 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
+                fencing: Default::default(),
                 replicas: 1,
                 min_healthy: 1,
                 instances: vec![instance("c1", "remote", 0, &[])],
@@ -224,6 +239,7 @@ host = "h1"
             fence_margin: ms(1000),
             agent_port: 7400,
             failsafe: true,
+            ..Cluster::default()
         }
     );
     let app = t.app("svc").unwrap();

@@ -203,6 +203,7 @@ mod tests {
             workdir: None,
             checks: Vec::new(),
             hook: None,
+            fencing: Default::default(),
             restart: RestartPolicy::default(),
             replicas: 1,
             min_healthy: 1,

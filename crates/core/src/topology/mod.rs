@@ -112,8 +112,8 @@ mod walk;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, parse_duration};
 pub use model::{
-    App, Cardinality, Check, CheckKind, Cluster, HOOK_SIGNALS, HaMode, Hook, Host, Instance, Link,
-    RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, hook_signal,
+    App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HOOK_SIGNALS, HaMode, Hook,
+    Host, Instance, Link, RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, hook_signal,
 };
 pub use placeholder::{expand, expand_all};
 pub use walk::is_valid_name;

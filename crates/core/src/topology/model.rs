@@ -61,6 +61,14 @@ impl Topology {
         self.sites.iter().find(|s| s.name == name)
     }
 
+    /// The fence device of host `name`: its own, else its site's.
+    pub fn fence_device(&self, name: &str) -> Option<&FenceDevice> {
+        let host = self.host(name)?;
+        host.fence
+            .as_ref()
+            .or_else(|| self.site(&host.site).and_then(|s| s.fence.as_ref()))
+    }
+
     /// Every instance placed on `host`, with its app, in file order (what one agent runs).
     pub fn instances_on<'a>(
         &'a self,
@@ -106,6 +114,18 @@ pub struct Cluster {
     /// promises to refuse that app's promotion meanwhile.
     #[serde(default = "Cluster::default_failsafe")]
     pub failsafe: bool,
+    /// How often every agent sends a heartbeat to every other agent, on
+    /// the agent port over UDP (default 2ms).
+    #[serde(
+        rename = "heartbeat_interval_ms",
+        with = "duration_ms",
+        default = "Cluster::default_heartbeat_interval"
+    )]
+    pub heartbeat_interval: Duration,
+    /// A host whose agent sent no heartbeat for this many intervals is
+    /// suspected (default 15: 30 ms with the default interval).
+    #[serde(default = "Cluster::default_missed_heartbeats")]
+    pub missed_heartbeats: u32,
 }
 
 impl Cluster {
@@ -125,6 +145,26 @@ impl Cluster {
     fn default_failsafe() -> bool {
         true
     }
+
+    /// Default `heartbeat_interval`.
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(2);
+    /// Default `missed_heartbeats`.
+    pub const DEFAULT_MISSED_HEARTBEATS: u32 = 15;
+
+    fn default_heartbeat_interval() -> Duration {
+        Self::DEFAULT_HEARTBEAT_INTERVAL
+    }
+
+    fn default_missed_heartbeats() -> u32 {
+        Self::DEFAULT_MISSED_HEARTBEATS
+    }
+
+    /// How long a host may stay silent before it is suspected:
+    /// `heartbeat_interval × missed_heartbeats`.
+    pub fn suspect_after(&self) -> Duration {
+        self.heartbeat_interval
+            .saturating_mul(self.missed_heartbeats)
+    }
 }
 
 impl Default for Cluster {
@@ -135,6 +175,8 @@ impl Default for Cluster {
             fence_margin: Self::DEFAULT_FENCE_MARGIN,
             agent_port: Self::DEFAULT_AGENT_PORT,
             failsafe: true,
+            heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
+            missed_heartbeats: Self::DEFAULT_MISSED_HEARTBEATS,
         }
     }
 }
@@ -144,6 +186,72 @@ impl Default for Cluster {
 pub struct Site {
     /// Unique site name.
     pub name: String,
+    /// The fence device of every host of the site that declares none of
+    /// its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceDevice>,
+}
+
+/// A fence device: a command that powers a host off or cuts it from the
+/// network (an IPMI call, a cloud API, a switch port), run by the
+/// controller. Exit status 0 confirms that the host can no longer act.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceDevice {
+    /// Program and arguments; `{host}`, `{address}` and `{site}` are
+    /// replaced by the fenced host's.
+    pub command: Vec<String>,
+    /// A run that takes longer is killed and counts as failed (default 5s).
+    #[serde(rename = "timeout_ms", with = "duration_ms")]
+    pub timeout: Duration,
+}
+
+impl FenceDevice {
+    /// Default `timeout`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The command for `host`, placeholders replaced.
+    pub fn command_for(&self, host: &Host) -> Vec<String> {
+        let address = host.address.to_string();
+        self.command
+            .iter()
+            .map(|a| {
+                a.replace("{host}", &host.name)
+                    .replace("{address}", &address)
+                    .replace("{site}", &host.site)
+            })
+            .collect()
+    }
+}
+
+/// How tandem knows that a deposed primary of an app can no longer act.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fencing {
+    /// Wait until its host's lease has expired (its agent stepped it down
+    /// before), unless a fence device confirmed the host is off.
+    #[default]
+    Lease,
+    /// Every action of the app's primary is checked downstream against
+    /// its epoch (tandem's fenced writer, or a service that refuses a lower
+    /// epoch): a suspected host's primary is replaced at once.
+    Token,
+}
+
+impl Fencing {
+    /// The spelling used in the topology file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fencing::Lease => "lease",
+            Fencing::Token => "token",
+        }
+    }
+
+    /// The HA modes whose primary `fencing = "token"` can fence: those with
+    /// one primary at a time holding an epoch, where a second instance
+    /// running for a while is allowed (not `singleton`, which promises
+    /// never to run two).
+    pub const TOKEN_MODES: [HaMode; 3] =
+        [HaMode::HotStandby, HaMode::WarmStandby, HaMode::ColdStandby];
 }
 
 /// A machine in a site, running one agent.
@@ -155,6 +263,9 @@ pub struct Host {
     pub site: String,
     /// The address other hosts and clients reach it at.
     pub address: IpAddr,
+    /// Its own fence device (else its site's, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceDevice>,
 }
 
 /// A component, made redundant by its HA mode.
@@ -174,6 +285,9 @@ pub struct App {
     pub checks: Vec<Check>,
     /// What the agent does to tell an instance its role changed.
     pub hook: Option<Hook>,
+    /// How a deposed primary is known to no longer act (default `lease`).
+    #[serde(default)]
+    pub fencing: Fencing,
     /// Restart backoff and crash-loop detection.
     pub restart: RestartPolicy,
     /// `n-plus-1`: how many instances run at once (default: all of them).

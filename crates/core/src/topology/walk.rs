@@ -16,8 +16,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
-    App, Cardinality, Check, CheckKind, Cluster, HaMode, Hook, Host, Instance, Link, RestartPolicy,
-    Site, Topology, hook_signal,
+    App, Cardinality, Check, CheckKind, Cluster, Fencing, HaMode, Hook, Host, Instance, Link,
+    RestartPolicy, Site, Topology, hook_signal,
 };
 
 /// A byte range in the topology text.
@@ -577,6 +577,7 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
         let name = tab.name(sink, "name", "site");
         sites.push(Site {
             name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+            fence: None,
         });
         facts.sites.push(name);
     }
@@ -694,6 +695,8 @@ fn walk_cluster(
         fence_margin: facts.fence_margin.value,
         agent_port,
         failsafe: tab.boolean(sink, "failsafe").or_default(d.failsafe).value,
+        heartbeat_interval: d.heartbeat_interval,
+        missed_heartbeats: d.missed_heartbeats,
     };
     (name, cluster)
 }
@@ -724,6 +727,7 @@ fn walk_host(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Host, HostFacts) {
         name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         site: site.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
         address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        fence: None,
     };
     (host, HostFacts { name, site })
 }
@@ -894,6 +898,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         workdir,
         checks,
         hook,
+        fencing: Fencing::Lease,
         restart,
         stop_timeout,
         instances,
