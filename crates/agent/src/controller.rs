@@ -60,9 +60,11 @@ pub async fn run_candidate(
     topology: Arc<Topology>,
     host: String,
     mut session: watch::Receiver<Option<LeaseId>>,
+    suspected: watch::Receiver<BTreeSet<String>>,
     metrics: Arc<ControllerMetrics>,
     cancel: CancellationToken,
 ) {
+    let _ = &suspected;
     loop {
         // Wait for a session.
         let lease = loop {

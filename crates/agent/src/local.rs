@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tandem_core::topology::Topology;
 use tandem_store::Store;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +74,13 @@ pub struct Local {
     candidates: CancellationToken,
     /// The controller candidates' metrics (whichever leads).
     controller_metrics: Arc<ControllerMetrics>,
+    /// The hosts this process's heartbeats suspect (see [`Suspects`]).
+    suspected: Suspects,
 }
+
+/// The hosts whose agents this process suspects to be lost (heartbeats
+/// missed, or their agent's connection closed), by name.
+pub type Suspects = watch::Receiver<BTreeSet<String>>;
 
 impl Local {
     /// Starts an agent and a controller candidate for each of `hosts`. Each
@@ -142,6 +149,9 @@ impl Local {
         }
         let candidates = cancel.child_token();
         let controller_metrics = Arc::new(ControllerMetrics::new());
+        // Heartbeats: none yet (no host is ever suspected).
+        let (suspected_tx, suspected) = watch::channel(BTreeSet::new());
+        std::mem::forget(suspected_tx);
         // The controller decides once every local agent holds its lease and
         // has published its instances (bounded), so that a first decision
         // does not place everything on whichever host reported first.
@@ -150,6 +160,7 @@ impl Local {
             let sessions = sessions.clone();
             let store = store.clone();
             let metrics = controller_metrics.clone();
+            let suspected = suspected.clone();
             async move {
                 let all_up = futures::future::join_all(sessions.iter().map(|(_, rx)| {
                     let mut rx = rx.clone();
@@ -161,7 +172,7 @@ impl Local {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::timeout(STARTUP_SETTLE, all_up) => {}
                 }
-                run_candidates(store, topology, sessions, metrics, cancel).await;
+                run_candidates(store, topology, sessions, suspected, metrics, cancel).await;
             }
         })];
         Ok(Local {
@@ -173,6 +184,7 @@ impl Local {
             sessions,
             candidates,
             controller_metrics,
+            suspected,
         })
     }
 
@@ -200,6 +212,7 @@ impl Local {
             self.store.clone(),
             topology,
             self.sessions.clone(),
+            self.suspected.clone(),
             self.controller_metrics.clone(),
             self.candidates.clone(),
         )));
@@ -231,6 +244,7 @@ async fn run_candidates(
     store: Arc<dyn Store>,
     topology: Arc<Topology>,
     sessions: Vec<(String, Session)>,
+    suspected: Suspects,
     metrics: Arc<ControllerMetrics>,
     cancel: CancellationToken,
 ) {
@@ -240,6 +254,7 @@ async fn run_candidates(
             topology.clone(),
             host,
             rx,
+            suspected.clone(),
             metrics.clone(),
             cancel.clone(),
         )
