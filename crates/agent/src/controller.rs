@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tandem_core::controller::{AppInput, awaits_first_reports, decide, status_events};
+use tandem_core::controller::{AppInput, HostsState, awaits_first_reports, decide, status_events};
 use tandem_core::model::{AppRoles, EventDraft, EventKind, InstanceStatus, Intent, keys};
 use tandem_core::topology::Topology;
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
@@ -625,6 +625,7 @@ impl Leader {
                 roles: &roles,
                 status,
                 intent,
+                hosts: HostsState::NONE,
             });
             if d.changed {
                 info!(

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tandem_core::controller::{AppInput, Style, decide, default_role, style};
+use tandem_core::controller::{AppInput, HostsState, Style, decide, default_role, style};
 use tandem_core::model::{AppRoles, EventKind, Health, InstanceStatus, ProcessState, Role};
 use tandem_core::topology::{App, HaMode, Instance, RestartPolicy};
 
@@ -111,6 +111,7 @@ impl Case {
             roles: &self.roles,
             status: &self.status,
             intent: None,
+            hosts: HostsState::NONE,
         }
     }
 }
@@ -133,6 +134,7 @@ fn steady() -> Vec<Case> {
                 roles: &fresh,
                 status: &status,
                 intent: None,
+                hosts: HostsState::NONE,
             });
             assert!(first.changed, "{}: {}", app.name, first.roles.reason);
             let roles = first.roles;

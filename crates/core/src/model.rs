@@ -354,6 +354,11 @@ pub enum CauseName {
     Switchover,
     /// The app had no primary.
     NoPrimary,
+    /// Its host is suspected lost (heartbeats), and the app's writes are
+    /// fenced by epoch (`fencing = "token"`).
+    HostSuspected,
+    /// Its host was fenced by its fence device.
+    HostFenced,
     /// A withdrawal whose cause is not known (stored by another version).
     #[serde(other)]
     Withdrawn,
@@ -361,7 +366,7 @@ pub enum CauseName {
 
 impl CauseName {
     /// Every name.
-    pub const ALL: [CauseName; 13] = [
+    pub const ALL: [CauseName; 15] = [
         CauseName::HostLost,
         CauseName::CrashLooping,
         CauseName::Starting,
@@ -374,6 +379,8 @@ impl CauseName {
         CauseName::Restarted,
         CauseName::Switchover,
         CauseName::NoPrimary,
+        CauseName::HostSuspected,
+        CauseName::HostFenced,
         CauseName::Withdrawn,
     ];
 
@@ -392,6 +399,8 @@ impl CauseName {
             CauseName::Restarted => "restarted",
             CauseName::Switchover => "switchover",
             CauseName::NoPrimary => "no_primary",
+            CauseName::HostSuspected => "host_suspected",
+            CauseName::HostFenced => "host_fenced",
             CauseName::Withdrawn => "withdrawn",
         }
     }

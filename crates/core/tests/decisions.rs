@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tandem_core::controller::{AppInput, decide, status_events};
+use tandem_core::controller::{AppInput, HostsState, decide, status_events};
 use tandem_core::instance::{
     Action, HookFailure, Input, InstanceMachine, InstanceSpec, KillReason, Note,
 };
@@ -924,6 +924,7 @@ fn controller_table() {
             roles: &c.roles,
             status: &c.status,
             intent: c.intent.as_ref(),
+            hosts: HostsState::NONE,
         });
         let primary = d.roles.primary.as_ref().map(|g| g.instance.as_str());
         let intent = d.intent.as_ref().map(|s| match s {
@@ -960,6 +961,7 @@ fn a_promotion_is_logged_with_its_reason_and_epoch() {
         roles: &held_by_a(),
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(d.changed);
     assert_eq!(d.roles.generation, 2);
@@ -977,6 +979,7 @@ fn an_unchanged_situation_writes_nothing() {
         roles: &AppRoles::default(),
         status: &statuses(&[("a", st(Role::Backup, Health::Healthy))]),
         intent: None,
+        hosts: HostsState::NONE,
     })
     .roles;
     let mut st_a = st(Role::Primary, Health::Healthy);
@@ -986,6 +989,7 @@ fn an_unchanged_situation_writes_nothing() {
         roles: &roles,
         status: &statuses(&[("a", st_a)]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(!again.changed);
     assert!(again.events.is_empty());
@@ -1004,6 +1008,7 @@ fn decided(
         roles,
         status,
         intent,
+        hosts: HostsState::NONE,
     })
     .roles
 }
@@ -1209,6 +1214,7 @@ fn controller_events_carry_the_name_of_their_reason() {
             roles: &(c.roles)(),
             status: &(c.status)(),
             intent: c.intent.as_ref(),
+            hosts: HostsState::NONE,
         });
         let got: Vec<_> = d.events.iter().map(|e| (e.kind, e.reason)).collect();
         if got != c.events {
@@ -1239,6 +1245,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         roles: &held_by_a(),
         status: &status,
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert_eq!(withdrawn.roles.cause, Some(CauseName::Unhealthy));
     // A decision that changes nothing keeps it.
@@ -1247,6 +1254,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         roles: &withdrawn.roles,
         status: &status,
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(!waiting.changed);
     assert_eq!(waiting.roles, withdrawn.roles);
@@ -1260,6 +1268,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         roles: &other_cause,
         status: &status,
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(!same.changed);
     assert_eq!(same.roles.cause, Some(CauseName::HostLost));
@@ -1272,6 +1281,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
             ("b", st(Role::Backup, Health::Healthy)),
         ]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert_eq!(promoted.roles.primary.map(|g| g.instance), Some("b".into()));
     assert_eq!(promoted.events[0].reason, Some("unhealthy"));
@@ -1408,6 +1418,7 @@ fn a_kill_by_tandem_reads_as_such_down_to_the_promotion() {
         roles: &held_by_a(),
         status: &statuses(&[("a", after), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     let promoted = &d.events[1];
     assert_eq!(
@@ -1449,6 +1460,7 @@ fn a_cold_spare_is_granted_its_next_start() {
         roles: &AppRoles::default(),
         status: &statuses(&[("a", idle()), ("b", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     let g = d.roles.primary.expect("a grant");
     assert_eq!((g.instance.as_str(), g.epoch, g.incarnation), ("a", 1, 1));
@@ -1479,6 +1491,7 @@ fn a_singleton_is_not_started_elsewhere_while_the_old_one_still_runs() {
         roles: &roles,
         status: &statuses(&[("a", st(Role::Primary, Health::Unhealthy)), ("b", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(d.roles.primary.is_none());
     assert_eq!(
@@ -1494,6 +1507,7 @@ fn a_singleton_is_not_started_elsewhere_while_the_old_one_still_runs() {
         roles: &d.roles,
         status: &statuses(&[("a", a_stopped), ("b", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     let g = d2.roles.primary.expect("b granted");
     assert_eq!((g.instance.as_str(), g.epoch, g.incarnation), ("b", 2, 1));
@@ -1511,6 +1525,7 @@ fn a_crash_looping_singleton_is_still_started_when_nothing_else_can_run() {
         roles: &AppRoles::default(),
         status: &statuses(&[("a", looping.clone()), ("b", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert_eq!(
         d.roles.primary.map(|g| g.instance),
@@ -1522,6 +1537,7 @@ fn a_crash_looping_singleton_is_still_started_when_nothing_else_can_run() {
         roles: &AppRoles::default(),
         status: &statuses(&[("a", looping)]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert_eq!(
         d.roles.primary.map(|g| g.instance),
@@ -1664,6 +1680,7 @@ fn n_plus_1_keeps_replicas_active_on_live_hosts() {
         roles: &AppRoles::default(),
         status: &statuses(&[("a", idle()), ("b", idle()), ("c", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     let active = |r: &AppRoles| {
         r.roles
@@ -1680,6 +1697,7 @@ fn n_plus_1_keeps_replicas_active_on_live_hosts() {
         roles: &d.roles,
         status: &statuses(&[("a", st(Role::Active, Health::Healthy)), ("c", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert_eq!(active(&d2.roles), ["a", "c"]);
     assert!(
@@ -1699,6 +1717,7 @@ fn n_plus_1_keeps_replicas_active_on_live_hosts() {
             ("c", st(Role::Active, Health::Healthy)),
         ]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(!d3.changed);
 }
@@ -1722,6 +1741,7 @@ fn maintenance_freezes_roles_until_turned_off() {
             ("b", st(Role::Backup, Health::Healthy)),
         ]),
         intent: maint(true).as_ref(),
+        hosts: HostsState::NONE,
     });
     assert!(d.roles.maintenance && d.changed);
     assert!(matches!(d.intent, Some(IntentState::Done { .. })));
@@ -1732,6 +1752,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         roles: &d.roles,
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert!(!frozen.changed);
     assert_eq!(
@@ -1752,6 +1773,7 @@ fn maintenance_freezes_roles_until_turned_off() {
             kind: IntentKind::Switchover { to: None },
             outcome: IntentState::Pending,
         }),
+        hosts: HostsState::NONE,
     });
     assert!(
         matches!(&refused.intent, Some(IntentState::Refused { reason }) if reason.contains("in maintenance"))
@@ -1762,6 +1784,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         roles: &d.roles,
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: maint(false).as_ref(),
+        hosts: HostsState::NONE,
     });
     assert!(!off.roles.maintenance);
     let after = decide(&AppInput {
@@ -1769,6 +1792,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         roles: &off.roles,
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     assert_eq!(after.roles.primary.map(|g| g.instance), Some("b".into()));
 }
@@ -1906,6 +1930,7 @@ fn n_plus_1_replacements_are_logged_with_the_name_of_their_reason() {
         roles: &AppRoles::default(),
         status: &statuses(&[("a", idle()), ("b", idle()), ("c", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     let looping = InstanceStatus {
         crash_looping: true,
@@ -1916,6 +1941,7 @@ fn n_plus_1_replacements_are_logged_with_the_name_of_their_reason() {
         roles: &first.roles,
         status: &statuses(&[("a", looping), ("c", idle())]),
         intent: None,
+        hosts: HostsState::NONE,
     });
     let got: Vec<_> = d.events.iter().map(|e| (e.kind, e.reason)).collect();
     assert_eq!(

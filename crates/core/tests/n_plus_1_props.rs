@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tandem_core::controller::{AppInput, decide};
+use tandem_core::controller::{AppInput, HostsState, decide};
 use tandem_core::model::{AppRoles, Health, InstanceStatus, ProcessState, Role};
 use tandem_core::topology::{App, HaMode, Instance, RestartPolicy};
 
@@ -101,7 +101,7 @@ proptest! {
                 .map(|i| (format!("i{i}"), status(looping[i])))
                 .collect();
             let before = roles.clone();
-            let d = decide(&AppInput { app: &app, roles: &roles, status: &statuses, intent: None });
+            let d = decide(&AppInput { app: &app, roles: &roles, status: &statuses, intent: None, hosts: HostsState::NONE });
             roles = d.roles;
             let active: Vec<usize> = (0..n)
                 .filter(|&i| roles.roles.get(&format!("i{i}")) == Some(&Role::Active))

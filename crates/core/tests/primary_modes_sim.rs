@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tandem_core::controller::{AppInput, Style, decide, style};
+use tandem_core::controller::{AppInput, HostsState, Style, decide, style};
 use tandem_core::host::{
     FailsafeAnswer, HostAction, HostConfig, HostInput, HostMachine, HostStep, LeaseInput, PeerAsk,
 };
@@ -758,6 +758,7 @@ impl World {
             roles: &self.roles,
             status: &status,
             intent: self.intent.as_ref(),
+            hosts: HostsState::NONE,
         });
         if let Some(state) = d.intent.clone()
             && let Some(intent) = &mut self.intent

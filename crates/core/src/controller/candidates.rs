@@ -3,17 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use super::{Style, Unfit, style};
+use super::{HostsState, Style, Unfit, style};
 use crate::model::{Health, InstanceStatus, PrimaryGrant, ProcessState};
 use crate::topology::App;
 
 /// Why an instance cannot keep or take the primary role, if it cannot.
-pub(super) fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Option<Unfit> {
+pub(super) fn unfit(
+    app: &App,
+    hosts: &HostsState,
+    id: &str,
+    status: Option<&InstanceStatus>,
+) -> Option<Unfit> {
     let Some(s) = status else {
         let host = app.instance(id).map(|i| i.host.as_str()).unwrap_or("?");
-        return Some(Unfit::HostLost {
-            host: host.to_string(),
-        });
+        return Some(hosts.absent(app, host));
     };
     if style(app.ha) == Style::OnGrant {
         return s.process.is_live().then_some(Unfit::AlreadyRunning);
@@ -38,6 +41,7 @@ pub(super) fn unfit(app: &App, id: &str, status: Option<&InstanceStatus>) -> Opt
 /// Whether the holder of `grant` still holds it well; `Some(why)` if not.
 pub(super) fn grant_broken(
     app: &App,
+    hosts: &HostsState,
     grant: &PrimaryGrant,
     s: Option<&InstanceStatus>,
 ) -> Option<Unfit> {
@@ -45,7 +49,7 @@ pub(super) fn grant_broken(
         return Some(Unfit::RemovedFromTopology);
     }
     let Some(st) = s else {
-        return unfit(app, &grant.instance, s);
+        return unfit(app, hosts, &grant.instance, s);
     };
     if st.session != grant.session {
         return Some(Unfit::SessionEnded {

@@ -20,13 +20,19 @@
 //! # Safety rules enforced here
 //!
 //! - At most one grant per app ([`AppRoles::primary`]), and a new grant is
-//!   made only when **no other instance may still act as primary**: the
-//!   holder of a withdrawn grant has confirmed it
+//!   made only when **no other instance may still act as primary, or every
+//!   action of one that may is fenced**: the holder of a withdrawn grant
+//!   has confirmed it
 //!   ([`SteppingDown::is_done`](crate::model::SteppingDown::is_done):
 //!   acknowledged, not running, or its host lease expired), and no other
-//!   instance reports acting (hooked modes) or running (on-grant modes). A
-//!   crashed primary is replaced at once; a live one is told to step down
-//!   first and replaced once it has.
+//!   instance reports acting (hooked modes) or running (on-grant modes) —
+//!   where an instance whose host a fence device confirmed off
+//!   ([`HostsState::fenced`]) does not count, nor, for an app whose every
+//!   action is checked downstream against its epoch (`fencing = "token"`),
+//!   one whose host is suspected lost ([`HostsState::suspected`]): the new
+//!   grant's higher epoch makes whatever it still does refused. A crashed
+//!   primary is replaced at once; a live one is told to step down first
+//!   and replaced once it has.
 //! - Every grant carries `epoch = previous epoch + 1`: epochs strictly
 //!   increase.
 //! - A grant names the incarnation and agent session it is for; a restarted
@@ -46,12 +52,13 @@
 //! `status_events` (events from status changes). What each mode means
 //! lives in [`crate::mode`].
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     AppRoles, EventDraft, Health, InstanceStatus, Intent, IntentState, ProcessState, Role,
 };
-use crate::topology::App;
+use crate::topology::{App, Fencing};
 
 pub use crate::mode::{Style, default_role, style};
 pub use reasons::{Cause, Unfit};
@@ -74,10 +81,72 @@ pub struct AppInput<'a> {
     pub roles: &'a AppRoles,
     /// Status of each instance whose agent reports one. An instance absent
     /// here is not running as far as anyone can tell: its host's lease has
-    /// expired (its agent fenced it) or its agent has not started.
+    /// expired (its agent fenced it) or its agent has not started. A status
+    /// that [`HostsState::discounts`] counts as absent too.
     pub status: &'a BTreeMap<String, InstanceStatus>,
     /// The app's intent, if any is recorded.
     pub intent: Option<&'a Intent>,
+    /// What is known of hosts beyond their leases ([`HostsState::NONE`]
+    /// when nothing is).
+    pub hosts: &'a HostsState,
+}
+
+/// What the controller knows of hosts beyond their leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostsState {
+    /// Hosts suspected lost: their agent's heartbeats stopped or its
+    /// connection closed. Their leases may still be valid, so what runs
+    /// there may still act.
+    pub suspected: BTreeSet<String>,
+    /// Hosts whose fence device confirmed them off or cut off, each with
+    /// the agent session (lease) it fenced: statuses of that session are
+    /// void; a later session is a host that came back.
+    pub fenced: BTreeMap<String, i64>,
+}
+
+impl HostsState {
+    /// Nothing known: every status counts until its lease expires.
+    pub const NONE: &'static HostsState = &HostsState {
+        suspected: BTreeSet::new(),
+        fenced: BTreeMap::new(),
+    };
+
+    /// Why the status `s` of an instance of `app` on `host` no longer
+    /// counts as a sign of life, if it does not: its host was fenced in
+    /// that session, or it is suspected and every action of the app's
+    /// primary is fenced by epoch.
+    pub fn discounts(&self, app: &App, host: &str, s: &InstanceStatus) -> Option<Unfit> {
+        if self.fenced.get(host) == Some(&s.session) {
+            Some(Unfit::HostFenced {
+                host: host.to_string(),
+            })
+        } else if token_fenced(app) && self.suspected.contains(host) {
+            Some(Unfit::HostSuspected {
+                host: host.to_string(),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Why an instance of `app` on `host` has no status.
+    pub fn absent(&self, app: &App, host: &str) -> Unfit {
+        let host = host.to_string();
+        if self.fenced.contains_key(&host) {
+            Unfit::HostFenced { host }
+        } else if token_fenced(app) && self.suspected.contains(&host) {
+            Unfit::HostSuspected { host }
+        } else {
+            Unfit::HostLost { host }
+        }
+    }
+}
+
+/// True if every action of `app`'s primary is checked downstream against
+/// its epoch, in a mode where that lets a replacement be promoted while
+/// the old primary may still run.
+pub fn token_fenced(app: &App) -> bool {
+    app.fencing == Fencing::Token && Fencing::TOKEN_MODES.contains(&app.ha)
 }
 
 /// What [`decide`] concluded.
@@ -111,6 +180,40 @@ pub fn awaits_first_reports(app: &App, status: &BTreeMap<String, InstanceStatus>
 
 /// Decides the roles of one app.
 pub fn decide(input: &AppInput<'_>) -> Decision {
+    match counted_status(input) {
+        Cow::Borrowed(_) => decide_counted(input),
+        Cow::Owned(status) => decide_counted(&AppInput {
+            status: &status,
+            ..*input
+        }),
+    }
+}
+
+/// The statuses that count as signs of life: without those
+/// [`HostsState::discounts`].
+fn counted_status<'s>(input: &AppInput<'s>) -> Cow<'s, BTreeMap<String, InstanceStatus>> {
+    let (app, hosts) = (input.app, input.hosts);
+    if hosts.suspected.is_empty() && hosts.fenced.is_empty() {
+        return Cow::Borrowed(input.status);
+    }
+    let void = |id: &str, s: &InstanceStatus| {
+        app.instance(id)
+            .is_some_and(|i| hosts.discounts(app, &i.host, s).is_some())
+    };
+    if !input.status.iter().any(|(id, s)| void(id, s)) {
+        return Cow::Borrowed(input.status);
+    }
+    Cow::Owned(
+        input
+            .status
+            .iter()
+            .filter(|(id, s)| !void(id, s))
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect(),
+    )
+}
+
+fn decide_counted(input: &AppInput<'_>) -> Decision {
     if let Some(d) = maintenance::maintenance(input) {
         return d;
     }

@@ -14,6 +14,18 @@ pub enum Unfit {
         /// The instance's host.
         host: String,
     },
+    /// Its host is suspected lost (its heartbeats stopped or its agent's
+    /// connection closed) and the app is `fencing = "token"`: whatever it
+    /// may still do is refused downstream once a higher epoch exists.
+    HostSuspected {
+        /// The instance's host.
+        host: String,
+    },
+    /// Its host's fence device confirmed the host is off or cut off.
+    HostFenced {
+        /// The instance's host.
+        host: String,
+    },
     /// Quick exits in a row.
     CrashLooping,
     /// Being started.
@@ -60,6 +72,8 @@ impl Unfit {
     pub fn cause_name(&self) -> CauseName {
         match self {
             Unfit::HostLost { .. } => CauseName::HostLost,
+            Unfit::HostSuspected { .. } => CauseName::HostSuspected,
+            Unfit::HostFenced { .. } => CauseName::HostFenced,
             Unfit::CrashLooping => CauseName::CrashLooping,
             Unfit::Starting => CauseName::Starting,
             Unfit::NotRunning { .. } => CauseName::NotRunning,
@@ -78,6 +92,13 @@ impl fmt::Display for Unfit {
         match self {
             Unfit::HostLost { host } => {
                 write!(f, "host {host} lost (no status: its lease expired)")
+            }
+            Unfit::HostSuspected { host } => write!(
+                f,
+                "host {host} suspected lost (heartbeats); its writes are fenced by epoch (fencing = \"token\")"
+            ),
+            Unfit::HostFenced { host } => {
+                write!(f, "host {host} fenced by its fence device")
             }
             Unfit::CrashLooping => f.write_str("crash-looping"),
             Unfit::Starting => f.write_str("starting"),

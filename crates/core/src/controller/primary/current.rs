@@ -14,7 +14,12 @@ impl Pass<'_, '_> {
         let Some(grant) = &self.next.primary else {
             return;
         };
-        let Some(why) = grant_broken(input.app, grant, input.status.get(&grant.instance)) else {
+        let Some(why) = grant_broken(
+            input.app,
+            input.hosts,
+            grant,
+            input.status.get(&grant.instance),
+        ) else {
             return;
         };
         let grant = grant.clone();

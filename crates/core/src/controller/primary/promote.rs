@@ -54,7 +54,7 @@ impl<'a> Pass<'_, 'a> {
                 Some((sw.to, s, cause))
             }
             None => {
-                let why = unfit(app, &sw.to, status.get(&sw.to))
+                let why = unfit(app, self.input.hosts, &sw.to, status.get(&sw.to))
                     .map_or_else(|| "not eligible".to_string(), |u| u.to_string());
                 self.intent = Some(IntentState::Refused {
                     reason: format!(
@@ -130,7 +130,7 @@ impl<'a> Pass<'_, 'a> {
             .instances
             .iter()
             .map(|i| {
-                let why = unfit(app, &i.id, input.status.get(&i.id))
+                let why = unfit(app, input.hosts, &i.id, input.status.get(&i.id))
                     .map_or_else(|| "fit".to_string(), |u| u.to_string());
                 format!("{}: {why}", i.id)
             })

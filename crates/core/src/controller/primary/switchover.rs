@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::Pass;
 use crate::controller::candidates::{best_candidate, unfit};
-use crate::controller::pending;
+use crate::controller::{HostsState, pending};
 use crate::model::{
     AppRoles, CauseName, EventDraft, EventKind, InstanceStatus, IntentKind, IntentState,
     PendingSwitchover,
@@ -24,7 +24,13 @@ impl Pass<'_, '_> {
         let IntentKind::Switchover { to } = &intent.kind else {
             return;
         };
-        match plan_switchover(input.app, &self.next, input.status, to.as_deref()) {
+        match plan_switchover(
+            input.app,
+            input.hosts,
+            &self.next,
+            input.status,
+            to.as_deref(),
+        ) {
             Ok((from, target)) => {
                 self.withdraw();
                 self.next.switchover = Some(PendingSwitchover {
@@ -68,6 +74,7 @@ impl Pass<'_, '_> {
 /// Checks a switchover request; returns (current primary, target).
 fn plan_switchover(
     app: &App,
+    hosts: &HostsState,
     roles: &AppRoles,
     status: &BTreeMap<String, InstanceStatus>,
     to: Option<&str>,
@@ -94,7 +101,7 @@ fn plan_switchover(
             if t == from {
                 return Err(format!("{name}/{t} is already the primary"));
             }
-            if let Some(why) = unfit(app, t, status.get(t)) {
+            if let Some(why) = unfit(app, hosts, t, status.get(t)) {
                 return Err(format!("target {name}/{t} is not fit to be primary: {why}"));
             }
             t.to_string()
