@@ -501,6 +501,8 @@ pub enum EventKind {
     Controller,
     /// Maintenance of an app began or ended.
     Maintenance,
+    /// A fence device was run, confirmed or failed.
+    Fence,
 }
 
 impl EventKind {
@@ -521,6 +523,7 @@ impl EventKind {
             EventKind::Intent => "intent",
             EventKind::Controller => "controller",
             EventKind::Maintenance => "maintenance",
+            EventKind::Fence => "fence",
         }
     }
 }

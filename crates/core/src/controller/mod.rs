@@ -65,6 +65,7 @@ pub use reasons::{Cause, Unfit};
 pub use status_events::status_events;
 
 mod candidates;
+pub mod fence;
 mod maintenance;
 mod n_plus_1;
 mod primary;
