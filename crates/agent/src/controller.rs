@@ -19,8 +19,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use tandem_core::controller::fence::{FenceAction, FenceBook, FenceInput};
 use tandem_core::controller::{AppInput, HostsState, awaits_first_reports, decide, status_events};
-use tandem_core::model::{AppRoles, EventDraft, EventKind, InstanceStatus, Intent, keys};
+use tandem_core::model::{
+    AppRoles, EventDraft, EventKind, FenceIntent, InstanceStatus, Intent, IntentState, keys,
+};
 use tandem_core::topology::Topology;
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{
@@ -28,7 +31,7 @@ use tandem_store::{
     WatchEvent,
 };
 use tandem_telemetry::controller::{ControllerEvent, ControllerMetrics};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -64,7 +67,7 @@ pub async fn run_candidate(
     metrics: Arc<ControllerMetrics>,
     cancel: CancellationToken,
 ) {
-    let _ = &suspected;
+    let mut suspected = suspected;
     loop {
         // Wait for a session.
         let lease = loop {
@@ -129,7 +132,9 @@ pub async fn run_candidate(
                 key_revision,
                 metrics.clone(),
             );
-            leader.lead(lease, &mut session, &cancel).await;
+            leader
+                .lead(lease, &mut session, &mut suspected, &cancel)
+                .await;
             metrics.emit(ControllerEvent::Deposed {
                 why: "its session ended, its key changed hands, or it was stopped",
             });
@@ -149,8 +154,27 @@ pub async fn run_candidate(
             Ok(r) if r.succeeded => {}
             Ok(r) => {
                 let held = existing.as_ref().map(|kv| kv.mod_revision);
+                let holder = existing
+                    .as_ref()
+                    .and_then(|kv| serde_json::from_slice::<ControllerRecord>(&kv.value).ok())
+                    .map(|rec| rec.host);
                 debug!(host = %host, "controller elsewhere; watching");
-                wait_for_vacancy(&store, r.revision + 1, held, &mut session, lease, &cancel).await;
+                let vacancy = wait_for_vacancy(
+                    &store,
+                    r.revision + 1,
+                    held,
+                    holder.as_deref(),
+                    &mut suspected,
+                    &mut session,
+                    lease,
+                    &cancel,
+                )
+                .await;
+                if let (Vacancy::HolderSuspected, Some(held), Some(holder)) =
+                    (vacancy, held, holder)
+                {
+                    take_over(&store, &host, lease, held, &holder).await;
+                }
             }
             Err(e) => {
                 warn!(error = %e, "campaign failed");
@@ -163,17 +187,35 @@ pub async fn run_candidate(
     }
 }
 
-/// Waits until the controller key is deleted (or our session changes).
+/// Why [`wait_for_vacancy`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vacancy {
+    /// Campaign again: the key was deleted, the watch broke, or our session
+    /// changed.
+    Campaign,
+    /// The heartbeats suspect the holder's host: take the key over.
+    HolderSuspected,
+}
+
+/// Waits until the controller key is deleted (or our session changes), or
+/// until the heartbeats suspect the holder's host.
+#[allow(clippy::too_many_arguments)]
 async fn wait_for_vacancy(
     store: &Arc<dyn Store>,
     from: Revision,
     held: Option<Revision>,
+    holder: Option<&str>,
+    suspected: &mut watch::Receiver<BTreeSet<String>>,
     session: &mut watch::Receiver<Option<LeaseId>>,
     lease: LeaseId,
     cancel: &CancellationToken,
-) {
+) -> Vacancy {
     if held.is_none() {
-        return;
+        return Vacancy::Campaign;
+    }
+    let holder_suspected = |s: &BTreeSet<String>| holder.is_some_and(|h| s.contains(h));
+    if holder_suspected(&suspected.borrow_and_update()) {
+        return Vacancy::HolderSuspected;
     }
     let mut key = follow(
         store.clone(),
@@ -183,20 +225,62 @@ async fn wait_for_vacancy(
     );
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Vacancy::Campaign,
             r = session.changed() => {
-                if r.is_err() || *session.borrow() != Some(lease) { return; }
+                if r.is_err() || *session.borrow() != Some(lease) { return Vacancy::Campaign; }
+            }
+            r = suspected.changed() => {
+                if r.is_ok() && holder_suspected(&suspected.borrow_and_update()) {
+                    return Vacancy::HolderSuspected;
+                }
             }
             item = key.next() => match item {
-                FollowItem::Change(ev) if ev.kv.key == keys::CONTROLLER && ev.kind == StoreEventKind::Delete => return,
+                FollowItem::Change(ev) if ev.kv.key == keys::CONTROLLER && ev.kind == StoreEventKind::Delete => return Vacancy::Campaign,
                 FollowItem::Change(_) => {}
                 // Campaign again: the campaign reads the key as it is.
                 FollowItem::Snapshot(_) | FollowItem::Interrupted(_) => {
                     tokio::time::sleep(RETRY_DELAY).await;
-                    return;
+                    return Vacancy::Campaign;
                 }
             }
         }
+    }
+}
+
+/// Replaces the controller key held (at revision `held`) by the agent of
+/// `holder`, a suspected host, with ours. Safe even if that agent still
+/// runs: every write of a leader is guarded by its key's revision, so the
+/// deposed one writes nothing from now on. The caller campaigns next and
+/// finds the key its own.
+async fn take_over(
+    store: &Arc<dyn Store>,
+    host: &str,
+    lease: LeaseId,
+    held: Revision,
+    holder: &str,
+) {
+    let record = ControllerRecord {
+        host: host.to_string(),
+        lease,
+    };
+    let Ok(value) = serde_json::to_vec(&record) else {
+        return;
+    };
+    let txn = Txn {
+        compares: vec![Compare::ModRevision(keys::CONTROLLER.into(), held)],
+        success: vec![Op::Put {
+            key: keys::CONTROLLER.into(),
+            value,
+            lease: Some(lease),
+        }],
+        failure: vec![],
+    };
+    match store.txn(txn).await {
+        Ok(r) if r.succeeded => {
+            warn!(host = %host, from = %holder, "took the controller role over from a suspected host");
+        }
+        Ok(_) => debug!(host = %host, "the controller key changed before the takeover"),
+        Err(e) => warn!(error = %e, "controller takeover failed"),
     }
 }
 
@@ -224,6 +308,22 @@ struct Leader {
     /// to report before its first decision.
     first_decision_by: tokio::time::Instant,
     metrics: Arc<ControllerMetrics>,
+    /// What is known of hosts beyond their leases: suspicions from
+    /// heartbeats, confirmations from fence devices.
+    hosts: HostsState,
+    /// The lease each host's agent holds (from its host record).
+    host_leases: BTreeMap<String, LeaseId>,
+    /// Fence devices run, running or to run again.
+    fences: FenceBook,
+    /// Where device runs report their end.
+    fence_done: (
+        mpsc::UnboundedSender<FenceInput>,
+        mpsc::UnboundedReceiver<FenceInput>,
+    ),
+    /// Operators' fence requests, with their revision.
+    fence_intents: HashMap<String, (FenceIntent, Revision)>,
+    /// The origin of the fence book's clock.
+    origin: std::time::Instant,
 }
 
 /// Events not about one app are kept under this name.
@@ -252,6 +352,12 @@ impl Leader {
             deposed: false,
             first_decision_by: tokio::time::Instant::now(),
             metrics,
+            hosts: HostsState::default(),
+            host_leases: BTreeMap::new(),
+            fences: FenceBook::default(),
+            fence_done: mpsc::unbounded_channel(),
+            fence_intents: HashMap::new(),
+            origin: std::time::Instant::now(),
         }
     }
 
@@ -259,6 +365,7 @@ impl Leader {
         &mut self,
         lease: LeaseId,
         session: &mut watch::Receiver<Option<LeaseId>>,
+        suspected: &mut watch::Receiver<BTreeSet<String>>,
         cancel: &CancellationToken,
     ) {
         let listing = loop {
@@ -315,6 +422,8 @@ impl Leader {
         )
         .retry_delay(RETRY_DELAY, RETRY_DELAY);
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let now_suspected = suspected.borrow_and_update().clone();
+        self.suspicions(now_suspected);
         loop {
             if self.deposed {
                 return;
@@ -328,10 +437,14 @@ impl Leader {
                     return;
                 }
             }
-            let wake = match (retry_at, self.pending_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let fence_at = self
+                .fences
+                .next_deadline()
+                .map(|d| tokio::time::Instant::from_std(self.origin + d));
+            let wake = [retry_at, self.pending_deadline(), fence_at]
+                .into_iter()
+                .flatten()
+                .min();
             let retry = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -345,7 +458,17 @@ impl Leader {
                         return;
                     }
                 }
-                _ = retry => retry_at = None,
+                _ = retry => {
+                    retry_at = None;
+                    self.fence(FenceInput::Tick);
+                }
+                r = suspected.changed() => {
+                    if r.is_ok() {
+                        let now = suspected.borrow_and_update().clone();
+                        self.suspicions(now);
+                    }
+                }
+                Some(done) = self.fence_done.1.recv() => self.fence(done),
                 item = changes.next() => {
                     let mut item = Some(item);
                     // Take every change already delivered before deciding.
@@ -461,9 +584,56 @@ impl Leader {
                 self.intents.remove(app);
             }
             self.dirty.insert(app.to_string());
-        } else if let Some(host) = key.strip_prefix(keys::HOSTS)
-            && live
-        {
+        } else if let Some(host) = key.strip_prefix(keys::FENCE_INTENTS) {
+            if !put {
+                self.fence_intents.remove(host);
+                return;
+            }
+            match serde_json::from_slice::<FenceIntent>(&ev.kv.value) {
+                Ok(i) if i.host == host => {
+                    let pending = i.outcome == IntentState::Pending;
+                    let id = i.id.clone();
+                    self.fence_intents
+                        .insert(host.to_string(), (i, ev.kv.mod_revision));
+                    if pending {
+                        let device = self.topology.fence_device(host).is_some();
+                        let lease = self.host_leases.get(host).copied();
+                        self.fence(FenceInput::Asked {
+                            host: host.to_string(),
+                            lease,
+                            device,
+                            intent: id,
+                        });
+                    }
+                }
+                Ok(_) => warn!(key, "fence request names another host"),
+                Err(e) => warn!(key, error = %e, "unreadable fence request"),
+            }
+        } else if let Some(host) = key.strip_prefix(keys::HOSTS) {
+            let before = self.host_leases.get(host).copied();
+            let now = if put { ev.kv.lease } else { None };
+            match now {
+                Some(l) => self.host_leases.insert(host.to_string(), l),
+                None => self.host_leases.remove(host),
+            };
+            if let Some(old) = before.filter(|old| Some(*old) != now) {
+                self.fence(FenceInput::LeaseEnded {
+                    host: host.to_string(),
+                    lease: old,
+                });
+            }
+            if now.is_some() && before != now && self.hosts.suspected.contains(host) {
+                // A suspected host whose agent began a new session.
+                let device = self.topology.fence_device(host).is_some();
+                self.fence(FenceInput::Suspected {
+                    host: host.to_string(),
+                    lease: now,
+                    device,
+                });
+            }
+            if !live {
+                return;
+            }
             let message = if put && ev.kv.version == 1 {
                 format!("host {host} joined (its agent holds a lease)")
             } else if put {
@@ -484,6 +654,202 @@ impl Leader {
                 });
             self.dirty.insert(NO_APP.into());
         }
+    }
+
+    /// Takes the heartbeats' suspicions: records the change, marks the
+    /// apps with instances on the hosts concerned for a decision, and
+    /// starts fence devices.
+    fn suspicions(&mut self, now: BTreeSet<String>) {
+        let known = |h: &String| self.topology.host(h).is_some();
+        let now: BTreeSet<String> = now.into_iter().filter(known).collect();
+        let added: Vec<String> = now.difference(&self.hosts.suspected).cloned().collect();
+        let removed: Vec<String> = self.hosts.suspected.difference(&now).cloned().collect();
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        self.hosts.suspected = now;
+        for (host, suspected) in added
+            .iter()
+            .map(|h| (h, true))
+            .chain(removed.iter().map(|h| (h, false)))
+        {
+            let device = self.topology.fence_device(host).is_some();
+            let tokens: Vec<&str> = self
+                .topology
+                .instances_on(host)
+                .filter(|(a, _)| tandem_core::controller::token_fenced(a))
+                .map(|(a, _)| a.name.as_str())
+                .collect();
+            let message = if suspected {
+                let mut m = format!("host {host} suspected lost (its heartbeats stopped)");
+                if device {
+                    m.push_str("; running its fence device");
+                }
+                if !tokens.is_empty() {
+                    m.push_str(&format!(
+                        "; token-fenced apps fail over at once: {}",
+                        tokens.join(", ")
+                    ));
+                }
+                m
+            } else {
+                format!("host {host} answers again (heartbeats resumed)")
+            };
+            if suspected {
+                warn!(host = %host, "{message}");
+            } else {
+                info!(host = %host, "{message}");
+            }
+            self.pending
+                .entry(NO_APP.into())
+                .or_default()
+                .push(EventDraft {
+                    kind: EventKind::Host,
+                    app: None,
+                    instance: None,
+                    epoch: None,
+                    message,
+                    reason: Some(if suspected {
+                        "host_suspected"
+                    } else {
+                        "host_cleared"
+                    }),
+                });
+            self.dirty.insert(NO_APP.into());
+            for (app, _) in self.topology.instances_on(host) {
+                self.dirty.insert(app.name.clone());
+            }
+            let input = if suspected {
+                FenceInput::Suspected {
+                    host: host.clone(),
+                    lease: self.host_leases.get(host).copied(),
+                    device,
+                }
+            } else {
+                FenceInput::Cleared { host: host.clone() }
+            };
+            self.fence(input);
+        }
+    }
+
+    /// Feeds the fence book and carries out what it returns.
+    fn fence(&mut self, input: FenceInput) {
+        let mut actions = Vec::new();
+        let now = self.origin.elapsed();
+        self.fences.handle(input, now, &mut actions);
+        let fenced = self.fences.fenced();
+        if fenced != self.hosts.fenced {
+            for host in fenced.keys().chain(self.hosts.fenced.keys()) {
+                for (app, _) in self.topology.instances_on(host) {
+                    self.dirty.insert(app.name.clone());
+                }
+            }
+            self.hosts.fenced = fenced;
+        }
+        for action in actions {
+            match action {
+                FenceAction::Run {
+                    host,
+                    lease,
+                    attempt,
+                } => self.run_device(host, lease, attempt),
+                FenceAction::Revoke { host, lease } => {
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        match store.revoke_lease(lease).await {
+                            Ok(()) => info!(host = %host, lease, "fenced host's lease revoked"),
+                            Err(e) => {
+                                warn!(host = %host, lease, error = %e, "cannot revoke the fenced host's lease; it ends with its TTL")
+                            }
+                        }
+                    });
+                }
+                FenceAction::Event(draft) => {
+                    match draft.reason {
+                        Some("fence_failed") => warn!("{}", draft.message),
+                        _ => info!("{}", draft.message),
+                    }
+                    self.pending.entry(NO_APP.into()).or_default().push(draft);
+                    self.dirty.insert(NO_APP.into());
+                }
+                FenceAction::Answer {
+                    host,
+                    intent,
+                    outcome,
+                } => self.answer_fence(host, intent, outcome),
+            }
+        }
+    }
+
+    /// Runs `host`'s fence device in the background; its end comes back as
+    /// [`FenceInput::Exited`].
+    fn run_device(&self, host: String, lease: LeaseId, attempt: u32) {
+        let (Some(device), Some(h)) =
+            (self.topology.fence_device(&host), self.topology.host(&host))
+        else {
+            return;
+        };
+        let argv = device.command_for(h);
+        let timeout = device.timeout;
+        let done = self.fence_done.0.clone();
+        info!(host = %host, attempt, command = ?argv, "running the fence device");
+        tokio::spawn(async move {
+            let env = vec![
+                ("TANDEM_FENCE_HOST".to_string(), host.clone()),
+                ("TANDEM_FENCE_ATTEMPT".to_string(), attempt.to_string()),
+            ];
+            let result = async {
+                let mut child = crate::process::spawn_helper(argv, env)
+                    .await
+                    .map_err(|e| format!("cannot run it: {e}"))?;
+                match tokio::time::timeout(timeout, child.wait()).await {
+                    Err(_) => Err(format!(
+                        "timed out after {} ms (killed)",
+                        timeout.as_millis()
+                    )),
+                    Ok(Err(e)) => Err(format!("cannot wait for it: {e}")),
+                    Ok(Ok(status)) if status.success() => Ok(()),
+                    Ok(Ok(status)) => Err(crate::process::describe_exit(status)),
+                }
+            }
+            .await;
+            let _ = done.send(FenceInput::Exited {
+                host,
+                lease,
+                result,
+            });
+        });
+    }
+
+    /// Writes the outcome of an operator's fence request (guarded by the
+    /// controller key and the request as read).
+    fn answer_fence(&mut self, host: String, intent: String, outcome: IntentState) {
+        let Some((request, rev)) = self.fence_intents.get(&host).cloned() else {
+            return;
+        };
+        if request.id != intent {
+            return;
+        }
+        let mut updated = request;
+        updated.outcome = outcome;
+        let Ok(value) = to_json(&updated) else {
+            return;
+        };
+        let key = keys::fence_intent(&host);
+        let txn = Txn {
+            compares: vec![
+                Compare::ModRevision(keys::CONTROLLER.into(), self.key_revision),
+                Compare::ModRevision(key.clone(), rev),
+            ],
+            success: vec![Op::put(key, value)],
+            failure: vec![],
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.txn(txn).await {
+                warn!(host = %host, error = %e, "cannot record the fence request's outcome");
+            }
+        });
     }
 
     /// True while `app` was never decided and core says it should await
@@ -625,7 +991,7 @@ impl Leader {
                 roles: &roles,
                 status,
                 intent,
-                hosts: HostsState::NONE,
+                hosts: &self.hosts,
             });
             if d.changed {
                 info!(

@@ -470,6 +470,18 @@ pub struct Intent {
     pub outcome: IntentState,
 }
 
+/// An operator's request to fence a host with its fence device, recorded
+/// at `fence-intents/{host}` and resolved by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceIntent {
+    /// Unique id, chosen by whoever records it.
+    pub id: String,
+    /// The host to fence.
+    pub host: String,
+    /// Where it stands.
+    pub outcome: IntentState,
+}
+
 /// Kinds of events in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -655,6 +667,13 @@ pub mod keys {
     pub const INTENTS: &str = "/tandem/intents/";
     /// Prefix of the event log.
     pub const EVENTS: &str = "/tandem/events/";
+    /// Prefix of operators' requests to fence a host.
+    pub const FENCE_INTENTS: &str = "/tandem/fence-intents/";
+
+    /// `fence-intents/{host}`.
+    pub fn fence_intent(host: &str) -> String {
+        format!("{FENCE_INTENTS}{host}")
+    }
 
     /// `hosts/{host}`.
     pub fn host(host: &str) -> String {
