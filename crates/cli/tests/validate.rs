@@ -104,6 +104,78 @@ fn each_invalid_topology_is_rejected_at_its_line_and_column() {
             "10:6",
             "at least two instances",
         ),
+        (
+            "unknown fencing",
+            "[apps.x]\nha = \"cold-standby\"\ncommand = [\"run\"]\nfencing = \"tokn\"\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n",
+            "12:11",
+            "unknown fencing \"tokn\" in app \"x\" (expected one of: lease, token) (did you mean \"token\"?)",
+        ),
+        (
+            "token fencing on a singleton",
+            "[apps.x]\nha = \"singleton\"\ncommand = [\"run\"]\nfencing = \"token\"\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n",
+            "12:11",
+            "app \"x\": fencing = \"token\" needs ha mode hot-standby, warm-standby or cold-standby, not \"singleton\": a singleton promises never to run two instances at once",
+        ),
+        (
+            "token fencing on a pool",
+            "[apps.x]\nha = \"pool\"\ncommand = [\"run\"]\nfencing = \"token\"\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n",
+            "12:11",
+            "not \"pool\": it has no primary and no epoch",
+        ),
+        (
+            "one missed heartbeat",
+            "[cluster]\nmissed_heartbeats = 1\n",
+            "10:21",
+            "\"missed_heartbeats\" in [cluster] must be at least 2, found 1: one lost heartbeat must never make a host suspected",
+        ),
+        (
+            "too many missed heartbeats",
+            "[cluster]\nheartbeat_interval = \"1ms\"\nmissed_heartbeats = 20000\n",
+            "11:21",
+            "\"missed_heartbeats\" in [cluster] must be at most 10000, found 20000",
+        ),
+        (
+            "zero heartbeat interval",
+            "[cluster]\nheartbeat_interval = \"0ms\"\n",
+            "10:22",
+            "bad duration \"0ms\"",
+        ),
+        (
+            "heartbeats slower than the lease",
+            "[cluster]\nheartbeat_interval = \"1s\"\nmissed_heartbeats = 3\n",
+            "10:22",
+            "heartbeat_interval (1s) × missed_heartbeats (3) = 3s must be less than lease_ttl (3s) − renew_interval (500ms) = 2500ms in [cluster]",
+        ),
+        (
+            "fence without command",
+            "[hosts.fence]\ntimeout = \"1s\"\n",
+            "9:1",
+            "missing key \"command\" in fence device of host \"local\"",
+        ),
+        (
+            "empty fence command",
+            "[hosts.fence]\ncommand = []\n",
+            "10:11",
+            "empty command in fence device of host \"local\"",
+        ),
+        (
+            "unknown key in fence",
+            "[hosts.fence]\ncommand = [\"/bin/sh\"]\nkind = \"ipmi\"\n",
+            "11:1",
+            "unknown key \"kind\" in fence device of host \"local\" (expected one of: command, timeout)",
+        ),
+        (
+            "unknown placeholder in fence command",
+            "[hosts.fence]\ncommand = [\"/bin/sh\", \"{app}\"]\n",
+            "10:24",
+            "unknown placeholder \"{app}\" in the fence command of host \"local\" (expected one of: {host}, {address}, {site}",
+        ),
+        (
+            "zero fence timeout",
+            "[hosts.fence]\ncommand = [\"/bin/sh\"]\ntimeout = \"0s\"\n",
+            "11:11",
+            "bad duration \"0s\"",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, body, at, part) in cases {
@@ -155,4 +227,81 @@ fn tandem_up_refuses_an_invalid_topology_and_starts_nothing() {
         !dir.path().join("bad.tandem").exists(),
         "a data directory was created"
     );
+}
+
+/// `tandem validate` run in `cwd` with `$PATH` set to `path` only.
+fn validate_in(cwd: &std::path::Path, path: &std::path::Path, text: &str) -> (i32, String) {
+    let file = cwd.join("t.toml");
+    std::fs::write(&file, text).expect("write");
+    let out = Command::new(common::tandem())
+        .arg("validate")
+        .arg("t.toml")
+        .current_dir(cwd)
+        .env("PATH", path)
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn fence_program_must_be_executable_by_path_or_on_the_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canonical temp dir");
+    let bin = root.join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    for (path, mode) in [
+        (root.join("fence-plain"), 0o644),
+        (root.join("fence-ok"), 0o755),
+        (bin.join("fence-on-path"), 0o755),
+        (bin.join("fence-plain-on-path"), 0o600),
+    ] {
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let topology =
+        |program: &str| format!("{HEAD}fence = {{ command = [\"{program}\", \"{{address}}\"] }}\n");
+    let r = root.display();
+    let b = bin.display();
+    let refused = [
+        (
+            "./fence-plain",
+            format!(
+                "t.toml:8:22: fence program \"./fence-plain\" of host \"local\": not executable (mode 0644): {r}/fence-plain"
+            ),
+        ),
+        (
+            "./missing/fence",
+            format!(
+                "t.toml:8:22: fence program \"./missing/fence\" of host \"local\": not found: {r}/missing/fence"
+            ),
+        ),
+        (
+            "bin/",
+            format!("t.toml:8:22: fence program \"bin/\" of host \"local\": not a file: {r}/bin"),
+        ),
+        (
+            "fence-plain-on-path",
+            format!(
+                "t.toml:8:22: fence program \"fence-plain-on-path\" of host \"local\": not executable (mode 0600): found on $PATH as {b}/fence-plain-on-path, with no executable match"
+            ),
+        ),
+        (
+            "fence-ok",
+            "t.toml:8:22: fence program \"fence-ok\" of host \"local\": not found on $PATH"
+                .to_string(),
+        ),
+    ];
+    for (program, want) in refused {
+        let (code, stdout) = validate_in(&root, &bin, &topology(program));
+        assert_eq!(code, 1, "{program}: {stdout}");
+        assert_eq!(stdout.lines().next(), Some(want.as_str()), "{program}");
+    }
+    for program in ["./fence-ok", "bin/../fence-ok", "fence-on-path"] {
+        let (code, stdout) = validate_in(&root, &bin, &topology(program));
+        assert_eq!(code, 0, "{program}: {stdout}");
+    }
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tandem_core::topology::{
-    App, Cardinality, Check, CheckKind, Cluster, Diagnostic, HaMode, Hook, Host, Instance, Link,
-    RestartPolicy, Site, Topology, expand, expand_all, format_duration, parse, parse_duration,
+    App, Cardinality, Check, CheckKind, Cluster, Diagnostic, FenceDevice, Fencing, HaMode, Hook,
+    Host, Instance, Link, RestartPolicy, Site, Topology, expand, expand_all, format_duration,
+    parse, parse_duration,
 };
 
 const FULL: &str = include_str!("fixtures/topology/full.toml");
@@ -51,7 +52,8 @@ fn full_file_parses_into_the_expected_model() {
             fence_margin: ms(1000),
             agent_port: 7500,
             failsafe: false,
-            ..Cluster::default()
+            heartbeat_interval: ms(5),
+            missed_heartbeats: 20,
         },
         sites: vec![
             Site {
@@ -60,7 +62,10 @@ fn full_file_parses_into_the_expected_model() {
             },
             Site {
                 name: "dc2".into(),
-                fence: None,
+                fence: Some(FenceDevice {
+                    command: strings(&["sh", "-c", "fence-site {site} {host}"]),
+                    timeout: FenceDevice::DEFAULT_TIMEOUT,
+                }),
             },
         ],
         hosts: vec![
@@ -68,7 +73,14 @@ fn full_file_parses_into_the_expected_model() {
                 name: "local".into(),
                 site: "dc1".into(),
                 address: "127.0.0.1".parse().unwrap(),
-                fence: None,
+                fence: Some(FenceDevice {
+                    command: strings(&[
+                        "/bin/sh",
+                        "-c",
+                        "fence_ipmilan --ip {address} -o off # {{literal}}",
+                    ]),
+                    timeout: ms(10_000),
+                }),
             },
             Host {
                 name: "remote".into(),
@@ -140,7 +152,7 @@ fn full_file_parses_into_the_expected_model() {
                     crashloop_after: 5,
                 },
                 stop_timeout: ms(2000),
-                fencing: Default::default(),
+                fencing: Fencing::Token,
                 replicas: 2,
                 min_healthy: 2,
                 instances: vec![
@@ -162,7 +174,7 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
-                fencing: Default::default(),
+                fencing: Fencing::Lease,
                 replicas: 1,
                 min_healthy: 1,
                 instances: vec![instance("main", "local", 0, &[("pg", 5432)])],
@@ -239,10 +251,16 @@ host = "h1"
             fence_margin: ms(1000),
             agent_port: 7400,
             failsafe: true,
-            ..Cluster::default()
+            heartbeat_interval: ms(2),
+            missed_heartbeats: 15,
         }
     );
+    assert_eq!(t.cluster.suspect_after(), ms(30));
+    assert!(t.sites.iter().all(|s| s.fence.is_none()));
+    assert!(t.hosts.iter().all(|h| h.fence.is_none()));
+    assert_eq!(t.fence_device("h1"), None);
     let app = t.app("svc").unwrap();
+    assert_eq!(app.fencing, Fencing::Lease);
     assert_eq!(
         app.restart,
         RestartPolicy {
@@ -346,6 +364,124 @@ fn helpers_find_instances_and_links() {
     assert_eq!(Cardinality::OneOrMore.to_string(), "one-or-more");
 }
 
+#[test]
+fn fence_device_is_the_hosts_own_else_its_sites_with_placeholders_expanded() {
+    let t = parse("fixtures/full.toml", FULL).unwrap_or_else(|d| panic!("{d}"));
+    let local = t.host("local").unwrap();
+    let remote = t.host("remote").unwrap();
+    let own = t.fence_device("local").expect("local's own device");
+    assert_eq!(own.timeout, ms(10_000));
+    assert_eq!(
+        own.command_for(local),
+        strings(&[
+            "/bin/sh",
+            "-c",
+            "fence_ipmilan --ip 127.0.0.1 -o off # {literal}"
+        ])
+    );
+    let site = t.fence_device("remote").expect("dc2's device");
+    assert_eq!(site, t.site("dc2").unwrap().fence.as_ref().unwrap());
+    assert_eq!(
+        site.command_for(remote),
+        strings(&["sh", "-c", "fence-site dc2 remote"])
+    );
+    assert_eq!(t.fence_device("nowhere"), None);
+}
+
+#[test]
+fn fence_written_inline_or_as_a_sub_table_is_the_same() {
+    let head = "[[sites]]\nname = \"dc1\"\n[[hosts]]\nname = \"h1\"\nsite = \"dc1\"\naddress = \"10.0.0.1\"\n";
+    let tail = "[[hosts]]\nname = \"h2\"\nsite = \"dc1\"\naddress = \"10.0.0.2\"\n";
+    let inline = format!(
+        "{head}fence = {{ command = [\"/bin/sh\", \"{{address}}\"], timeout = \"10s\" }}\n{tail}"
+    );
+    let sub_table = format!(
+        "{head}[hosts.fence]\ncommand = [\"/bin/sh\", \"{{address}}\"]\ntimeout = \"10s\"\n{tail}"
+    );
+    let a = parse("t.toml", &inline).unwrap_or_else(|d| panic!("{d}"));
+    let b = parse("t.toml", &sub_table).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(a, b);
+    assert_eq!(
+        a.host("h1").unwrap().fence,
+        Some(FenceDevice {
+            command: strings(&["/bin/sh", "{address}"]),
+            timeout: ms(10_000),
+        })
+    );
+    assert_eq!(a.host("h2").unwrap().fence, None);
+}
+
+#[test]
+fn fence_program_holding_a_placeholder_is_not_checked_for_being_executable() {
+    let text = format!(
+        "{}{BASE}",
+        "[[sites]]\nname = \"dc2\"\nfence = { command = [\"/opt/{site}/fence-{host}\", \"{address}\"] }\n"
+    );
+    let t = parse("t.toml", &text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        t.site("dc2").unwrap().fence.as_ref().unwrap().command,
+        strings(&["/opt/{site}/fence-{host}", "{address}"])
+    );
+}
+
+/// A directory of its own under the system's temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tandem-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn fence_program_must_exist_be_a_file_and_be_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("fence-programs");
+    let file = |name: &str, mode: u32| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path.display().to_string()
+    };
+    let executable = file("fence-ok", 0o755);
+    let owner_only = file("fence-owner", 0o700);
+    let plain = file("fence-plain", 0o644);
+    let missing = dir.0.join("fence-missing").display().to_string();
+    let directory = dir.0.display().to_string();
+    let case = |program: &str| {
+        format!(
+            "[[sites]]\nname = \"dc2\"\nfence = {{ command = [\"{program}\", \"{{host}}\"] }}\n{BASE}"
+        )
+    };
+    for ok in [&executable, &owner_only] {
+        parse("t.toml", &case(ok)).unwrap_or_else(|d| panic!("{ok}: {d}"));
+    }
+    for (program, why) in [
+        (&plain, "not executable (mode 0644)"),
+        (&missing, "not found"),
+        (&directory, "not a file"),
+    ] {
+        let diags = expect_errors("t.toml", &case(program));
+        let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            shown,
+            [format!(
+                "t.toml:3:22: fence program \"{program}\" of site \"dc2\": {why}"
+            )]
+        );
+    }
+}
+
 /// Lines 1.. of each case are the case's own text; this base follows it so
 /// that the case can refer to sites dc1 and hosts h1, h2.
 const BASE: &str = r#"
@@ -403,7 +539,7 @@ lease = "3s"
 "#,
         2,
         1,
-        r#"unknown key "lease" in [cluster] (expected one of: name, lease_ttl, renew_interval, fence_margin, agent_port, failsafe)"#,
+        r#"unknown key "lease" in [cluster] (expected one of: name, lease_ttl, renew_interval, fence_margin, agent_port, failsafe, heartbeat_interval, missed_heartbeats)"#,
     ),
     (
         "unknown key in check",
@@ -1231,6 +1367,287 @@ host = "h1"
         5,
         19,
         r#""crashloop_after" in restart policy of app "web" must be at least 1, found 0"#,
+    ),
+    // fencing and heartbeat settings, fence devices
+    (
+        "unknown key in site",
+        r#"[[sites]]
+name = "dc2"
+power = "off"
+"#,
+        3,
+        1,
+        r#"unknown key "power" in site (expected one of: name, fence)"#,
+    ),
+    (
+        "unknown key in host",
+        r#"[[hosts]]
+name = "h3"
+site = "dc1"
+address = "10.0.0.3"
+fencing = "token"
+"#,
+        5,
+        1,
+        r#"unknown key "fencing" in host (expected one of: name, site, address, fence)"#,
+    ),
+    (
+        "unknown fencing",
+        r#"[apps.web]
+ha = "cold-standby"
+command = ["run"]
+fencing = "tokn"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        11,
+        r#"unknown fencing "tokn" in app "web" (expected one of: lease, token) (did you mean "token"?)"#,
+    ),
+    (
+        "token fencing on a singleton",
+        r#"[apps.web]
+ha = "singleton"
+command = ["run"]
+fencing = "token"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        11,
+        r#"app "web": fencing = "token" needs ha mode hot-standby, warm-standby or cold-standby, not "singleton": a singleton promises never to run two instances at once, and token fencing replaces a primary that may still be running"#,
+    ),
+    (
+        "token fencing on n-plus-1",
+        r#"[apps.web]
+ha = "n-plus-1"
+command = ["run"]
+fencing = "token"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        11,
+        r#"app "web": fencing = "token" needs ha mode hot-standby, warm-standby or cold-standby, not "n-plus-1": it has no primary and no epoch for downstream services to check"#,
+    ),
+    (
+        "token fencing on a pool",
+        r#"[apps.web]
+ha = "pool"
+command = ["run"]
+fencing = "token"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        11,
+        r#"app "web": fencing = "token" needs ha mode hot-standby, warm-standby or cold-standby, not "pool": it has no primary and no epoch"#,
+    ),
+    (
+        "token fencing without ha",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+fencing = "token"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        11,
+        r#"not "none": it has no primary and no epoch"#,
+    ),
+    (
+        "zero heartbeat interval",
+        r#"[cluster]
+heartbeat_interval = "0ms"
+"#,
+        2,
+        22,
+        r#"bad duration "0ms": expected a positive whole number followed by ms, s or m (e.g. "500ms", "2s", "1m") for "heartbeat_interval" in [cluster]"#,
+    ),
+    (
+        "sub-millisecond heartbeat interval",
+        r#"[cluster]
+heartbeat_interval = "500us"
+"#,
+        2,
+        22,
+        r#"bad duration "500us""#,
+    ),
+    (
+        "one missed heartbeat",
+        r#"[cluster]
+missed_heartbeats = 1
+"#,
+        2,
+        21,
+        r#""missed_heartbeats" in [cluster] must be at least 2, found 1: one lost heartbeat must never make a host suspected"#,
+    ),
+    (
+        "too many missed heartbeats",
+        r#"[cluster]
+heartbeat_interval = "1ms"
+missed_heartbeats = 10001
+"#,
+        3,
+        21,
+        r#""missed_heartbeats" in [cluster] must be at most 10000, found 10001"#,
+    ),
+    (
+        "heartbeats too slow for the lease",
+        r#"[cluster]
+missed_heartbeats = 25
+heartbeat_interval = "100ms"
+"#,
+        3,
+        22,
+        "heartbeat_interval (100ms) × missed_heartbeats (25) = 2500ms must be less than lease_ttl (3s) − renew_interval (500ms) = 2500ms in [cluster]: a silent host must be suspected before its lease can expire",
+    ),
+    (
+        "lease too short for the default heartbeats",
+        r#"[cluster]
+lease_ttl = "40ms"
+renew_interval = "20ms"
+fence_margin = "10ms"
+"#,
+        2,
+        13,
+        "heartbeat_interval (2ms) × missed_heartbeats (15) = 30ms must be less than lease_ttl (40ms) − renew_interval (20ms) = 20ms in [cluster]",
+    ),
+    (
+        "fence not a table",
+        r#"[[sites]]
+name = "dc2"
+fence = "ipmi"
+"#,
+        3,
+        9,
+        r#"expected a table for fence device of site "dc2", found a string"#,
+    ),
+    (
+        "unknown key in fence",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/bin/sh"], timout = "5s" }
+"#,
+        3,
+        34,
+        r#"unknown key "timout" in fence device of site "dc2" (expected one of: command, timeout) (did you mean "timeout"?)"#,
+    ),
+    (
+        "fence without command",
+        r#"[[hosts]]
+name = "h3"
+site = "dc1"
+address = "10.0.0.3"
+fence = { timeout = "10s" }
+"#,
+        5,
+        9,
+        r#"missing key "command" in fence device of host "h3""#,
+    ),
+    (
+        "fence sub-table without command",
+        r#"[[hosts]]
+name = "h3"
+site = "dc1"
+address = "10.0.0.3"
+[hosts.fence]
+timeout = "10s"
+"#,
+        5,
+        1,
+        r#"missing key "command" in fence device of host "h3""#,
+    ),
+    (
+        "empty fence command",
+        r#"[[hosts]]
+name = "h3"
+site = "dc1"
+address = "10.0.0.3"
+[hosts.fence]
+command = []
+"#,
+        6,
+        11,
+        r#"empty command in fence device of host "h3": give the program and its arguments"#,
+    ),
+    (
+        "zero fence timeout",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/bin/sh"], timeout = "0s" }
+"#,
+        3,
+        44,
+        r#"bad duration "0s": expected a positive whole number followed by ms, s or m (e.g. "500ms", "2s", "1m") for "timeout" in fence device of site "dc2""#,
+    ),
+    (
+        "unparseable fence timeout",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/bin/sh"], timeout = "soon" }
+"#,
+        3,
+        44,
+        r#"bad duration "soon""#,
+    ),
+    (
+        "unknown placeholder in fence command",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/bin/sh", "-c", "fence {app} {host}"] }
+"#,
+        3,
+        46,
+        r#"unknown placeholder "{app}" in the fence command of site "dc2" (expected one of: {host}, {address}, {site}; write "{{" for a literal brace)"#,
+    ),
+    (
+        "unclosed brace in fence command",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/bin/sh", "{host"] }
+"#,
+        3,
+        34,
+        r#"unclosed "{" in the fence command of site "dc2""#,
+    ),
+    (
+        "fence program not found",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/nonexistent/tandem-fence", "{host}"] }
+"#,
+        3,
+        22,
+        r#"fence program "/nonexistent/tandem-fence" of site "dc2": not found"#,
+    ),
+    (
+        "fence program a directory",
+        r#"[[sites]]
+name = "dc2"
+fence = { command = ["/"] }
+"#,
+        3,
+        22,
+        r#"fence program "/" of site "dc2": not a file"#,
+    ),
+    (
+        "fence program not on PATH",
+        r#"[[hosts]]
+name = "h3"
+site = "dc1"
+address = "10.0.0.3"
+fence = { command = ["tandem-no-such-fence-program"] }
+"#,
+        5,
+        22,
+        r#"fence program "tandem-no-such-fence-program" of host "h3": not found on $PATH"#,
     ),
 ];
 

@@ -2,7 +2,9 @@
 //! hosts, apps and their instances, links), parsed and validated into a
 //! [`Topology`].
 //!
-//! [`parse`] takes the file's name and text (core reads no files) and either
+//! [`parse`] takes the file's name and text (core reads no files; the one
+//! look at the machine is whether each fence device's program is
+//! executable here) and either
 //! returns the model or [`Diagnostics`] listing *every* problem, each as
 //! `file:line:column: message`. Only a TOML syntax error stops the check
 //! early. The model is what the controller and the agents share: it is stored
@@ -22,18 +24,41 @@
 //!                           # address for peers and load-balancer checks
 //! failsafe = true           # default true: without a store, a primary stays
 //!                           # while every peer of its app confirms the outage
+//! heartbeat_interval = "2ms"  # default 2ms: every agent sends a UDP heartbeat to
+//!                           # every other agent this often (at least 1ms)
+//! missed_heartbeats = 15    # default 15, from 2 to 10000: a host silent for
+//!                           # heartbeat_interval × missed_heartbeats is suspected;
+//!                           # that must be less than lease_ttl − renew_interval
 //!
 //! [[sites]]
 //! name = "dc1"
+//! fence = { command = ["/usr/local/bin/fence-site", "{host}"], timeout = "5s" }
+//!                           # optional: the fence device of every host of the
+//!                           # site that has none of its own (see [hosts.fence])
 //!
 //! [[hosts]]
 //! name = "local"
 //! site = "dc1"
 //! address = "127.0.0.1"     # an IP address (v4 or v6)
 //!
+//! [hosts.fence]             # optional, this host's fence device (or inline:
+//!                           # fence = { command = [...], timeout = "10s" })
+//! command = ["/usr/sbin/fence_ipmilan", "--ip", "{address}", "-o", "off"]
+//!                           # run by the controller; exit status 0 confirms the host
+//!                           # is off. Placeholders: {host}, {address}, {site}. The
+//!                           # program (unless it holds a placeholder) must be
+//!                           # executable where the file is validated: a path with
+//!                           # a "/" (relative to the current directory), else on $PATH
+//! timeout = "10s"           # default 5s: a longer run is killed and counts as failed
+//!
 //! [apps.web]                # the app's name is its key
 //! ha = "warm-standby"       # hot-standby | warm-standby | cold-standby | n-plus-1
 //!                           # | singleton | pool | none
+//! fencing = "lease"         # default "lease": a deposed primary is replaced once its
+//!                           # host's lease expired (or a fence device confirmed).
+//!                           # "token" (hot-, warm- and cold-standby only): downstream
+//!                           # checks the primary's epoch, so a suspected host's
+//!                           # primary is replaced at once
 //! command = ["tandem", "demo-app", "--port", "{ports.http}"]
 //! env = { LOG = "info" }    # optional
 //! workdir = "."             # optional, default: the agent's
@@ -100,12 +125,15 @@
 //! placeholders, kept unexpanded in the model and expanded per instance by
 //! [`expand`]: `{app}`, `{instance}`, `{host}`, `{address}` and
 //! `{ports.NAME}` (which every instance of the app must have). `{{` and `}}`
-//! stand for literal braces; any other `{...}` is an error.
+//! stand for literal braces; any other `{...}` is an error. Fence commands
+//! take `{host}`, `{address}` and `{site}` of the fenced host instead
+//! (expanded by [`FenceDevice::command_for`]).
 
 mod diagnostic;
 mod duration;
 mod model;
 mod placeholder;
+mod program;
 mod validate;
 mod walk;
 

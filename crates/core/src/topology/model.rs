@@ -209,16 +209,12 @@ impl FenceDevice {
     /// Default `timeout`.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// The command for `host`, placeholders replaced.
+    /// The command for `host`, placeholders replaced (`{{` and `}}` stand
+    /// for literal braces, as in every other command).
     pub fn command_for(&self, host: &Host) -> Vec<String> {
-        let address = host.address.to_string();
         self.command
             .iter()
-            .map(|a| {
-                a.replace("{host}", &host.name)
-                    .replace("{address}", &address)
-                    .replace("{site}", &host.site)
-            })
+            .map(|a| super::placeholder::expand_fence(a, host))
             .collect()
     }
 }
@@ -238,12 +234,20 @@ pub enum Fencing {
 }
 
 impl Fencing {
+    /// Every way of fencing.
+    pub const ALL: [Fencing; 2] = [Fencing::Lease, Fencing::Token];
+
     /// The spelling used in the topology file.
     pub fn as_str(self) -> &'static str {
         match self {
             Fencing::Lease => "lease",
             Fencing::Token => "token",
         }
+    }
+
+    /// The fencing spelled `s` in the topology file.
+    pub fn from_name(s: &str) -> Option<Fencing> {
+        Fencing::ALL.into_iter().find(|f| f.as_str() == s)
     }
 
     /// The HA modes whose primary `fencing = "token"` can fence: those with

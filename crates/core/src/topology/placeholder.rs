@@ -7,6 +7,9 @@ use super::model::{App, Host, Instance};
 /// The placeholders a template may use, for messages.
 pub(crate) const PLACEHOLDERS: &str = "{app}, {instance}, {host}, {address}, {ports.NAME}";
 
+/// The placeholders a fence command may use, for messages.
+pub(crate) const FENCE_PLACEHOLDERS: &str = "{host}, {address}, {site}";
+
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Token<'a> {
@@ -117,6 +120,26 @@ pub fn expand(template: &str, app: &App, instance: &Instance, host: &Host) -> St
                     None => out.push_str(&template[start..end]),
                 },
                 Placeholder::Unknown => out.push_str(&template[start..end]),
+            },
+        }
+    }
+    out
+}
+
+/// Expands the placeholders of a fence command's `template` for `host`:
+/// `{host}`, `{address}` and `{site}`. Anything else (validation rules it
+/// out) is left as written.
+pub(crate) fn expand_fence(template: &str, host: &Host) -> String {
+    let mut out = String::with_capacity(template.len());
+    for token in tokens(template) {
+        match token {
+            Token::Text(t) => out.push_str(t),
+            Token::Unclosed { rest, .. } => out.push_str(rest),
+            Token::Placeholder { name, start, end } => match name {
+                "host" => out.push_str(&host.name),
+                "address" => out.push_str(&host.address.to_string()),
+                "site" => out.push_str(&host.site),
+                _ => out.push_str(&template[start..end]),
             },
         }
     }

@@ -3,19 +3,33 @@
 //! pass gathered. Everything found is reported; nothing stops at the first.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use super::diagnostic::{Sink, line_column};
 use super::duration::format_duration;
-use super::model::{HaMode, SUPPORTED_HA_MODES};
-use super::placeholder::{PLACEHOLDERS, Placeholder, Token, tokens};
+use super::model::{Fencing, HaMode, SUPPORTED_HA_MODES};
+use super::placeholder::{FENCE_PLACEHOLDERS, PLACEHOLDERS, Placeholder, Token, tokens};
+use super::program::check_executable;
 use super::walk::{
-    AppFacts, ClusterFacts, Facts, InstanceFacts, Named, Setting, Span, Src, did_you_mean,
+    AppFacts, ClusterFacts, Facts, FenceFacts, InstanceFacts, Named, Span, Src, did_you_mean,
 };
 
 /// Runs every cross-table check.
 pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink) {
-    let sites = first_definitions(text, sink, "site", "", facts.sites.iter().flatten());
+    let sites = first_definitions(
+        text,
+        sink,
+        "site",
+        "",
+        facts.sites.iter().filter_map(|s| s.name.as_ref()),
+    );
+    let fences = facts
+        .sites
+        .iter()
+        .filter_map(|s| s.fence.as_ref())
+        .chain(facts.hosts.iter().filter_map(|h| h.fence.as_ref()));
+    for fence in fences {
+        check_fence(text, sink, fence);
+    }
     let hosts = first_definitions(
         text,
         sink,
@@ -47,6 +61,7 @@ pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink) {
     }
     check_duplicate_ports(sink, facts, &hosts);
     check_cluster_timing(sink, &facts.cluster);
+    check_heartbeats(sink, &facts.cluster);
     check_links(text, sink, facts);
 }
 
@@ -130,6 +145,27 @@ fn validate_app(
                 ),
             );
         }
+    }
+
+    if let (Some((Fencing::Token, span)), Some((mode, _))) = (&app.fencing, &app.ha)
+        && !Fencing::TOKEN_MODES.contains(mode)
+    {
+        let modes: Vec<&str> = Fencing::TOKEN_MODES.iter().map(|m| m.as_str()).collect();
+        let (last, rest) = modes.split_last().expect("TOKEN_MODES is not empty");
+        let why = match mode {
+            HaMode::Singleton => {
+                "a singleton promises never to run two instances at once, and token fencing \
+                 replaces a primary that may still be running"
+            }
+            _ => "it has no primary and no epoch for downstream services to check",
+        };
+        sink.error(
+            span,
+            format!(
+                "app \"{name}\": fencing = \"token\" needs ha mode {} or {last}, not \"{mode}\": {why}",
+                rest.join(", ")
+            ),
+        );
     }
 
     let n_plus_1 = matches!(app.ha, Some((HaMode::NPlus1, _)));
@@ -245,6 +281,53 @@ fn validate_app(
         }
     }
     check_templates(text, sink, app, instances);
+}
+
+/// Checks a fence device's placeholders, and that its program can run here
+/// (unless the program's name holds a placeholder).
+fn check_fence(text: &str, sink: &mut Sink, fence: &FenceFacts) {
+    let owner = &fence.owner;
+    for template in &fence.command {
+        let at =
+            |start: usize, end: usize| inner_span(text, &template.span, &template.text, start, end);
+        for token in tokens(&template.text) {
+            match token {
+                Token::Text(_) => {}
+                Token::Unclosed { start, .. } => sink.error(
+                    &at(start, start + 1),
+                    format!(
+                        "unclosed \"{{\" in the fence command of {owner}: close the placeholder, or write \"{{{{\" for a literal brace"
+                    ),
+                ),
+                Token::Placeholder { name, start, end } => {
+                    if !matches!(name, "host" | "address" | "site") {
+                        sink.error(
+                            &at(start, end),
+                            format!(
+                                "unknown placeholder \"{{{name}}}\" in the fence command of {owner} (expected one of: {FENCE_PLACEHOLDERS}; write \"{{{{\" for a literal brace)"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let Some(program) = fence.command.first() else {
+        return;
+    };
+    let mut literal = String::new();
+    for token in tokens(&program.text) {
+        match token {
+            Token::Text(t) => literal.push_str(t),
+            _ => return,
+        }
+    }
+    if let Err(why) = check_executable(&literal) {
+        sink.error(
+            &program.span,
+            format!("fence program \"{literal}\" of {owner}: {why}"),
+        );
+    }
 }
 
 /// Reports each instance that lacks the port a check or hook names.
@@ -373,14 +456,58 @@ fn check_duplicate_ports(sink: &mut Sink, facts: &Facts, hosts: &BTreeMap<String
 }
 
 /// The first explicit span among `settings`, else the `[cluster]` table.
-fn cluster_place(cluster: &ClusterFacts, settings: &[&Setting<Duration>]) -> Span {
+fn cluster_place(cluster: &ClusterFacts, settings: &[&Src]) -> Span {
     settings
         .iter()
-        .find_map(|s| match &s.src {
+        .find_map(|s| match s {
             Src::Explicit(span) => Some(span.clone()),
             _ => None,
         })
         .unwrap_or_else(|| cluster.table.clone())
+}
+
+/// A silent host must be suspected before its lease can expire:
+/// `heartbeat_interval × missed_heartbeats < lease_ttl − renew_interval`
+/// (its last renewal was at most `renew_interval` before it fell silent).
+fn check_heartbeats(sink: &mut Sink, c: &ClusterFacts) {
+    let (Some(interval), Some(missed), Some(ttl), Some(renew)) = (
+        c.heartbeat_interval.valid(),
+        c.missed_heartbeats.valid(),
+        c.lease_ttl.valid(),
+        c.renew_interval.valid(),
+    ) else {
+        return;
+    };
+    // renew_interval >= lease_ttl is reported by check_cluster_timing.
+    let Some(bound) = ttl.checked_sub(renew).filter(|b| !b.is_zero()) else {
+        return;
+    };
+    let suspect_after = interval.saturating_mul(missed);
+    if suspect_after >= bound {
+        let f = format_duration;
+        let at = cluster_place(
+            c,
+            &[
+                &c.heartbeat_interval.src,
+                &c.missed_heartbeats.src,
+                &c.lease_ttl.src,
+                &c.renew_interval.src,
+            ],
+        );
+        sink.error(
+            &at,
+            format!(
+                "heartbeat_interval ({}) × missed_heartbeats ({missed}) = {} must be less than \
+                 lease_ttl ({}) − renew_interval ({}) = {} in [cluster]: a silent host must be \
+                 suspected before its lease can expire",
+                f(interval),
+                f(suspect_after),
+                f(ttl),
+                f(renew),
+                f(bound)
+            ),
+        );
+    }
 }
 
 /// `renew_interval + fence_margin < lease_ttl`, and each alone too.
@@ -397,7 +524,7 @@ fn check_cluster_timing(sink: &mut Sink, c: &ClusterFacts) {
     if renew >= ttl {
         ok = false;
         sink.error(
-            &cluster_place(c, &[&c.renew_interval, &c.lease_ttl]),
+            &cluster_place(c, &[&c.renew_interval.src, &c.lease_ttl.src]),
             format!(
                 "renew_interval ({}) must be less than lease_ttl ({}) in [cluster]",
                 f(renew),
@@ -408,7 +535,7 @@ fn check_cluster_timing(sink: &mut Sink, c: &ClusterFacts) {
     if fence >= ttl {
         ok = false;
         sink.error(
-            &cluster_place(c, &[&c.fence_margin, &c.lease_ttl]),
+            &cluster_place(c, &[&c.fence_margin.src, &c.lease_ttl.src]),
             format!(
                 "fence_margin ({}) must be less than lease_ttl ({}) in [cluster]: a primary that cannot renew its lease \
                  must demote itself before the lease can expire",
@@ -419,7 +546,10 @@ fn check_cluster_timing(sink: &mut Sink, c: &ClusterFacts) {
     }
     if ok && renew + fence >= ttl {
         sink.error(
-            &cluster_place(c, &[&c.fence_margin, &c.renew_interval, &c.lease_ttl]),
+            &cluster_place(
+                c,
+                &[&c.fence_margin.src, &c.renew_interval.src, &c.lease_ttl.src],
+            ),
             format!(
                 "renew_interval ({}) + fence_margin ({}) must be less than lease_ttl ({}) in [cluster]: \
                  the agent must get at least one renew attempt before it fences itself",

@@ -16,8 +16,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
-    App, Cardinality, Check, CheckKind, Cluster, Fencing, HaMode, Hook, Host, Instance, Link,
-    RestartPolicy, Site, Topology, hook_signal,
+    App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HaMode, Hook, Host,
+    Instance, Link, RestartPolicy, Site, Topology, hook_signal,
 };
 
 /// A byte range in the topology text.
@@ -57,7 +57,7 @@ pub(crate) type Named = (String, Span);
 #[derive(Debug, Default)]
 pub(crate) struct Facts {
     pub cluster: ClusterFacts,
-    pub sites: Vec<Option<Named>>,
+    pub sites: Vec<SiteFacts>,
     pub hosts: Vec<HostFacts>,
     pub apps: Vec<AppFacts>,
     pub links: Vec<LinkFacts>,
@@ -71,6 +71,8 @@ pub(crate) struct ClusterFacts {
     pub lease_ttl: Setting<Duration>,
     pub renew_interval: Setting<Duration>,
     pub fence_margin: Setting<Duration>,
+    pub heartbeat_interval: Setting<Duration>,
+    pub missed_heartbeats: Setting<u32>,
 }
 
 impl Default for ClusterFacts {
@@ -85,15 +87,38 @@ impl Default for ClusterFacts {
             lease_ttl: default(c.lease_ttl),
             renew_interval: default(c.renew_interval),
             fence_margin: default(c.fence_margin),
+            heartbeat_interval: default(c.heartbeat_interval),
+            missed_heartbeats: Setting {
+                value: c.missed_heartbeats,
+                src: Src::Default,
+            },
         }
     }
 }
 
-/// A host's name, site reference and address.
+/// A site's name and fence device.
+#[derive(Debug)]
+pub(crate) struct SiteFacts {
+    pub name: Option<Named>,
+    pub fence: Option<FenceFacts>,
+}
+
+/// A host's name, site reference and fence device.
 #[derive(Debug)]
 pub(crate) struct HostFacts {
     pub name: Option<Named>,
     pub site: Option<Named>,
+    pub fence: Option<FenceFacts>,
+}
+
+/// A fence device's command, for the placeholder and program checks.
+#[derive(Debug)]
+pub(crate) struct FenceFacts {
+    /// Whose device it is, for messages: `host "h1"`, `site "dc1"`.
+    pub owner: String,
+    /// The strings of its command, the program first; empty unless the
+    /// command is a valid array of strings.
+    pub command: Vec<Template>,
 }
 
 /// An app, its instances and everything in it that refers to them.
@@ -103,6 +128,8 @@ pub(crate) struct AppFacts {
     /// The app's table (its `[apps.NAME]` header, or its key).
     pub table: Span,
     pub ha: Option<(HaMode, Span)>,
+    /// `fencing`, where given and valid.
+    pub fencing: Option<(Fencing, Span)>,
     /// Every string that may hold placeholders.
     pub templates: Vec<Template>,
     /// The `port` of each check that has one.
@@ -573,13 +600,17 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
         .tables(sink, "sites", "site", "sites")
         .unwrap_or_default()
     {
-        tab.check_keys(sink, &["name"]);
+        tab.check_keys(sink, &["name", "fence"]);
         let name = tab.name(sink, "name", "site");
+        let (fence, fence_facts) = walk_fence_of(&tab, sink, "site", name.as_ref());
         sites.push(Site {
             name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
-            fence: None,
+            fence,
         });
-        facts.sites.push(name);
+        facts.sites.push(SiteFacts {
+            name,
+            fence: fence_facts,
+        });
     }
 
     let mut hosts = Vec::new();
@@ -658,6 +689,8 @@ fn walk_cluster(
             "fence_margin",
             "agent_port",
             "failsafe",
+            "heartbeat_interval",
+            "missed_heartbeats",
         ],
     );
     let name = match tab.string(sink, "name") {
@@ -676,6 +709,34 @@ fn walk_cluster(
     facts.fence_margin = tab
         .duration(sink, "fence_margin")
         .or_default(d.fence_margin);
+    facts.heartbeat_interval = tab
+        .duration(sink, "heartbeat_interval")
+        .or_default(d.heartbeat_interval);
+    facts.missed_heartbeats = match tab.integer(sink, "missed_heartbeats") {
+        Got::Ok(n, span) if n < MIN_MISSED_HEARTBEATS => {
+            sink.error(
+                &span,
+                format!(
+                    "\"missed_heartbeats\" in [cluster] must be at least {MIN_MISSED_HEARTBEATS}, found {n}: \
+                     one lost heartbeat must never make a host suspected"
+                ),
+            );
+            Got::Bad
+        }
+        Got::Ok(n, span) if n > MAX_MISSED_HEARTBEATS => {
+            sink.error(
+                &span,
+                format!(
+                    "\"missed_heartbeats\" in [cluster] must be at most {MAX_MISSED_HEARTBEATS}, found {n}"
+                ),
+            );
+            Got::Bad
+        }
+        Got::Ok(n, span) => Got::Ok(n as u32, span),
+        Got::Absent => Got::Absent,
+        Got::Bad => Got::Bad,
+    }
+    .or_default(d.missed_heartbeats);
     let agent_port = match tab.integer(sink, "agent_port") {
         Got::Ok(n, span) => match u16::try_from(n).ok().filter(|n| *n != 0) {
             Some(n) => n,
@@ -695,14 +756,14 @@ fn walk_cluster(
         fence_margin: facts.fence_margin.value,
         agent_port,
         failsafe: tab.boolean(sink, "failsafe").or_default(d.failsafe).value,
-        heartbeat_interval: d.heartbeat_interval,
-        missed_heartbeats: d.missed_heartbeats,
+        heartbeat_interval: facts.heartbeat_interval.value,
+        missed_heartbeats: facts.missed_heartbeats.value,
     };
     (name, cluster)
 }
 
 fn walk_host(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Host, HostFacts) {
-    tab.check_keys(sink, &["name", "site", "address"]);
+    tab.check_keys(sink, &["name", "site", "address", "fence"]);
     let name = tab.name(sink, "name", "host");
     let site = tab
         .required_string(sink, "site")
@@ -723,13 +784,74 @@ fn walk_host(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Host, HostFacts) {
         },
         None => None,
     };
+    let (fence, fence_facts) = walk_fence_of(tab, sink, "host", name.as_ref());
     let host = Host {
         name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         site: site.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
         address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        fence: None,
+        fence,
     };
-    (host, HostFacts { name, site })
+    (
+        host,
+        HostFacts {
+            name,
+            site,
+            fence: fence_facts,
+        },
+    )
+}
+
+/// The `fence` table of a host or site table (`kind` "host" or "site"), if any.
+fn walk_fence_of(
+    tab: &Tab<'_, '_>,
+    sink: &mut Sink,
+    kind: &str,
+    name: Option<&Named>,
+) -> (Option<FenceDevice>, Option<FenceFacts>) {
+    let owner = match name {
+        Some((n, _)) => format!("{kind} \"{n}\""),
+        None => format!("a {kind} without a name"),
+    };
+    match tab.table(sink, "fence", format!("fence device of {owner}")) {
+        Some(f) => {
+            let (device, facts) = walk_fence(&f, sink, owner);
+            (device, Some(facts))
+        }
+        None => (None, None),
+    }
+}
+
+fn walk_fence(
+    tab: &Tab<'_, '_>,
+    sink: &mut Sink,
+    owner: String,
+) -> (Option<FenceDevice>, FenceFacts) {
+    tab.check_keys(sink, &["command", "timeout"]);
+    let mut templates = Vec::new();
+    let command = match tab.command(sink, "command", "command", &mut templates) {
+        Got::Absent => {
+            tab.missing(sink, "command");
+            None
+        }
+        g => g.ok().map(|(command, _)| command),
+    };
+    if command.is_none() {
+        templates.clear();
+    }
+    let timeout = tab
+        .duration(sink, "timeout")
+        .or_default(FenceDevice::DEFAULT_TIMEOUT);
+    let device = command.map(|command| FenceDevice {
+        command,
+        timeout: timeout.value,
+    });
+    (
+        device,
+        FenceFacts {
+            owner,
+            command: templates,
+        },
+    )
 }
 
 fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
@@ -742,6 +864,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         "restart",
         "checks",
         "hook",
+        "fencing",
         "replicas",
         "min_healthy",
         "instances",
@@ -777,6 +900,26 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
                 None
             }
         },
+    };
+
+    let fencing_names = || Fencing::ALL.iter().map(|f| f.as_str()).collect::<Vec<_>>();
+    let fencing = match tab.string(sink, "fencing") {
+        Got::Ok(f, span) => match Fencing::from_name(f) {
+            Some(fencing) => Some((fencing, span)),
+            None => {
+                sink.error(
+                    &span,
+                    format!(
+                        "unknown fencing \"{f}\" in {} (expected one of: {}){}",
+                        tab.what,
+                        fencing_names().join(", "),
+                        did_you_mean(f, fencing_names())
+                    ),
+                );
+                None
+            }
+        },
+        _ => None,
     };
 
     let command = match tab.command(sink, "command", "command", &mut templates) {
@@ -898,7 +1041,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         workdir,
         checks,
         hook,
-        fencing: Fencing::Lease,
+        fencing: fencing.as_ref().map_or(Fencing::Lease, |f| f.0),
         restart,
         stop_timeout,
         instances,
@@ -907,6 +1050,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         name: name.to_string(),
         table: tab.span.clone(),
         ha,
+        fencing,
         templates,
         check_ports,
         hook: hook_facts,
@@ -916,6 +1060,12 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
     };
     (app, facts)
 }
+
+/// The fewest missed heartbeats that make a host suspected: one lost
+/// heartbeat must never be enough.
+const MIN_MISSED_HEARTBEATS: i64 = 2;
+/// The most missed heartbeats that can be asked for.
+const MAX_MISSED_HEARTBEATS: i64 = 10_000;
 
 /// The HA modes, for messages.
 fn ha_mode_list() -> String {
