@@ -17,6 +17,7 @@
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
 //! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`); never cached |
 //! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done (the new primary acknowledged its role), 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
+//! | `POST /v1/hosts/{host}/fence[?timeout_ms=N]` | runs the host's fence device through the controller: 200 [`FenceResponse`](types::FenceResponse) once it confirmed (the host's lease is revoked, its primaries replaced), 409 refused (no device, no lease, the device failed three times) or already in progress, 404 unknown host, 202 still under way at the timeout |
 //! | `GET /v1/events[?since=SEQ][&limit=N]` | [`EventsDoc`](types::EventsDoc), oldest first (default: the last 100; at most 10000) |
 //! | `GET /v1/events?follow=true[&since=SEQ]` | `text/event-stream`: the same backlog, then each new event (`id:` seq, `event: event`, `data:` the event's JSON); honours `Last-Event-ID` |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text): failovers by app and reason, failover duration, intents by outcome, every instance's role and epoch, and this process's controller metrics |
@@ -29,6 +30,7 @@
 
 mod error;
 mod events;
+mod fence;
 mod handlers;
 mod maintenance;
 mod metrics;
@@ -120,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/switchover", post(switchover::switchover))
         .route("/v1/apps/{app}/maintenance", post(maintenance::maintenance))
         .route("/v1/apps/{app}/members", get(handlers::members))
+        .route("/v1/hosts/{host}/fence", post(fence::fence))
         .route("/v1/events", get(events::events))
         .route("/metrics", get(metrics::metrics))
         .fallback(handlers::not_found)

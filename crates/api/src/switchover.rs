@@ -271,7 +271,7 @@ fn in_progress(app: &App, existing: &Intent) -> ApiError {
 
 /// A unique intent id: milliseconds since the Unix epoch, a per-process
 /// counter, and random bits (so two API processes do not collide).
-fn new_intent_id(state: &ApiState) -> String {
+pub(crate) fn new_intent_id(state: &ApiState) -> String {
     let t_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())

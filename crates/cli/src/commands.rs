@@ -203,6 +203,44 @@ pub async fn maintenance(
     Ok(report(app, "maintenance", outcome, timeout, as_json))
 }
 
+/// `tandem fence HOST`: asks for confirmation on a terminal (unless
+/// `--yes`), then asks the controller to run the host's fence device.
+pub async fn fence(
+    api: &str,
+    host: &str,
+    yes: bool,
+    timeout: Duration,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "tandem fence runs host {host}'s fence device (it powers the host off or cuts it off): confirm with --yes"
+            );
+        }
+        eprint!(
+            "Fence host {host}? Its fence device runs (it powers the host off or cuts it off), its lease is revoked and its primaries move elsewhere. Type the host's name to confirm: "
+        );
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if line.trim() != host {
+            eprintln!("not confirmed: nothing done");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let client = ApiClient::new(api)?;
+    let outcome = client.fence(host, timeout).await?;
+    Ok(report(
+        &format!("host {host}"),
+        "fence",
+        outcome,
+        timeout,
+        as_json,
+    ))
+}
+
 /// Prints the outcome of an operator request; 0 done, 1 refused, 2 still
 /// under way.
 fn report(

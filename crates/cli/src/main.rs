@@ -102,6 +102,24 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Fence a host with its fence device (power it off or cut it off):
+    /// once the device confirms, the host's lease is revoked and every
+    /// primary it held is promoted elsewhere.
+    Fence {
+        /// The host.
+        host: String,
+        /// Do not ask for confirmation (the device really runs).
+        #[arg(long)]
+        yes: bool,
+        /// How long to wait for the outcome, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Maintenance on or off: while on, tandem changes no role of the app.
     Maintenance {
         /// The app.
@@ -255,6 +273,13 @@ fn main() -> ExitCode {
                 json,
                 api,
             } => commands::switchover(&api.api, &app, to.as_deref(), timeout, json).await,
+            Command::Fence {
+                host,
+                yes,
+                timeout,
+                json,
+                api,
+            } => commands::fence(&api.api, &host, yes, timeout, json).await,
             Command::Maintenance {
                 app,
                 state,

@@ -166,13 +166,18 @@ struct Prod {
 
 impl Prod {
     async fn start() -> Prod {
+        Prod::start_with(|_, text| text).await
+    }
+
+    /// The same, with the topology edited by `edit` (given the directory).
+    async fn start_with(edit: impl FnOnce(&Path, String) -> String) -> Prod {
         let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
             .await
             .expect("etcd cluster");
         let store = store_url(&cluster);
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = [free_port(), free_port()];
-        let base = topology(ports);
+        let base = edit(dir.path(), topology(ports));
         apply(dir.path(), &store, &base);
         let api_addr = format!("127.0.0.1:{}", free_port());
         let h1 = start_agent(dir.path(), &store, "h1", None);
@@ -486,4 +491,158 @@ async fn the_lease_the_store_granted_is_reported_when_longer_than_asked() {
             "etcd timing {timing:?}, the agent's log:\n{log}"
         );
     }
+}
+
+/// `tandem fence HOST`: the host's fence device runs through the
+/// controller; once it confirms, the host's primaries are replaced at once
+/// (reason `host_fenced`), long before its lease could expire. An unknown
+/// host, or no confirmation, is refused before anything is recorded; a
+/// device that keeps failing is reported and the request refused, nothing
+/// promoted. The fenced host is the one without the controller (a
+/// controller that fences its own host dies with it: its successor, once
+/// elected, finds the lease gone and nothing left to fence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_fences_a_host_and_its_primaries_move_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Prod::start_with(|dir, text| {
+        // Each host's device kills its agent (its instances die with it),
+        // or fails while the file `fail` exists.
+        let path = dir.join("fence.sh");
+        let d = dir.display();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\nif [ -e {d}/fail ]; then echo no power switch answers >&2; exit 1; fi\nkill -9 \"$(cat {d}/$1.pid)\"\n"),
+        )
+        .expect("script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let device = format!("fence = {{ command = [\"{}\", \"{{host}}\"], timeout = \"5s\" }}\n", path.display());
+        text.replace("address = \"127.0.0.1\"\n", &format!("address = \"127.0.0.1\"\n{device}"))
+            .replace("address = \"127.0.0.2\"\n", &format!("address = \"127.0.0.2\"\n{device}"))
+    })
+    .await;
+    let api = &p.api;
+    let dir = p.dir.path();
+    let api_addr = api.base_url().to_string();
+    let fence = |host: &str| {
+        Command::new(tandem())
+            .args([
+                "fence",
+                host,
+                "--yes",
+                "--timeout",
+                "20s",
+                "--api",
+                &api_addr,
+            ])
+            .output()
+            .expect("tandem fence")
+    };
+    // h1 is fenced; h2 serves the API and must hold the controller: if h1
+    // holds it, h1's agent is restarted (the role moves to h2 for good).
+    let controller = |events: &[tandem_core::model::Event]| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e.kind == tandem_core::model::EventKind::Controller)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    let mut h1 = p.h1;
+    let events = api.events(None, Some(1000)).await.expect("events");
+    if controller(&events).ends_with("h1") {
+        let _ = h1.kill();
+        let _ = h1.wait();
+        wait_for(api, "b promoted after h1's lease ended", 30, |a| {
+            a.primary.as_deref() == Some("b")
+        })
+        .await;
+        h1 = start_agent(dir, &p.store, "h1", None);
+        wait_for(api, "a back as a healthy backup", 30, |a| {
+            a.instances[0].role == Role::Backup && a.instances[0].health == Health::Healthy
+        })
+        .await;
+        let out = api
+            .switchover("web", Some("a"), Duration::from_secs(10))
+            .await
+            .expect("switchover");
+        assert!(
+            matches!(out, tandem_client::SwitchoverOutcome::Done { .. }),
+            "{out:?}"
+        );
+    }
+    let events = api.events(None, Some(1000)).await.expect("events");
+    assert!(controller(&events).ends_with("h2"), "{events:#?}");
+    std::fs::write(dir.join("h1.pid"), h1.id().to_string()).expect("pid file");
+    let (target, on_target) = ("h1", "a");
+    let before = wait_for(api, "a primary on h1", 10, |a| {
+        a.primary.as_deref() == Some("a")
+    })
+    .await;
+
+    // Unknown host, and no confirmation (stdin is not a terminal).
+    let out = fence("h9");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no host named \"h9\""),
+        "{out:?}"
+    );
+    let out = Command::new(tandem())
+        .args(["fence", target, "--api", &api_addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("tandem fence");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{out:?}"
+    );
+
+    // The device fails three times: refused, nothing promoted.
+    std::fs::write(dir.join("fail"), "").expect("fail file");
+    let out = fence(target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("failed 3 times") && stderr.contains("exit"),
+        "{stderr}"
+    );
+    let now = api.app("web").await.expect("web");
+    assert_eq!(
+        (now.primary.as_deref(), now.epoch),
+        (Some(on_target), before.epoch)
+    );
+
+    // The device works: the target's agent is killed, the other instance
+    // promoted with reason host_fenced.
+    std::fs::remove_file(dir.join("fail")).expect("fail file");
+    let t0 = Instant::now();
+    let out = fence(target);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = wait_for(api, "the other instance promoted", 20, |a| {
+        a.primary.is_some() && a.primary.as_deref() != Some(on_target)
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(after.epoch > before.epoch);
+    let events = api.events(None, Some(1000)).await.expect("events");
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
+    let at = |r: &str| reasons.iter().rposition(|x| *x == r);
+    assert!(at("fence_failed").is_some(), "{reasons:?}");
+    let confirmed = events
+        .iter()
+        .rposition(|e| e.reason.as_deref() == Some("fence_confirmed"))
+        .expect("fence_confirmed event");
+    let promoted = events
+        .iter()
+        .rposition(|e| {
+            e.kind == tandem_core::model::EventKind::Promoted
+                && e.reason.as_deref() == Some("host_fenced")
+        })
+        .unwrap_or_else(|| panic!("no promotion for host_fenced: {reasons:?}"));
+    assert!(confirmed < promoted, "{reasons:?}");
+    eprintln!("tandem fence {target} → the other instance promoted: {took:?} (lease TTL 2 s)");
 }

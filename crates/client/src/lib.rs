@@ -109,6 +109,16 @@ impl ClientError {
     }
 }
 
+/// What an intent's answer holds, whichever it is about (an app's
+/// switchover or maintenance, a host's fencing).
+#[derive(Debug, serde::Deserialize)]
+struct IntentAnswer {
+    intent: String,
+    outcome: SwitchoverProgress,
+    #[serde(default)]
+    message: Option<String>,
+}
+
 /// How a switchover request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwitchoverOutcome {
@@ -261,17 +271,44 @@ impl ApiClient {
         request: &B,
         timeout: Duration,
     ) -> Result<SwitchoverOutcome, ClientError> {
+        self.intent_at(&["v1", "apps", app, verb], verb, request, timeout)
+            .await
+    }
+
+    /// `POST /v1/hosts/{host}/fence`: asks the controller to fence `host`
+    /// with its fence device and waits up to `timeout` (at most 60 s) for
+    /// the device to confirm. A host without a device, or a device that
+    /// keeps failing, is [`SwitchoverOutcome::Refused`] (or
+    /// [`ClientError::Api`] when refused before recording).
+    pub async fn fence(
+        &self,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<SwitchoverOutcome, ClientError> {
+        self.intent_at(
+            &["v1", "hosts", host, "fence"],
+            "fence",
+            &serde_json::json!({}),
+            timeout,
+        )
+        .await
+    }
+
+    async fn intent_at<B: serde::Serialize>(
+        &self,
+        path: &[&str],
+        verb: &str,
+        request: &B,
+        timeout: Duration,
+    ) -> Result<SwitchoverOutcome, ClientError> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let url = self.url(
-            &["v1", "apps", app, verb],
-            &[("timeout_ms", timeout_ms.to_string())],
-        );
+        let url = self.url(path, &[("timeout_ms", timeout_ms.to_string())]);
         let total = timeout.saturating_add(SWITCHOVER_GRACE);
         let response = self.send(self.http.post(url).json(request), total).await?;
         let status = response.status();
         let body = self.body(response, total).await?;
         if status.is_success() {
-            let doc: SwitchoverResponse = decode(&body, &format!("the {verb} answer"))?;
+            let doc: IntentAnswer = decode(&body, &format!("the {verb} answer"))?;
             return Ok(match doc.outcome {
                 SwitchoverProgress::Done => SwitchoverOutcome::Done {
                     intent: doc.intent,

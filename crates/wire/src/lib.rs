@@ -255,6 +255,22 @@ pub struct SwitchoverResponse {
     pub message: Option<String>,
 }
 
+/// `POST /v1/hosts/{host}/fence` answer when the fence device confirmed
+/// (200) or the request is still under way at the timeout (202). A
+/// refusal is a 409 [`ErrorDoc`] carrying the request's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceResponse {
+    /// The host.
+    pub host: String,
+    /// The id of the recorded request.
+    pub intent: String,
+    /// Where it stands.
+    pub outcome: SwitchoverProgress,
+    /// What the controller did (when done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// `GET /v1/events`: the event log, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsDoc {

@@ -20,8 +20,9 @@
 //! - A suspicion cleared before the device ran again stops the retries; a
 //!   run already started is let finish (its confirmation still counts).
 //! - An operator's request is answered once: done when the device
-//!   confirms, refused after `MANUAL_ATTEMPTS` failed runs, or at once
-//!   when there is no device or no lease.
+//!   confirms (or at once when the host holds no lease: nothing is left to
+//!   fence), refused after `MANUAL_ATTEMPTS` failed runs or at once when
+//!   there is no device.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -311,9 +312,15 @@ impl FenceBook {
             return;
         }
         let Some(lease) = lease else {
-            out.push(refuse(format!(
-                "host {host}'s agent holds no lease: its primaries already stepped down, nothing to fence"
-            )));
+            out.push(FenceAction::Answer {
+                host: host.clone(),
+                intent,
+                outcome: IntentState::Done {
+                    message: format!(
+                        "host {host}'s agent holds no lease: its primaries stepped down before it ended, nothing left to fence"
+                    ),
+                },
+            });
             return;
         };
         match self.hosts.get_mut(&host) {
