@@ -19,7 +19,10 @@
 //!   of its heartbeats was heard: an agent that never started is the host
 //!   lease's business.
 //! - **Silence.** A host is suspected once no heartbeat of it was heard for
-//!   `suspect_after` ([`Reason::Silent`]).
+//!   `suspect_after` ([`Reason::Silent`]). Silence is judged on
+//!   [`DetectorInput::Tick`] only: a runtime feeds every queued heartbeat
+//!   first, one by one, then a tick, and no host is judged while its
+//!   heartbeats still wait in the queue behind another host's.
 //! - **Closed connection.** A host is suspected at once when its liveness
 //!   connection is closed by the peer (EOF or reset: its agent process
 //!   ended; [`Reason::ConnectionClosed`]), unless a heartbeat of a new
@@ -37,6 +40,12 @@
 //!   with the defaults). A gap longer than that starts the count again. A
 //!   burst of queued heartbeats spans no time, so it clears nothing, and a
 //!   link that flaps faster than `suspect_after` keeps the host suspected.
+//! - **Own pauses.** Time in which the detector's own runtime could not run
+//!   ([`DetectorInput::Stalled`]: it woke later than it asked) is not a
+//!   peer's silence: every unsuspected peer's silence restarts from when it
+//!   was last heard plus the stall. A machine paused as a whole (a VM
+//!   descheduled by its hypervisor) heard nothing, and nobody could have
+//!   been heard: it must not wake up suspecting every peer.
 //!
 //! The detector never allocates for a heartbeat (hosts are looked up by
 //! `&str`; a step without changes carries an empty vector).
@@ -95,6 +104,12 @@ pub enum DetectorInput<'a> {
     /// Time passed (the runtime feeds this at [`DetectorStep::next_deadline`]
     /// at the latest).
     Tick,
+    /// The runtime itself could not run for this long (it woke this much
+    /// later than it asked: the process or the whole machine was paused).
+    Stalled {
+        /// How much later than asked.
+        for_time: Duration,
+    },
 }
 
 /// Why a host became suspected or was cleared.
@@ -312,9 +327,15 @@ impl Detector {
                 None => step.ignored = Some(Ignored::UnknownHost),
             },
             DetectorInput::Closed { host } => self.closed(host, &mut step),
-            DetectorInput::Tick => {}
+            DetectorInput::Tick => self.judge_silence(now, &mut step),
+            DetectorInput::Stalled { for_time } => {
+                for p in self.peers.values_mut().filter(|p| p.suspected.is_none()) {
+                    if let Some(last) = p.last_heard {
+                        p.last_heard = Some(last.saturating_add(for_time).min(now));
+                    }
+                }
+            }
         }
-        self.judge_silence(now, &mut step);
         step.next_deadline = self.next_deadline();
         step
     }

@@ -278,12 +278,48 @@ fn a_closed_connection_restarts_the_steady_count_of_a_suspected_host() {
 }
 
 #[test]
+fn a_stall_of_the_detector_itself_is_not_a_peers_silence() {
+    let mut d = detector();
+    heard(&mut d, 0, "h2", 1, 1);
+    heard(&mut d, 20, "h3", 1, 1);
+    // The runtime asked to wake at 25 and woke at 75: nobody is suspected
+    // for the 50 ms it could not run...
+    let step = d.step(ms(75), DetectorInput::Stalled { for_time: ms(50) });
+    assert_eq!(step.changes, vec![]);
+    assert_eq!(step.next_deadline, Some(ms(80)));
+    // ... but silence before and after it counts.
+    assert_eq!(
+        tick(&mut d, 80).changes,
+        vec![suspected("h2", Reason::Silent { for_ms: 30 })]
+    );
+    assert_eq!(
+        tick(&mut d, 100).changes,
+        vec![suspected("h3", Reason::Silent { for_ms: 30 })]
+    );
+}
+
+#[test]
+fn silence_is_judged_on_ticks_only_so_a_drain_of_queued_heartbeats_suspects_nobody() {
+    let mut d = detector();
+    heard(&mut d, 0, "h2", 1, 1);
+    heard(&mut d, 0, "h3", 1, 1);
+    // The receiver ran again at 500: h3's queued heartbeat is drained
+    // before h2's, and h2 is not judged in between.
+    assert_eq!(heard(&mut d, 500, "h3", 1, 2).changes, vec![]);
+    assert_eq!(heard(&mut d, 500, "h2", 1, 2).changes, vec![]);
+    assert_eq!(tick(&mut d, 500).changes, vec![]);
+}
+
+#[test]
 fn hosts_are_judged_independently() {
     let mut d = detector();
     heard(&mut d, 0, "h2", 1, 1);
     steady(&mut d, "h3", 1, 1, 0, 40);
     let step = tick(&mut d, 41);
-    assert_eq!(step.changes, vec![]);
+    assert_eq!(
+        step.changes,
+        vec![suspected("h2", Reason::Silent { for_ms: 41 })]
+    );
     assert_eq!(d.suspected().collect::<Vec<_>>(), vec!["h2"]);
 }
 
@@ -354,7 +390,7 @@ proptest! {
         let mut last: [Option<Duration>; 3] = [None; 3];
         let mut seq = [0u64; 3];
         for op in ops {
-            let step = match op {
+            let step = match op.clone() {
                 Op::Wait(us) => {
                     now += Duration::from_micros(us);
                     d.step(now, DetectorInput::Tick)
@@ -382,17 +418,19 @@ proptest! {
                     prop_assert!(matches!(reason, Reason::Silent { .. }), "{reason:?}");
                 }
             }
+            // Silence is judged on ticks.
+            let ticked = matches!(op, Op::Wait(_));
             for (h, host) in HOSTS.iter().enumerate() {
                 match last[h] {
                     None => prop_assert!(d.suspicion(host).is_none()),
-                    Some(heard) if now - heard >= config.suspect_after => prop_assert!(
+                    Some(heard) if ticked && now - heard >= config.suspect_after => prop_assert!(
                         d.suspicion(host).is_some(),
                         "{host} silent since {heard:?} not suspected at {now:?}"
                     ),
                     Some(_) => {}
                 }
             }
-            if let Some(deadline) = step.next_deadline {
+            if let Some(deadline) = step.next_deadline.filter(|_| ticked) {
                 prop_assert!(deadline > now, "deadline {deadline:?} not after {now:?}");
             }
         }
