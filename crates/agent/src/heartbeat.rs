@@ -18,7 +18,14 @@
 //! peer holds its liveness connection. The receiving thread drains every
 //! datagram already queued before it judges silence: a receiver that was
 //! descheduled does not suspect a sender whose heartbeats wait in its
-//! socket. Nothing is allocated per datagram.
+//! socket; it also notices when it woke later than it asked (its process
+//! or machine was paused) and tells the detector, which does not count that
+//! time as the peers' silence. The sending thread asks for real-time
+//! scheduling (`SCHED_RR` 1, as corosync does; it needs root or
+//! `CAP_SYS_NICE`, and keeps the normal policy otherwise): on a busy
+//! machine an ordinary thread can wait for a CPU longer than
+//! `suspect_after`, and its peers would suspect it. Nothing is allocated
+//! per datagram.
 //!
 //! When every host of the topology runs in this process (`tandem up`),
 //! there is nobody to hear: nothing is sent and nobody is suspected.

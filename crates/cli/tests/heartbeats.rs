@@ -196,6 +196,24 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time of a process's heartbeat threads (`tandem-hb-*`), in ticks.
+fn heartbeat_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("tandem-hb"))
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
 /// Waits until `observer` logged `peer` suspected (or cleared, per
 /// `needle`) for the `nth` time (1-based), and returns the line.
 async fn wait_for_line(dir: &Path, observer: &str, needle: &str, nth: usize, secs: u64) -> String {
@@ -251,6 +269,10 @@ async fn agents_suspect_a_killed_or_frozen_peer_and_only_then() {
         .iter()
         .map(|c| cpu_ticks(c.id()))
         .collect();
+    let hb_before: Vec<u64> = [&h1.0, &h2.0, &h3.0]
+        .iter()
+        .map(|c| heartbeat_ticks(c.id()))
+        .collect();
     let quiet = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let quiet = quiet.elapsed();
@@ -273,10 +295,12 @@ async fn agents_suspect_a_killed_or_frozen_peer_and_only_then() {
     let tick = 100.0; // USER_HZ on Linux
     for (i, c) in [&h1.0, &h2.0, &h3.0].iter().enumerate() {
         if let (Some(a), Some(b)) = (cpu_before[i], cpu_ticks(c.id())) {
+            let hb = heartbeat_ticks(c.id()).saturating_sub(hb_before[i]);
             println!(
-                "idle CPU of {}'s agent: {:.2}% of one core over {quiet:?}",
+                "idle CPU of {}'s agent: {:.2}% of one core over {quiet:?}, of which its heartbeat threads {:.2}%",
                 HOSTS[i].0,
-                (b - a) as f64 / tick / quiet.as_secs_f64() * 100.0
+                (b - a) as f64 / tick / quiet.as_secs_f64() * 100.0,
+                hb as f64 / tick / quiet.as_secs_f64() * 100.0
             );
         }
     }
