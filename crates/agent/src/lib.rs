@@ -7,6 +7,7 @@
 //! lease ([`publish`], [`lease`]) and self-fencing. The controller
 //! ([`controller`]) is elected among agents through the store and writes
 //! role assignments decided by [`tandem_core::controller::decide`].
+//! [`heartbeat`] detects lost peer hosts in tens of milliseconds.
 //! [`local`] runs all of it for the hosts of a topology on this machine
 //! (`tandem up`).
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@
 pub mod agent;
 pub mod checks;
 pub mod controller;
+pub mod heartbeat;
 pub mod hook;
 pub mod launch;
 pub mod lease;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentConfig, AgentHandle};
 use crate::controller;
+use crate::heartbeat::Heartbeats;
 use tandem_telemetry::controller::ControllerMetrics;
 
 /// The addresses of this machine: loopback and every interface address.
@@ -76,6 +77,8 @@ pub struct Local {
     controller_metrics: Arc<ControllerMetrics>,
     /// The hosts this process's heartbeats suspect (see [`Suspects`]).
     suspected: Suspects,
+    /// The heartbeat service that publishes them.
+    heartbeats: Heartbeats,
 }
 
 /// The hosts whose agents this process suspects to be lost (heartbeats
@@ -149,9 +152,17 @@ impl Local {
         }
         let candidates = cancel.child_token();
         let controller_metrics = Arc::new(ControllerMetrics::new());
-        // Heartbeats: none yet (no host is ever suspected).
-        let (suspected_tx, suspected) = watch::channel(BTreeSet::new());
-        std::mem::forget(suspected_tx);
+        // Heartbeats to and from every host not run here (none at all
+        // when this process runs every host: nobody to hear).
+        let metrics = agents.iter().map(|a| a.metrics.clone()).collect();
+        let (heartbeats, suspected) =
+            match Heartbeats::start(&topology, hosts, metrics, cancel.child_token()) {
+                Ok(started) => started,
+                Err(e) => {
+                    cancel.cancel();
+                    return Err(e);
+                }
+            };
         // The controller decides once every local agent holds its lease and
         // has published its instances (bounded), so that a first decision
         // does not place everything on whichever host reported first.
@@ -185,6 +196,7 @@ impl Local {
             candidates,
             controller_metrics,
             suspected,
+            heartbeats,
         })
     }
 
@@ -205,6 +217,9 @@ impl Local {
     pub async fn update(&mut self, topology: Arc<Topology>) {
         for agent in &self.agents {
             agent.update_topology(topology.clone()).await;
+        }
+        if let Err(e) = self.heartbeats.update(&topology).await {
+            tracing::warn!(error = %e, "heartbeats: cannot follow the new topology; stopped");
         }
         self.candidates.cancel();
         self.candidates = self.cancel.child_token();
@@ -232,6 +247,7 @@ impl Local {
         for t in self.side {
             let _ = t.await;
         }
+        self.heartbeats.stop().await;
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),

@@ -5,6 +5,10 @@
 //!   other agent running an instance of its app whether that agent can
 //!   reach the store, and to promise that it will refuse any promotion of
 //!   the app for a while (see [`FailsafeAsk`] and the agent's docs).
+//! - `GET /v1/liveness`: never answered while this agent runs, so that a
+//!   peer holding it open learns at once, from its kernel closing the
+//!   connection, that this agent's process ended (see [`crate::heartbeat`]).
+//!   Answered 503 once the agent has stopped.
 //! - load-balancer checks (see [`crate::checks`]), answered from what this
 //!   agent knows of its own instances, so they keep answering while the
 //!   store is unreachable.
@@ -82,6 +86,7 @@ pub struct PeerState {
 pub fn router(state: PeerState) -> Router {
     Router::new()
         .route("/v1/failsafe", post(failsafe))
+        .route("/v1/liveness", axum::routing::get(liveness))
         .route("/metrics", axum::routing::get(metrics))
         .merge(crate::checks::router())
         .with_state(state)
@@ -101,6 +106,13 @@ async fn failsafe(State(state): State<PeerState>, Json(ask): Json<FailsafeAsk>) 
         Ok(answer) => Json(answer).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping").into_response(),
     }
+}
+
+/// `GET /v1/liveness`: held open, silent, until the agent's loop has
+/// stopped (a peer that closes it first ends it: hyper drops the request).
+async fn liveness(State(state): State<PeerState>) -> Response {
+    state.requests.closed().await;
+    (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping").into_response()
 }
 
 /// `GET /metrics`: the agent's metrics, in the OpenMetrics text format.

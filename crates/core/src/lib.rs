@@ -17,9 +17,12 @@
 //!   machines: the host lease, self-fencing, failsafe, holds, topology
 //!   changes, watchdog deadlines.
 //! - [`health`]: health-check hysteresis.
+//! - [`detector`]: the heartbeat failure detector (which peer hosts'
+//!   agents are suspected lost, and why).
 #![deny(missing_docs)]
 
 pub mod controller;
+pub mod detector;
 pub mod health;
 pub mod host;
 pub mod instance;

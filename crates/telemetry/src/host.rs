@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tandem_core::detector::Change;
 use tandem_core::host::{HostNote, Level};
 use tandem_core::instance::KillReason;
 use tracing::{debug, info, warn};
@@ -23,6 +24,18 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    /// The peer host (`host` is the agent's own).
+    peer: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhyLabels {
+    why: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +173,13 @@ pub enum HostEvent<'a> {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// The heartbeat detector suspected a peer host, or cleared it.
+    Suspicion(&'a Change),
+    /// A heartbeat datagram was dropped.
+    HeartbeatDropped {
+        /// Why (`malformed`, `unknown_host`, `wrong_address`, `stale`).
+        why: &'static str,
+    },
 }
 
 /// An agent's metrics, labelled with its host.
@@ -177,6 +197,12 @@ pub struct HostMetrics {
     probe_seconds: HistogramFamily<ProbeLabels>,
     hook_seconds: HistogramFamily<HookLabels>,
     store_reachable: Gauge,
+    suspicions: Family<PeerLabels, Counter>,
+    suspicions_cleared: Family<PeerLabels, Counter>,
+    hosts_suspected: Gauge,
+    liveness_connections: Gauge,
+    heartbeats_received: Counter,
+    heartbeats_dropped: Family<WhyLabels, Counter>,
 }
 
 impl HostMetrics {
@@ -198,6 +224,12 @@ impl HostMetrics {
             probe_seconds: Family::new_with_constructor(seconds_histogram),
             hook_seconds: Family::new_with_constructor(seconds_histogram),
             store_reachable: Gauge::default(),
+            suspicions: Family::default(),
+            suspicions_cleared: Family::default(),
+            hosts_suspected: Gauge::default(),
+            liveness_connections: Gauge::default(),
+            heartbeats_received: Counter::default(),
+            heartbeats_dropped: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -256,6 +288,36 @@ impl HostMetrics {
             "1 while the host lease is renewed in time (the store answers), else 0",
             m.store_reachable.clone(),
         );
+        r.register(
+            "host_suspicions",
+            "Peer hosts this agent's heartbeats suspected lost, by peer and reason (silent: no heartbeat for heartbeat_interval x missed_heartbeats; connection_closed: its agent process ended)",
+            m.suspicions.clone(),
+        );
+        r.register(
+            "host_suspicions_cleared",
+            "Suspected peer hosts cleared, by peer and reason (heard_again: heartbeats steady again)",
+            m.suspicions_cleared.clone(),
+        );
+        r.register(
+            "hosts_suspected",
+            "Peer hosts suspected lost now",
+            m.hosts_suspected.clone(),
+        );
+        r.register(
+            "liveness_connections",
+            "Liveness connections open to peer agents (one per peer while it runs)",
+            m.liveness_connections.clone(),
+        );
+        r.register(
+            "heartbeats_received",
+            "Heartbeat datagrams received from peer agents (dropped ones included)",
+            m.heartbeats_received.clone(),
+        );
+        r.register(
+            "heartbeats_dropped",
+            "Heartbeat datagrams dropped, by why (malformed, unknown_host, wrong_address, stale)",
+            m.heartbeats_dropped.clone(),
+        );
         // The decisions alerts follow exist from the start, at 0, so that
         // their first occurrence is an increase.
         for reason in ["session_fenced", "fenced", "crash_looping", "failsafe_kept"] {
@@ -274,9 +336,61 @@ impl HostMetrics {
         self.store_reachable.set(i64::from(reachable));
     }
 
+    /// Sets how many peer hosts are suspected now.
+    pub fn set_hosts_suspected(&self, n: usize) {
+        self.hosts_suspected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many liveness connections to peer agents are open.
+    pub fn set_liveness_connections(&self, n: usize) {
+        self.liveness_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts heartbeat datagrams received (no log: hundreds a second).
+    pub fn heartbeats_received(&self, n: u64) {
+        self.heartbeats_received.inc_by(n);
+    }
+
+    /// Updates `ev`'s metric without logging it (for a second agent of the
+    /// same process that shares the event, logged once by the first).
+    pub fn count(&self, ev: HostEvent<'_>) {
+        match ev {
+            HostEvent::Suspicion(change) => {
+                let labels = PeerLabels {
+                    peer: change.host().to_string(),
+                    reason: change.reason().name(),
+                };
+                match change {
+                    Change::Suspected { .. } => self.suspicions.get_or_create(&labels).inc(),
+                    Change::Cleared { .. } => self.suspicions_cleared.get_or_create(&labels).inc(),
+                };
+            }
+            HostEvent::HeartbeatDropped { why } => {
+                self.heartbeats_dropped
+                    .get_or_create(&WhyLabels { why })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
     /// Logs `ev` and updates its metric.
     pub fn emit(&self, ev: HostEvent<'_>) {
         match ev {
+            HostEvent::Suspicion(change) => {
+                let (peer, reason) = (change.host(), change.reason().name());
+                match change {
+                    Change::Suspected { .. } => warn!(peer, reason, "{change}"),
+                    Change::Cleared { .. } => info!(peer, reason, "{change}"),
+                }
+                self.count(ev);
+            }
+            HostEvent::HeartbeatDropped { why } => {
+                debug!(why, "heartbeat datagram dropped");
+                self.count(ev);
+            }
             HostEvent::LeaseRenewed { latency } => {
                 self.lease_renewals
                     .get_or_create(&OutcomeLabels { outcome: "ok" })
@@ -420,6 +534,19 @@ mod tests {
             ok: false,
         });
         m.set_store_reachable(true);
+        let suspected = Change::Suspected {
+            host: "h2".into(),
+            reason: tandem_core::detector::Reason::ConnectionClosed,
+        };
+        m.emit(HostEvent::Suspicion(&suspected));
+        m.emit(HostEvent::Suspicion(&Change::Cleared {
+            host: "h2".into(),
+            reason: tandem_core::detector::Reason::HeardAgain { for_ms: 30 },
+        }));
+        m.emit(HostEvent::HeartbeatDropped { why: "malformed" });
+        m.set_hosts_suspected(1);
+        m.set_liveness_connections(2);
+        m.heartbeats_received(3);
         let text = crate::encode(&[m.registry()]);
         for line in [
             "tandem_lease_renewals_total{host=\"h1\",outcome=\"ok\"} 1",
@@ -431,6 +558,12 @@ mod tests {
             "tandem_processes_exited_total{host=\"h1\",app=\"web\",cause=\"tandem\"} 1",
             "tandem_probe_seconds_count{host=\"h1\",app=\"web\",outcome=\"failed\"} 1",
             "tandem_store_reachable{host=\"h1\"} 1",
+            "tandem_host_suspicions_total{host=\"h1\",peer=\"h2\",reason=\"connection_closed\"} 1",
+            "tandem_host_suspicions_cleared_total{host=\"h1\",peer=\"h2\",reason=\"heard_again\"} 1",
+            "tandem_heartbeats_dropped_total{host=\"h1\",why=\"malformed\"} 1",
+            "tandem_hosts_suspected{host=\"h1\"} 1",
+            "tandem_liveness_connections{host=\"h1\"} 2",
+            "tandem_heartbeats_received_total{host=\"h1\"} 3",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
