@@ -681,7 +681,9 @@ impl Leader {
                 .map(|(a, _)| a.name.as_str())
                 .collect();
             let message = if suspected {
-                let mut m = format!("host {host} suspected lost (its heartbeats stopped)");
+                let mut m = format!(
+                    "suspecting host {host}: its heartbeats stopped or its agent's connection closed"
+                );
                 if device {
                     m.push_str("; running its fence device");
                 }

@@ -154,10 +154,7 @@ fn an_operators_request_is_refused_without_device_and_answered_once_done() {
         ["refused i1"]
     );
     // No lease: its agent stepped down before it ended; nothing to fence.
-    assert_eq!(
-        summary(&step(&mut b, ask(None, true), ms(0))),
-        ["done i1"]
-    );
+    assert_eq!(summary(&step(&mut b, ask(None, true), ms(0))), ["done i1"]);
     assert_eq!(
         summary(&step(&mut b, ask(Some(7), true), ms(0))),
         ["fence_started", "run h1 #1"]
