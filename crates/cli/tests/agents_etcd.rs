@@ -646,3 +646,87 @@ async fn an_operator_fences_a_host_and_its_primaries_move_at_once() {
     assert!(confirmed < promoted, "{reasons:?}");
     eprintln!("tandem fence {target} → the other instance promoted: {took:?} (lease TTL 2 s)");
 }
+
+/// The controller's host is lost: the surviving agent suspects it at once
+/// (its agent's connection closed) and takes the controller role over
+/// without waiting for the lost host's lease (10 s here): it is elected,
+/// and records the suspicion, within half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_controllers_role_is_taken_over_before_its_lease_ends() {
+    let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
+        .await
+        .expect("etcd cluster");
+    let store = store_url(&cluster);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = topology([free_port(), free_port()])
+        .replace("lease_ttl = \"2s\"", "lease_ttl = \"10s\"")
+        .replace("renew_interval = \"300ms\"", "renew_interval = \"1s\"")
+        .replace("fence_margin = \"800ms\"", "fence_margin = \"3s\"");
+    apply(dir.path(), &store, &text);
+    let addrs = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.2:{}", free_port()),
+    ];
+    let mut agents = vec![
+        Some(start_agent(dir.path(), &store, "h1", Some(&addrs[0]))),
+        Some(start_agent(dir.path(), &store, "h2", Some(&addrs[1]))),
+    ];
+    let apis = [
+        ApiClient::new(&addrs[0]).expect("client"),
+        ApiClient::new(&addrs[1]).expect("client"),
+    ];
+    wait_for(&apis[1], "a primary, b backup", 40, |a| {
+        a.primary.as_deref() == Some("a") && a.instances[1].role == Role::Backup
+    })
+    .await;
+    let controller = |events: &[tandem_core::model::Event]| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e.kind == tandem_core::model::EventKind::Controller)
+            .cloned()
+    };
+    let events = apis[1].events(None, Some(1000)).await.expect("events");
+    let first = controller(&events).expect("a controller was elected");
+    let lost = usize::from(first.message.ends_with("h2"));
+    let (lost_host, survivor) = (["h1", "h2"][lost], ["h1", "h2"][1 - lost]);
+    let killed_ms = now_ms();
+    if let Some(mut agent) = agents[lost].take() {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    let api = &apis[1 - lost];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (elected, events) = loop {
+        let events = api.events(None, Some(1000)).await.unwrap_or_default();
+        if let Some(e) = controller(&events).filter(|e| e.message.ends_with(survivor)) {
+            break (e, events);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{survivor} never became controller"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        elected.t_ms < killed_ms + 5_000,
+        "{survivor} became controller {} ms after {lost_host}'s agent was killed: it waited for the 10 s lease",
+        elected.t_ms.saturating_sub(killed_ms)
+    );
+    assert!(
+        events.iter().any(|e| e.reason.as_deref() == Some("host_suspected")
+            && e.message.contains(lost_host)),
+        "no host_suspected event for {lost_host}: {events:#?}"
+    );
+    eprintln!(
+        "{lost_host}'s agent killed → {survivor} controller: {} ms",
+        elected.t_ms.saturating_sub(killed_ms)
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
