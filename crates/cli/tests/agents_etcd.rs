@@ -667,7 +667,7 @@ async fn a_lost_controllers_role_is_taken_over_before_its_lease_ends() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.2:{}", free_port()),
     ];
-    let mut agents = vec![
+    let mut agents = [
         Some(start_agent(dir.path(), &store, "h1", Some(&addrs[0]))),
         Some(start_agent(dir.path(), &store, "h2", Some(&addrs[1]))),
     ];
