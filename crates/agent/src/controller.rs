@@ -794,8 +794,10 @@ impl Leader {
         let argv = device.command_for(h);
         let timeout = device.timeout;
         let done = self.fence_done.0.clone();
+        let metrics = self.metrics.clone();
         info!(host = %host, attempt, command = ?argv, "running the fence device");
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let env = vec![
                 ("TANDEM_FENCE_HOST".to_string(), host.clone()),
                 ("TANDEM_FENCE_ATTEMPT".to_string(), attempt.to_string()),
@@ -815,6 +817,15 @@ impl Leader {
                 }
             }
             .await;
+            metrics.emit(ControllerEvent::FenceRun {
+                host: &host,
+                outcome: if result.is_ok() {
+                    "confirmed"
+                } else {
+                    "failed"
+                },
+                latency: started.elapsed(),
+            });
             let _ = done.send(FenceInput::Exited {
                 host,
                 lease,

@@ -644,6 +644,17 @@ async fn an_operator_fences_a_host_and_its_primaries_move_at_once() {
         })
         .unwrap_or_else(|| panic!("no promotion for host_fenced: {reasons:?}"));
     assert!(confirmed < promoted, "{reasons:?}");
+    // Counted in the controller's metrics (h2's process serves the API).
+    let metrics = reqwest::get(format!("{}/metrics", api_addr.trim_end_matches('/')))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for (outcome, n) in [("failed", 3), ("confirmed", 1)] {
+        let line = format!("tandem_fence_runs_total{{host=\"h1\",outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
     eprintln!("tandem fence {target} → the other instance promoted: {took:?} (lease TTL 2 s)");
 }
 

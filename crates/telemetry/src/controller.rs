@@ -53,6 +53,15 @@ pub enum ControllerEvent<'a> {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// A fence device run ended.
+    FenceRun {
+        /// The fenced host.
+        host: &'a str,
+        /// `confirmed` or `failed`.
+        outcome: &'static str,
+        /// How long it ran.
+        latency: Duration,
+    },
     /// An event was written to the log.
     EventWritten {
         /// Its kind (`promoted`, `primary-failed`, ...).
@@ -69,6 +78,15 @@ pub struct ControllerMetrics {
     pass_seconds: Histogram,
     store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
     events: Family<KindLabels, Counter>,
+    fence_runs: Family<FenceLabels, Counter>,
+    fence_seconds: Histogram,
+}
+
+/// Labels of a fence device run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FenceLabels {
+    host: String,
+    outcome: &'static str,
 }
 
 impl Default for ControllerMetrics {
@@ -87,6 +105,8 @@ impl ControllerMetrics {
             pass_seconds: seconds_histogram(),
             store_seconds: Family::new_with_constructor(seconds_histogram),
             events: Family::default(),
+            fence_runs: Family::default(),
+            fence_seconds: seconds_histogram(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -114,6 +134,16 @@ impl ControllerMetrics {
             "controller_events",
             "Events the controller wrote to the log, by kind",
             m.events.clone(),
+        );
+        r.register(
+            "fence_runs",
+            "Fence device runs of the controller, by host and outcome (confirmed, failed)",
+            m.fence_runs.clone(),
+        );
+        r.register(
+            "fence_run_seconds",
+            "Duration of a fence device run, from its start to its exit",
+            m.fence_seconds.clone(),
         );
         ControllerMetrics { registry, ..m }
     }
@@ -146,6 +176,19 @@ impl ControllerMetrics {
                         outcome: if ok { "ok" } else { "failed" },
                     })
                     .observe(secs(latency));
+            }
+            ControllerEvent::FenceRun {
+                host,
+                outcome,
+                latency,
+            } => {
+                self.fence_runs
+                    .get_or_create(&FenceLabels {
+                        host: host.into(),
+                        outcome,
+                    })
+                    .inc();
+                self.fence_seconds.observe(secs(latency));
             }
             ControllerEvent::EventWritten { kind } => {
                 self.events
