@@ -622,15 +622,9 @@ impl Leader {
                     lease: old,
                 });
             }
-            if now.is_some() && before != now && self.hosts.suspected.contains(host) {
-                // A suspected host whose agent began a new session.
-                let device = self.topology.fence_device(host).is_some();
-                self.fence(FenceInput::Suspected {
-                    host: host.to_string(),
-                    lease: now,
-                    device,
-                });
-            }
+            // A new session of a host still suspected is not fenced: the
+            // suspicion was of the session that ended (a device runs on a
+            // new suspicion only).
             if !live {
                 return;
             }
