@@ -297,7 +297,7 @@ pub fn validate(file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
-    match tandem_core::topology::parse(&name, &text) {
+    match tandem_core::topology::parse_with(&name, &text, &crate::program::check_executable) {
         Ok(t) => {
             let instances: usize = t.apps.iter().map(|a| a.instances.len()).sum();
             if as_json {

@@ -5,6 +5,7 @@
 mod bench;
 mod cluster;
 mod commands;
+mod program;
 mod table;
 mod up;
 

@@ -46,7 +46,11 @@ pub struct UpArgs {
 pub fn load_topology(path: &Path) -> anyhow::Result<Topology> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match tandem_core::topology::parse(&path.display().to_string(), &text) {
+    match tandem_core::topology::parse_with(
+        &path.display().to_string(),
+        &text,
+        &crate::program::check_executable,
+    ) {
         Ok(t) => Ok(t),
         Err(diags) => {
             for d in &diags.0 {

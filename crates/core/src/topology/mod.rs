@@ -2,9 +2,7 @@
 //! hosts, apps and their instances, links), parsed and validated into a
 //! [`Topology`].
 //!
-//! [`parse`] takes the file's name and text (core reads no files; the one
-//! look at the machine is whether each fence device's program is
-//! executable here) and either
+//! [`parse`] takes the file's name and text (core reads no files) and either
 //! returns the model or [`Diagnostics`] listing *every* problem, each as
 //! `file:line:column: message`. Only a TOML syntax error stops the check
 //! early. The model is what the controller and the agents share: it is stored
@@ -47,8 +45,8 @@
 //!                           # run by the controller; exit status 0 confirms the host
 //!                           # is off. Placeholders: {host}, {address}, {site}. The
 //!                           # program (unless it holds a placeholder) must be
-//!                           # executable where the file is validated: a path with
-//!                           # a "/" (relative to the current directory), else on $PATH
+//!                           # executable where the file is validated (`tandem
+//!                           # validate`, `up`, `topology apply`: see [`parse_with`])
 //! timeout = "10s"           # default 5s: a longer run is killed and counts as failed
 //!
 //! [apps.web]                # the app's name is its key
@@ -133,7 +131,6 @@ mod diagnostic;
 mod duration;
 mod model;
 mod placeholder;
-mod program;
 mod validate;
 mod walk;
 
@@ -149,9 +146,26 @@ pub use walk::is_valid_name;
 use diagnostic::Sink;
 use toml::de::DeTable;
 
+/// Tells whether a fence device's program can run: `Err(why)` if not
+/// ("not found", "not executable (mode 0644)"). Core reads no files: the
+/// caller, on the machine that validates, supplies it.
+pub type ProgramCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
+
 /// Parses and validates a topology. `file` is only used in diagnostics and
 /// to derive the default name (the file stem). Returns every problem found.
+/// Fence programs are not looked for (see [`parse_with`]).
 pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
+    parse_with(file, text, &|_| Ok(()))
+}
+
+/// [`parse`], also asking `programs` whether each fence device's program
+/// (unless it holds a placeholder) can run, and reporting it at the
+/// program's place if not.
+pub fn parse_with(
+    file: &str,
+    text: &str,
+    programs: ProgramCheck<'_>,
+) -> Result<Topology, Diagnostics> {
     let mut sink = Sink::default();
     let root = match DeTable::parse(text) {
         Ok(root) => root,
@@ -165,7 +179,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         }
     };
     let (topology, facts) = walk::walk(file, root.get_ref(), &mut sink);
-    validate::validate(text, &facts, &mut sink);
+    validate::validate(text, &facts, &mut sink, programs);
     if sink.is_empty() {
         Ok(topology)
     } else {

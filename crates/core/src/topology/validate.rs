@@ -4,17 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::ProgramCheck;
 use super::diagnostic::{Sink, line_column};
 use super::duration::format_duration;
 use super::model::{Fencing, HaMode, SUPPORTED_HA_MODES};
 use super::placeholder::{FENCE_PLACEHOLDERS, PLACEHOLDERS, Placeholder, Token, tokens};
-use super::program::check_executable;
 use super::walk::{
     AppFacts, ClusterFacts, Facts, FenceFacts, InstanceFacts, Named, Span, Src, did_you_mean,
 };
 
 /// Runs every cross-table check.
-pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink) {
+pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink, programs: ProgramCheck<'_>) {
     let sites = first_definitions(
         text,
         sink,
@@ -28,7 +28,7 @@ pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink) {
         .filter_map(|s| s.fence.as_ref())
         .chain(facts.hosts.iter().filter_map(|h| h.fence.as_ref()));
     for fence in fences {
-        check_fence(text, sink, fence);
+        check_fence(text, sink, fence, programs);
     }
     let hosts = first_definitions(
         text,
@@ -285,7 +285,7 @@ fn validate_app(
 
 /// Checks a fence device's placeholders, and that its program can run here
 /// (unless the program's name holds a placeholder).
-fn check_fence(text: &str, sink: &mut Sink, fence: &FenceFacts) {
+fn check_fence(text: &str, sink: &mut Sink, fence: &FenceFacts, programs: ProgramCheck<'_>) {
     let owner = &fence.owner;
     for template in &fence.command {
         let at =
@@ -322,7 +322,7 @@ fn check_fence(text: &str, sink: &mut Sink, fence: &FenceFacts) {
             _ => return,
         }
     }
-    if let Err(why) = check_executable(&literal) {
+    if let Err(why) = programs(&literal) {
         sink.error(
             &program.span,
             format!("fence program \"{literal}\" of {owner}: {why}"),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Why a program cannot be run, for messages: "not found", "not a file",
 /// "not executable (mode 0644)", "not found on $PATH".
-pub(crate) fn check_executable(program: &str) -> Result<(), String> {
+pub fn check_executable(program: &str) -> Result<(), String> {
     if program.contains('/') {
         let path = Path::new(program);
         let resolved = if path.is_absolute() {
@@ -73,4 +73,43 @@ fn mode(m: &Metadata) -> Option<u32> {
 #[cfg(not(unix))]
 fn mode(_: &Metadata) -> Option<u32> {
     None
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_program_must_exist_be_a_file_and_be_executable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "#!/bin/sh\nexit 0\n").expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            path.display().to_string()
+        };
+        for ok in [file("fence-ok", 0o755), file("fence-owner", 0o700)] {
+            assert_eq!(check_executable(&ok), Ok(()), "{ok}");
+        }
+        let plain = file("fence-plain", 0o644);
+        let missing = dir.path().join("fence-missing").display().to_string();
+        let directory = dir.path().display().to_string();
+        for (program, why) in [
+            (plain, "not executable (mode 0644)"),
+            (missing, "not found"),
+            (directory, "not a file"),
+        ] {
+            assert_eq!(
+                check_executable(&program),
+                Err(why.to_string()),
+                "{program}"
+            );
+        }
+        assert_eq!(
+            check_executable("tandem-no-such-fence-program"),
+            Err("not found on $PATH".to_string())
+        );
+        assert_eq!(check_executable("sh"), Ok(()));
+    }
 }
