@@ -635,18 +635,7 @@ impl Leader {
             } else {
                 format!("host {host} lost: its agent's lease ended")
             };
-            self.pending
-                .entry(NO_APP.into())
-                .or_default()
-                .push(EventDraft {
-                    kind: EventKind::Host,
-                    app: None,
-                    instance: None,
-                    epoch: None,
-                    message,
-                    reason: Some(if put { "host_joined" } else { "host_lost" }),
-                });
-            self.dirty.insert(NO_APP.into());
+            self.host_event(message, if put { "host_joined" } else { "host_lost" });
         }
     }
 
@@ -696,22 +685,14 @@ impl Leader {
             } else {
                 info!(host = %host, "{message}");
             }
-            self.pending
-                .entry(NO_APP.into())
-                .or_default()
-                .push(EventDraft {
-                    kind: EventKind::Host,
-                    app: None,
-                    instance: None,
-                    epoch: None,
-                    message,
-                    reason: Some(if suspected {
-                        "host_suspected"
-                    } else {
-                        "host_cleared"
-                    }),
-                });
-            self.dirty.insert(NO_APP.into());
+            self.host_event(
+                message,
+                if suspected {
+                    "host_suspected"
+                } else {
+                    "host_cleared"
+                },
+            );
             for (app, _) in self.topology.instances_on(host) {
                 self.dirty.insert(app.name.clone());
             }
@@ -726,6 +707,22 @@ impl Leader {
             };
             self.fence(input);
         }
+    }
+
+    /// Records an event about a host (not about one app).
+    fn host_event(&mut self, message: String, reason: &'static str) {
+        self.pending
+            .entry(NO_APP.into())
+            .or_default()
+            .push(EventDraft {
+                kind: EventKind::Host,
+                app: None,
+                instance: None,
+                epoch: None,
+                message,
+                reason: Some(reason),
+            });
+        self.dirty.insert(NO_APP.into());
     }
 
     /// Feeds the fence book and carries out what it returns.
