@@ -782,7 +782,7 @@ impl Leader {
         else {
             return;
         };
-        let argv = device.command_for(h);
+        let argv = tandem_core::topology::fence_command(device, h);
         let timeout = device.timeout;
         let done = self.fence_done.0.clone();
         let metrics = self.metrics.clone();

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tandem_core::topology::{
     App, Cardinality, Check, CheckKind, Cluster, Diagnostic, FenceDevice, Fencing, HaMode, Hook,
-    Host, Instance, Link, RestartPolicy, Site, Topology, expand, expand_all, format_duration,
-    parse, parse_duration, parse_with,
+    Host, Instance, Link, RestartPolicy, Site, Topology, expand, expand_all, fence_command,
+    format_duration, parse, parse_duration, parse_with,
 };
 
 const FULL: &str = include_str!("fixtures/topology/full.toml");
@@ -383,7 +383,7 @@ fn fence_device_is_the_hosts_own_else_its_sites_with_placeholders_expanded() {
     let own = t.fence_device("local").expect("local's own device");
     assert_eq!(own.timeout, ms(10_000));
     assert_eq!(
-        own.command_for(local),
+        fence_command(own, local),
         strings(&[
             "/bin/sh",
             "-c",
@@ -393,7 +393,7 @@ fn fence_device_is_the_hosts_own_else_its_sites_with_placeholders_expanded() {
     let site = t.fence_device("remote").expect("dc2's device");
     assert_eq!(site, t.site("dc2").unwrap().fence.as_ref().unwrap());
     assert_eq!(
-        site.command_for(remote),
+        fence_command(site, remote),
         strings(&["sh", "-c", "fence-site dc2 remote"])
     );
     assert_eq!(t.fence_device("nowhere"), None);

@@ -125,7 +125,7 @@
 //! `{ports.NAME}` (which every instance of the app must have). `{{` and `}}`
 //! stand for literal braces; any other `{...}` is an error. Fence commands
 //! take `{host}`, `{address}` and `{site}` of the fenced host instead
-//! (expanded by [`FenceDevice::command_for`]).
+//! (expanded by [`fence_command`]).
 
 mod diagnostic;
 mod duration;
@@ -140,7 +140,7 @@ pub use model::{
     App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HOOK_SIGNALS, HaMode, Hook,
     Host, Instance, Link, RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, hook_signal,
 };
-pub use placeholder::{expand, expand_all};
+pub use placeholder::{expand, expand_all, fence_command};
 pub use walk::is_valid_name;
 
 use diagnostic::Sink;

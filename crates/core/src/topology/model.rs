@@ -208,15 +208,6 @@ pub struct FenceDevice {
 impl FenceDevice {
     /// Default `timeout`.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// The command for `host`, placeholders replaced (`{{` and `}}` stand
-    /// for literal braces, as in every other command).
-    pub fn command_for(&self, host: &Host) -> Vec<String> {
-        self.command
-            .iter()
-            .map(|a| super::placeholder::expand_fence(a, host))
-            .collect()
-    }
 }
 
 /// How tandem knows that a deposed primary of an app can no longer act.

@@ -2,7 +2,7 @@
 //! `{host}`, `{address}`, `{ports.NAME}`; `{{` and `}}` stand for literal
 //! braces. The model keeps them unexpanded; the agent expands them per instance.
 
-use super::model::{App, Host, Instance};
+use super::model::{App, FenceDevice, Host, Instance};
 
 /// The placeholders a template may use, for messages.
 pub(crate) const PLACEHOLDERS: &str = "{app}, {instance}, {host}, {address}, {ports.NAME}";
@@ -129,7 +129,7 @@ pub fn expand(template: &str, app: &App, instance: &Instance, host: &Host) -> St
 /// Expands the placeholders of a fence command's `template` for `host`:
 /// `{host}`, `{address}` and `{site}`. Anything else (validation rules it
 /// out) is left as written.
-pub(crate) fn expand_fence(template: &str, host: &Host) -> String {
+fn expand_fence(template: &str, host: &Host) -> String {
     let mut out = String::with_capacity(template.len());
     for token in tokens(template) {
         match token {
@@ -144,6 +144,16 @@ pub(crate) fn expand_fence(template: &str, host: &Host) -> String {
         }
     }
     out
+}
+
+/// The command of fence device `device` for `host`, its `{host}`,
+/// `{address}` and `{site}` replaced.
+pub fn fence_command(device: &FenceDevice, host: &Host) -> Vec<String> {
+    device
+        .command
+        .iter()
+        .map(|a| expand_fence(a, host))
+        .collect()
 }
 
 /// Expands every template of `templates` (a command) with [`expand`].
