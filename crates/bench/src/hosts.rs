@@ -1,19 +1,14 @@
-//! `tandem bench host-loss` and `tandem bench etcd-load`: production mode
-//! measured from outside. Each runs two real `tandem agent` processes (this
-//! executable) for hosts h1 (127.0.0.1) and h2 (127.0.0.2) on the etcd
-//! cluster given with `--store`, with warm-standby pairs of demo components
-//! (instance `a` on h1, `b` on h2):
+//! `tandem bench etcd-load`: production mode measured from outside. It
+//! runs two real `tandem agent` processes (this executable) for hosts h1
+//! (127.0.0.1) and h2 (127.0.0.2) on the etcd cluster given with
+//! `--store`, with warm-standby pairs of demo components (instance `a` on
+//! h1, `b` on h2), N managed instances in steady state; reads etcd's
+//! Prometheus counters (`/metrics` on each member's client URL) before and
+//! after a window and prints the writes per instance per second and the
+//! lease keep-alives per host per second. (`tandem bench host-loss` builds
+//! its own cluster in network namespaces: see `host_loss.rs`.)
 //!
-//! - `host-loss`: per trial, SIGKILLs the agent of the primary's host (its
-//!   instances die with it) and times until the backup on the other host
-//!   answers as primary on its own port: the lease TTL plus the promotion.
-//!   The killed agent is then started again and the pair left to settle.
-//! - `etcd-load`: N managed instances in steady state; reads etcd's
-//!   Prometheus counters (`/metrics` on each member's client URL) before
-//!   and after a window and prints the writes per instance per second and
-//!   the lease keep-alives per host per second.
-//!
-//! Both take over everything under `/tandem/` of that cluster: they refuse
+//! It takes over everything under `/tandem/` of that cluster: it refuses
 //! to run on one that holds another topology.
 
 use std::collections::BTreeMap;
@@ -24,14 +19,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tandem_agent::controller::ControllerRecord;
 use tandem_core::model::{AppRoles, Health, InstanceStatus, ProcessState, Role, keys};
 use tandem_core::topology::Topology;
 use tandem_demo::topology::{WarmPair, app_block};
 use tandem_store::Store;
 use tokio::time::Instant;
 
-use crate::figures::stats;
 use crate::{Connect, free_port};
 
 /// The name of the topology these benches store (the stem of the file
@@ -42,26 +35,8 @@ const TOPOLOGY_NAME: &str = "bench-hosts";
 const HOSTS: [(&str, &str); 2] = [("h1", "127.0.0.1"), ("h2", "127.0.0.2")];
 /// The longest wait for a settled pair (agents starting, a lease expiring).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest wait for the backup to answer as primary after a host loss.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped agent may take to stop its instances and leave.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// What [`host_loss`] runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostLoss {
-    /// The etcd cluster (etcd://h1:2379,...); everything under /tandem/ is
-    /// replaced.
-    pub store: String,
-    /// Number of trials.
-    pub trials: usize,
-    /// The agents' lease TTL in ms (etcd grants whole seconds); the renew
-    /// interval is a sixth of it and the fence margin a third, as with the
-    /// topology defaults (3 s, 500 ms, 1 s).
-    pub lease_ttl_ms: u64,
-    /// Print the figures as JSON.
-    pub json: bool,
-}
 
 /// What [`etcd_load`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +48,8 @@ pub struct EtcdLoad {
     pub instances: u64,
     /// Length of the measured window, in seconds.
     pub seconds: u64,
-    /// The agents' lease TTL in ms (see [`HostLoss::lease_ttl_ms`]).
+    /// The agents' lease TTL in ms (etcd grants whole seconds); the renew interval is a sixth of it
+    /// and the fence margin a third, as with the topology defaults.
     pub lease_ttl_ms: u64,
     /// Print the figures as JSON.
     pub json: bool,
@@ -203,20 +179,6 @@ impl Rig {
         Ok(())
     }
 
-    /// SIGKILLs `host`'s agent and reaps it; returns its pid.
-    fn kill_agent(&mut self, host: &str) -> anyhow::Result<u32> {
-        let mut child = self
-            .agents
-            .remove(host)
-            .with_context(|| format!("no agent runs for {host}"))?;
-        let pid = child.id();
-        child
-            .kill()
-            .with_context(|| format!("cannot kill the agent of {host}"))?;
-        let _ = child.wait();
-        Ok(pid)
-    }
-
     /// The last lines of `host`'s agent log, for error messages.
     fn log_tail(&self, host: &str) -> String {
         let text = std::fs::read_to_string(self.log_path(host)).unwrap_or_default();
@@ -244,14 +206,6 @@ impl Rig {
             let _ = child.wait();
         }
         self.agents.clear();
-    }
-
-    /// The host whose agent is the controller now.
-    async fn controller(&self) -> Option<String> {
-        let kv = self.store.get(keys::CONTROLLER).await.ok()??;
-        serde_json::from_slice::<ControllerRecord>(&kv.value)
-            .ok()
-            .map(|r| r.host)
     }
 
     /// The primary (instance, pid, epoch) of `app` if it has acknowledged
@@ -318,114 +272,6 @@ impl Drop for Rig {
 
 fn other(id: &str) -> &'static str {
     if id == "a" { "b" } else { "a" }
-}
-
-/// Host name and address of instance `id` (`a` on h1, `b` on h2).
-fn host_of(id: &str) -> (&'static str, &'static str) {
-    if id == "a" { HOSTS[0] } else { HOSTS[1] }
-}
-
-/// `tandem bench host-loss`: kill -9 of the primary's agent process (its
-/// host) → the backup on another host answers as primary.
-pub async fn host_loss(args: &HostLoss, connect: &impl Connect) -> anyhow::Result<()> {
-    if args.trials == 0 {
-        bail!("--trials must be at least 1");
-    }
-    let (ttl, renew, margin) = timings(args.lease_ttl_ms);
-    let (text, apps) = topology(args.lease_ttl_ms, 1)?;
-    let (app, ports) = apps
-        .first()
-        .cloned()
-        .context("the bench topology has no app")?;
-    let mut rig = Rig::start(&args.store, &text, connect).await?;
-    if !args.json {
-        println!(
-            "bench host-loss: agents h1 (127.0.0.1) and h2 (127.0.0.2), a warm-standby pair of demo components, etcd {}, {} trials",
-            args.store, args.trials
-        );
-        println!("  lease TTL {ttl} ms, renew interval {renew} ms, fence margin {margin} ms");
-    }
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_millis(200))
-        .build()?;
-    let mut samples = Vec::with_capacity(args.trials);
-    let mut controller_lost = 0usize;
-    let result: anyhow::Result<()> = async {
-        for trial in 0..args.trials {
-            let settled = rig
-                .wait_settled(std::slice::from_ref(&app))
-                .await
-                .with_context(|| format!("trial {}", trial + 1))?;
-            let Some((primary, _, epoch)) = settled.into_iter().next() else {
-                bail!("trial {}: no primary", trial + 1);
-            };
-            let (victim, _) = host_of(&primary);
-            let backup = other(&primary);
-            let (_, backup_addr) = host_of(backup);
-            let port = if backup == "a" { ports[0] } else { ports[1] };
-            let url = format!("http://{backup_addr}:{port}/");
-            let with_controller = rig.controller().await.as_deref() == Some(victim);
-            controller_lost += usize::from(with_controller);
-
-            let t0 = Instant::now();
-            let pid = rig.kill_agent(victim)?;
-            let deadline = t0 + TAKEOVER_TIMEOUT;
-            loop {
-                if let Ok(resp) = http.get(&url).send().await
-                    && let Ok(v) = resp.json::<serde_json::Value>().await
-                    && v["role"] == "primary"
-                    && v["epoch"].as_u64().is_some_and(|e| e > epoch)
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "trial {}: {app}/{backup} did not answer as primary within {} s of killing {victim}'s agent",
-                        trial + 1,
-                        TAKEOVER_TIMEOUT.as_secs()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let ms = t0.elapsed().as_secs_f64() * 1000.0;
-            samples.push(ms);
-            if !args.json {
-                println!(
-                    "  trial {:>3}: killed {victim}'s agent (pid {pid}; primary {app}/{primary}{}), {app}/{backup} primary after {ms:.1} ms",
-                    trial + 1,
-                    if with_controller {
-                        ", and the controller"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            rig.start_agent(victim)?;
-        }
-        Ok(())
-    }
-    .await;
-    rig.stop().await;
-    result?;
-
-    let (p50, p99, max, mean) = stats(&samples);
-    if args.json {
-        println!(
-            "{}",
-            json!({"bench": "host-loss", "trials": samples.len(), "lease_ttl_ms": ttl,
-                   "renew_interval_ms": renew, "fence_margin_ms": margin,
-                   "controller_on_killed_host": controller_lost,
-                   "p50_ms": p50, "p99_ms": p99, "max_ms": max, "mean_ms": mean, "samples_ms": samples})
-        );
-    } else {
-        println!(
-            "host-loss (etcd; lease TTL {ttl} ms, renew {renew} ms, fence margin {margin} ms): kill -9 of the primary's agent → the backup on the other host answers as primary: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms ({} trials; the controller was on the killed host in {controller_lost})",
-            samples.len()
-        );
-    }
-    Ok(())
 }
 
 /// Sums the samples of metric `name` whose labels include every one of

@@ -5,8 +5,9 @@
 //! Each bench runs real components and kills them with SIGKILL, trial after
 //! trial: on this machine under an in-process agent and controller
 //! ([`failover`], [`cold`], [`singleton`], [`hot`], [`discovery`],
-//! [`proxy`], and [`pool`] for dispatch), or as two `tandem agent`
-//! processes on an etcd cluster ([`host_loss`], [`etcd_load`]); and what
+//! [`proxy`], and [`pool`] for dispatch), or as `tandem agent`
+//! processes on an etcd cluster ([`etcd_load`]; [`host_loss`] on a cluster
+//! of network namespaces it builds itself); and what
 //! N apps cost a real `tandem up` ([`scale`]). The `tandem`
 //! binary parses the flags and calls these functions; they run inside it:
 //! the components they start are `tandem` subcommands (this executable, or
@@ -15,6 +16,7 @@
 #![allow(clippy::disallowed_methods)] // a benchmark reads clocks
 
 pub mod figures;
+mod host_loss;
 mod hosts;
 mod local;
 mod scale;
@@ -25,7 +27,8 @@ use std::sync::Arc;
 
 use tandem_store::Store;
 
-pub use hosts::{EtcdLoad, HostLoss, etcd_load, host_loss};
+pub use host_loss::{Fault, Fencing, HostLoss, host_loss};
+pub use hosts::{EtcdLoad, etcd_load};
 pub use local::{cold, discovery, failover, hot, pool, proxy, singleton};
 pub use scale::{Scale, scale};
 

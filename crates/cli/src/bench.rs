@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tandem_bench::{Connect, EtcdLoad, HostLoss};
+use tandem_bench::{Connect, EtcdLoad, Fault, Fencing, HostLoss};
 use tandem_store::Store;
 
 use crate::cluster::StoreArgs;
@@ -34,8 +34,9 @@ enum BenchKind {
     /// proxy; and the proxy's latency and throughput against a direct
     /// connection.
     Proxy(Trials),
-    /// Production mode: kill -9 of the primary's agent process (its host)
-    /// → the backup on another host answers as primary.
+    /// Production mode: the primary's host is killed or cut off → the
+    /// backup on another host answers as primary (on a cluster the bench
+    /// builds in network namespaces: needs root).
     HostLoss(HostLossArgs),
     /// Production mode: etcd writes per managed instance and lease
     /// keep-alives per host, in steady state.
@@ -81,9 +82,16 @@ struct Trials {
 /// Flags of `tandem bench host-loss`.
 #[derive(clap::Args, Debug)]
 struct HostLossArgs {
-    /// The etcd cluster (etcd://h1:2379,...); everything under /tandem/ is replaced.
-    #[arg(long)]
-    store: String,
+    /// How the app is fenced: `lease` (promoted once the host's lease
+    /// expired), `token` (`fencing = "token"`: promoted once the host is
+    /// suspected) or `device` (every host has a fence device).
+    #[arg(long, value_enum, default_value_t = FencingArg::Lease)]
+    fencing: FencingArg,
+    /// How the primary's host is lost: `kill` (SIGKILL of all its
+    /// processes) or `isolate` (all its traffic dropped, its processes left
+    /// running).
+    #[arg(long, value_enum, default_value_t = FaultArg::Kill)]
+    fault: FaultArg,
     /// Number of trials.
     #[arg(long, default_value_t = 20)]
     trials: usize,
@@ -95,6 +103,21 @@ struct HostLossArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--fencing` of `tandem bench host-loss`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FencingArg {
+    Lease,
+    Token,
+    Device,
+}
+
+/// `--fault` of `tandem bench host-loss`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FaultArg {
+    Kill,
+    Isolate,
 }
 
 /// Flags of `tandem bench etcd-load`.
@@ -156,8 +179,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Proxy(t) => tandem_bench::proxy(&t.into(), &Etcd).await,
         BenchKind::HostLoss(a) => {
             let options = HostLoss {
-                store: a.store,
                 trials: a.trials,
+                fencing: match a.fencing {
+                    FencingArg::Lease => Fencing::Lease,
+                    FencingArg::Token => Fencing::Token,
+                    FencingArg::Device => Fencing::Device,
+                },
+                fault: match a.fault {
+                    FaultArg::Kill => Fault::Kill,
+                    FaultArg::Isolate => Fault::Isolate,
+                },
                 lease_ttl_ms: a.lease_ttl_ms,
                 json: a.json,
             };

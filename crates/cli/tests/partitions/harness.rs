@@ -176,6 +176,57 @@ pub fn run(name: &str, order: [&str; 3], scenario: impl AsyncFnOnce(&Cluster) + 
     );
 }
 
+/// Like [`run`], for tests with their own topology: sets up a cluster with
+/// the `extra` hosts, starts the three etcd members, and runs `scenario`
+/// (which applies its topology and starts the agents) on a thread inside
+/// the control namespace; on failure prints the agents', instances' and
+/// etcd's logs. One cluster runs at a time.
+pub fn run_with(name: &str, extra: &[&str], scenario: impl AsyncFnOnce(&Cluster) + Send) {
+    let _serial = serial();
+    let cluster = Cluster::new_with(extra).expect("cannot set up the test network (run as root)");
+    let ctl = cluster.ctl.clone();
+    let outcome = cluster
+        .net
+        .run_in(&ctl, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                rt.block_on(async {
+                    for i in 0..cluster.etcd.len() {
+                        cluster.start_etcd(i);
+                    }
+                    cluster.wait_etcd(&[0, 1, 2], 30).await;
+                    println!(
+                        "[{name}] etcd ready after {:.1} s",
+                        cluster.started.elapsed().as_secs_f64()
+                    );
+                    scenario(&cluster).await;
+                })
+            }));
+            if result.is_err() {
+                cluster.dump(name);
+                cluster.dump_instance_logs();
+            }
+            drop(rt);
+            result
+        })
+        .expect("cannot enter the control namespace");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    println!(
+        "[{name}] passed in {:.1} s",
+        cluster.started.elapsed().as_secs_f64()
+    );
+}
+
+/// Makes a child die with the thread that spawned it (`PR_SET_PDEATHSIG`).
+pub fn die_with_parent(cmd: &mut Command) {
+    pdeathsig(cmd);
+}
+
 fn pdeathsig(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe; nothing else runs in the child
     // before exec.
@@ -199,6 +250,12 @@ fn http() -> reqwest::Client {
 
 impl Cluster {
     fn new() -> anyhow::Result<Cluster> {
+        Cluster::new_with(&[])
+    }
+
+    /// A cluster with `extra` hosts (e.g. a database's) added after `ctl`,
+    /// reachable with [`Cluster::host`] like h1, h2 and h3.
+    fn new_with(extra: &[&str]) -> anyhow::Result<Cluster> {
         let mut net = Net::new(&default_subnet())?;
         let etcd = ["e1", "e2", "e3"]
             .iter()
@@ -209,6 +266,9 @@ impl Cluster {
             hosts.insert(n.to_owned(), net.add_host(n)?);
         }
         let ctl = net.add_host("ctl")?;
+        for n in extra {
+            hosts.insert((*n).to_owned(), net.add_host(n)?);
+        }
         let dir = tempfile::Builder::new()
             .prefix("tandem-partitions-")
             .tempdir_in("/dev/shm")
@@ -453,8 +513,14 @@ name = "dc1"
     // ---- agents -----------------------------------------------------------
 
     fn apply_topology(&self) {
-        let file = self.dir.path().join("partitions.toml");
-        std::fs::write(&file, self.topology()).expect("write the topology");
+        self.apply_topology_text("partitions.toml", &self.topology());
+    }
+
+    /// Writes `text` to `file_name` in the cluster's directory and applies
+    /// it with `tandem topology apply` from the control host.
+    pub fn apply_topology_text(&self, file_name: &str, text: &str) {
+        let file = self.dir.path().join(file_name);
+        std::fs::write(&file, text).expect("write the topology");
         let mut cmd = Command::new(tandem());
         cmd.args(["topology", "apply"])
             .arg(&file)
@@ -741,6 +807,31 @@ name = "dc1"
                 "{}",
                 tail(&self.dir.path().join(format!("{}.log", m.name)), 8)
             );
+        }
+    }
+}
+
+impl Cluster {
+    /// The log file of instance `app`/`id` kept by host `host`'s agent.
+    pub fn instance_log(&self, host: &str, app: &str, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{host}.agent"))
+            .join("logs")
+            .join(format!("{app}.{id}.log"))
+    }
+
+    /// Prints the last lines of every instance log of every agent.
+    pub fn dump_instance_logs(&self) {
+        for h in self.hosts.keys() {
+            let logs = self.dir.path().join(format!("{h}.agent")).join("logs");
+            let Ok(entries) = std::fs::read_dir(&logs) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                eprintln!("--- {h}: {} (last 30 lines) ---", e.path().display());
+                eprintln!("{}", tail(&e.path(), 30));
+            }
         }
     }
 }
