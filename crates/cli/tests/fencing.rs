@@ -229,58 +229,64 @@ fn token_fenced_hot_standby_promotes_before_the_lease_and_the_sink_refuses_the_o
             "[token_hot_standby] agg/a's writes at epoch {epoch0} refused by PostgreSQL after the heal: {refused}; agg/a's state: {a_state}"
         );
 
-        // The sink itself: wait for the whole stream, then check it. The
-        // sink is a blocking client: this thread runs nothing else now.
+        // The sink itself: wait for the whole stream, then check it (off
+        // the runtime: PostgreSQL's client is blocking).
         let conninfo = pg.conninfo.clone();
-        let mut sink = PostgresSink::connect(&conninfo, TABLE).expect("connect to the sink");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if sink.last_position().expect("last position") == Some(RECORDS - 1) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sink never reached {RECORDS} records (last {:?})\n{}",
-                sink.last_position(),
-                pg.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let rows = sink.rows(0, RECORDS as usize + 10).expect("rows");
-        assert_eq!(rows.len() as u64, RECORDS, "rows in the sink");
-        let mut last_epoch = 0;
-        for (i, row) in rows.iter().enumerate() {
-            assert_eq!(row.position, i as u64, "a gap or a duplicate at {i}");
-            assert_eq!(row.payload, format!("stat-{i}").into_bytes(), "payload {i}");
-            assert!(row.epoch >= last_epoch, "epoch went down at {i}");
-            last_epoch = row.epoch;
-        }
-        assert!(
-            rows.iter().any(|r| r.epoch == epoch0) && rows.iter().any(|r| r.epoch > epoch0),
-            "both the old and the new primary wrote"
-        );
-        // And any write at the old epoch is refused by the sink now.
-        let stale = FencedWriter::take_over(
-            PostgresSink::connect(&conninfo, TABLE).expect("connect"),
-            epoch0,
-        );
-        assert!(
-            matches!(stale, Err(SinkError::Fenced { .. })),
-            "the sink accepted a writer at the old epoch {epoch0}"
-        );
-        let mut raw = PostgresSink::connect(&conninfo, TABLE).expect("connect");
-        let r = raw.write(
-            epoch0,
-            &[Record {
-                position: RECORDS,
-                payload: b"stale".to_vec(),
-            }],
-        );
-        assert!(
-            matches!(r, Err(SinkError::Fenced { .. })),
-            "a write at the old epoch {epoch0} was not refused: {r:?}"
-        );
+        let pg_log = pg.log();
+        support::off_runtime(move || check_sink(&conninfo, epoch0, &pg_log));
     });
+}
+
+/// Every record in the sink exactly once, in order, epochs never going
+/// down, both the old and the new primary wrote; and a writer at the old
+/// epoch is refused.
+fn check_sink(conninfo: &str, epoch0: u64, pg_log: &str) {
+    let mut sink = PostgresSink::connect(conninfo, TABLE).expect("connect to the sink");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if sink.last_position().expect("last position") == Some(RECORDS - 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink never reached {RECORDS} records (last {:?})\n{pg_log}",
+            sink.last_position(),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rows = sink.rows(0, RECORDS as usize + 10).expect("rows");
+    assert_eq!(rows.len() as u64, RECORDS, "rows in the sink");
+    let mut last_epoch = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.position, i as u64, "a gap or a duplicate at {i}");
+        assert_eq!(row.payload, format!("stat-{i}").into_bytes(), "payload {i}");
+        assert!(row.epoch >= last_epoch, "epoch went down at {i}");
+        last_epoch = row.epoch;
+    }
+    assert!(
+        rows.iter().any(|r| r.epoch == epoch0) && rows.iter().any(|r| r.epoch > epoch0),
+        "both the old and the new primary wrote"
+    );
+    let stale = FencedWriter::take_over(
+        PostgresSink::connect(conninfo, TABLE).expect("connect"),
+        epoch0,
+    );
+    assert!(
+        matches!(stale, Err(SinkError::Fenced { .. })),
+        "the sink accepted a writer at the old epoch {epoch0}"
+    );
+    let mut raw = PostgresSink::connect(conninfo, TABLE).expect("connect");
+    let r = raw.write(
+        epoch0,
+        &[Record {
+            position: RECORDS,
+            payload: b"stale".to_vec(),
+        }],
+    );
+    assert!(
+        matches!(r, Err(SinkError::Fenced { .. })),
+        "a write at the old epoch {epoch0} was not refused: {r:?}"
+    );
 }
 
 // ---- b. a fence device ------------------------------------------------------

@@ -337,6 +337,17 @@ impl Witness {
     }
 }
 
+/// Runs blocking `f` (PostgreSQL's client starts a runtime of its own) on a
+/// fresh thread, which inherits the caller's network namespace, and waits
+/// for it. A panic in `f` is propagated.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// A PostgreSQL server listening on `host`'s address only, in its
 /// namespace. The `Net` kills it with the namespace; drop removes its data.
 pub struct Pg {
@@ -418,6 +429,18 @@ impl Pg {
             String::from_utf8_lossy(&initdb.stderr)
         );
         let h = c.host(host);
+        // Trust the test subnet (initdb's --auth=trust covers loopback only).
+        let subnet = match h.addr {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, c3, _] = v4.octets();
+                format!("{a}.{b}.{c3}.0/24")
+            }
+            std::net::IpAddr::V6(v6) => format!("{v6}/128"),
+        };
+        let hba = data.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        text.push_str(&format!("host all all {subnet} trust\n"));
+        std::fs::write(&hba, text).expect("write pg_hba.conf");
         let ns = std::fs::File::open(Path::new("/run/netns").join(&h.ns)).expect("open netns");
         let fd = ns.as_raw_fd();
         let log = std::fs::File::create(dir.path().join("log")).expect("pg log");
@@ -454,23 +477,27 @@ impl Pg {
             "host={} port={PG_PORT} user=postgres connect_timeout=5",
             h.addr
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut admin = loop {
-            match postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls) {
-                Ok(client) => break client,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "postgres did not start: {e}\n{}",
-                        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-                    );
-                    std::thread::sleep(Duration::from_millis(100));
+        let log_path = dir.path().join("log");
+        off_runtime(|| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut admin = loop {
+                match postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
+                {
+                    Ok(client) => break client,
+                    Err(e) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "postgres did not start: {e}\n{}",
+                            std::fs::read_to_string(&log_path).unwrap_or_default()
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
-            }
-        };
-        admin
-            .batch_execute("CREATE DATABASE tandem")
-            .expect("create database");
+            };
+            admin
+                .batch_execute("CREATE DATABASE tandem")
+                .expect("create database");
+        });
         Pg {
             conninfo: format!("{base} dbname=tandem"),
             child,
