@@ -221,8 +221,15 @@ fn token_fenced_hot_standby_promotes_before_the_lease_and_the_sink_refuses_the_o
                     || l.contains("the sink has a newer writer: deposed")
             })
             .count();
+        let a_log_path = c.instance_log("h1", "agg", "a");
+        assert!(
+            a_log_path.exists(),
+            "no log of agg/a at {}",
+            a_log_path.display()
+        );
         println!(
-            "[token_hot_standby] agg/a's writes at epoch {epoch0} refused by PostgreSQL after the heal: {refused}; agg/a's state: {a_state}"
+            "[token_hot_standby] agg/a's writes (or takeovers) at epoch {epoch0} refused by PostgreSQL after the heal: {refused} (deposed_at {}); agg/a's state: {a_state}",
+            a_state["deposed_at"]
         );
 
         // The sink itself: wait for the whole stream, then check it (off

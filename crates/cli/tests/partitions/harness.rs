@@ -817,6 +817,8 @@ impl Cluster {
         self.dir
             .path()
             .join(format!("{host}.agent"))
+            .join("hosts")
+            .join(host)
             .join("logs")
             .join(format!("{app}.{id}.log"))
     }
@@ -824,7 +826,13 @@ impl Cluster {
     /// Prints the last lines of every instance log of every agent.
     pub fn dump_instance_logs(&self) {
         for h in self.hosts.keys() {
-            let logs = self.dir.path().join(format!("{h}.agent")).join("logs");
+            let logs = self
+                .dir
+                .path()
+                .join(format!("{h}.agent"))
+                .join("hosts")
+                .join(h)
+                .join("logs");
             let Ok(entries) = std::fs::read_dir(&logs) else {
                 continue;
             };
