@@ -139,6 +139,9 @@ pub struct HostLoss {
     pub fault: Fault,
     /// Print the figures as JSON.
     pub json: bool,
+    /// Keep the agents' and etcd's logs (their directory is printed) even
+    /// when the run succeeds.
+    pub keep_logs: bool,
 }
 
 /// One trial's outcome.
@@ -238,6 +241,14 @@ fn session(
     };
     net.close()
         .context("cannot remove the bench's namespaces")?;
+    if args.keep_logs {
+        let kept = dir.keep();
+        eprintln!(
+            "trials {first}..={}: logs kept in {}",
+            first + count - 1,
+            kept.display()
+        );
+    }
     Ok(samples)
 }
 

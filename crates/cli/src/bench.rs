@@ -103,6 +103,9 @@ struct HostLossArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep the agents' and etcd's logs (the directory is printed).
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 /// `--fencing` of `tandem bench host-loss`.
@@ -191,6 +194,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 },
                 lease_ttl_ms: a.lease_ttl_ms,
                 json: a.json,
+                keep_logs: a.keep_logs,
             };
             tandem_bench::host_loss(&options, &Etcd).await
         }
