@@ -24,7 +24,10 @@
 //!    only after h1's lease ended.
 //! e. 30 % random loss on every agent host for a minute, default
 //!    heartbeat settings: no suspicion, no promotion, no epoch change; and
-//!    the same with the etcd members lossy too.
+//!    the same with the etcd members lossy too. (With the default 3 s lease
+//!    instead of this file's 10 s, loss on the etcd members too makes
+//!    leases expire and the app fail over on the lease path within the
+//!    minute; with loss on the agent hosts only, nothing changes either.)
 //!
 //! "Before h1's lease could have expired" is an ordering against etcd, not
 //! a duration: a witness key bound to a lease that etcd expires no later
