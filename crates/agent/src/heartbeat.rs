@@ -32,10 +32,20 @@
 //!
 //! # The datagram
 //!
-//! Fixed binary, big-endian: `TDHB`, version `1`, the sender host name's
+//! Fixed binary, big-endian: `TDHB`, version `2`, the sender host name's
 //! length `n` (1..=255), the sender's session (`u64`, one per run of this
-//! service), its sequence number (`u64`, one per round), then the name
-//! (`n` bytes of UTF-8). A datagram is untrusted input: one that does not
+//! service), its sequence number (`u64`, one per round), the hosts it
+//! suspects (`u64`, bit `i` for the topology's `i`-th host; hosts beyond
+//! the 64th cannot be reported), then the name (`n` bytes of UTF-8).
+//!
+//! # Corroboration
+//!
+//! What is published is not every suspicion of this process but the
+//! corroborated ones ([`tandem_core::detector::corroborated`]): another
+//! observer this process still hears must report the same suspicion in
+//! its heartbeats, unless there is no other observer. One slow receiver,
+//! one bad link or a host healed from its own isolation then moves
+//! nothing. A datagram is untrusted input: one that does not
 //! parse, names a host that is not a peer, or comes from another address
 //! than that host's, is dropped and counted
 //! (`tandem_heartbeats_dropped_total{why}`).
@@ -46,13 +56,13 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tandem_core::detector::{Detector, DetectorConfig, DetectorInput, DetectorStep};
+use tandem_core::detector::{Detector, DetectorConfig, DetectorInput, DetectorStep, corroborated};
 use tandem_core::topology::Topology;
 use tandem_telemetry::host::{HostEvent, HostMetrics};
 use tokio::sync::watch;
@@ -62,11 +72,15 @@ use tracing::{debug, info};
 /// The first bytes of every heartbeat.
 const MAGIC: &[u8; 4] = b"TDHB";
 /// The datagram format's version.
-const VERSION: u8 = 1;
-/// Magic, version, name length, session, sequence number.
-const HEADER: usize = 4 + 1 + 1 + 8 + 8;
+const VERSION: u8 = 2;
+/// Magic, version, name length, session, sequence number, suspects.
+const HEADER: usize = 4 + 1 + 1 + 8 + 8 + 8;
 /// Where the sequence number is.
 const SEQ_AT: usize = 14;
+/// Where the sender's suspicions are.
+const SUSPECTS_AT: usize = 22;
+/// The most hosts a heartbeat can report as suspected.
+const MAX_REPORTED: usize = 64;
 /// The longest host name a heartbeat carries.
 const MAX_NAME: usize = 255;
 /// The longest datagram read (anything longer is malformed).
@@ -99,6 +113,8 @@ pub struct Heartbeat<'a> {
     pub session: u64,
     /// Its sequence number.
     pub seq: u64,
+    /// The hosts it suspects: bit `i` for the topology's `i`-th host.
+    pub suspects: u64,
 }
 
 /// Why a datagram is not a heartbeat.
@@ -141,6 +157,7 @@ impl Heartbeat<'_> {
             host,
             session: word(6),
             seq: word(SEQ_AT),
+            suspects: word(SUSPECTS_AT),
         })
     }
 
@@ -153,7 +170,8 @@ impl Heartbeat<'_> {
         out[4] = VERSION;
         out[5] = n;
         out[6..14].copy_from_slice(&self.session.to_be_bytes());
-        out[SEQ_AT..HEADER].copy_from_slice(&self.seq.to_be_bytes());
+        out[SEQ_AT..SUSPECTS_AT].copy_from_slice(&self.seq.to_be_bytes());
+        out[SUSPECTS_AT..HEADER].copy_from_slice(&self.suspects.to_be_bytes());
         out[HEADER..HEADER + name.len()].copy_from_slice(name);
         Some(HEADER + name.len())
     }
@@ -321,6 +339,7 @@ impl Heartbeats {
                 host: name,
                 session,
                 seq: 0,
+                suspects: 0,
             }
             .encode(&mut buf)
             .with_context(|| format!("host name {name:?} is too long for a heartbeat"))?;
@@ -329,9 +348,12 @@ impl Heartbeats {
         }
         let targets: Vec<SocketAddr> = peers.iter().map(|p| p.addr).collect();
         let interval = cluster.heartbeat_interval.max(Duration::from_micros(100));
+        // What this process suspects, as the sender reports it.
+        let reported = Arc::new(AtomicU64::new(0));
         threads.push(spawn("tandem-hb-send", {
             let stop = stop.clone();
-            move || send_loop(outgoing, targets, interval, &stop)
+            let reported = reported.clone();
+            move || send_loop(outgoing, targets, interval, &reported, &stop)
         })?);
 
         // Liveness connections.
@@ -374,6 +396,15 @@ impl Heartbeats {
             metrics: self.metrics.clone(),
             suspects: self.suspects.clone(),
             origin: Instant::now(),
+            bits: topology
+                .hosts
+                .iter()
+                .take(MAX_REPORTED)
+                .enumerate()
+                .map(|(i, h)| (h.name.clone(), 1u64 << i))
+                .collect(),
+            reports: BTreeMap::new(),
+            reported,
         };
         threads.push(spawn("tandem-hb-recv", {
             let stop = stop.clone();
@@ -447,6 +478,7 @@ fn send_loop(
     mut outgoing: Vec<(UdpSocket, [u8; MAX_DATAGRAM], usize)>,
     targets: Vec<SocketAddr>,
     interval: Duration,
+    reported: &AtomicU64,
     stop: &AtomicBool,
 ) {
     if raise_priority() {
@@ -462,7 +494,9 @@ fn send_loop(
     while !stop.load(Ordering::Relaxed) {
         seq = seq.wrapping_add(1);
         for (socket, buf, len) in &mut outgoing {
-            buf[SEQ_AT..HEADER].copy_from_slice(&seq.to_be_bytes());
+            buf[SEQ_AT..SUSPECTS_AT].copy_from_slice(&seq.to_be_bytes());
+            buf[SUSPECTS_AT..HEADER]
+                .copy_from_slice(&reported.load(Ordering::Relaxed).to_be_bytes());
             for target in &targets {
                 if let Err(e) = socket.send_to(&buf[..*len], target) {
                     failures += 1;
@@ -561,6 +595,12 @@ struct Receiver {
     metrics: Vec<Arc<HostMetrics>>,
     suspects: Arc<watch::Sender<BTreeSet<String>>>,
     origin: Instant,
+    /// Each host's bit in a heartbeat's suspects (the first 64 hosts).
+    bits: BTreeMap<String, u64>,
+    /// What each peer said it suspects, in its latest heartbeat.
+    reports: BTreeMap<String, u64>,
+    /// What this process suspects, for the sender to report.
+    reported: Arc<AtomicU64>,
 }
 
 impl Receiver {
@@ -705,10 +745,15 @@ impl Receiver {
                 seq: hb.seq,
             },
         );
+        let mut changed = false;
         if let Some(ignored) = step.ignored {
             self.dropped(ignored.name());
+        } else if self.reports.get(hb.host) != Some(&hb.suspects) {
+            // What it suspects changed: corroboration may have.
+            self.reports.insert(hb.host.to_string(), hb.suspects);
+            changed = true;
         }
-        self.apply(&step)
+        self.apply(&step) | changed
     }
 
     fn dropped(&self, why: &'static str) {
@@ -730,7 +775,20 @@ impl Receiver {
     }
 
     fn publish(&self) {
-        let now: BTreeSet<String> = self.detector.suspected().map(str::to_string).collect();
+        let raw: BTreeSet<&str> = self.detector.suspected().collect();
+        let bits = raw
+            .iter()
+            .filter_map(|h| self.bits.get(*h))
+            .fold(0u64, |acc, b| acc | b);
+        self.reported.store(bits, Ordering::Relaxed);
+        let reports = |o: &str, x: &str| {
+            let bit = self.bits.get(x)?;
+            Some(self.reports.get(o)? & bit != 0)
+        };
+        let now: BTreeSet<String> = corroborated(&self.names, &raw, reports)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         for m in &self.metrics {
             m.set_hosts_suspected(now.len());
         }
@@ -756,6 +814,7 @@ mod tests {
             host: "h1",
             session: 0x0102_0304_0506_0708,
             seq: 42,
+            suspects: 0b101,
         };
         let len = hb.encode(&mut buf).expect("encodes");
         assert_eq!(len, HEADER + 2);
@@ -769,6 +828,7 @@ mod tests {
             host: "h1",
             session: 1,
             seq: 1,
+            suspects: 0,
         }
         .encode(&mut buf)
         .expect("encodes");
@@ -783,7 +843,7 @@ mod tests {
         magic[0] = b'X';
         assert_eq!(Heartbeat::parse(&magic), Err(Malformed::Magic));
         let mut version = good.to_vec();
-        version[4] = 2;
+        version[4] = 1;
         assert_eq!(Heartbeat::parse(&version), Err(Malformed::Magic));
         let mut utf8 = good.to_vec();
         utf8[HEADER] = 0xff;
@@ -812,13 +872,15 @@ mod tests {
             host: &name,
             session: 1,
             seq: 1,
+            suspects: 0,
         };
         assert_eq!(hb.encode(&mut buf), None);
         assert_eq!(
             Heartbeat {
                 host: "",
                 session: 1,
-                seq: 1
+                seq: 1,
+                suspects: 0,
             }
             .encode(&mut buf),
             None

@@ -50,7 +50,7 @@
 //! The detector never allocates for a heartbeat (hosts are looked up by
 //! `&str`; a step without changes carries an empty vector).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -438,4 +438,44 @@ impl Detector {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Which of this process's suspicions are *corroborated*, the only ones
+/// it acts on.
+///
+/// One observer's silence is weak evidence: its own receiver, its own
+/// link, or its own isolation may be at fault. So a suspicion of host `x`
+/// counts only when another observer agrees: some peer `o` (not `x`),
+/// heard at least once and not suspected by this process, says in its
+/// latest heartbeat that it suspects `x` too. Where there is no other
+/// observer (no peer but `x` was ever heard: a two-host cluster, or the
+/// others' agents never ran), this process's own suspicion counts. A
+/// process that suspects every other observer is most likely the one cut
+/// off: nothing it suspects is corroborated (so a host healed from
+/// isolation does not act on the stale suspicions of its time alone), and
+/// when two hosts are lost at once the survivors fall back on the leases.
+///
+/// `peers` are the other hosts (not run by this process), `suspected` the
+/// ones this process suspects, and `reports(o, x)` whether peer `o` said it
+/// suspects `x` in its latest heartbeat (`None`: never heard, or it cannot
+/// say).
+pub fn corroborated<'a>(
+    peers: &'a [String],
+    suspected: &BTreeSet<&str>,
+    reports: impl Fn(&str, &str) -> Option<bool>,
+) -> BTreeSet<&'a str> {
+    peers
+        .iter()
+        .map(String::as_str)
+        .filter(|x| suspected.contains(x))
+        .filter(|x| {
+            let mut observers = peers
+                .iter()
+                .map(String::as_str)
+                .filter(|o| o != x)
+                .filter_map(|o| reports(o, x).map(|says| (o, says)))
+                .peekable();
+            observers.peek().is_none() || observers.any(|(o, says)| says && !suspected.contains(o))
+        })
+        .collect()
 }

@@ -436,3 +436,67 @@ proptest! {
         }
     }
 }
+
+mod corroboration {
+    use std::collections::BTreeSet;
+
+    use tandem_core::detector::corroborated;
+
+    fn peers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// `reports` as (observer, suspected) pairs.
+    fn check<'a>(
+        peers: &'a [String],
+        suspected: &[&str],
+        reports: &[(&str, &str)],
+    ) -> BTreeSet<&'a str> {
+        let suspected: BTreeSet<&str> = suspected.iter().copied().collect();
+        corroborated(peers, &suspected, |o, x| {
+            Some(reports.iter().any(|(ro, rx)| *ro == o && *rx == x))
+        })
+    }
+
+    #[test]
+    fn a_suspicion_counts_once_another_observer_agrees() {
+        let p = peers(&["h1", "h2"]);
+        // This process (h3) suspects h1; h2 does not (yet).
+        assert!(check(&p, &["h1"], &[]).is_empty());
+        assert_eq!(check(&p, &["h1"], &[("h2", "h1")]), BTreeSet::from(["h1"]));
+    }
+
+    #[test]
+    fn with_no_other_observer_the_own_suspicion_counts() {
+        let p = peers(&["h1"]);
+        assert_eq!(check(&p, &["h1"], &[]), BTreeSet::from(["h1"]));
+    }
+
+    #[test]
+    fn one_that_suspects_every_other_observer_corroborates_nothing() {
+        // Cut off (or just healed): it suspects h1 and h2, and what they
+        // said before is no agreement.
+        let p = peers(&["h1", "h2"]);
+        assert!(check(&p, &["h1", "h2"], &[("h2", "h1"), ("h1", "h2")]).is_empty());
+        let p = peers(&["h1", "h2", "h4"]);
+        assert!(check(&p, &["h1", "h2", "h4"], &[("h2", "h1")]).is_empty());
+        // Two of three suspected, the third agrees on both.
+        assert_eq!(
+            check(&p, &["h1", "h2"], &[("h4", "h1"), ("h4", "h2")]),
+            BTreeSet::from(["h1", "h2"])
+        );
+    }
+
+    #[test]
+    fn a_peer_never_heard_is_no_observer() {
+        let p = peers(&["h1", "h2"]);
+        let suspected = BTreeSet::from(["h1"]);
+        // h2's agent never ran: h1's suspicion stands on this process's own.
+        assert_eq!(
+            corroborated(&p, &suspected, |_, _| None),
+            BTreeSet::from(["h1"])
+        );
+        // h2 is heard and does not agree (yet).
+        assert!(corroborated(&p, &suspected, |o, _| (o == "h2").then_some(false)).is_empty());
+    }
+}
