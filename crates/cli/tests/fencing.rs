@@ -363,10 +363,33 @@ fn fence_device_confirms_and_the_app_is_promoted_before_the_lease() {
             .expect("ip link show");
         let link = String::from_utf8_lossy(&link.stdout);
         assert!(link.contains("state DOWN"), "h1's eth0: {link}");
-        // web/b serves alone. (h1 is not brought back: a fenced host that
-        // rejoins is fenced again at once today, see the bench's notes.)
+        // web/b serves alone.
         let now = c.status("h3").await;
         assert_eq!(app(&now, "web").primary.as_deref(), Some("b"));
+
+        // The host comes back (powered on again): its new agent rejoins as
+        // a backup and is not fenced again.
+        let seq1 = events(c, "h3").await.last().map_or(0, |e| e.seq);
+        restore_h1(c);
+        c.start_agent("h1");
+        c.wait_status("h3", "web/a back as a healthy backup", 60, |d| {
+            pair_settled(d, "web", "b")
+        })
+        .await;
+        let evs: Vec<_> = events(c, "h3")
+            .await
+            .into_iter()
+            .filter(|e| e.seq > seq1)
+            .collect();
+        assert!(
+            !evs.iter().any(|e| is(e, "fence", "fence_started")),
+            "the rejoining h1 was fenced again:\n{}",
+            describe(&evs)
+        );
+        assert_eq!(
+            app(&c.status("h3").await, "web").primary.as_deref(),
+            Some("b")
+        );
     });
 }
 
