@@ -18,8 +18,10 @@ log() { printf '\n== %s\n' "$*"; }
 # real `tandem up`. The tests start their own Prometheus on a free port:
 # without systemd, installing the package starts no service (invoke-rc.d
 # finds no runlevel); with systemd, Debian's service listens on :9090 and
-# its node exporter on :9100, ports no test uses.
-APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy prometheus)
+# its node exporter on :9100, ports no test uses. systemd for
+# `systemd-analyze verify` of packaging/systemd (the unit is checked, not
+# started).
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy prometheus systemd)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -97,10 +97,19 @@ pub async fn run(
             config.local.clone(),
         )?;
         companion.start(&topology, &local).await?;
+        // Tell systemd (Type=notify) the agent runs; nothing without
+        // NOTIFY_SOCKET.
+        if let Err(e) = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("running topology {}", topology.name)),
+        ]) {
+            tracing::warn!(error = %e, "cannot tell systemd the agent is ready");
+        }
         let (mut current, mut revision) = (topology, revision);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                     local.stop().await?;
                     companion.stop().await;
                     break 'restart;

@@ -199,6 +199,22 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
             stop.cancel();
         });
     }
+    // systemd's service watchdog (WatchdogSec=): pinged at half its
+    // period while the runtime runs.
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+            }
+        });
+    }
     // A frozen agent's primaries are killed by the watchdog before its
     // lease can expire.
     let exe = std::env::current_exe().context("cannot find tandem's own executable")?;

@@ -144,6 +144,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one per command into a directory.
+    Man {
+        /// Write tandem.1 and tandem-COMMAND.1 pages here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Measure tandem (failover latency) and print the figures.
     Bench(bench::BenchArgs),
     /// The demo component: an HTTP service that plays the role tandem gives it.
@@ -289,6 +300,12 @@ fn main() -> ExitCode {
                 api,
             } => commands::maintenance(&api.api, &app, state == OnOff::On, timeout, json).await,
             Command::Validate { file, json } => commands::validate(&file, json),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "tandem", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { dir } => man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => bench::run(args).await,
             Command::DemoApp(args) => {
                 init_logging(LogFormat::Text, "warn");
@@ -325,4 +342,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tandem man`: the manual page on stdout, or one page per command (and
+/// subcommand) written into `dir`.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("cannot write the manual page")?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    Ok(())
 }
