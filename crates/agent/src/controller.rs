@@ -284,6 +284,19 @@ async fn take_over(
     }
 }
 
+/// The last non-empty line of the file at `path` (at most 300 bytes of
+/// it), if any.
+fn last_line(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let tail = &text[text.len().saturating_sub(300)..];
+    let text = String::from_utf8_lossy(tail);
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -793,8 +806,14 @@ impl Leader {
                 ("TANDEM_FENCE_HOST".to_string(), host.clone()),
                 ("TANDEM_FENCE_ATTEMPT".to_string(), attempt.to_string()),
             ];
+            // Its output, for the reason of a failure.
+            let output = std::env::temp_dir().join(format!(
+                "tandem-fence-{}-{host}-{attempt}.log",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&output);
             let result = async {
-                let mut child = crate::process::spawn_helper(argv, env)
+                let mut child = crate::process::spawn_helper_to(argv, env, output.clone())
                     .await
                     .map_err(|e| format!("cannot run it: {e}"))?;
                 match tokio::time::timeout(timeout, child.wait()).await {
@@ -808,6 +827,12 @@ impl Leader {
                 }
             }
             .await;
+            let said = last_line(&output);
+            let _ = std::fs::remove_file(&output);
+            let result = result.map_err(|why| match said {
+                Some(line) => format!("{why} (it said: {line})"),
+                None => why,
+            });
             metrics.emit(ControllerEvent::FenceRun {
                 host: &host,
                 outcome: if result.is_ok() {

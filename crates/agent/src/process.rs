@@ -191,6 +191,15 @@ pub fn spawn_helper(
     argv: Vec<String>,
     env: Vec<(String, String)>,
 ) -> impl Future<Output = io::Result<Child>> + Send + 'static {
+    spawn_helper_to(argv, env, PathBuf::from("/dev/null"))
+}
+
+/// [`spawn_helper`], its output (stdout and stderr) appended to `output`.
+pub fn spawn_helper_to(
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    output: PathBuf,
+) -> impl Future<Output = io::Result<Child>> + Send + 'static {
     on_spawner_thread(&HELPERS, move || {
         let Some(first) = argv.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
@@ -208,7 +217,7 @@ pub fn spawn_helper(
                 .collect(),
             cwd: None,
             stdin: Path::new("/dev/null"),
-            output: Path::new("/dev/null"),
+            output: &output,
             kill_on_drop: true,
         })
         .map_err(with_name)

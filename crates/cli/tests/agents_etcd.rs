@@ -604,7 +604,9 @@ async fn an_operator_fences_a_host_and_its_primaries_move_at_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("failed 3 times") && stderr.contains("exit"),
+        stderr.contains("failed 3 times")
+            && stderr.contains("exit")
+            && stderr.contains("it said: no power switch answers"),
         "{stderr}"
     );
     let now = api.app("web").await.expect("web");
