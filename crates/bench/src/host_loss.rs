@@ -45,9 +45,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 use tandem_agent::controller::ControllerRecord;
-use tandem_core::model::{
-    AppRoles, Event, EventKind, Health, InstanceStatus, ProcessState, Role, keys,
-};
+use tandem_core::model::{Event, EventKind, keys};
 use tandem_demo::topology::{WarmPair, app_block};
 use tandem_store::Store;
 use tandem_testnet::{Host, Net, default_subnet};
@@ -538,26 +536,8 @@ name = "dc1"
     /// grant and the other instance is a healthy, running backup.
     async fn settled(&self) -> Option<(String, u64)> {
         let store = self.store.as_ref()?;
-        let roles: AppRoles =
-            serde_json::from_slice(&store.get(&keys::roles(APP)).await.ok()??.value).ok()?;
-        let grant = roles.primary?;
-        let status = |id: &str| {
-            let key = keys::status(APP, id);
-            async move {
-                let kv = store.get(&key).await.ok()??;
-                serde_json::from_slice::<InstanceStatus>(&kv.value).ok()
-            }
-        };
-        let p = status(&grant.instance).await?;
-        let b = status(other(&grant.instance)).await?;
-        let settled = p.acting == Role::Primary
-            && p.acting_epoch == grant.epoch
-            && !p.promoting
-            && b.process == ProcessState::Running
-            && b.health == Health::Healthy
-            && b.acting == Role::Backup
-            && !b.crash_looping;
-        settled.then_some((grant.instance, grant.epoch))
+        let (grant, _) = crate::hosts::settled_pair(store.as_ref(), APP).await?;
+        Some((grant.instance, grant.epoch))
     }
 
     async fn wait_settled(&self) -> anyhow::Result<(String, u64)> {

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tandem_core::model::{AppRoles, Health, InstanceStatus, ProcessState, Role, keys};
+use tandem_core::model::{
+    AppRoles, Health, InstanceStatus, PrimaryGrant, ProcessState, Role, keys,
+};
 use tandem_core::topology::Topology;
 use tandem_demo::topology::{WarmPair, app_block};
 use tandem_store::Store;
@@ -211,27 +213,8 @@ impl Rig {
     /// The primary (instance, pid, epoch) of `app` if it has acknowledged
     /// its grant and the other instance is a healthy, running backup.
     async fn settled(&self, app: &str) -> Option<(String, u32, u64)> {
-        let roles: AppRoles =
-            serde_json::from_slice(&self.store.get(&keys::roles(app)).await.ok()??.value).ok()?;
-        let grant = roles.primary?;
-        let status = |id: &str| {
-            let key = keys::status(app, id);
-            let store = self.store.clone();
-            async move {
-                let kv = store.get(&key).await.ok()??;
-                serde_json::from_slice::<InstanceStatus>(&kv.value).ok()
-            }
-        };
-        let p = status(&grant.instance).await?;
-        let b = status(other(&grant.instance)).await?;
-        let settled = p.acting == Role::Primary
-            && p.acting_epoch == grant.epoch
-            && !p.promoting
-            && b.process == ProcessState::Running
-            && b.health == Health::Healthy
-            && b.acting == Role::Backup
-            && !b.crash_looping;
-        settled.then_some((grant.instance, p.pid?, grant.epoch))
+        let (grant, p) = settled_pair(self.store.as_ref(), app).await?;
+        Some((grant.instance, p.pid?, grant.epoch))
     }
 
     /// Waits until every app in `apps` is settled; their primaries.
@@ -268,6 +251,35 @@ impl Drop for Rig {
             let _ = child.wait();
         }
     }
+}
+
+/// The grant of `app`'s pair (`a` and `b`) and its holder's status, if
+/// the holder acknowledged it and the other instance is a healthy, running
+/// backup.
+pub(crate) async fn settled_pair(
+    store: &dyn Store,
+    app: &str,
+) -> Option<(PrimaryGrant, InstanceStatus)> {
+    let roles: AppRoles =
+        serde_json::from_slice(&store.get(&keys::roles(app)).await.ok()??.value).ok()?;
+    let grant = roles.primary?;
+    let status = |id: &str| {
+        let key = keys::status(app, id);
+        async move {
+            let kv = store.get(&key).await.ok()??;
+            serde_json::from_slice::<InstanceStatus>(&kv.value).ok()
+        }
+    };
+    let p = status(&grant.instance).await?;
+    let b = status(other(&grant.instance)).await?;
+    let settled = p.acting == Role::Primary
+        && p.acting_epoch == grant.epoch
+        && !p.promoting
+        && b.process == ProcessState::Running
+        && b.health == Health::Healthy
+        && b.acting == Role::Backup
+        && !b.crash_looping;
+    settled.then_some((grant, p))
 }
 
 fn other(id: &str) -> &'static str {
