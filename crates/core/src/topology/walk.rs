@@ -1510,6 +1510,24 @@ fn event_kind_list() -> Vec<&'static str> {
         .collect()
 }
 
+/// A "did you mean" for an unknown event kind: a close spelling, else the
+/// one kind that ends with it ("failed" → "primary-failed").
+fn kind_hint(k: &str) -> String {
+    let close = did_you_mean(k, event_kind_list());
+    if !close.is_empty() || k.is_empty() {
+        return close;
+    }
+    let suffix = format!("-{k}");
+    match event_kind_list()
+        .into_iter()
+        .filter(|c| c.ends_with(&suffix))
+        .collect::<Vec<_>>()[..]
+    {
+        [one] => format!(" (did you mean \"{one}\"?)"),
+        _ => String::new(),
+    }
+}
+
 /// Checks a webhook's URL: absolute, `http` or `https`, with a host.
 fn check_webhook_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
@@ -1606,7 +1624,7 @@ fn walk_webhook(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Webhook>, Option<
                                     "unknown event kind \"{k}\" in {} (expected one of: {}){}",
                                     tab.what,
                                     event_kind_list().join(", "),
-                                    did_you_mean(k, event_kind_list())
+                                    kind_hint(k)
                                 ),
                             );
                             ok = false;
