@@ -115,7 +115,8 @@
 //!
 //! [[webhooks]]              # optional, zero or more: events POSTed as JSON
 //! name = "oncall"           # unique
-//! url = "https://hooks.example/tandem"   # absolute http:// or https:// URL
+//! url = "http://hooks.internal:8080/tandem"   # absolute http:// or https:// URL
+//!                           # (the runtime sends plain http only for now)
 //! events = ["promoted", "primary-failed", "fence"]
 //!                           # event kinds (as in the event log); default:
 //!                           # promoted, primary-failed, no-candidate, crash-loop,
