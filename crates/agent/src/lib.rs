@@ -8,6 +8,7 @@
 //! ([`controller`]) is elected among agents through the store and writes
 //! role assignments decided by [`tandem_core::controller::decide`].
 //! [`heartbeat`] detects lost peer hosts in tens of milliseconds.
+//! [`sign`] authenticates agents to each other on the agent port.
 //! [`local`] runs all of it for the hosts of a topology on this machine
 //! (`tandem up`).
 #![deny(missing_docs)]
@@ -26,5 +27,6 @@ pub mod peer;
 pub mod probe;
 pub mod process;
 pub mod publish;
+pub mod sign;
 pub mod supervisor;
 pub mod watchdog;

@@ -61,6 +61,9 @@ pub struct LocalOptions {
     pub api: Option<String>,
     /// The watchdog command each agent runs (see [`crate::watchdog`]).
     pub watchdog: Option<Vec<std::ffi::OsString>>,
+    /// The cluster secret every agent signs and checks failsafe messages
+    /// with (see [`crate::sign`]); `None`: unauthenticated agent ports.
+    pub secret: Option<crate::sign::ClusterSecret>,
 }
 
 /// Agents and controller candidates running in this process.
@@ -120,7 +123,11 @@ impl Local {
         data_dir: PathBuf,
         options: LocalOptions,
     ) -> anyhow::Result<Local> {
-        let LocalOptions { api, watchdog } = options;
+        let LocalOptions {
+            api,
+            watchdog,
+            secret,
+        } = options;
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut sessions = Vec::new();
@@ -134,6 +141,7 @@ impl Local {
                     data_dir: data_dir.join("hosts").join(host),
                     api: api.clone(),
                     watchdog: watchdog.clone(),
+                    secret: secret.clone(),
                 },
                 cancel.clone(),
             )

@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod commands;
 mod program;
+mod secret;
 mod table;
 mod up;
 
@@ -135,6 +136,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         api: ApiArg,
+    },
+    /// Make the cluster secret that authenticates agents to each other.
+    Secret {
+        #[command(subcommand)]
+        what: secret::SecretCmd,
     },
     /// Check a topology file; print every problem with file:line:column.
     Validate {
@@ -299,6 +305,7 @@ fn main() -> ExitCode {
                 json,
                 api,
             } => commands::maintenance(&api.api, &app, state == OnOff::On, timeout, json).await,
+            Command::Secret { what } => secret::run(what),
             Command::Validate { file, json } => commands::validate(&file, json),
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
