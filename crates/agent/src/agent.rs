@@ -41,6 +41,7 @@ use crate::peer::{self, HostView, InstanceView, PeerRequest, PeerState};
 use crate::probe::{http_client, probe};
 use crate::process::{self, Paths, describe_exit, signal_group};
 use crate::publish::Publisher;
+use crate::sign::{ClusterSecret, Verifier};
 use crate::watchdog;
 
 /// Bound of the agent's inbox.
@@ -60,6 +61,10 @@ pub struct AgentConfig {
     /// The watchdog's command line (program and arguments; see
     /// [`watchdog`]), if the agent runs one.
     pub watchdog: Option<Vec<OsString>>,
+    /// The cluster secret that signs failsafe requests and answers on the
+    /// agent port (see [`crate::sign`]); `None`: unauthenticated, with a
+    /// warning at start.
+    pub secret: Option<ClusterSecret>,
 }
 
 /// What an agent shares with the rest of its process.
@@ -127,6 +132,8 @@ struct Agent {
     /// Answers owed to peers, oldest first.
     replies: Vec<oneshot::Sender<FailsafeAnswer>>,
     metrics: Arc<HostMetrics>,
+    /// Signs failsafe requests and checks their answers.
+    secret: Option<ClusterSecret>,
 }
 
 /// Starts the agent of `config.host`; it runs until `cancel`, then stops
@@ -160,10 +167,17 @@ pub fn start(
         inbox: inbox_tx.clone(),
     };
     let (peer_tx, peer_rx) = mpsc::channel(64);
+    if config.secret.is_none() {
+        warn!(
+            host = %host.name,
+            "the agent port {agent_addr} is unauthenticated: anyone who reaches it can make this agent hold back promotions, and failsafe answers are not checked; start every agent with the same --cluster-secret-file (see `tandem secret new`)"
+        );
+    }
     let peer_state = PeerState {
         view: view_rx,
         requests: peer_tx,
         metrics: metrics.clone(),
+        auth: config.secret.clone().map(|s| Arc::new(Verifier::new(s))),
     };
     tokio::spawn(peer::serve(listener, peer_state, cancel.child_token()));
     let task = tokio::spawn(run(
@@ -174,6 +188,7 @@ pub fn start(
         Extras {
             api: config.api,
             watchdog: config.watchdog,
+            secret: config.secret,
             session_tx,
             view_tx,
             peer_rx,
@@ -189,6 +204,7 @@ pub fn start(
 struct Extras {
     api: Option<String>,
     watchdog: Option<Vec<OsString>>,
+    secret: Option<ClusterSecret>,
     session_tx: watch::Sender<Option<LeaseId>>,
     view_tx: watch::Sender<HostView>,
     peer_rx: mpsc::Receiver<PeerRequest>,
@@ -239,6 +255,7 @@ async fn run(
     let Extras {
         api,
         watchdog,
+        secret,
         session_tx,
         view_tx,
         mut peer_rx,
@@ -285,6 +302,7 @@ async fn run(
         watchdog,
         replies: Vec::new(),
         metrics,
+        secret,
     };
 
     // Hold a lease before starting anything.
@@ -788,13 +806,14 @@ impl Agent {
     fn ask_peers(&self, asks: Vec<PeerAsk>, timeout: Duration) {
         let http = self.http.clone();
         let tx = self.tx.clone();
+        let secret = self.secret.clone();
         tokio::spawn(async move {
             let mut answers = Vec::new();
             for a in &asks {
                 let got = futures::future::join_all(
                     a.peers
                         .iter()
-                        .map(|p| peer::ask(&http, *p, &a.ask, timeout)),
+                        .map(|p| peer::ask(&http, *p, &a.ask, timeout, secret.as_ref())),
                 )
                 .await;
                 answers.push(got);

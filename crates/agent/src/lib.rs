@@ -10,6 +10,7 @@
 //! [`heartbeat`] detects lost peer hosts in tens of milliseconds.
 //! [`webhook`] sends the events of the log to the topology's webhooks, from
 //! the elected controller.
+//! [`sign`] authenticates agents to each other on the agent port.
 //! [`local`] runs all of it for the hosts of a topology on this machine
 //! (`tandem up`).
 #![deny(missing_docs)]
@@ -28,6 +29,7 @@ pub mod peer;
 pub mod probe;
 pub mod process;
 pub mod publish;
+pub mod sign;
 pub mod supervisor;
 pub mod watchdog;
 pub mod webhook;

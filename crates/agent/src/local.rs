@@ -62,6 +62,9 @@ pub struct LocalOptions {
     pub api: Option<String>,
     /// The watchdog command each agent runs (see [`crate::watchdog`]).
     pub watchdog: Option<Vec<std::ffi::OsString>>,
+    /// The cluster secret every agent signs and checks failsafe messages
+    /// with (see [`crate::sign`]); `None`: unauthenticated agent ports.
+    pub secret: Option<crate::sign::ClusterSecret>,
 }
 
 /// Agents and controller candidates running in this process.
@@ -123,7 +126,11 @@ impl Local {
         data_dir: PathBuf,
         options: LocalOptions,
     ) -> anyhow::Result<Local> {
-        let LocalOptions { api, watchdog } = options;
+        let LocalOptions {
+            api,
+            watchdog,
+            secret,
+        } = options;
         // A webhook's secret file that cannot be used stops the start.
         let secrets = webhook::load_secrets(&topology)?;
         let cancel = CancellationToken::new();
@@ -139,6 +146,7 @@ impl Local {
                     data_dir: data_dir.join("hosts").join(host),
                     api: api.clone(),
                     watchdog: watchdog.clone(),
+                    secret: secret.clone(),
                 },
                 cancel.clone(),
             )

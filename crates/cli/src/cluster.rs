@@ -117,6 +117,12 @@ pub struct AgentArgs {
     pub api: Option<SocketAddr>,
     #[command(flatten)]
     pub access: crate::access::AccessArgs,
+    /// The cluster secret (the same file on every host; make one with
+    /// `tandem secret new FILE`): failsafe requests and answers between
+    /// agents are signed with it. Without it the agent port is
+    /// unauthenticated (development only).
+    #[arg(long, env = "TANDEM_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -177,6 +183,7 @@ impl Companion for Api {
 /// optionally the API, until SIGTERM or Ctrl-C.
 pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log_level);
+    let secret = crate::secret::load(args.cluster_secret_file.as_deref())?;
     let store = args.store.connect().await?;
     let data_dir = args
         .data_dir
@@ -230,6 +237,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         local: LocalOptions {
             api: api_addr.map(|a| a.to_string()),
             watchdog: Some(watchdog),
+            secret,
         },
     };
     let mut api = Api {

@@ -7,6 +7,7 @@ mod bench;
 mod cluster;
 mod commands;
 mod program;
+mod secret;
 mod table;
 mod up;
 
@@ -136,6 +137,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         api: ApiArg,
+    },
+    /// Make the cluster secret that authenticates agents to each other.
+    Secret {
+        #[command(subcommand)]
+        what: secret::SecretCmd,
     },
     /// Check a topology file; print every problem with file:line:column.
     Validate {
@@ -346,6 +352,7 @@ fn main() -> ExitCode {
                 json,
                 api,
             } => commands::maintenance(&api, &app, state == OnOff::On, timeout, json).await,
+            Command::Secret { what } => secret::run(what),
             Command::Validate { file, json } => commands::validate(&file, json),
             Command::Token {
                 what: TokenCmd::New { name, role, file },

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tandem_agent::local::{Local, local_hosts};
+use tandem_agent::local::{Local, LocalOptions, local_hosts};
+use tandem_agent::sign::ClusterSecret;
 use tandem_api::ApiState;
 use tandem_core::model::{Event, keys};
 use tandem_core::topology::Topology;
@@ -120,12 +121,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let access = args.access.load(false)?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let api_addr = listener.local_addr().unwrap_or(args.api);
-    let local = Local::start_with_api(
+    // Every agent here shares a secret made for this run: the agent
+    // ports are authenticated as in production.
+    let secret = ClusterSecret::generate().context("cannot make the agents' cluster secret")?;
+    let local = Local::start_with(
         store.clone(),
         topology.clone(),
         &hosts,
         data_dir.clone(),
-        Some(api_addr.to_string()),
+        LocalOptions {
+            api: Some(api_addr.to_string()),
+            secret: Some(secret),
+            ..LocalOptions::default()
+        },
     )?;
     let api_stop = CancellationToken::new();
     let api_task = {

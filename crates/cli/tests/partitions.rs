@@ -22,6 +22,8 @@
 //! returns (a planned switchover through the API works, every `web`
 //! instance is healthy), and checks from the demo components' own
 //! journals that no two primary intervals of one app ever overlapped.
+//! Every agent is started with the same `--cluster-secret-file`: their
+//! failsafe requests and answers (scenario 5) are signed.
 //! Tests assert behaviour and ordering, never durations. They need root,
 //! `ip`, `iptables`, `etcd` and `etcdctl`; they run one at a time.
 #![allow(clippy::disallowed_methods)]

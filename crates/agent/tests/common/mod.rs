@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use tandem_agent::controller::ControllerRecord;
-use tandem_agent::local::Local;
+use tandem_agent::local::{Local, LocalOptions};
+use tandem_agent::sign::ClusterSecret;
 use tandem_core::model::{AppRoles, InstanceStatus, Role, keys};
 use tandem_store::{
     EmbeddedStore, KeyValue, Lease, LeaseId, Listing, Revision, Store, StoreError, Txn,
@@ -299,22 +300,29 @@ impl Pair {
         let store: Arc<dyn Store> = EmbeddedStore::in_memory();
         let link1 = link(store.clone());
         let link2 = link(store.clone());
-        let l1 = Local::start(
+        // The agents authenticate each other, as in production.
+        let options = LocalOptions {
+            secret: Some(ClusterSecret::generate().expect("a secret")),
+            ..LocalOptions::default()
+        };
+        let l1 = Local::start_with(
             link1.clone(),
             topo.clone(),
             &["h1".into()],
             dir.path().join("h1"),
+            options.clone(),
         )
         .expect("h1");
         wait_until(&store, "h1 as controller", 10, |_, _, _, c| {
             c.is_some_and(|c| c.host == "h1")
         })
         .await;
-        let l2 = Local::start(
+        let l2 = Local::start_with(
             link2.clone(),
             topo.clone(),
             &["h2".into()],
             dir.path().join("h2"),
+            options,
         )
         .expect("h2");
         wait_until(&store, "a primary, b backup", 15, |r, a, b, _| {

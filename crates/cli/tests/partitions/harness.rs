@@ -553,6 +553,8 @@ name = "dc1"
             .expect("agent log");
         let mut cmd = Command::new(tandem());
         cmd.args(["agent", "--store", &self.store_url(), "--host", name])
+            .arg("--cluster-secret-file")
+            .arg(self.secret_file())
             .arg("--api")
             .arg(format!("{}:{API_PORT}", host.addr))
             .arg("--data-dir")
@@ -574,6 +576,25 @@ name = "dc1"
             let _ = old.kill();
             let _ = old.wait();
         }
+    }
+
+    /// The cluster secret every agent shares (made on first use with
+    /// `tandem secret new`): the agents authenticate each other.
+    pub fn secret_file(&self) -> PathBuf {
+        let file = self.dir.path().join("cluster.secret");
+        if !file.exists() {
+            let out = Command::new(tandem())
+                .args(["secret", "new"])
+                .arg(&file)
+                .output()
+                .expect("tandem secret new");
+            assert!(
+                out.status.success(),
+                "tandem secret new: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        file
     }
 
     /// The pid of host `name`'s `tandem agent` process.
