@@ -12,6 +12,8 @@
 //!
 //! | endpoint | answer |
 //! | --- | --- |
+//! | `GET /` | the live web dashboard (HTML; no token needed): status, events, failover timeline, operator actions |
+//! | `GET /ui/{file}` | the dashboard's embedded files (`app.js`, `style.css`, `views/*.js`; no token needed); 404 for any other |
 //! | `GET /healthz` | 200 `{"status":"ok"}`: the API itself is alive |
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
@@ -37,6 +39,7 @@ mod metrics;
 mod params;
 mod status;
 mod switchover;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,6 +60,7 @@ pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
 /// `tandem-wire` crate, which clients share without this server.
 pub use tandem_wire as types;
 pub use tandem_wire::MaintenanceRequest;
+pub use ui::views as dashboard_views;
 
 /// What every handler shares: the store, the topology, and the server's
 /// shutdown signal (which ends event streams and switchover waits).
@@ -115,6 +119,8 @@ impl std::fmt::Debug for ApiState {
 /// The API's routes, ready to serve (or to embed in a larger router).
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{*file}", get(ui::asset))
         .route("/healthz", get(handlers::healthz))
         .route("/v1/status", get(handlers::status))
         .route("/v1/apps/{app}", get(handlers::app))

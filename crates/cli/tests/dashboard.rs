@@ -1,0 +1,345 @@
+//! End to end: the web dashboard (`GET /`) in a real headless Chromium,
+//! driven through WebDriver, against a real `tandem up` with real demo
+//! processes and real signals.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use browser::Driver;
+use common::{Up, signal};
+use fantoccini::{Client, Locator};
+use serde_json::{Value, json};
+use tandem_api::types::StatusDoc;
+
+/// How long the page may take to show something (not a performance bound:
+/// the measured delays are printed).
+const PAGE_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs `script` (a function body; `arguments[i]` are `args`) in the page.
+async fn js(client: &Client, script: &str, args: Vec<Value>) -> Value {
+    client
+        .execute(script, args)
+        .await
+        .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+}
+
+/// Polls `script` until it returns `true`; returns how long that took.
+async fn wait_js(client: &Client, what: &str, script: &str, args: Vec<Value>) -> Duration {
+    let start = Instant::now();
+    loop {
+        if js(client, script, args.clone()).await == Value::Bool(true) {
+            return start.elapsed();
+        }
+        if start.elapsed() > PAGE_WAIT {
+            let body = js(client, "return document.body.innerText;", vec![]).await;
+            panic!(
+                "the page did not show {what} within {PAGE_WAIT:?}; it shows:\n{}",
+                body.as_str().unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the page shows for each instance: `"app/id" -> (data-role, text of
+/// the role cell)`.
+async fn page_roles(client: &Client) -> BTreeMap<String, (String, String)> {
+    let v = js(
+        client,
+        r#"const out = {};
+           for (const tr of document.querySelectorAll('#status tr[data-instance]')) {
+             const cell = tr.querySelector('td[data-role]');
+             out[tr.dataset.app + '/' + tr.dataset.instance] = [cell.dataset.role, cell.innerText];
+           }
+           return out;"#,
+        vec![],
+    )
+    .await;
+    serde_json::from_value(v).expect("roles map")
+}
+
+fn status_roles(doc: &StatusDoc) -> BTreeMap<String, String> {
+    doc.apps
+        .iter()
+        .flat_map(|a| {
+            a.instances
+                .iter()
+                .map(move |i| (format!("{}/{}", a.name, i.id), i.role.as_str().to_owned()))
+        })
+        .collect()
+}
+
+/// Waits until the page shows every instance with the role `/v1/status`
+/// gives it, written out as a word (not only a colour or a symbol).
+async fn assert_page_matches_status(up: &Up, client: &Client) {
+    let start = Instant::now();
+    loop {
+        let want = status_roles(&up.status().await);
+        let seen = page_roles(client).await;
+        let shown: BTreeMap<String, String> = seen
+            .iter()
+            .map(|(k, (r, _))| (k.clone(), r.clone()))
+            .collect();
+        let words = seen
+            .values()
+            .all(|(role, text)| text.contains(role.as_str()));
+        if shown == want && words {
+            return;
+        }
+        assert!(
+            start.elapsed() < PAGE_WAIT,
+            "the page's roles {seen:?} never matched /v1/status {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Chromium's console entries at level SEVERE (errors), and what the
+/// page's own recorder caught (`window.__errors`).
+async fn console_errors(driver: &Driver, client: &Client) -> (Vec<Value>, Value) {
+    let severe = driver
+        .browser_log(client)
+        .await
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    let recorded = js(client, "return window.__errors;", vec![]).await;
+    (severe, recorded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a_phone() {
+    let up = Up::pair();
+    let (p, b) = up.wait_pair().await;
+    let driver = Driver::start();
+    let client = driver.session(1280, 900).await;
+    let url = format!("http://{}/", up.api);
+    client.goto(&url).await.expect("open the dashboard");
+
+    // 1. Every instance's role, as /v1/status has it.
+    assert_page_matches_status(&up, &client).await;
+    wait_js(
+        &client,
+        "the live event stream",
+        "return document.getElementById('live').dataset.ok === '1';",
+        vec![],
+    )
+    .await;
+
+    // 2. kill -9 of the primary shows up without a reload.
+    js(&client, "window.__marker = 1; return null;", vec![]).await;
+    let old_pid = p.pid.expect("primary pid");
+    let killed = Instant::now();
+    signal(old_pid, "KILL");
+    let new_primary_shown = wait_js(
+        &client,
+        &format!("web/{} as the new primary", b.id),
+        r#"const line = document.querySelector('#status article[data-app="web"] .primary-line');
+           const row = document.querySelector(`#status tr[data-app="web"][data-instance="${arguments[0]}"] td[data-role]`);
+           return !!line && line.dataset.primary === arguments[0] && !!row && row.dataset.role === 'primary';"#,
+        vec![json!(b.id)],
+    )
+    .await;
+    let event_shown = wait_js(
+        &client,
+        "the failure and the promotion in the event log",
+        r#"const rows = [...document.querySelectorAll('#events tr[data-kind]')];
+           const failed = rows.some(r => r.dataset.kind === 'primary-failed' && r.innerText.includes(arguments[0]));
+           const promoted = rows.some(r => r.dataset.kind === 'promoted' && r.innerText.includes(arguments[1]));
+           return failed && promoted;"#,
+        vec![json!(format!("web/{}", p.id)), json!(format!("promoted web/{}", b.id))],
+    )
+    .await;
+    let timeline_shown = wait_js(
+        &client,
+        "the failover in the timeline",
+        r#"return [...document.querySelectorAll('#timeline li[data-kind="failover"]')]
+             .some(li => li.dataset.app === 'web' && / ms/.test(li.innerText))
+           && !!document.querySelector('#timeline svg .handover-failover');"#,
+        vec![],
+    )
+    .await;
+    let since_kill = killed.elapsed();
+    println!(
+        "kill -9 of web/{} (pid {old_pid}): the page showed web/{} as primary {} ms after the kill, \
+         the events {} ms after, the timeline {} ms after (all within {} ms)",
+        p.id,
+        b.id,
+        new_primary_shown.as_millis(),
+        (new_primary_shown + event_shown).as_millis(),
+        (new_primary_shown + event_shown + timeline_shown).as_millis(),
+        since_kill.as_millis(),
+    );
+    assert_eq!(
+        js(&client, "return window.__marker;", vec![]).await,
+        json!(1),
+        "the page was reloaded"
+    );
+    let timeline = js(
+        &client,
+        "return document.querySelector('#timeline li[data-kind=\"failover\"]').innerText;",
+        vec![],
+    )
+    .await;
+    println!("timeline: {}", timeline.as_str().unwrap_or_default());
+    assert_page_matches_status(&up, &client).await;
+
+    // 3. A switchover from the page, through its confirmation dialog (no
+    // token: this API needs none).
+    let before = up.app("web").await;
+    let from = before.primary.clone().expect("a primary");
+    click(&client, "#do-switchover").await;
+    wait_js(
+        &client,
+        "the confirmation dialog",
+        "return document.getElementById('confirm').open;",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        before.primary.as_deref(),
+        up.app("web").await.primary.as_deref(),
+        "nothing happens before the operator confirms"
+    );
+    click(&client, "#confirm-ok").await;
+    wait_js(
+        &client,
+        "the switchover's outcome",
+        "return document.getElementById('action-result').dataset.outcome === 'ok';",
+        vec![],
+    )
+    .await;
+    let outcome = js(
+        &client,
+        "return document.getElementById('action-result').innerText;",
+        vec![],
+    )
+    .await;
+    println!(
+        "switchover from the page: {}",
+        outcome.as_str().unwrap_or_default()
+    );
+    let after = up
+        .wait_for("the switchover done", 15, |a| {
+            a.primary.is_some() && a.primary.as_deref() != Some(from.as_str())
+        })
+        .await;
+    assert!(after.epoch > before.epoch);
+    assert_page_matches_status(&up, &client).await;
+    wait_js(
+        &client,
+        "the switchover in the timeline",
+        "return !!document.querySelector('#timeline li[data-kind=\"switchover\"]');",
+        vec![],
+    )
+    .await;
+
+    // 5. A phone-sized window: instances and actions visible, no sideways
+    // scrolling of the page.
+    client.set_window_size(390, 844).await.expect("resize");
+    let layout = js(
+        &client,
+        r#"const visible = (el) => {
+             if (!el) return false;
+             const r = el.getBoundingClientRect();
+             return r.width > 0 && r.height > 0 && r.left >= 0 && r.right <= window.innerWidth;
+           };
+           return {
+             inner: window.innerWidth,
+             scroll: document.documentElement.scrollWidth,
+             instances: [...document.querySelectorAll('#status tr[data-instance]')].every(visible)
+               && document.querySelectorAll('#status tr[data-instance]').length > 0,
+             roles: [...document.querySelectorAll('#status td[data-role]')].every(visible),
+             actions: ['#do-switchover', '#do-maintenance-on', '#do-maintenance-off', '#do-fence', '#action-app']
+               .every((s) => visible(document.querySelector(s))),
+           };"#,
+        vec![],
+    )
+    .await;
+    println!("phone layout: {layout}");
+    assert!(
+        layout["inner"].as_u64().is_some_and(|w| w <= 420),
+        "the window did not shrink: {layout}"
+    );
+    assert!(
+        layout["scroll"].as_u64() <= layout["inner"].as_u64(),
+        "the page scrolls sideways on a phone: {layout}"
+    );
+    for part in ["instances", "roles", "actions"] {
+        assert_eq!(
+            layout[part],
+            json!(true),
+            "{part} not visible on a phone: {layout}"
+        );
+    }
+
+    // 4. No console errors, as Chromium logged them and as the page's own
+    // recorder caught them.
+    let (severe, recorded) = console_errors(&driver, &client).await;
+    assert!(severe.is_empty(), "console errors: {severe:#?}");
+    assert_eq!(recorded, json!([]), "errors recorded by the page");
+
+    if let Ok(path) = std::env::var("TANDEM_DASHBOARD_SCREENSHOT") {
+        client.set_window_size(1280, 1500).await.expect("resize");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let png = client.screenshot().await.expect("screenshot");
+        std::fs::write(&path, png).expect("write the screenshot");
+        println!("screenshot written to {path}");
+    }
+    client.close().await.expect("close the browser");
+}
+
+/// The console check can fail: an error the page raises is caught both by
+/// Chromium's log and by the page's recorder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_error_on_the_dashboard_is_caught() {
+    let up = Up::pair();
+    let driver = Driver::start();
+    let client = driver.session(1280, 900).await;
+    client
+        .goto(&format!("http://{}/", up.api))
+        .await
+        .expect("open the dashboard");
+    assert_page_matches_status(&up, &client).await;
+    let (severe, recorded) = console_errors(&driver, &client).await;
+    assert!(severe.is_empty(), "console errors: {severe:#?}");
+    assert_eq!(recorded, json!([]));
+    js(
+        &client,
+        // An inline script of the page's own origin (a script run through
+        // WebDriver would only show as a cross-origin "Script error.").
+        "const s = document.createElement('script'); \
+         s.textContent = \"setTimeout(() => { throw new Error('deliberate failure'); }, 0);\"; \
+         document.head.append(s); return null;",
+        vec![],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (severe, recorded) = console_errors(&driver, &client).await;
+    assert!(
+        severe.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deliberate failure"))),
+        "Chromium's log missed the error: {severe:#?}"
+    );
+    assert!(
+        recorded.to_string().contains("deliberate failure"),
+        "the page's recorder missed the error: {recorded}"
+    );
+    client.close().await.expect("close the browser");
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+}
