@@ -606,6 +606,7 @@ impl Leader {
                 Ok(i) if i.host == host => {
                     let pending = i.outcome == IntentState::Pending;
                     let id = i.id.clone();
+                    let by = i.by.clone();
                     self.fence_intents
                         .insert(host.to_string(), (i, ev.kv.mod_revision));
                     if pending {
@@ -616,6 +617,7 @@ impl Leader {
                             lease,
                             device,
                             intent: id,
+                            by,
                         });
                     }
                 }

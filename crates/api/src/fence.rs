@@ -6,16 +6,17 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use tandem_core::model::{FenceIntent, IntentState, keys};
 use tandem_store::{Compare, Op, Txn};
 use tokio::time::Instant;
 
 use crate::ApiState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::params::Params;
 use crate::switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, new_intent_id};
@@ -27,6 +28,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// The handler.
 pub(crate) async fn fence(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -54,6 +56,7 @@ pub(crate) async fn fence(
         id: new_intent_id(&state),
         host: host.clone(),
         outcome: IntentState::Pending,
+        by: crate::switchover::by(caller),
     };
     let value = serde_json::to_vec(&intent)
         .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;

@@ -24,12 +24,19 @@
 //! | `GET /v1/events?follow=true[&since=SEQ]` | `text/event-stream`: the same backlog, then each new event (`id:` seq, `event: event`, `data:` the event's JSON); honours `Last-Event-ID` |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text): failovers by app and reason, failover duration, intents by outcome, every instance's role and epoch, and this process's controller metrics |
 //!
+//! Access: with a token file ([`Tokens`], `--tokens FILE`), every
+//! mutation needs an `operate` token and every read a `read` one (unless
+//! the file opens reads), presented as `Authorization: Bearer TOKEN`; 401
+//! for a missing or unknown token, 403 for a `read` token on a mutation
+//! (see the `auth` module). Without one the API is open to all.
+//!
 //! Store failures: without quorum, reads answer 503 "coordination store
 //! unavailable: ..." and writes 503 "read-only: the coordination store has
 //! no quorum"; other store failures answer 500.
 #![deny(missing_docs)]
 #![allow(clippy::disallowed_methods)] // the API keeps time: request timeouts, intent ids
 
+mod auth;
 mod error;
 mod events;
 mod fence;
@@ -53,6 +60,7 @@ use tandem_telemetry::cluster::ClusterMetrics;
 use tandem_telemetry::controller::ControllerMetrics;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{Access, Caller, Reads, Role, Tokens, hash_token};
 pub use events::{DEFAULT_LIMIT, KEEP_ALIVE_INTERVAL, MAX_LIMIT};
 pub use status::status_document;
 pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
@@ -83,6 +91,8 @@ pub struct ApiState {
     pub(crate) metrics: Arc<ClusterMetrics>,
     /// The metrics of this process's controller candidates, if it runs any.
     pub(crate) controller: Option<Arc<ControllerMetrics>>,
+    /// The tokens requests need (none: the API is open to all).
+    pub(crate) access: Access,
 }
 
 impl ApiState {
@@ -96,7 +106,15 @@ impl ApiState {
             last_status: Arc::new(std::sync::Mutex::new(None)),
             metrics: Arc::new(ClusterMetrics::new()),
             controller: None,
+            access: Access::default(),
         }
+    }
+
+    /// Requires tokens: `access` says which (see [`Tokens`]). Keep a clone
+    /// of `access` to replace them while the API runs.
+    pub fn with_access(mut self, access: Access) -> ApiState {
+        self.access = access;
+        self
     }
 
     /// Also serves the metrics of the controller candidates running in
@@ -133,6 +151,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .with_state(state)
 }
 
@@ -149,6 +171,12 @@ pub async fn serve(
     tokio::spawn(metrics::count_events(state.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, topology = %state.topology.name, store = state.store.backend(), "API listening");
+    }
+    match state.access.current() {
+        Some(tokens) => tracing::info!(tokens = %tokens.summary(), "API requires tokens"),
+        None => tracing::warn!(
+            "the API needs no token: anyone who reaches it can steer the cluster (give --tokens FILE)"
+        ),
     }
     let app = router(state);
     axum::serve(listener, app)

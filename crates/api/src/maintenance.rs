@@ -4,25 +4,27 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use tandem_core::model::{IntentKind, IntentState, keys};
 use tokio::time::Instant;
 
 use crate::ApiState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::handlers::path_app;
 use crate::params::Params;
-use crate::switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, Waited, record, wait_for_outcome};
+use crate::switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, Waited, by, record, wait_for_outcome};
 use crate::types::{MaintenanceRequest, SwitchoverProgress, SwitchoverResponse};
 
 /// The handler.
 pub(crate) async fn maintenance(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Bytes,
@@ -38,8 +40,13 @@ pub(crate) async fn maintenance(
         ))
     })?;
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-    let (intent, revision) =
-        record(&state, &app, IntentKind::Maintenance { on: request.on }).await?;
+    let (intent, revision) = record(
+        &state,
+        &app,
+        IntentKind::Maintenance { on: request.on },
+        by(caller),
+    )
+    .await?;
     tracing::info!(app = %app.name, intent = %intent.id, on = request.on, "maintenance requested");
     let key = keys::intent(&app.name);
     let respond = |outcome, message| {

@@ -11,12 +11,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use tandem_core::model::{AppRoles, InstanceStatus, Intent, IntentKind, IntentState, keys};
 use tandem_core::topology::{App, HaMode};
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
@@ -24,6 +24,7 @@ use tandem_store::{Compare, EventKind, Op, Revision, Txn};
 use tokio::time::Instant;
 
 use crate::ApiState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::handlers::path_app;
 use crate::params::Params;
@@ -51,6 +52,7 @@ fn has_primary(ha: HaMode) -> bool {
 /// The handler.
 pub(crate) async fn switchover(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Bytes,
@@ -73,8 +75,13 @@ pub(crate) async fn switchover(
     }
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
 
-    let (intent, revision) =
-        record(&state, &app, IntentKind::Switchover { to: request.to }).await?;
+    let (intent, revision) = record(
+        &state,
+        &app,
+        IntentKind::Switchover { to: request.to },
+        by(caller),
+    )
+    .await?;
     tracing::info!(
         app = %app.name,
         intent = %intent.id,
@@ -200,12 +207,18 @@ fn check_target(app: &App, to: &str) -> Result<(), ApiError> {
     )))
 }
 
+/// The name of the token that made a request, to record in its intent.
+pub(crate) fn by(caller: Option<Extension<Caller>>) -> Option<String> {
+    caller.and_then(|Extension(c)| c.token)
+}
+
 /// Records a new intent unless one is pending or running. Returns it and
 /// the revision of the write.
 pub(crate) async fn record(
     state: &ApiState,
     app: &App,
     kind: IntentKind,
+    by: Option<String>,
 ) -> Result<(Intent, Revision), ApiError> {
     let key = keys::intent(&app.name);
     let intent = Intent {
@@ -213,6 +226,7 @@ pub(crate) async fn record(
         app: app.name.clone(),
         kind,
         outcome: IntentState::Pending,
+        by,
     };
     let value = serde_json::to_vec(&intent)
         .map_err(|e| ApiError::internal(format!("cannot encode the intent: {e}")))?;
@@ -437,6 +451,7 @@ mod tests {
     fn the_wait_ends_on_a_resolution_of_our_intent_only() {
         let intent = |id: &str, outcome: IntentState| {
             serde_json::to_vec(&Intent {
+                by: None,
                 id: id.into(),
                 app: "web".into(),
                 kind: IntentKind::Switchover { to: None },

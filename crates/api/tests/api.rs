@@ -328,6 +328,7 @@ async fn app_endpoint_adds_switchover_and_intent_and_404s_unknown_apps() {
     assert!(v["intent"].is_null() && v.get("intent").is_some());
 
     let recorded = Intent {
+        by: None,
         id: "i-1".into(),
         app: "web".into(),
         kind: IntentKind::Switchover {
@@ -473,6 +474,7 @@ async fn invalid_switchovers_are_refused_and_change_nothing() {
 
     // A switchover already under way.
     let pending = Intent {
+        by: None,
         id: "earlier".into(),
         app: "web".into(),
         kind: IntentKind::Switchover { to: None },

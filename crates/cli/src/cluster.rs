@@ -115,6 +115,8 @@ pub struct AgentArgs {
     /// Also serve the API on this address (any agent can).
     #[arg(long)]
     pub api: Option<SocketAddr>,
+    #[command(flatten)]
+    pub access: crate::access::AccessArgs,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -131,6 +133,7 @@ struct Api {
     addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    access: tandem_api::Access,
 }
 
 impl Companion for Api {
@@ -151,7 +154,8 @@ impl Companion for Api {
         self.stop = CancellationToken::new();
         self.task = listener.map(|l| {
             let state = ApiState::new(self.store.clone(), topology.clone())
-                .with_controller_metrics(local.controller_metrics().clone());
+                .with_controller_metrics(local.controller_metrics().clone())
+                .with_access(self.access.clone());
             let stop = self.stop.clone();
             tokio::spawn(async move {
                 let _ = tandem_api::serve(l, state, stop.cancelled_owned()).await;
@@ -187,6 +191,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let api_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let access = args.access.load(true)?;
     let stop = CancellationToken::new();
     {
         let stop = stop.clone();
@@ -233,6 +238,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         addr: api_addr,
         stop: CancellationToken::new(),
         task: None,
+        access,
     };
     supervisor::run(store, config, &mut api, stop).await?;
     Ok(ExitCode::SUCCESS)

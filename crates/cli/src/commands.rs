@@ -8,13 +8,14 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::json;
 use tandem_api::types::{Event, StatusDoc};
-use tandem_client::{ApiClient, SwitchoverOutcome};
+use tandem_client::SwitchoverOutcome;
 
+use crate::ApiArg;
 use crate::table::render;
 
 /// `tandem status`.
-pub async fn status(api: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(api)?;
+pub async fn status(api: &ApiArg, as_json: bool) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
     let doc = client.status().await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -133,13 +134,13 @@ pub fn event_line(e: &Event) -> String {
 
 /// `tandem events`.
 pub async fn events(
-    api: &str,
+    api: &ApiArg,
     follow: bool,
     since: Option<u64>,
     limit: u64,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(api)?;
+    let client = api.client()?;
     let print = |e: &Event| {
         if as_json {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
@@ -179,26 +180,26 @@ pub async fn events(
 
 /// `tandem switchover`.
 pub async fn switchover(
-    api: &str,
+    api: &ApiArg,
     app: &str,
     to: Option<&str>,
     timeout: Duration,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(api)?;
+    let client = api.client()?;
     let outcome = client.switchover(app, to, timeout).await?;
     Ok(report(app, "switchover", outcome, timeout, as_json))
 }
 
 /// `tandem maintenance`.
 pub async fn maintenance(
-    api: &str,
+    api: &ApiArg,
     app: &str,
     on: bool,
     timeout: Duration,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(api)?;
+    let client = api.client()?;
     let outcome = client.maintenance(app, on, timeout).await?;
     Ok(report(app, "maintenance", outcome, timeout, as_json))
 }
@@ -206,7 +207,7 @@ pub async fn maintenance(
 /// `tandem fence HOST`: asks for confirmation on a terminal (unless
 /// `--yes`), then asks the controller to run the host's fence device.
 pub async fn fence(
-    api: &str,
+    api: &ApiArg,
     host: &str,
     yes: bool,
     timeout: Duration,
@@ -230,7 +231,7 @@ pub async fn fence(
             return Ok(ExitCode::FAILURE);
         }
     }
-    let client = ApiClient::new(api)?;
+    let client = api.client()?;
     let outcome = client.fence(host, timeout).await?;
     Ok(report(
         &format!("host {host}"),
@@ -331,15 +332,22 @@ pub fn validate(file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `tandem proxy`.
-pub async fn proxy(listen: std::net::SocketAddr, app: &str, api: &str) -> anyhow::Result<ExitCode> {
+pub async fn proxy(
+    listen: std::net::SocketAddr,
+    app: &str,
+    api: &ApiArg,
+) -> anyhow::Result<ExitCode> {
     crate::init_logging(crate::LogFormat::Text, "info");
-    let client = ApiClient::new(api)?;
+    let client = api.client()?;
     // Fail early, with the API's own words, on an unknown app.
     client.app(app).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    println!("tandem proxy: {listen} → the primary of {app} (following {api})");
+    println!(
+        "tandem proxy: {listen} → the primary of {app} (following {})",
+        api.api
+    );
     let target = tandem_client::proxy::follow_primary(client, app);
     tandem_client::proxy::serve(
         listener,

@@ -2,6 +2,7 @@
 //! calls the libraries; every subcommand lives in a module of its own.
 #![allow(clippy::disallowed_methods)] // a binary reads clocks
 
+mod access;
 mod bench;
 mod cluster;
 mod commands;
@@ -144,6 +145,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// API tokens: make one and add its hash to a token file.
+    Token {
+        #[command(subcommand)]
+        what: TokenCmd,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -198,6 +204,23 @@ enum TopologyCmd {
     },
 }
 
+/// `tandem token` subcommands.
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Make a random token NAME with ROLE, add its hash to FILE (created
+    /// with mode 0600), and print the token once.
+    New {
+        /// The token's name: the events of its operator actions name it.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: access::RoleArg,
+        /// The API's token file.
+        #[arg(long, env = "TANDEM_TOKENS")]
+        file: PathBuf,
+    },
+}
+
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
@@ -207,12 +230,36 @@ pub enum OnOff {
     Off,
 }
 
-/// Where the API is.
-#[derive(clap::Args, Debug, Clone)]
+/// Where the API is, and how to talk to it.
+#[derive(clap::Args, Clone)]
 pub struct ApiArg {
     /// Address of the tandem API.
     #[arg(long, env = "TANDEM_API", default_value = DEFAULT_API)]
     pub api: String,
+    /// The API token, when the API requires one (`tandem token new`).
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiArg")
+            .field("api", &self.api)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+impl ApiArg {
+    /// A client of the API with these settings.
+    pub fn client(&self) -> Result<tandem_client::ApiClient, tandem_client::ClientError> {
+        tandem_client::ApiClient::with_options(
+            &self.api,
+            &tandem_client::ClientOptions {
+                token: self.token.clone(),
+            },
+        )
+    }
 }
 
 /// Parses `500ms`, `2s`, `1m` with the topology's rules.
@@ -269,37 +316,40 @@ fn main() -> ExitCode {
                 TopologyCmd::Apply { file, store } => cluster::apply(&file, &store).await,
                 TopologyCmd::Show { store } => cluster::show(&store).await,
             },
-            Command::Status { json, api } => commands::status(&api.api, json).await,
-            Command::Proxy { listen, app, api } => commands::proxy(listen, &app, &api.api).await,
+            Command::Status { json, api } => commands::status(&api, json).await,
+            Command::Proxy { listen, app, api } => commands::proxy(listen, &app, &api).await,
             Command::Events {
                 follow,
                 since,
                 limit,
                 json,
                 api,
-            } => commands::events(&api.api, follow, since, limit, json).await,
+            } => commands::events(&api, follow, since, limit, json).await,
             Command::Switchover {
                 app,
                 to,
                 timeout,
                 json,
                 api,
-            } => commands::switchover(&api.api, &app, to.as_deref(), timeout, json).await,
+            } => commands::switchover(&api, &app, to.as_deref(), timeout, json).await,
             Command::Fence {
                 host,
                 yes,
                 timeout,
                 json,
                 api,
-            } => commands::fence(&api.api, &host, yes, timeout, json).await,
+            } => commands::fence(&api, &host, yes, timeout, json).await,
             Command::Maintenance {
                 app,
                 state,
                 timeout,
                 json,
                 api,
-            } => commands::maintenance(&api.api, &app, state == OnOff::On, timeout, json).await,
+            } => commands::maintenance(&api, &app, state == OnOff::On, timeout, json).await,
             Command::Validate { file, json } => commands::validate(&file, json),
+            Command::Token {
+                what: TokenCmd::New { name, role, file },
+            } => access::new_token(&name, role, &file),
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut cmd, "tandem", &mut std::io::stdout());

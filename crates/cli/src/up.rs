@@ -40,6 +40,8 @@ pub struct UpArgs {
     /// Do not print the live summary of events on stdout.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub access: crate::access::AccessArgs,
 }
 
 /// Reads and validates a topology file, printing every problem.
@@ -115,6 +117,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot store the topology")?;
 
+    let access = args.access.load(false)?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let api_addr = listener.local_addr().unwrap_or(args.api);
     let local = Local::start_with_api(
@@ -128,7 +131,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let api_task = {
         let stop = api_stop.clone();
         let state = ApiState::new(store.clone(), topology.clone())
-            .with_controller_metrics(local.controller_metrics().clone());
+            .with_controller_metrics(local.controller_metrics().clone())
+            .with_access(access);
         tokio::spawn(
             async move { tandem_api::serve(listener, state, stop.cancelled_owned()).await },
         )

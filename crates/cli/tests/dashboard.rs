@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use browser::Driver;
-use common::{Up, signal};
+use common::{Up, signal, tandem};
 use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 use tandem_api::types::StatusDoc;
@@ -331,6 +331,204 @@ async fn a_console_error_on_the_dashboard_is_caught() {
         recorded.to_string().contains("deliberate failure"),
         "the page's recorder missed the error: {recorded}"
     );
+    client.close().await.expect("close the browser");
+}
+
+/// `tandem token new NAME --role ROLE --file FILE`: the token printed.
+fn new_token(file: &std::path::Path, name: &str, role: &str) -> String {
+    let o = std::process::Command::new(tandem())
+        .args(["token", "new", name, "--role", role, "--file"])
+        .arg(file)
+        .env_remove("TANDEM_TOKEN")
+        .output()
+        .expect("run tandem token new");
+    assert!(o.status.success(), "tandem token new: {o:?}");
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Types `token` into the page's login dialog (which must be open) and
+/// submits it.
+async fn log_in(client: &Client, token: &str) {
+    wait_js(
+        client,
+        "the login dialog",
+        "return document.getElementById('login').open;",
+        vec![],
+    )
+    .await;
+    client
+        .find(Locator::Css("#login-token"))
+        .await
+        .expect("token field")
+        .send_keys(token)
+        .await
+        .expect("type the token");
+    click(client, "#login-ok").await;
+}
+
+/// Console entries of Chromium at level SEVERE, except the network lines
+/// it logs by itself for the answers the test provoked on purpose (401
+/// without a token, 403 for the read token's switchover).
+fn unexpected(severe: Vec<Value>) -> Vec<Value> {
+    severe
+        .into_iter()
+        .filter(|e| {
+            let m = e["message"].as_str().unwrap_or_default();
+            !(e["source"] == "network"
+                && (m.contains("status of 401") || m.contains("status of 403")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_a_token_and_a_read_token_cannot_switch_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tokens.toml");
+    let ops = new_token(&file, "ops", "operate");
+    let viewer = new_token(&file, "viewer", "read");
+    let file_arg = file.to_str().expect("utf-8 path").to_owned();
+    let up = Up::pair_args(dir, &["--tokens", &file_arg], Some(&ops));
+    up.wait_pair().await;
+    let driver = Driver::start();
+    let client = driver.session(1280, 900).await;
+    client
+        .goto(&format!("http://{}/", up.api))
+        .await
+        .expect("open the dashboard (its assets need no token)");
+
+    // No token: the page asks for one, with the API's sentence.
+    let reason = wait_js(
+        &client,
+        "the API's 401 sentence in the login dialog",
+        "return document.getElementById('login').open && \
+         document.getElementById('login-reason').innerText.includes('token');",
+        vec![],
+    )
+    .await;
+    let sentence = js(
+        &client,
+        "return document.getElementById('login-reason').innerText;",
+        vec![],
+    )
+    .await;
+    println!("login asked after {} ms: {sentence}", reason.as_millis());
+    // An unknown token is refused, and asked for again.
+    log_in(&client, "tdm_not_a_token").await;
+    wait_js(
+        &client,
+        "the login dialog again after an unknown token",
+        "return document.getElementById('login').open && \
+         document.getElementById('login-reason').innerText.includes('not known');",
+        vec![],
+    )
+    .await;
+
+    // A read token: the page shows the cluster...
+    client
+        .find(Locator::Css("#login-token"))
+        .await
+        .expect("token field")
+        .clear()
+        .await
+        .expect("clear");
+    log_in(&client, &viewer).await;
+    assert_page_matches_status(&up, &client).await;
+    let stored = js(
+        &client,
+        "return sessionStorage.getItem('tandem.token');",
+        vec![],
+    )
+    .await;
+    assert_eq!(stored, json!(viewer), "the token is kept for the tab");
+
+    // ...but its switchover is refused with the API's sentence, and the
+    // cluster does not change.
+    let before = up.app("web").await;
+    let before_roles = status_roles(&up.status().await);
+    let refusal: Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(format!("http://{}/v1/apps/web/switchover", up.api))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("API answers")
+        .json()
+        .await
+        .expect("JSON error");
+    let refusal = refusal["error"]
+        .as_str()
+        .expect("an error sentence")
+        .to_owned();
+    click(&client, "#do-switchover").await;
+    click(&client, "#confirm-ok").await;
+    wait_js(
+        &client,
+        "the refusal on the page",
+        "const r = document.getElementById('action-result'); \
+         return r.dataset.outcome === 'refused' && r.innerText.includes(arguments[0]);",
+        vec![json!(refusal)],
+    )
+    .await;
+    let shown = js(
+        &client,
+        "return document.getElementById('action-result').innerText;",
+        vec![],
+    )
+    .await;
+    println!(
+        "switchover with the read token: {}",
+        shown.as_str().unwrap_or_default()
+    );
+    let after = up.app("web").await;
+    assert_eq!(
+        (after.primary.as_deref(), after.epoch),
+        (before.primary.as_deref(), before.epoch),
+        "a read token changed the cluster"
+    );
+    assert_eq!(
+        status_roles(&up.status().await),
+        before_roles,
+        "a read token changed roles"
+    );
+
+    // Log out: the token is gone and the page asks again; an operate
+    // token switches over from the page.
+    click(&client, "#logout").await;
+    assert_eq!(
+        js(
+            &client,
+            "return sessionStorage.getItem('tandem.token');",
+            vec![]
+        )
+        .await,
+        Value::Null
+    );
+    log_in(&client, &ops).await;
+    assert_page_matches_status(&up, &client).await;
+    click(&client, "#do-switchover").await;
+    click(&client, "#confirm-ok").await;
+    wait_js(
+        &client,
+        "the operate token's switchover done",
+        "return document.getElementById('action-result').dataset.outcome === 'ok';",
+        vec![],
+    )
+    .await;
+    let moved = up
+        .wait_for("the switchover", 15, |a| {
+            a.primary.is_some() && a.primary != before.primary
+        })
+        .await;
+    assert!(moved.epoch > before.epoch);
+    assert_page_matches_status(&up, &client).await;
+
+    let (severe, recorded) = console_errors(&driver, &client).await;
+    println!("Chromium's SEVERE entries (expected 401/403 network lines): {severe:#?}");
+    let severe = unexpected(severe);
+    assert!(severe.is_empty(), "console errors: {severe:#?}");
+    assert_eq!(recorded, json!([]), "errors recorded by the page");
     client.close().await.expect("close the browser");
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tandem_wire::{Event, EventKind, PrimaryDoc};
 
-use crate::{ApiClient, ClientError};
+use crate::{ApiClient, ClientError, ClientOptions};
 
 /// Longest wait between two reconnections of the event stream.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -60,12 +60,21 @@ impl Discovery {
     /// Discovery for a `tandem://` endpoint (see [`crate::endpoint`]);
     /// returns it with the app to watch.
     pub fn from_url(url: &str) -> Result<(Discovery, String), ClientError> {
+        Discovery::from_url_with(url, &ClientOptions::default())
+    }
+
+    /// As [`Discovery::from_url`], with a token (and the other
+    /// [`ClientOptions`]) for every API of the endpoint.
+    pub fn from_url_with(
+        url: &str,
+        options: &ClientOptions,
+    ) -> Result<(Discovery, String), ClientError> {
         let parsed =
             crate::endpoint::parse(url).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let clients = parsed
             .apis
             .iter()
-            .map(|a| ApiClient::new(a))
+            .map(|a| ApiClient::with_options(a, options))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((Discovery { clients }, parsed.app))
     }

@@ -145,6 +145,14 @@ pub enum SwitchoverOutcome {
     },
 }
 
+/// How a client talks to the API beyond its address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The API token to present (`Authorization: Bearer TOKEN`), when the
+    /// API requires one.
+    pub token: Option<String>,
+}
+
 /// A stream of events from [`ApiClient::follow_events`].
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, ClientError>> + Send>>;
 
@@ -163,21 +171,44 @@ impl ApiClient {
     /// [`DEFAULT_PORT`]) or `"http://host:port"`. Refuses anything else
     /// (other schemes, paths, queries, credentials) with a clear error.
     pub fn new(addr: &str) -> Result<ApiClient, ClientError> {
+        ApiClient::with_options(addr, &ClientOptions::default())
+    }
+
+    /// A client of the API at `addr` (as for [`ApiClient::new`]) that
+    /// presents `options.token` on every request.
+    pub fn with_options(addr: &str, options: &ClientOptions) -> Result<ApiClient, ClientError> {
         let base = parse_addr(addr)?;
         let host = base.host_str().unwrap_or_default();
         let display = match base.port_or_known_default() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
+        let invalid = |reason: String| ClientError::InvalidAddress {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.token {
+            let token = token.trim();
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .ok()
+                .filter(|_| !token.is_empty() && !token.contains(char::is_whitespace))
+                .ok_or_else(|| {
+                    invalid(
+                        "the token is empty or holds spaces or control characters (check --token / TANDEM_TOKEN)"
+                            .to_owned(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
             .user_agent(concat!("tandem-client/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
             .build()
-            .map_err(|e| ClientError::InvalidAddress {
-                addr: addr.to_owned(),
-                reason: format!("cannot set up an HTTP client: {e}"),
-            })?;
+            .map_err(|e| invalid(format!("cannot set up an HTTP client: {e}")))?;
         Ok(ApiClient {
             http,
             base,

@@ -468,6 +468,16 @@ pub struct Intent {
     pub kind: IntentKind,
     /// Where it stands.
     pub outcome: IntentState,
+    /// The name of the API token that asked, when the API requires tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// How an event names who asked: ` (asked with token "ops")`, or nothing
+/// when the request carried no token (an API open to all).
+pub fn asked_by(by: Option<&str>) -> String {
+    by.map(|t| format!(" (asked with token {t:?})"))
+        .unwrap_or_default()
 }
 
 /// An operator's request to fence a host with its fence device, recorded
@@ -480,6 +490,9 @@ pub struct FenceIntent {
     pub host: String,
     /// Where it stands.
     pub outcome: IntentState,
+    /// The name of the API token that asked, when the API requires tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// Kinds of events in the log.
@@ -753,6 +766,7 @@ mod tests {
     #[test]
     fn intent_serializes_flat() {
         let i = Intent {
+            by: None,
             id: "x".into(),
             app: "web".into(),
             kind: IntentKind::Switchover {

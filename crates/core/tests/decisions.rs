@@ -749,6 +749,7 @@ fn controller_table() {
     }
     let switchover = |to: Option<&str>| {
         Some(Intent {
+            by: None,
             id: "i1".into(),
             app: "web".into(),
             kind: IntentKind::Switchover {
@@ -1015,6 +1016,7 @@ fn decided(
 
 fn switchover_intent() -> Intent {
     Intent {
+        by: None,
         id: "i1".into(),
         app: "web".into(),
         kind: IntentKind::Switchover { to: None },
@@ -1727,6 +1729,7 @@ fn maintenance_freezes_roles_until_turned_off() {
     let app = app();
     let maint = |on: bool| {
         Some(Intent {
+            by: None,
             id: format!("m{on}"),
             app: "web".into(),
             kind: IntentKind::Maintenance { on },
@@ -1768,6 +1771,7 @@ fn maintenance_freezes_roles_until_turned_off() {
             ("b", st(Role::Backup, Health::Healthy)),
         ]),
         intent: Some(&Intent {
+            by: None,
             id: "s".into(),
             app: "web".into(),
             kind: IntentKind::Switchover { to: None },
@@ -2006,4 +2010,68 @@ fn a_first_decision_awaits_every_instance_started_and_judged() {
             .collect();
         assert_eq!(awaits_first_reports(&app, &status), wait, "case {n}");
     }
+}
+
+/// The events of an operator's request name the API token that made it.
+#[test]
+fn operator_events_name_the_token_that_asked() {
+    use Health::Healthy;
+    use Role::{Backup, Primary};
+    let app = app();
+    let status = statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]);
+    let decide_with = |intent: &Intent| {
+        decide(&AppInput {
+            app: &app,
+            roles: &held_by_a(),
+            status: &status,
+            intent: Some(intent),
+            hosts: HostsState::NONE,
+        })
+    };
+    let asked = Intent {
+        by: Some("ops".into()),
+        ..switchover_intent()
+    };
+    let d = decide_with(&asked);
+    let intent_event = d
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Intent)
+        .expect("an intent event");
+    assert!(
+        intent_event.message.contains("token \"ops\""),
+        "{}",
+        intent_event.message
+    );
+    let refused = Intent {
+        by: Some("ops".into()),
+        kind: IntentKind::Switchover {
+            to: Some("nobody".into()),
+        },
+        ..switchover_intent()
+    };
+    let d = decide_with(&refused);
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.message.contains("refused") && e.message.contains("token \"ops\"")),
+        "{:?}",
+        d.events
+    );
+    let maintenance = Intent {
+        by: Some("ops".into()),
+        kind: IntentKind::Maintenance { on: true },
+        ..switchover_intent()
+    };
+    let d = decide_with(&maintenance);
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.kind == EventKind::Maintenance && e.message.contains("token \"ops\"")),
+        "{:?}",
+        d.events
+    );
+    // Without a token, no name.
+    let d = decide_with(&switchover_intent());
+    assert!(d.events.iter().all(|e| !e.message.contains("token")));
 }

@@ -144,6 +144,7 @@ fn a_cleared_suspicion_stops_the_retries_but_not_a_run_under_way() {
 fn an_operators_request_is_refused_without_device_and_answered_once_done() {
     let mut b = FenceBook::default();
     let ask = |lease, device| FenceInput::Asked {
+        by: None,
         host: "h1".into(),
         lease,
         device,
@@ -176,6 +177,7 @@ fn an_operators_request_is_refused_after_repeated_failures_and_then_not_retried(
     step(
         &mut b,
         FenceInput::Asked {
+            by: None,
             host: "h1".into(),
             lease: Some(7),
             device: true,

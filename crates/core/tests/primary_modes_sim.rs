@@ -881,6 +881,7 @@ impl World {
         }
         self.intents += 1;
         self.intent = Some(Intent {
+            by: None,
             id: format!("sw{}", self.intents),
             app: "web".into(),
             kind: IntentKind::Switchover {

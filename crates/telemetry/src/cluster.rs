@@ -34,6 +34,11 @@ struct IntentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhyLabels {
+    why: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -63,6 +68,7 @@ pub struct ClusterMetrics {
     failover_seconds: Family<AppLabels, Histogram, fn() -> Histogram>,
     intents: Family<IntentLabels, Counter>,
     events: Family<KindLabels, Counter>,
+    auth_refused: Family<WhyLabels, Counter>,
     /// When each app's primary was last found failed or withdrawn (ms),
     /// until a new one serves.
     detected: std::sync::Mutex<BTreeMap<String, u64>>,
@@ -83,6 +89,7 @@ impl ClusterMetrics {
             failover_seconds: Family::new_with_constructor(seconds_histogram),
             intents: Family::default(),
             events: Family::default(),
+            auth_refused: Family::default(),
             detected: Default::default(),
             registry: Registry::default(),
         };
@@ -103,6 +110,11 @@ impl ClusterMetrics {
             m.intents.clone(),
         );
         r.register("events", "Events in the log, by kind", m.events.clone());
+        r.register(
+            "api_auth_refused",
+            "Requests the API refused for their token, by why (missing, unknown, malformed, forbidden: a read token on a mutation)",
+            m.auth_refused.clone(),
+        );
         ClusterMetrics { registry, ..m }
     }
 
@@ -147,6 +159,11 @@ impl ClusterMetrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts a request refused for its token.
+    pub fn auth_refused(&self, why: &'static str) {
+        self.auth_refused.get_or_create(&WhyLabels { why }).inc();
     }
 
     /// Counts an operator request this API answered.

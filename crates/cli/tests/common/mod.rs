@@ -59,6 +59,10 @@ pub struct Up {
     pub dir: tempfile::TempDir,
     pub topology: PathBuf,
     pub ports: [u16; 2],
+    /// More arguments of `tandem up` (e.g. `--tokens FILE`).
+    pub extra: Vec<String>,
+    /// The token [`Up::client`] presents.
+    pub token: Option<String>,
 }
 
 impl Up {
@@ -88,6 +92,33 @@ impl Up {
     /// Tests run side by side: unless the topology names an agent port, a
     /// copy with a free one is what runs.
     pub fn start_in(dir: tempfile::TempDir, topology: PathBuf, ports: [u16; 2]) -> Up {
+        Up::start_with(dir, topology, ports, Vec::new(), None)
+    }
+
+    /// Runs `tandem up` on the warm-standby pair with more arguments, its
+    /// client presenting `token`.
+    pub fn pair_args(dir: tempfile::TempDir, extra: &[&str], token: Option<&str>) -> Up {
+        let ports = [free_port(), free_port()];
+        let topology = dir.path().join("pair.toml");
+        std::fs::write(&topology, pair_topology(ports[0], ports[1], DemoHook::Http))
+            .expect("write topology");
+        Up::start_with(
+            dir,
+            topology,
+            ports,
+            extra.iter().map(|s| s.to_string()).collect(),
+            token.map(str::to_owned),
+        )
+    }
+
+    /// Runs `tandem up` on `topology` with more arguments `extra`.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        topology: PathBuf,
+        ports: [u16; 2],
+        extra: Vec<String>,
+        token: Option<String>,
+    ) -> Up {
         let text = std::fs::read_to_string(&topology).expect("read topology");
         let topology = if text.contains("agent_port") {
             topology
@@ -100,19 +131,21 @@ impl Up {
             copy
         };
         let api = format!("127.0.0.1:{}", free_port());
-        let child = Self::spawn(dir.path(), &topology, &api);
+        let child = Self::spawn(dir.path(), &topology, &api, &extra);
         let up = Up {
             child,
             api,
             dir,
             topology,
             ports,
+            extra,
+            token,
         };
         up.wait_api();
         up
     }
 
-    fn spawn(dir: &Path, topology: &Path, api: &str) -> Child {
+    fn spawn(dir: &Path, topology: &Path, api: &str, extra: &[String]) -> Child {
         let log = std::fs::File::create(dir.join("up.log")).expect("log");
         Command::new(tandem())
             .arg("up")
@@ -121,6 +154,7 @@ impl Up {
             .arg(api)
             .arg("--log-level")
             .arg("info")
+            .args(extra)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -154,7 +188,7 @@ impl Up {
             "tandem up exited with {status}\n{}",
             self.log()
         );
-        self.child = Self::spawn(self.dir.path(), &self.topology, &self.api);
+        self.child = Self::spawn(self.dir.path(), &self.topology, &self.api, &self.extra);
         self.wait_api();
     }
 
@@ -179,7 +213,13 @@ impl Up {
     }
 
     pub fn client(&self) -> ApiClient {
-        ApiClient::new(&self.api).expect("client")
+        ApiClient::with_options(
+            &self.api,
+            &tandem_client::ClientOptions {
+                token: self.token.clone(),
+            },
+        )
+        .expect("client")
     }
 
     pub async fn status(&self) -> StatusDoc {
@@ -313,6 +353,7 @@ pub fn signal(pid: u32, name: &str) {
         "STOP" => nix::sys::signal::Signal::SIGSTOP,
         "CONT" => nix::sys::signal::Signal::SIGCONT,
         "TERM" => nix::sys::signal::Signal::SIGTERM,
+        "HUP" => nix::sys::signal::Signal::SIGHUP,
         other => panic!("unknown signal {other}"),
     };
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);

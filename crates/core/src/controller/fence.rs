@@ -64,6 +64,8 @@ pub enum FenceInput {
         device: bool,
         /// The request's id.
         intent: String,
+        /// The name of the API token that asked, if any.
+        by: Option<String>,
     },
     /// A run of `host`'s device for `lease` ended.
     Exited {
@@ -191,7 +193,7 @@ impl FenceBook {
                     f.suspected = true;
                     return;
                 }
-                self.start(host, lease, None, out);
+                self.start(host, lease, None, None, out);
             }
             FenceInput::Suspected { .. } => {}
             FenceInput::Cleared { host } => {
@@ -212,7 +214,8 @@ impl FenceBook {
                 lease,
                 device,
                 intent,
-            } => self.asked(host, lease, device, intent, out),
+                by,
+            } => self.asked(host, lease, device, intent, by, out),
             FenceInput::Exited {
                 host,
                 lease,
@@ -264,12 +267,13 @@ impl FenceBook {
         host: String,
         lease: i64,
         asked_by: Option<String>,
+        token: Option<&str>,
         out: &mut Vec<FenceAction>,
     ) {
         let by = if asked_by.is_some() {
-            "an operator asked"
+            format!("an operator asked{}", crate::model::asked_by(token))
         } else {
-            "its heartbeats stopped"
+            "its heartbeats stopped".to_owned()
         };
         out.push(event(
             "fence_started",
@@ -298,6 +302,7 @@ impl FenceBook {
         lease: Option<i64>,
         device: bool,
         intent: String,
+        by: Option<String>,
         out: &mut Vec<FenceAction>,
     ) {
         let refuse = |reason: String| FenceAction::Answer {
@@ -345,7 +350,7 @@ impl FenceBook {
                     });
                 }
             }
-            _ => self.start(host, lease, Some(intent), out),
+            _ => self.start(host, lease, Some(intent), by.as_deref(), out),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Maintenance: turning it on or off, and freezing the roles while on.
 
 use super::{AppInput, Decision, pending};
-use crate::model::{EventDraft, EventKind, IntentKind, IntentState};
+use crate::model::{EventDraft, EventKind, IntentKind, IntentState, asked_by};
 
 /// What maintenance decides for the app; `None` when the app is not in
 /// maintenance and no maintenance intent is pending: the mode decides.
@@ -13,6 +13,7 @@ pub(super) fn maintenance(input: &AppInput<'_>) -> Option<Decision> {
         IntentKind::Switchover { .. } => None,
     });
     let done = |message: String| Some(IntentState::Done { message });
+    let by = asked_by(intent.and_then(|i| i.by.as_deref()));
     let d = match (input.roles.maintenance, asked) {
         (false, None) => return None,
         (false, Some(false)) => {
@@ -25,7 +26,7 @@ pub(super) fn maintenance(input: &AppInput<'_>) -> Option<Decision> {
                 input,
                 true,
                 format!(
-                    "maintenance of {name}: no role changes until it is turned off (failures are not acted on)"
+                    "maintenance of {name}{by}: no role changes until it is turned off (failures are not acted on)"
                 ),
             );
             d.intent = done(format!("maintenance of {name} is on"));
@@ -35,7 +36,7 @@ pub(super) fn maintenance(input: &AppInput<'_>) -> Option<Decision> {
             let mut d = toggled(
                 input,
                 false,
-                format!("maintenance of {name} ended: roles are managed again"),
+                format!("maintenance of {name} ended{by}: roles are managed again"),
             );
             d.intent = done(format!("maintenance of {name} is off"));
             d

@@ -7,7 +7,7 @@ use crate::controller::candidates::{best_candidate, unfit};
 use crate::controller::{HostsState, pending};
 use crate::model::{
     AppRoles, CauseName, EventDraft, EventKind, InstanceStatus, IntentKind, IntentState,
-    PendingSwitchover,
+    PendingSwitchover, asked_by,
 };
 use crate::topology::App;
 
@@ -38,7 +38,8 @@ impl Pass<'_, '_> {
                     to: target.clone(),
                 });
                 self.next.reason = format!(
-                    "switchover requested: demoting {name}/{from}, then promoting {name}/{target}"
+                    "switchover requested{}: demoting {name}/{from}, then promoting {name}/{target}",
+                    asked_by(intent.by.as_deref())
                 );
                 self.next.cause = Some(CauseName::Switchover);
                 self.events.push(
@@ -61,7 +62,10 @@ impl Pass<'_, '_> {
                     EventDraft::app(
                         EventKind::Intent,
                         name,
-                        format!("switchover refused: {reason}"),
+                        format!(
+                            "switchover refused{}: {reason}",
+                            asked_by(intent.by.as_deref())
+                        ),
                     )
                     .with_reason("refused"),
                 );
