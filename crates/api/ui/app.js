@@ -14,7 +14,7 @@
 // `section()` to get its place on the page; index.html loads every view.
 
 const TOKEN_KEY = "tandem.token";
-const STATUS_DEBOUNCE_MS = 100;
+const STATUS_DEBOUNCE_MS = 50;
 const STATUS_POLL_MS = 5000;
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 5000;
@@ -324,6 +324,17 @@ async function follow() {
     const generation = ++streamGeneration;
     streamAbort = new AbortController();
     try {
+      if (state.lastSeq != null) {
+        // Reconnecting: a log that restarted (a new store) has a newest
+        // event older than ours; start again from its beginning.
+        const { doc } = await api("/v1/events?limit=1", { signal: streamAbort.signal });
+        const newest = doc.events.length ? doc.events[doc.events.length - 1].seq : 0;
+        if (newest < state.lastSeq) {
+          state.events = [];
+          state.lastSeq = null;
+          emit("events", state.events);
+        }
+      }
       if (state.lastSeq == null) {
         // The history first (more than the stream's default backlog).
         const { doc } = await api("/v1/events?limit=1000", { signal: streamAbort.signal });

@@ -135,6 +135,10 @@ async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a
     js(&client, "window.__marker = 1; return null;", vec![]).await;
     let old_pid = p.pid.expect("primary pid");
     let killed = Instant::now();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
     signal(old_pid, "KILL");
     let new_primary_shown = wait_js(
         &client,
@@ -175,6 +179,18 @@ async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a
         (new_primary_shown + event_shown + timeline_shown).as_millis(),
         since_kill.as_millis(),
     );
+    // For comparison: when the log itself said the new primary serves.
+    let events = up.client().events(None, Some(200)).await.expect("events");
+    if let Some(serving) = events
+        .iter()
+        .find(|e| e.kind.as_str() == "serving" && e.instance.as_deref() == Some(b.id.as_str()))
+    {
+        println!(
+            "the log's `serving` event of web/{} is stamped {} ms after the kill",
+            b.id,
+            serving.t_ms.saturating_sub(killed_ms)
+        );
+    }
     assert_eq!(
         js(&client, "return window.__marker;", vec![]).await,
         json!(1),
@@ -189,10 +205,31 @@ async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a
     println!("timeline: {}", timeline.as_str().unwrap_or_default());
     assert_page_matches_status(&up, &client).await;
 
-    // 3. A switchover from the page, through its confirmation dialog (no
-    // token: this API needs none).
+    // 3. A switchover from the page to a named instance, through its
+    // confirmation dialog (no token: this API needs none).
     let before = up.app("web").await;
     let from = before.primary.clone().expect("a primary");
+    let to = before
+        .instances
+        .iter()
+        .find(|i| i.id != from)
+        .map(|i| i.id.clone())
+        .expect("another instance");
+    wait_js(
+        &client,
+        "the target in the list",
+        "return [...document.getElementById('action-to').options].some(o => o.value === arguments[0]);",
+        vec![json!(to)],
+    )
+    .await;
+    client
+        .find(Locator::Css("#action-to"))
+        .await
+        .expect("target list")
+        .select_by_value(&to)
+        .await
+        .expect("choose the target");
+    reset_result(&client).await;
     click(&client, "#do-switchover").await;
     wait_js(
         &client,
@@ -201,32 +238,30 @@ async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a
         vec![],
     )
     .await;
+    let question = js(
+        &client,
+        "return document.getElementById('confirm-text').innerText;",
+        vec![],
+    )
+    .await;
+    assert!(
+        question
+            .as_str()
+            .is_some_and(|q| q.contains(&format!("web/{to}"))),
+        "the dialog does not name the target: {question}"
+    );
     assert_eq!(
         before.primary.as_deref(),
         up.app("web").await.primary.as_deref(),
         "nothing happens before the operator confirms"
     );
     click(&client, "#confirm-ok").await;
-    wait_js(
-        &client,
-        "the switchover's outcome",
-        "return document.getElementById('action-result').dataset.outcome === 'ok';",
-        vec![],
-    )
-    .await;
-    let outcome = js(
-        &client,
-        "return document.getElementById('action-result').innerText;",
-        vec![],
-    )
-    .await;
-    println!(
-        "switchover from the page: {}",
-        outcome.as_str().unwrap_or_default()
-    );
+    let (outcome, text) = action_outcome(&client).await;
+    println!("switchover from the page: {text}");
+    assert_eq!(outcome, "ok", "{text}");
     let after = up
         .wait_for("the switchover done", 15, |a| {
-            a.primary.is_some() && a.primary.as_deref() != Some(from.as_str())
+            a.primary.as_deref() == Some(to.as_str())
         })
         .await;
     assert!(after.epoch > before.epoch);
@@ -238,6 +273,49 @@ async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a
         vec![],
     )
     .await;
+
+    // Maintenance on, then off, from the page; the log shows both.
+    for (button, on) in [("#do-maintenance-on", true), ("#do-maintenance-off", false)] {
+        let (outcome, text) = confirm_action(&client, button).await;
+        println!("maintenance {}: {text}", if on { "on" } else { "off" });
+        assert_eq!(outcome, "ok", "{text}");
+    }
+    wait_js(
+        &client,
+        "both maintenance events in the log",
+        "return document.querySelectorAll('#events tr[data-kind=\"maintenance\"]').length >= 2;",
+        vec![],
+    )
+    .await;
+
+    // The log's filters: by kind, by app, by text.
+    let filtered = js(
+        &client,
+        r#"const kind = document.getElementById('filter-kind');
+           kind.value = 'promoted'; kind.dispatchEvent(new Event('change'));
+           const byKind = [...document.querySelectorAll('#events tr[data-kind]')].map(r => r.dataset.kind);
+           kind.value = ''; kind.dispatchEvent(new Event('change'));
+           const text = document.getElementById('filter-text');
+           text.value = 'SIGKILL'; text.dispatchEvent(new Event('input'));
+           const byText = [...document.querySelectorAll('#events tr[data-kind]')].map(r => r.innerText);
+           text.value = ''; text.dispatchEvent(new Event('input'));
+           return { byKind, byText };"#,
+        vec![],
+    )
+    .await;
+    let by_kind = filtered["byKind"].as_array().expect("kinds");
+    assert!(
+        !by_kind.is_empty() && by_kind.iter().all(|k| k == "promoted"),
+        "kind filter: {filtered}"
+    );
+    let by_text = filtered["byText"].as_array().expect("texts");
+    assert!(
+        !by_text.is_empty()
+            && by_text
+                .iter()
+                .all(|t| t.as_str().is_some_and(|t| t.contains("SIGKILL"))),
+        "text filter: {filtered}"
+    );
 
     // 5. A phone-sized window: instances and actions visible, no sideways
     // scrolling of the page.
@@ -281,6 +359,60 @@ async fn dashboard_shows_roles_and_a_kill_9_failover_live_and_switches_over_on_a
     // 4. No console errors, as Chromium logged them and as the page's own
     // recorder caught them.
     let (severe, recorded) = console_errors(&driver, &client).await;
+    assert!(severe.is_empty(), "console errors: {severe:#?}");
+    assert_eq!(recorded, json!([]), "errors recorded by the page");
+
+    // 3b. Fencing a host without a fence device: refused, with the API's
+    // sentence on the page (Chromium logs the 409 itself: expected).
+    let (outcome, text) = confirm_action(&client, "#do-fence").await;
+    println!("fence from the page: {text}");
+    assert_eq!(outcome, "refused", "{text}");
+    assert!(text.contains("has no fence device"), "{text}");
+
+    // 6. The API goes away and comes back: the page reconnects by itself
+    // (resuming the log with since=), without a reload.
+    client.set_window_size(1280, 900).await.expect("resize");
+    let seqs_before = js(
+        &client,
+        "return window.__seqs = [...document.querySelectorAll('#events tr[data-seq]')].length;",
+        vec![],
+    )
+    .await;
+    let mut up = up;
+    let newest = up
+        .client()
+        .events(None, Some(1))
+        .await
+        .expect("events")
+        .last()
+        .map(|e| e.seq)
+        .unwrap_or(0);
+    up.restart();
+    let back = wait_js(
+        &client,
+        "the page live again with the events after the restart",
+        r#"const seqs = [...document.querySelectorAll('#events tr[data-seq]')].map(r => Number(r.dataset.seq));
+           return document.getElementById('live').dataset.ok === '1'
+             && seqs.some(s => s > arguments[0])
+             && new Set(seqs).size === seqs.length;"#,
+        vec![json!(newest)],
+    )
+    .await;
+    println!(
+        "tandem up restarted: the page was live again with the new events {} ms after the API was back ({seqs_before} events shown before)",
+        back.as_millis()
+    );
+    assert_page_matches_status(&up, &client).await;
+    assert_eq!(
+        js(&client, "return window.__marker;", vec![]).await,
+        json!(1),
+        "the page was reloaded"
+    );
+    let (severe, recorded) = console_errors(&driver, &client).await;
+    let severe: Vec<Value> = severe
+        .into_iter()
+        .filter(|e| e["source"] != "network")
+        .collect();
     assert!(severe.is_empty(), "console errors: {severe:#?}");
     assert_eq!(recorded, json!([]), "errors recorded by the page");
 
@@ -530,6 +662,52 @@ async fn dashboard_asks_for_a_token_and_a_read_token_cannot_switch_over() {
     assert!(severe.is_empty(), "console errors: {severe:#?}");
     assert_eq!(recorded, json!([]), "errors recorded by the page");
     client.close().await.expect("close the browser");
+}
+
+/// Clears the action result, so that the next outcome is a new one.
+async fn reset_result(client: &Client) {
+    js(
+        client,
+        "const r = document.getElementById('action-result'); r.dataset.outcome = ''; r.textContent = ''; return null;",
+        vec![],
+    )
+    .await;
+}
+
+/// Waits for the outcome of the action under way: ("ok" | "refused", text).
+async fn action_outcome(client: &Client) -> (String, String) {
+    wait_js(
+        client,
+        "the action's outcome",
+        "const o = document.getElementById('action-result').dataset.outcome; return o === 'ok' || o === 'refused';",
+        vec![],
+    )
+    .await;
+    let v = js(
+        client,
+        "const r = document.getElementById('action-result'); return [r.dataset.outcome, r.innerText];",
+        vec![],
+    )
+    .await;
+    let (Some(outcome), Some(text)) = (v[0].as_str(), v[1].as_str()) else {
+        panic!("no outcome: {v}")
+    };
+    (outcome.to_owned(), text.to_owned())
+}
+
+/// Clicks an action's button, confirms its dialog, waits for the outcome.
+async fn confirm_action(client: &Client, button: &str) -> (String, String) {
+    reset_result(client).await;
+    click(client, button).await;
+    wait_js(
+        client,
+        "the confirmation dialog",
+        "return document.getElementById('confirm').open;",
+        vec![],
+    )
+    .await;
+    click(client, "#confirm-ok").await;
+    action_outcome(client).await
 }
 
 async fn click(client: &Client, css: &str) {

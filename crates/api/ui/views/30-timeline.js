@@ -7,7 +7,7 @@
 import { clock, h, on, section, state } from "../app.js";
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 640;
+const MIN_WIDTH = 300;
 const HEIGHT = 180;
 const PAD = { left: 56, right: 16, top: 16, bottom: 28 };
 /** Handovers plotted (the newest). */
@@ -78,6 +78,8 @@ function render() {
     list.replaceChildren();
     return;
   }
+  // Drawn at the plot's width in pixels, so text keeps its size on a phone.
+  const WIDTH = Math.max(MIN_WIDTH, Math.round(plot.clientWidth || 640));
   const t0 = shown[0].startMs;
   const t1 = Math.max(Date.now(), shown[shown.length - 1].startMs + 1);
   const maxMs = Math.max(1000, ...shown.map((x) => x.durationMs || 0));
@@ -119,5 +121,16 @@ function render() {
       h("div", { class: "muted detail" }, ho.why))));
 }
 
+let resizeTimer = null;
+let lastWidth = 0;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    if (plot.clientWidth !== lastWidth) {
+      lastWidth = plot.clientWidth;
+      render();
+    }
+  }, 100);
+});
 on("events", render);
 render();
