@@ -142,9 +142,13 @@ function setupLogin() {
   const logout = document.getElementById("logout");
   logout.hidden = !token();
   logout.addEventListener("click", () => {
-    setToken("");
+    // Nothing read with the token stays on the page.
     state.status = null;
+    state.events = [];
+    state.lastSeq = null;
     emit("status", null);
+    emit("events", state.events);
+    setToken("");
   });
 }
 
@@ -216,6 +220,8 @@ let statusTimer = null;
 let statusInFlight = false;
 let statusAgain = false;
 let statusLastMs = 0;
+/** The notice shows a failed status fetch (cleared by the next success). */
+let statusNoticed = false;
 
 /**
  * Fetches the status soon: at once if none was fetched in the last
@@ -245,9 +251,16 @@ async function fetchStatus() {
     const stale = document.getElementById("stale");
     stale.hidden = !doc.stale;
     stale.textContent = doc.stale ? `⚠ stale: ${doc.stale_reason || "the store cannot be read"}` : "";
+    if (statusNoticed) {
+      statusNoticed = false;
+      notice("");
+    }
     emit("status", doc);
   } catch (e) {
-    if (e.status !== 401) notice(`status: ${e.message}`);
+    if (e.status !== 401) {
+      statusNoticed = true;
+      notice(`status: ${e.message}`);
+    }
   } finally {
     statusInFlight = false;
     if (statusAgain) {

@@ -631,6 +631,16 @@ async fn dashboard_asks_for_a_token_and_a_read_token_cannot_switch_over() {
     assert_eq!(
         js(
             &client,
+            "return document.querySelectorAll('#status tr[data-instance], #events tr[data-seq]').length;",
+            vec![],
+        )
+        .await,
+        json!(0),
+        "what the token read stays on the page after logging out"
+    );
+    assert_eq!(
+        js(
+            &client,
             "return sessionStorage.getItem('tandem.token');",
             vec![]
         )
