@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::webhook;
+
 /// How many events the log keeps; older ones are deleted.
 pub const MAX_EVENTS: u64 = 10_000;
 /// How many times a decision is retried after a conflicting write.
@@ -57,7 +59,9 @@ pub struct ControllerRecord {
 }
 
 /// Campaigns for the controller role with the agent's session, and leads
-/// while elected. Returns when `cancel` fires.
+/// while elected (delivering webhooks with `secrets` meanwhile, see
+/// [`crate::webhook`]). Returns when `cancel` fires.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_candidate(
     store: Arc<dyn Store>,
     topology: Arc<Topology>,
@@ -65,6 +69,7 @@ pub async fn run_candidate(
     mut session: watch::Receiver<Option<LeaseId>>,
     suspected: watch::Receiver<BTreeSet<String>>,
     metrics: Arc<ControllerMetrics>,
+    secrets: webhook::Secrets,
     cancel: CancellationToken,
 ) {
     let mut suspected = suspected;
@@ -132,6 +137,7 @@ pub async fn run_candidate(
                 key_revision,
                 metrics.clone(),
             );
+            leader.secrets = secrets.clone();
             leader
                 .lead(lease, &mut session, &mut suspected, &cancel)
                 .await;
@@ -337,6 +343,8 @@ struct Leader {
     fence_intents: HashMap<String, (FenceIntent, Revision)>,
     /// The origin of the fence book's clock.
     origin: std::time::Instant,
+    /// The webhooks' secrets, for the webhook tasks it starts.
+    secrets: webhook::Secrets,
 }
 
 /// Events not about one app are kept under this name.
@@ -371,6 +379,7 @@ impl Leader {
             fence_done: mpsc::unbounded_channel(),
             fence_intents: HashMap::new(),
             origin: std::time::Instant::now(),
+            secrets: webhook::Secrets::default(),
         }
     }
 
@@ -409,6 +418,23 @@ impl Leader {
         }
         self.oldest_seq = seqs.iter().copied().min().unwrap_or(1);
         self.next_seq = seqs.iter().copied().max().map_or(1, |m| m + 1);
+        // Webhooks are delivered beside the decisions while this leads;
+        // given-up deliveries come back to be written to the log.
+        let (webhook_tx, mut webhook_rx) = mpsc::channel(webhook::EVENT_QUEUE);
+        let webhooks = cancel.child_token();
+        let _stop_webhooks = webhooks.clone().drop_guard();
+        webhook::start(
+            webhook::Context {
+                store: self.store.clone(),
+                topology: self.topology.clone(),
+                secrets: self.secrets.clone(),
+                key_revision: self.key_revision,
+                newest_seq: self.next_seq - 1,
+                events: webhook_tx,
+                metrics: self.metrics.clone(),
+            },
+            webhooks,
+        );
         self.pending
             .entry(NO_APP.into())
             .or_default()
@@ -482,6 +508,10 @@ impl Leader {
                     }
                 }
                 Some(done) = self.fence_done.1.recv() => self.fence(done),
+                Some(draft) = webhook_rx.recv() => {
+                    self.pending.entry(NO_APP.into()).or_default().push(draft);
+                    self.dirty.insert(NO_APP.into());
+                }
                 item = changes.next() => {
                     let mut item = Some(item);
                     // Take every change already delivered before deciding.

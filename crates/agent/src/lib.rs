@@ -8,6 +8,8 @@
 //! ([`controller`]) is elected among agents through the store and writes
 //! role assignments decided by [`tandem_core::controller::decide`].
 //! [`heartbeat`] detects lost peer hosts in tens of milliseconds.
+//! [`webhook`] sends the events of the log to the topology's webhooks, from
+//! the elected controller.
 //! [`local`] runs all of it for the hosts of a topology on this machine
 //! (`tandem up`).
 #![deny(missing_docs)]
@@ -28,3 +30,4 @@ pub mod process;
 pub mod publish;
 pub mod supervisor;
 pub mod watchdog;
+pub mod webhook;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentConfig, AgentHandle};
 use crate::controller;
 use crate::heartbeat::Heartbeats;
+use crate::webhook;
 use tandem_telemetry::controller::ControllerMetrics;
 
 /// The addresses of this machine: loopback and every interface address.
@@ -79,6 +80,8 @@ pub struct Local {
     suspected: Suspects,
     /// The heartbeat service that publishes them.
     heartbeats: Heartbeats,
+    /// The webhooks' secrets, read at start.
+    secrets: webhook::Secrets,
 }
 
 /// The hosts whose agents this process suspects to be lost (heartbeats
@@ -121,6 +124,8 @@ impl Local {
         options: LocalOptions,
     ) -> anyhow::Result<Local> {
         let LocalOptions { api, watchdog } = options;
+        // A webhook's secret file that cannot be used stops the start.
+        let secrets = webhook::load_secrets(&topology)?;
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut sessions = Vec::new();
@@ -172,6 +177,7 @@ impl Local {
             let store = store.clone();
             let metrics = controller_metrics.clone();
             let suspected = suspected.clone();
+            let secrets = secrets.clone();
             async move {
                 let all_up = futures::future::join_all(sessions.iter().map(|(_, rx)| {
                     let mut rx = rx.clone();
@@ -183,7 +189,10 @@ impl Local {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::timeout(STARTUP_SETTLE, all_up) => {}
                 }
-                run_candidates(store, topology, sessions, suspected, metrics, cancel).await;
+                run_candidates(
+                    store, topology, sessions, suspected, metrics, secrets, cancel,
+                )
+                .await;
             }
         })];
         Ok(Local {
@@ -197,6 +206,7 @@ impl Local {
             controller_metrics,
             suspected,
             heartbeats,
+            secrets,
         })
     }
 
@@ -221,6 +231,13 @@ impl Local {
         if let Err(e) = self.heartbeats.update(&topology).await {
             tracing::warn!(error = %e, "heartbeats: cannot follow the new topology; stopped");
         }
+        match webhook::load_secrets(&topology) {
+            Ok(secrets) => self.secrets = secrets,
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "webhooks: cannot read a secret file of the new topology; a webhook whose secret is missing is not delivered"
+            ),
+        }
         self.candidates.cancel();
         self.candidates = self.cancel.child_token();
         self.side.push(tokio::spawn(run_candidates(
@@ -229,6 +246,7 @@ impl Local {
             self.sessions.clone(),
             self.suspected.clone(),
             self.controller_metrics.clone(),
+            self.secrets.clone(),
             self.candidates.clone(),
         )));
     }
@@ -262,6 +280,7 @@ async fn run_candidates(
     sessions: Vec<(String, Session)>,
     suspected: Suspects,
     metrics: Arc<ControllerMetrics>,
+    secrets: webhook::Secrets,
     cancel: CancellationToken,
 ) {
     let candidates = sessions.into_iter().map(|(host, rx)| {
@@ -272,6 +291,7 @@ async fn run_candidates(
             rx,
             suspected.clone(),
             metrics.clone(),
+            secrets.clone(),
             cancel.clone(),
         )
     });

@@ -528,6 +528,10 @@ pub enum EventKind {
     Maintenance,
     /// A fence device was run, confirmed or failed.
     Fence,
+    /// A webhook delivery was given up (reason `delivery_failed`) or events
+    /// were skipped (reason `events_skipped`). Never delivered by webhooks
+    /// themselves, so a failing receiver cannot feed a loop.
+    Webhook,
 }
 
 impl EventKind {
@@ -549,7 +553,38 @@ impl EventKind {
             EventKind::Controller => "controller",
             EventKind::Maintenance => "maintenance",
             EventKind::Fence => "fence",
+            EventKind::Webhook => "webhook",
         }
+    }
+
+    /// Every kind, in the order they are declared.
+    pub const ALL: [EventKind; 15] = [
+        EventKind::Promoted,
+        EventKind::Serving,
+        EventKind::Demoted,
+        EventKind::PrimaryFailed,
+        EventKind::InstanceExited,
+        EventKind::InstanceStarted,
+        EventKind::HealthChanged,
+        EventKind::CrashLoop,
+        EventKind::Host,
+        EventKind::NoCandidate,
+        EventKind::Intent,
+        EventKind::Controller,
+        EventKind::Maintenance,
+        EventKind::Fence,
+        EventKind::Webhook,
+    ];
+
+    /// The kind spelled `s` (as [`EventKind::as_str`] spells it).
+    pub fn from_name(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -682,6 +717,14 @@ pub mod keys {
     pub const EVENTS: &str = "/tandem/events/";
     /// Prefix of operators' requests to fence a host.
     pub const FENCE_INTENTS: &str = "/tandem/fence-intents/";
+    /// Prefix of webhook cursors: the last event seq each webhook is done
+    /// with (delivered or given up), written by the controller.
+    pub const WEBHOOKS: &str = "/tandem/webhooks/";
+
+    /// `webhooks/{name}`.
+    pub fn webhook(name: &str) -> String {
+        format!("{WEBHOOKS}{name}")
+    }
 
     /// `fence-intents/{host}`.
     pub fn fence_intent(host: &str) -> String {
@@ -761,6 +804,16 @@ mod tests {
         .unwrap();
         assert_eq!(roles.cause, None);
         assert!(!serde_json::to_string(&roles).unwrap().contains("cause"));
+    }
+
+    #[test]
+    fn event_kinds_round_trip_through_their_spelling() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_name(kind.as_str()), Some(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+        }
+        assert_eq!(EventKind::from_name("failed"), None);
     }
 
     #[test]

@@ -270,6 +270,7 @@ fn topology(app: &App) -> Arc<Topology> {
             .collect(),
         apps: vec![app.clone()],
         links: Vec::new(),
+        webhooks: Vec::new(),
     })
 }
 

@@ -229,6 +229,7 @@ fn full_file_parses_into_the_expected_model() {
                 tls: false,
             },
         ],
+        webhooks: Vec::new(),
     };
     assert_eq!(topology, expected);
 }
@@ -489,7 +490,7 @@ ha = "none
 "#,
         1,
         1,
-        r#"unknown key "colour" in the top level (expected one of: cluster, sites, hosts, apps, links)"#,
+        r#"unknown key "colour" in the top level (expected one of: cluster, sites, hosts, apps, links, webhooks)"#,
     ),
     (
         "unknown key in instance",

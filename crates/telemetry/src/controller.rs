@@ -67,6 +67,19 @@ pub enum ControllerEvent<'a> {
         /// Its kind (`promoted`, `primary-failed`, ...).
         kind: &'a str,
     },
+    /// A webhook delivery ended: delivered, or given up after its retries.
+    WebhookDelivery {
+        /// The webhook's name.
+        webhook: &'a str,
+        /// The event's sequence number.
+        seq: u64,
+        /// `delivered` or `failed`.
+        outcome: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// From the first attempt to the end of the last one.
+        latency: Duration,
+    },
 }
 
 /// The controller's metrics.
@@ -80,6 +93,21 @@ pub struct ControllerMetrics {
     events: Family<KindLabels, Counter>,
     fence_runs: Family<FenceLabels, Counter>,
     fence_seconds: Histogram,
+    webhook_deliveries: Family<WebhookLabels, Counter>,
+    webhook_seconds: Family<WebhookNameLabels, Histogram, fn() -> Histogram>,
+}
+
+/// Labels of a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+    outcome: &'static str,
+}
+
+/// A webhook's name, as a label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookNameLabels {
+    webhook: String,
 }
 
 /// Labels of a fence device run.
@@ -107,6 +135,8 @@ impl ControllerMetrics {
             events: Family::default(),
             fence_runs: Family::default(),
             fence_seconds: seconds_histogram(),
+            webhook_deliveries: Family::default(),
+            webhook_seconds: Family::new_with_constructor(seconds_histogram),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -144,6 +174,16 @@ impl ControllerMetrics {
             "fence_run_seconds",
             "Duration of a fence device run, from its start to its exit",
             m.fence_seconds.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook deliveries of the controller, by webhook and outcome (delivered, failed: given up after its retries)",
+            m.webhook_deliveries.clone(),
+        );
+        r.register(
+            "webhook_delivery_seconds",
+            "Duration of a webhook delivery, from its first attempt to the end of its last, retries included",
+            m.webhook_seconds.clone(),
         );
         ControllerMetrics { registry, ..m }
     }
@@ -189,6 +229,33 @@ impl ControllerMetrics {
                     })
                     .inc();
                 self.fence_seconds.observe(secs(latency));
+            }
+            ControllerEvent::WebhookDelivery {
+                webhook,
+                seq,
+                outcome,
+                attempts,
+                latency,
+            } => {
+                if outcome == "delivered" {
+                    tracing::debug!(webhook, seq, attempts, "webhook delivered event {seq}");
+                } else {
+                    warn!(
+                        webhook,
+                        seq, attempts, "webhook gave up delivering event {seq}"
+                    );
+                }
+                self.webhook_deliveries
+                    .get_or_create(&WebhookLabels {
+                        webhook: webhook.into(),
+                        outcome,
+                    })
+                    .inc();
+                self.webhook_seconds
+                    .get_or_create(&WebhookNameLabels {
+                        webhook: webhook.into(),
+                    })
+                    .observe(secs(latency));
             }
             ControllerEvent::EventWritten { kind } => {
                 self.events

@@ -112,6 +112,21 @@
 //! to = "db"
 //! cardinality = "one"       # "one" | "one-or-more" | "optional"
 //! tls = false               # optional, default false
+//!
+//! [[webhooks]]              # optional, zero or more: events POSTed as JSON
+//! name = "oncall"           # unique
+//! url = "http://hooks.internal:8080/tandem"   # absolute http:// or https:// URL
+//!                           # (the runtime sends plain http only for now)
+//! events = ["promoted", "primary-failed", "fence"]
+//!                           # event kinds (as in the event log); default:
+//!                           # promoted, primary-failed, no-candidate, crash-loop,
+//!                           # host, fence. "webhook" (failed deliveries) is never sent
+//! secret_file = "/etc/tandem/oncall.secret"
+//!                           # optional: signs every delivery (X-Tandem-Signature);
+//!                           # read at start, must not be group- or world-readable
+//! timeout = "2s"            # default 2s, at most 1m: per attempt
+//! retries = 5               # default 5, at most 20: attempts after the first,
+//!                           # waiting 0.5s, 1s, 2s, ... (at most 30s) between them
 //! ```
 //!
 //! Durations are a positive whole number followed by `ms`, `s` or `m`
@@ -138,7 +153,7 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, parse_duration};
 pub use model::{
     App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HOOK_SIGNALS, HaMode, Hook,
-    Host, Instance, Link, RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, hook_signal,
+    Host, Instance, Link, RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, Webhook, hook_signal,
 };
 pub use placeholder::{expand, expand_all, fence_command};
 pub use walk::is_valid_name;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration::duration_ms;
+use crate::model::EventKind;
 
 fn one() -> u32 {
     1
@@ -43,6 +44,9 @@ pub struct Topology {
     pub apps: Vec<App>,
     /// Declared connections between apps, in file order.
     pub links: Vec<Link>,
+    /// Where events are sent as HTTP notifications, in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Topology {
@@ -608,5 +612,69 @@ impl Cardinality {
 impl fmt::Display for Cardinality {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A receiver of event notifications: each event of one of `events` is
+/// POSTed to `url` as JSON by the elected controller (see the agent's
+/// `webhook` module), retried with backoff and given up after `retries`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// Unique name: in the delivery's log entries, metrics and store key.
+    pub name: String,
+    /// An absolute `http://` or `https://` URL.
+    pub url: String,
+    /// The kinds of events delivered (default [`Webhook::DEFAULT_EVENTS`]);
+    /// never [`EventKind::Webhook`].
+    pub events: Vec<EventKind>,
+    /// A file holding the secret that signs every delivery
+    /// (`X-Tandem-Signature`), read by the runtime at start; it must not be
+    /// readable by group or others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// How long one attempt may take (default 2s, at most 1m).
+    #[serde(rename = "timeout_ms", with = "duration_ms")]
+    pub timeout: Duration,
+    /// Attempts after the first, with exponential backoff (default 5, at
+    /// most [`Webhook::MAX_RETRIES`]).
+    pub retries: u32,
+}
+
+impl Webhook {
+    /// Default `events`: what tells someone outside that a failover
+    /// happened, or could not happen.
+    pub const DEFAULT_EVENTS: [EventKind; 6] = [
+        EventKind::Promoted,
+        EventKind::PrimaryFailed,
+        EventKind::NoCandidate,
+        EventKind::CrashLoop,
+        EventKind::Host,
+        EventKind::Fence,
+    ];
+    /// Default `timeout`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// The longest `timeout` accepted.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default `retries`.
+    pub const DEFAULT_RETRIES: u32 = 5;
+    /// The most `retries` accepted.
+    pub const MAX_RETRIES: u32 = 20;
+    /// The wait before the first retry; it doubles on each further one.
+    pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    /// The longest wait between two attempts.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+    /// The wait before retry number `retry` (1 for the first retry):
+    /// [`Webhook::FIRST_BACKOFF`] doubling, at most [`Webhook::MAX_BACKOFF`].
+    pub fn backoff(retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(16);
+        Self::FIRST_BACKOFF
+            .saturating_mul(1 << doublings)
+            .min(Self::MAX_BACKOFF)
+    }
+
+    /// Whether events of `kind` go to this webhook.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        kind != EventKind::Webhook && self.events.contains(&kind)
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink, programs: Pro
     check_cluster_timing(sink, &facts.cluster);
     check_heartbeats(sink, &facts.cluster);
     check_links(text, sink, facts);
+    first_definitions(text, sink, "webhook", "", facts.webhooks.iter());
 }
 
 /// Rejects HA modes that parse but that tandem cannot run yet: the one place

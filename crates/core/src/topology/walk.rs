@@ -17,8 +17,9 @@ use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
     App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HaMode, Hook, Host,
-    Instance, Link, RestartPolicy, Site, Topology, hook_signal,
+    Instance, Link, RestartPolicy, Site, Topology, Webhook, hook_signal,
 };
+use crate::model::EventKind;
 
 /// A byte range in the topology text.
 pub(crate) type Span = Range<usize>;
@@ -61,6 +62,8 @@ pub(crate) struct Facts {
     pub hosts: Vec<HostFacts>,
     pub apps: Vec<AppFacts>,
     pub links: Vec<LinkFacts>,
+    /// The name of each webhook.
+    pub webhooks: Vec<Named>,
 }
 
 /// Cluster timing and where each value came from.
@@ -590,7 +593,10 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
         span: 0..0,
         what: "the top level".to_string(),
     };
-    root.check_keys(sink, &["cluster", "sites", "hosts", "apps", "links"]);
+    root.check_keys(
+        sink,
+        &["cluster", "sites", "hosts", "apps", "links", "webhooks"],
+    );
     let mut facts = Facts::default();
 
     let (name, cluster) = walk_cluster(&root, file, sink, &mut facts.cluster);
@@ -647,6 +653,16 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
         facts.links.push(f);
     }
 
+    let mut webhooks = Vec::new();
+    for tab in root
+        .tables(sink, "webhooks", "webhook", "webhooks")
+        .unwrap_or_default()
+    {
+        let (webhook, name) = walk_webhook(&tab, sink);
+        webhooks.extend(webhook);
+        facts.webhooks.extend(name);
+    }
+
     (
         Topology {
             name,
@@ -655,6 +671,7 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
             hosts,
             apps,
             links,
+            webhooks,
         },
         facts,
     )
@@ -1482,4 +1499,218 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             to,
         },
     )
+}
+
+/// The event kinds, for messages.
+fn event_kind_list() -> Vec<&'static str> {
+    EventKind::ALL
+        .iter()
+        .filter(|k| **k != EventKind::Webhook)
+        .map(|k| k.as_str())
+        .collect()
+}
+
+/// A "did you mean" for an unknown event kind: a close spelling, else the
+/// one kind that ends with it ("failed" → "primary-failed").
+fn kind_hint(k: &str) -> String {
+    let close = did_you_mean(k, event_kind_list());
+    if !close.is_empty() || k.is_empty() {
+        return close;
+    }
+    let suffix = format!("-{k}");
+    match event_kind_list()
+        .into_iter()
+        .filter(|c| c.ends_with(&suffix))
+        .collect::<Vec<_>>()[..]
+    {
+        [one] => format!(" (did you mean \"{one}\"?)"),
+        _ => String::new(),
+    }
+}
+
+/// Checks a webhook's URL: absolute, `http` or `https`, with a host.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "URL \"{url}\" must use http or https, not \"{}\"",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("URL \"{url}\" has no host"));
+    }
+    if parsed.fragment().is_some() {
+        return Err(format!(
+            "URL \"{url}\" has a fragment (\"#...\"), which is never sent"
+        ));
+    }
+    Ok(())
+}
+
+fn walk_webhook(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Webhook>, Option<Named>) {
+    let name = tab.name(sink, "name", "webhook");
+    let tab = Tab {
+        t: tab.t,
+        span: tab.span.clone(),
+        what: match &name {
+            Some((n, _)) => format!("webhook \"{n}\""),
+            None => tab.what.clone(),
+        },
+    };
+    tab.check_keys(
+        sink,
+        &["name", "url", "events", "secret_file", "timeout", "retries"],
+    );
+    let url = tab.required_string(sink, "url").and_then(|(url, span)| {
+        check_webhook_url(url)
+            .map_err(|e| sink.error(&span, format!("{e} in {}", tab.what)))
+            .ok()
+            .map(|()| url.to_string())
+    });
+    let events = match tab.get("events") {
+        None => Some(Webhook::DEFAULT_EVENTS.to_vec()),
+        Some(v) => match v.get_ref() {
+            DeValue::Array(items) if items.is_empty() => {
+                sink.error(
+                    &v.span(),
+                    format!(
+                        "empty \"events\" in {}: name at least one event kind, or leave the key out for the default ({})",
+                        tab.what,
+                        Webhook::DEFAULT_EVENTS.map(|k| k.as_str()).join(", ")
+                    ),
+                );
+                None
+            }
+            DeValue::Array(items) => {
+                let mut kinds = Vec::new();
+                let mut ok = true;
+                for item in items {
+                    let DeValue::String(k) = item.get_ref() else {
+                        sink.error(
+                            &item.span(),
+                            format!(
+                                "expected an event kind (a string) in \"events\" of {}, found {}",
+                                tab.what,
+                                type_name(item.get_ref())
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    match EventKind::from_name(k) {
+                        Some(EventKind::Webhook) => {
+                            sink.error(
+                                &item.span(),
+                                format!(
+                                    "event kind \"webhook\" in {} cannot be delivered by a webhook (a failed delivery would report itself); watch tandem_webhook_deliveries_total instead",
+                                    tab.what
+                                ),
+                            );
+                            ok = false;
+                        }
+                        Some(kind) if kinds.contains(&kind) => {
+                            sink.error(
+                                &item.span(),
+                                format!("event kind \"{k}\" is listed twice in {}", tab.what),
+                            );
+                            ok = false;
+                        }
+                        Some(kind) => kinds.push(kind),
+                        None => {
+                            sink.error(
+                                &item.span(),
+                                format!(
+                                    "unknown event kind \"{k}\" in {} (expected one of: {}){}",
+                                    tab.what,
+                                    event_kind_list().join(", "),
+                                    kind_hint(k)
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(kinds)
+            }
+            _ => {
+                tab.wrong_type(
+                    sink,
+                    "events",
+                    "an array of event kinds (e.g. [\"promoted\", \"fence\"])",
+                    v,
+                );
+                None
+            }
+        },
+    };
+    let secret_file = match tab.string(sink, "secret_file") {
+        Got::Ok(path, span) if !path.starts_with('/') => {
+            sink.error(
+                &span,
+                format!(
+                    "secret_file \"{path}\" in {} must be an absolute path",
+                    tab.what
+                ),
+            );
+            None
+        }
+        Got::Ok(path, _) => Some(Some(path.to_string())),
+        Got::Absent => Some(None),
+        Got::Bad => None,
+    };
+    let timeout = match tab.duration(sink, "timeout") {
+        Got::Ok(t, span) if t > Webhook::MAX_TIMEOUT => {
+            sink.error(
+                &span,
+                format!(
+                    "timeout ({}) in {} must be at most {}",
+                    format_duration(t),
+                    tab.what,
+                    format_duration(Webhook::MAX_TIMEOUT)
+                ),
+            );
+            None
+        }
+        Got::Ok(t, _) => Some(t),
+        Got::Absent => Some(Webhook::DEFAULT_TIMEOUT),
+        Got::Bad => None,
+    };
+    let retries = match tab.integer(sink, "retries") {
+        Got::Ok(n, span) => match u32::try_from(n) {
+            Ok(n) if n <= Webhook::MAX_RETRIES => Some(n),
+            _ => {
+                sink.error(
+                    &span,
+                    format!(
+                        "\"retries\" in {} must be from 0 to {}, found {n}",
+                        tab.what,
+                        Webhook::MAX_RETRIES
+                    ),
+                );
+                None
+            }
+        },
+        Got::Absent => Some(Webhook::DEFAULT_RETRIES),
+        Got::Bad => None,
+    };
+    let webhook = match (&name, url, events, secret_file, timeout, retries) {
+        (
+            Some((name, _)),
+            Some(url),
+            Some(events),
+            Some(secret_file),
+            Some(timeout),
+            Some(retries),
+        ) => Some(Webhook {
+            name: name.clone(),
+            url,
+            events,
+            secret_file,
+            timeout,
+            retries,
+        }),
+        _ => None,
+    };
+    (webhook, name)
 }
