@@ -4,8 +4,10 @@ import { clock, h, on, section, state } from "../app.js";
 
 /** Rows shown at most (the newest matching ones). */
 const MAX_ROWS = 300;
+/** The kinds known when this was written; any other kind seen in the log joins the list. */
 const KINDS = ["promoted", "serving", "demoted", "primary-failed", "instance-exited", "instance-started",
-  "health-changed", "crash-loop", "host", "no-candidate", "intent", "controller", "maintenance", "fence"];
+  "health-changed", "crash-loop", "host", "no-candidate", "intent", "controller", "maintenance", "fence",
+  "webhook"];
 
 const root = section("events", "Event log");
 const kindSelect = h("select", { id: "filter-kind", "aria-label": "kind" },
@@ -40,6 +42,16 @@ function row(e) {
     h("td", { "data-label": "what", class: "message" }, e.message));
 }
 
+function fillKinds() {
+  const have = new Set([...kindSelect.options].map((o) => o.value));
+  for (const e of state.events) {
+    if (!have.has(e.kind)) {
+      have.add(e.kind);
+      kindSelect.append(h("option", { value: e.kind }, e.kind));
+    }
+  }
+}
+
 function fillApps() {
   const apps = new Set((state.status ? state.status.apps : []).map((a) => a.name));
   for (const e of state.events) if (e.app) apps.add(e.app);
@@ -49,6 +61,7 @@ function fillApps() {
 
 function render() {
   fillApps();
+  fillKinds();
   const kind = kindSelect.value;
   const app = appSelect.value;
   const needle = text.value.trim().toLowerCase();
