@@ -70,7 +70,7 @@ function appCard(app, hostsByName) {
     : h("p", { class: "primary-line", "data-primary": "" },
       WITH_PRIMARY.includes(app.ha) ? "⚠ no acknowledged primary" : `no primary role (${app.ha})`);
   const sw = app.switchover
-    ? h("p", { class: "switchover" }, `⇄ switchover under way: ${JSON.stringify(app.switchover)}`)
+    ? h("p", { class: "switchover" }, `⇄ switchover under way to ${app.name}/${app.switchover.to} (intent ${app.switchover.intent})`)
     : null;
   return h("article", { class: "app", "data-app": app.name },
     h("h3", {}, app.name, h("span", { class: "muted" }, ` · ${app.ha}`)),
