@@ -68,7 +68,6 @@ pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
 /// `tandem-wire` crate, which clients share without this server.
 pub use tandem_wire as types;
 pub use tandem_wire::MaintenanceRequest;
-pub use ui::views as dashboard_views;
 
 /// What every handler shares: the store, the topology, and the server's
 /// shutdown signal (which ends event streams and switchover waits).

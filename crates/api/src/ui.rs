@@ -26,7 +26,7 @@ struct Assets;
 const VIEWS_MARKER: &str = "<!-- views -->";
 
 /// The embedded view modules (`views/*.js`), in name order.
-pub fn views() -> Vec<String> {
+pub(crate) fn views() -> Vec<String> {
     let mut views: Vec<String> = Assets::iter()
         .filter(|p| p.starts_with("views/") && p.ends_with(".js"))
         .map(|p| p.into_owned())
