@@ -102,6 +102,23 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn files_come_with_their_type_and_unknown_ones_are_404() {
+        let r = asset(Path("app.js".to_owned())).await.expect("app.js");
+        // A module script with another type is refused by browsers.
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+        let r = asset(Path("style.css".to_owned())).await.expect("css");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/css; charset=utf-8");
+        let e = asset(Path("views/nope.js".to_owned()))
+            .await
+            .expect_err("no such file");
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert!(e.doc.error.contains("views/nope.js"), "{}", e.doc.error);
+    }
+
     #[test]
     fn shared_assets_are_embedded() {
         for f in ["app.js", "style.css", "index.html"] {
