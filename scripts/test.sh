@@ -20,8 +20,9 @@ log() { printf '\n== %s\n' "$*"; }
 # finds no runlevel); with systemd, Debian's service listens on :9090 and
 # its node exporter on :9100, ports no test uses. systemd for
 # `systemd-analyze verify` of packaging/systemd (the unit is checked, not
-# started).
-APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy prometheus systemd)
+# started). Chromium and chromedriver for the dashboard test
+# (crates/cli/tests/dashboard.rs drives the real page through WebDriver).
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler postgresql iptables iproute2 haproxy prometheus systemd chromium chromium-driver)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

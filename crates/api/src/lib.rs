@@ -12,6 +12,8 @@
 //!
 //! | endpoint | answer |
 //! | --- | --- |
+//! | `GET /` | the live web dashboard (HTML; no token needed): status, events, failover timeline, operator actions |
+//! | `GET /ui/{file}` | the dashboard's embedded files (`app.js`, `style.css`, `views/*.js`; no token needed); 404 for any other |
 //! | `GET /healthz` | 200 `{"status":"ok"}`: the API itself is alive |
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
@@ -44,6 +46,7 @@ mod metrics;
 mod params;
 mod status;
 mod switchover;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -133,6 +136,8 @@ impl std::fmt::Debug for ApiState {
 /// The API's routes, ready to serve (or to embed in a larger router).
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{*file}", get(ui::asset))
         .route("/healthz", get(handlers::healthz))
         .route("/v1/status", get(handlers::status))
         .route("/v1/apps/{app}", get(handlers::app))

@@ -188,6 +188,7 @@ fn print_banner(topology: &Topology, hosts: &[String], data_dir: &Path, api: Soc
         "  API:   http://{api}   (instance logs in {}/hosts/*/logs)",
         data_dir.display()
     );
+    println!("  dashboard: http://{api}/   (live, in a browser)");
     if let Some(app) = topology
         .apps
         .iter()
