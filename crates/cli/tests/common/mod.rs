@@ -18,12 +18,30 @@ pub fn tandem() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
 }
 
-/// A free TCP port on loopback.
+/// A port free for TCP and UDP on loopback (agent ports take both).
+///
+/// Taken below the kernel's ephemeral range (32768-60999 on Linux), never
+/// from it: a port the kernel handed out for `bind(0)` is free again at
+/// once, and an outgoing connection of a test running beside this one
+/// (a client, chromedriver, etcd) could take it before it is used. Each
+/// call of a test binary gets a different port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread test binaries (one process each) over the range.
+    let seed = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (seed + n.wrapping_mul(7)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A warm-standby pair `web` (a: priority 100, b: 50) of demo components
