@@ -68,10 +68,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Whether webhooks can be sent to `https://` URLs. Not yet: the
-/// workspace's reqwest is built without TLS (enabling its rustls feature
-/// changes every HTTP client of the workspace).
-pub const HTTPS_SUPPORTED: bool = false;
 /// Most events waiting for the leader to write them (given-up deliveries).
 pub const EVENT_QUEUE: usize = 64;
 /// Pause before reading the store again after it failed.
@@ -102,20 +98,11 @@ impl Secrets {
 /// by its group or by others is an error that names the webhook and the
 /// file. The secret is the file's content without its trailing newline.
 ///
-/// It also refuses an `https://` URL: this build's HTTP client has no TLS
-/// (see [`HTTPS_SUPPORTED`]), and a webhook that could never deliver must
-/// not pass for one that works.
+/// `https://` URLs are verified against the system's CAs (the platform's
+/// verifier, rustls).
 pub fn load_secrets(topology: &Topology) -> anyhow::Result<Secrets> {
     let mut out = BTreeMap::new();
     for w in &topology.webhooks {
-        if !HTTPS_SUPPORTED && w.url.starts_with("https:") {
-            bail!(
-                "webhook {:?}: {} is https, but this build of tandem sends webhooks over plain http only; \
-                 use an http URL (e.g. a TLS-terminating proxy on this host)",
-                w.name,
-                w.url
-            );
-        }
         let Some(path) = &w.secret_file else {
             continue;
         };
@@ -714,14 +701,5 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         let err = load_secrets(&t).unwrap_err();
         assert!(format!("{err:#}").contains("empty"), "{err:#}");
-    }
-
-    #[test]
-    fn https_urls_are_refused_at_start_while_there_is_no_tls() {
-        let text = "[[webhooks]]\nname = \"w\"\nurl = \"https://hooks.example/\"\n\
-                    [[sites]]\nname = \"d\"\n[[hosts]]\nname = \"h\"\nsite = \"d\"\naddress = \"127.0.0.1\"\n";
-        let t = tandem_core::topology::parse("t.toml", text).unwrap();
-        let err = load_secrets(&t).unwrap_err();
-        assert!(format!("{err:#}").contains("plain http only"), "{err:#}");
     }
 }

@@ -28,7 +28,9 @@
 //! mutation needs an `operate` token and every read a `read` one (unless
 //! the file opens reads), presented as `Authorization: Bearer TOKEN`; 401
 //! for a missing or unknown token, 403 for a `read` token on a mutation
-//! (see the `auth` module). Without one the API is open to all.
+//! (see the `auth` module). Without one the API is open to all. With a
+//! certificate ([`ApiState::with_tls`]) it serves HTTPS only; [`Tls`]
+//! reloads its files while it runs.
 //!
 //! Store failures: without quorum, reads answer 503 "coordination store
 //! unavailable: ..." and writes 503 "read-only: the coordination store has
@@ -46,6 +48,7 @@ mod metrics;
 mod params;
 mod status;
 mod switchover;
+mod tls;
 mod ui;
 
 use std::future::Future;
@@ -68,6 +71,7 @@ pub use switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
 /// `tandem-wire` crate, which clients share without this server.
 pub use tandem_wire as types;
 pub use tandem_wire::MaintenanceRequest;
+pub use tls::{HANDSHAKE_TIMEOUT, Tls, TlsFiles, read_certs};
 
 /// What every handler shares: the store, the topology, and the server's
 /// shutdown signal (which ends event streams and switchover waits).
@@ -92,6 +96,8 @@ pub struct ApiState {
     pub(crate) controller: Option<Arc<ControllerMetrics>>,
     /// The tokens requests need (none: the API is open to all).
     pub(crate) access: Access,
+    /// HTTPS: the certificate and key (none: plain HTTP).
+    pub(crate) tls: Option<Tls>,
 }
 
 impl ApiState {
@@ -106,7 +112,14 @@ impl ApiState {
             metrics: Arc::new(ClusterMetrics::new()),
             controller: None,
             access: Access::default(),
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `tls` (keep a clone to reload its files).
+    pub fn with_tls(mut self, tls: Tls) -> ApiState {
+        self.tls = Some(tls);
+        self
     }
 
     /// Requires tokens: `access` says which (see [`Tokens`]). Keep a clone
@@ -177,13 +190,26 @@ pub async fn serve(
             "the API needs no token: anyone who reaches it can steer the cluster (give --tokens FILE)"
         ),
     }
+    let tls = state.tls.clone();
     let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        })
-        .await?;
+    let shutdown = async move {
+        shutdown.await;
+        token.cancel();
+    };
+    match tls {
+        Some(tls) => {
+            tracing::info!(cert = %tls.files().cert.display(), "API serves HTTPS");
+            let listener = tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     tracing::info!("API stopped");
     Ok(())
 }

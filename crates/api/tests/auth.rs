@@ -252,6 +252,7 @@ async fn reads_need_a_token_unless_the_file_opens_them() {
         &api.addr,
         &ClientOptions {
             token: Some(VIEWER.into()),
+            ..Default::default()
         },
     )
     .expect("client");

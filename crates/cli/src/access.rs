@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use tandem_api::{Access, Tokens, hash_token};
+use tandem_api::{Access, Tls, TlsFiles, Tokens, hash_token};
 
 /// Flags of the processes that serve the API.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -18,48 +18,105 @@ pub struct AccessArgs {
     /// anyone who can reach it.
     #[arg(long, env = "TANDEM_TOKENS")]
     pub tokens: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM; `tandem
+    /// certs` makes one for a test cluster). Reloaded on SIGHUP.
+    #[arg(long, env = "TANDEM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "TANDEM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
-impl AccessArgs {
-    /// The access the API enforces: the token file's tokens, checked now
-    /// (a bad file stops the start with its problem), and reloaded on
-    /// SIGHUP (a bad file then keeps the tokens in force and says why).
-    /// A daemon (`daemon`: `tandem agent`) also takes SIGHUP without a
-    /// token file, as systemd's reload, and only says so.
-    pub fn load(&self, daemon: bool) -> anyhow::Result<Access> {
-        let Some(path) = &self.tokens else {
-            if daemon {
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: nothing to reload (no --tokens)");
-                    }
-                });
-            }
-            return Ok(Access::default());
-        };
-        let tokens = Tokens::load(path).map_err(anyhow::Error::msg)?;
-        let access = Access::new(Some(tokens));
-        reload_on_sighup(access.clone(), path.clone())?;
-        Ok(access)
+/// What guards the API: its tokens and its certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// The tokens (none needed when empty).
+    pub access: Access,
+    /// HTTPS, when asked for.
+    pub tls: Option<Tls>,
+}
+
+impl Guard {
+    /// The API's state with this guard.
+    pub fn apply(&self, state: tandem_api::ApiState) -> tandem_api::ApiState {
+        let state = state.with_access(self.access.clone());
+        match &self.tls {
+            Some(tls) => state.with_tls(tls.clone()),
+            None => state,
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
-fn reload_on_sighup(access: Access, path: PathBuf) -> anyhow::Result<()> {
+impl AccessArgs {
+    /// The token file's tokens and the certificate, checked now (a bad
+    /// file stops the start with its problem) and reloaded on SIGHUP (a
+    /// bad file then keeps what is in force and says why). A daemon
+    /// (`daemon`: `tandem agent`) also takes SIGHUP with nothing to
+    /// reload, as systemd's reload, and only says so; `tandem up` with
+    /// nothing to reload keeps SIGHUP's default (a closed terminal ends
+    /// it).
+    pub fn load(&self, daemon: bool) -> anyhow::Result<Guard> {
+        let tokens = match &self.tokens {
+            Some(path) => Some(Tokens::load(path).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                Tls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+            _ => None,
+        };
+        let guard = Guard {
+            access: Access::new(tokens),
+            tls,
+        };
+        if daemon || self.tokens.is_some() || guard.tls.is_some() {
+            reload_on_sighup(guard.clone(), self.tokens.clone())?;
+        }
+        Ok(guard)
+    }
+}
+
+fn reload_on_sighup(guard: Guard, tokens: Option<PathBuf>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match Tokens::load(&path) {
-                Ok(t) => {
-                    tracing::info!(file = %path.display(), tokens = %t.summary(), "API tokens reloaded");
-                    access.replace(t);
+            if tokens.is_none() && guard.tls.is_none() {
+                tracing::info!("SIGHUP: nothing to reload (no --tokens, no --tls-cert)");
+            }
+            if let Some(path) = &tokens {
+                match Tokens::load(path) {
+                    Ok(t) => {
+                        tracing::info!(file = %path.display(), tokens = %t.summary(), "API tokens reloaded");
+                        guard.access.replace(t);
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "the token file was not reloaded: the tokens in force stay"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "the token file was not reloaded: the tokens in force stay"
-                ),
+            }
+            if let Some(tls) = &guard.tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(
+                        cert = %tls.files().cert.display(),
+                        "API certificate reloaded: new connections get it"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "the API certificate was not reloaded: the one in force stays"
+                    ),
+                }
             }
         }
     });

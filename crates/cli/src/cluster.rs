@@ -139,7 +139,7 @@ struct Api {
     addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
-    access: tandem_api::Access,
+    guard: crate::access::Guard,
 }
 
 impl Companion for Api {
@@ -160,8 +160,8 @@ impl Companion for Api {
         self.stop = CancellationToken::new();
         self.task = listener.map(|l| {
             let state = ApiState::new(self.store.clone(), topology.clone())
-                .with_controller_metrics(local.controller_metrics().clone())
-                .with_access(self.access.clone());
+                .with_controller_metrics(local.controller_metrics().clone());
+            let state = self.guard.apply(state);
             let stop = self.stop.clone();
             tokio::spawn(async move {
                 let _ = tandem_api::serve(l, state, stop.cancelled_owned()).await;
@@ -198,7 +198,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let api_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-    let access = args.access.load(true)?;
+    let guard = args.access.load(true)?;
     let stop = CancellationToken::new();
     {
         let stop = stop.clone();
@@ -246,7 +246,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         addr: api_addr,
         stop: CancellationToken::new(),
         task: None,
-        access,
+        guard,
     };
     supervisor::run(store, config, &mut api, stop).await?;
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 
 mod access;
 mod bench;
+mod certs;
 mod cluster;
 mod commands;
 mod program;
@@ -156,6 +157,16 @@ enum Command {
         #[command(subcommand)]
         what: TokenCmd,
     },
+    /// Make a CA and an API certificate signed by it (PEM files in DIR),
+    /// for a test cluster or a first try of HTTPS.
+    Certs {
+        /// Where to write ca.pem, ca-key.pem, api.pem and api-key.pem.
+        dir: PathBuf,
+        /// A host name or IP address the API is reached by (repeat it;
+        /// default: 127.0.0.1 and localhost).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -245,6 +256,10 @@ pub struct ApiArg {
     /// The API token, when the API requires one (`tandem token new`).
     #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA (PEM) the API's HTTPS certificate must chain to (`tandem
+    /// certs`); with it, an address without a scheme means https.
+    #[arg(long, env = "TANDEM_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ApiArg {
@@ -252,19 +267,34 @@ impl std::fmt::Debug for ApiArg {
         f.debug_struct("ApiArg")
             .field("api", &self.api)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("ca", &self.ca)
             .finish()
     }
 }
 
 impl ApiArg {
     /// A client of the API with these settings.
-    pub fn client(&self) -> Result<tandem_client::ApiClient, tandem_client::ClientError> {
-        tandem_client::ApiClient::with_options(
+    pub fn client(&self) -> anyhow::Result<tandem_client::ApiClient> {
+        Ok(tandem_client::ApiClient::with_options(
             &self.api,
-            &tandem_client::ClientOptions {
-                token: self.token.clone(),
-            },
-        )
+            &self.options()?,
+        )?)
+    }
+
+    /// The token and the CA's certificates, read from their file.
+    pub fn options(&self) -> anyhow::Result<tandem_client::ClientOptions> {
+        use anyhow::Context;
+        let ca = match &self.ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read the CA file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(tandem_client::ClientOptions {
+            token: self.token.clone(),
+            ca,
+        })
     }
 }
 
@@ -357,6 +387,7 @@ fn main() -> ExitCode {
             Command::Token {
                 what: TokenCmd::New { name, role, file },
             } => access::new_token(&name, role, &file),
+            Command::Certs { dir, names } => certs::run(&dir, &names),
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut cmd, "tandem", &mut std::io::stdout());

@@ -118,7 +118,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot store the topology")?;
 
-    let access = args.access.load(false)?;
+    let guard = args.access.load(false)?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let api_addr = listener.local_addr().unwrap_or(args.api);
     // Every agent here shares a secret made for this run: the agent
@@ -139,15 +139,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let api_task = {
         let stop = api_stop.clone();
         let state = ApiState::new(store.clone(), topology.clone())
-            .with_controller_metrics(local.controller_metrics().clone())
-            .with_access(access);
+            .with_controller_metrics(local.controller_metrics().clone());
+        let state = guard.apply(state);
         tokio::spawn(
             async move { tandem_api::serve(listener, state, stop.cancelled_owned()).await },
         )
     };
 
     if !args.quiet {
-        print_banner(&topology, &hosts, &data_dir, api_addr);
+        print_banner(&topology, &hosts, &data_dir, api_addr, guard.scheme());
     }
     let summary_stop = CancellationToken::new();
     let summary =
@@ -174,7 +174,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_banner(topology: &Topology, hosts: &[String], data_dir: &Path, api: SocketAddr) {
+fn print_banner(
+    topology: &Topology,
+    hosts: &[String],
+    data_dir: &Path,
+    api: SocketAddr,
+    scheme: &str,
+) {
     let instances: usize = topology.apps.iter().map(|a| a.instances.len()).sum();
     println!(
         "tandem up: topology {} — {} app(s), {} instance(s) on host(s) {}",
@@ -185,10 +191,10 @@ fn print_banner(topology: &Topology, hosts: &[String], data_dir: &Path, api: Soc
     );
     println!("  store: embedded, in {}", data_dir.display());
     println!(
-        "  API:   http://{api}   (instance logs in {}/hosts/*/logs)",
+        "  API:   {scheme}://{api}   (instance logs in {}/hosts/*/logs)",
         data_dir.display()
     );
-    println!("  dashboard: http://{api}/   (live, in a browser)");
+    println!("  dashboard: {scheme}://{api}/   (live, in a browser)");
     if let Some(app) = topology
         .apps
         .iter()
@@ -201,7 +207,7 @@ fn print_banner(topology: &Topology, hosts: &[String], data_dir: &Path, api: Soc
         };
         println!("  try:   tandem status{flag}");
         println!(
-            "         curl -s http://{api}/v1/apps/{}/primary    # then kill -9 the primary's pid and watch",
+            "         curl -s {scheme}://{api}/v1/apps/{}/primary    # then kill -9 the primary's pid and watch",
             app.name
         );
         println!("         tandem switchover {}{flag}", app.name);

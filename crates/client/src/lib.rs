@@ -68,12 +68,14 @@ pub enum ClientError {
     },
     /// The API could not be reached (nothing listening, host unknown,
     /// connection dropped).
-    #[error("cannot reach the tandem API at {addr}: {reason} (is `tandem up` running?)")]
+    #[error("cannot reach the tandem API at {addr}: {reason} ({hint})")]
     Unreachable {
         /// The API's address (host:port).
         addr: String,
         /// The underlying cause, short ("connection refused").
         reason: String,
+        /// What to check.
+        hint: &'static str,
         /// The transport error.
         #[source]
         source: reqwest::Error,
@@ -151,6 +153,11 @@ pub struct ClientOptions {
     /// The API token to present (`Authorization: Bearer TOKEN`), when the
     /// API requires one.
     pub token: Option<String>,
+    /// The CA (PEM) the API's HTTPS certificate must chain to. With it, an
+    /// address without a scheme means `https://`, and no other CA is
+    /// trusted; without it, `https://` addresses are checked against the
+    /// system's CAs.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// A stream of events from [`ApiClient::follow_events`].
@@ -177,7 +184,7 @@ impl ApiClient {
     /// A client of the API at `addr` (as for [`ApiClient::new`]) that
     /// presents `options.token` on every request.
     pub fn with_options(addr: &str, options: &ClientOptions) -> Result<ApiClient, ClientError> {
-        let base = parse_addr(addr)?;
+        let base = parse_addr(addr, options.ca.is_some())?;
         let host = base.host_str().unwrap_or_default();
         let display = match base.port_or_known_default() {
             Some(port) => format!("{host}:{port}"),
@@ -202,11 +209,30 @@ impl ApiClient {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
             .user_agent(concat!("tandem-client/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
+            .default_headers(headers);
+        if let Some(pem) = &options.ca {
+            if base.scheme() != "https" {
+                return Err(invalid(
+                    "a CA is given but the address says http://: give host:port or https://host:port"
+                        .to_owned(),
+                ));
+            }
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| invalid(format!("the CA is not a PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid(
+                    "the CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+                ));
+            }
+            // Only the given CA: the API's certificate is the cluster's
+            // own, not one of the web's.
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| invalid(format!("cannot set up an HTTP client: {e}")))?;
         Ok(ApiClient {
@@ -459,16 +485,27 @@ impl ApiClient {
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             };
         }
+        let reason = root_cause(&e);
+        let hint = if reason.contains("certificate") {
+            "the API's certificate must chain to the CA given with --ca / TANDEM_CA"
+        } else if reason.contains("HTTP version") || reason.contains("tls handshake eof") {
+            "the API may serve HTTPS: give its CA with --ca / TANDEM_CA"
+        } else if self.base.scheme() == "https" && reason.contains("InvalidContentType") {
+            "the API may serve plain HTTP: drop --ca and https://"
+        } else {
+            "is `tandem up` running?"
+        };
         ClientError::Unreachable {
             addr: self.addr.clone(),
-            reason: root_cause(&e),
+            reason,
+            hint,
             source: e,
         }
     }
 }
 
 /// Parses an API address into a base URL.
-fn parse_addr(addr: &str) -> Result<Url, ClientError> {
+fn parse_addr(addr: &str, https: bool) -> Result<Url, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidAddress {
         addr: addr.to_owned(),
         reason: reason.to_owned(),
@@ -481,21 +518,20 @@ fn parse_addr(addr: &str) -> Result<Url, ClientError> {
     }
     let bare = !trimmed.contains("://");
     let text = if bare {
-        format!("http://{trimmed}")
+        format!("{}://{trimmed}", if https { "https" } else { "http" })
     } else {
         trimmed.to_owned()
     };
     let mut url = Url::parse(&text).map_err(|e| {
         invalid(&format!(
-            "{e}; expected host:port or http://host:port, e.g. 127.0.0.1:7420"
+            "{e}; expected host:port, http://host:port or https://host:port, e.g. 127.0.0.1:7420"
         ))
     })?;
     match url.scheme() {
-        "http" => {}
-        "https" => return Err(invalid("https is not supported; use http://host:port")),
+        "http" | "https" => {}
         other => {
             return Err(invalid(&format!(
-                "scheme {other:?} is not supported; use http://host:port"
+                "scheme {other:?} is not supported; use host:port, http://host:port or https://host:port"
             )));
         }
     }
@@ -513,7 +549,8 @@ fn parse_addr(addr: &str) -> Result<Url, ClientError> {
     }
     // "host" alone means the API's default port; "host:80" keeps 80 (the
     // URL parser drops a scheme's default port, so look at the text).
-    if bare && url.port().is_none() && !trimmed.trim_end_matches('/').ends_with(":80") {
+    let default_port = if https { ":443" } else { ":80" };
+    if bare && url.port().is_none() && !trimmed.trim_end_matches('/').ends_with(default_port) {
         url.set_port(Some(DEFAULT_PORT))
             .map_err(|()| invalid("it cannot take a port"))?;
     }
@@ -728,7 +765,7 @@ mod tests {
     #[test]
     fn refuses_garbage_with_a_clear_error() {
         assert!(refused("").contains("empty"));
-        assert!(refused("https://h:1").contains("https is not supported"));
+        assert_eq!(base("https://h:1"), "https://h:1/");
         assert!(refused("ftp://h:1").contains("\"ftp\""));
         assert!(refused("h:1/v1").contains("path"));
         assert!(refused("h:1?x=1").contains("query"));

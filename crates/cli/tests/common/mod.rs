@@ -235,6 +235,7 @@ impl Up {
             &self.api,
             &tandem_client::ClientOptions {
                 token: self.token.clone(),
+                ..Default::default()
             },
         )
         .expect("client")
