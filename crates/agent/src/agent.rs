@@ -170,7 +170,7 @@ pub fn start(
     if config.secret.is_none() {
         warn!(
             host = %host.name,
-            "the agent port {agent_addr} is unauthenticated: anyone who reaches it can make this agent hold back promotions, and failsafe answers are not checked; start every agent with the same --cluster-secret-file (see `tandem secret new`)"
+            "the agent port {agent_addr} is unauthenticated: anyone who reaches it can make this agent hold back promotions, failsafe answers are not checked, and the heartbeats it hears can be forged from a peer's address; start every agent with the same --cluster-secret-file (see `tandem secret new`)"
         );
     }
     let peer_state = PeerState {

@@ -168,14 +168,19 @@ impl Local {
         // Heartbeats to and from every host not run here (none at all
         // when this process runs every host: nobody to hear).
         let metrics = agents.iter().map(|a| a.metrics.clone()).collect();
-        let (heartbeats, suspected) =
-            match Heartbeats::start(&topology, hosts, metrics, cancel.child_token()) {
-                Ok(started) => started,
-                Err(e) => {
-                    cancel.cancel();
-                    return Err(e);
-                }
-            };
+        let (heartbeats, suspected) = match Heartbeats::start(
+            &topology,
+            hosts,
+            metrics,
+            secret.as_ref(),
+            cancel.child_token(),
+        ) {
+            Ok(started) => started,
+            Err(e) => {
+                cancel.cancel();
+                return Err(e);
+            }
+        };
         // The controller decides once every local agent holds its lease and
         // has published its instances (bounded), so that a first decision
         // does not place everything on whichever host reported first.

@@ -168,6 +168,15 @@ impl ClusterSecret {
         Ok(ClusterSecret(Arc::from(secret)))
     }
 
+    /// A key for another protocol, derived from the secret:
+    /// HMAC-SHA256(secret, `label`), so that no key serves two protocols
+    /// (e.g. `tandem-heartbeat-v1`, see [`crate::heartbeat::auth`]).
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     fn mac(&self) -> HmacSha256 {
         // HMAC takes a key of any length: this cannot fail.
         match HmacSha256::new_from_slice(&self.0) {

@@ -119,8 +119,8 @@ pub struct AgentArgs {
     pub access: crate::access::AccessArgs,
     /// The cluster secret (the same file on every host; make one with
     /// `tandem secret new FILE`): failsafe requests and answers between
-    /// agents are signed with it. Without it the agent port is
-    /// unauthenticated (development only).
+    /// agents are signed with it, and their heartbeats tagged. Without it
+    /// the agent port is unauthenticated (development only).
     #[arg(long, env = "TANDEM_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
     /// Log format on stderr.

@@ -5,6 +5,14 @@
 //! again; h1's agent frozen (SIGSTOP), they suspect it because it went
 //! silent, and clear it once thawed.
 //!
+//! Every agent is started with the same cluster secret, so heartbeats are
+//! authenticated: at the end, forged "h1 is alive" datagrams sent by the
+//! test from h1's address (untagged, tagged with another secret, or
+//! replayed from an older session) are dropped and counted, and do not
+//! keep the frozen h1 from being suspected; the same datagrams tagged
+//! with the cluster's key (the check that the test can see the
+//! difference) clear it.
+//!
 //! What each agent decides is read from its log and its `/metrics` on the
 //! agent port. Nothing here asserts a duration; the times from the signal to
 //! the suspicion are printed (from the log's timestamps) for the record.
@@ -15,11 +23,17 @@ mod common;
 #[path = "../../store-etcd/tests/common/mod.rs"]
 mod etcd;
 
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{free_port, signal, tandem};
+use tandem_agent::heartbeat::auth::HeartbeatKey;
+use tandem_agent::heartbeat::{Heartbeat, MAX_DATAGRAM};
+use tandem_agent::sign::ClusterSecret;
 
 const HOSTS: [(&str, &str); 3] = [
     ("h1", "127.0.0.1"),
@@ -85,10 +99,29 @@ fn log_path(dir: &Path, host: &str, run: u32) -> PathBuf {
     dir.join(format!("agent-{host}.{run}.log"))
 }
 
+/// The cluster secret's file (made with `tandem secret new`) and its key.
+fn write_secret(dir: &Path) -> (PathBuf, ClusterSecret) {
+    let path = dir.join("cluster.secret");
+    let out = Command::new(tandem())
+        .args(["secret", "new"])
+        .arg(&path)
+        .output()
+        .expect("tandem secret new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = ClusterSecret::load(&path).expect("the secret loads");
+    (path, secret)
+}
+
 fn start_agent(dir: &Path, store: &str, host: &str, run: u32) -> AgentProc {
     let log = std::fs::File::create(log_path(dir, host, run)).expect("log");
     let child = Command::new(tandem())
         .args(["agent", "--store", store, "--host", host])
+        .arg("--cluster-secret-file")
+        .arg(dir.join("cluster.secret"))
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info,tandem_agent::heartbeat=debug")
@@ -228,6 +261,108 @@ async fn wait_for_line(dir: &Path, observer: &str, needle: &str, nth: usize, sec
         .expect("the line")
 }
 
+/// The count of heartbeats dropped for `why` in an agent's metrics.
+fn dropped(metrics: &str, why: &str) -> f64 {
+    let label = format!("why=\"{why}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("tandem_heartbeats_dropped_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the forger sends.
+#[derive(Clone, Copy)]
+enum Forgery {
+    /// In turn: untagged, another secret's tag, the right tag on an old
+    /// session.
+    Bad = 0,
+    /// The right tag on a newer session than h1's.
+    Keyed = 1,
+}
+
+/// Sends forged heartbeats of h1 from h1's address to h2 and h3 every
+/// 2 ms, on a thread, until stopped.
+struct Forger {
+    stop: Arc<AtomicBool>,
+    kind: Arc<AtomicU8>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forger {
+    fn start(agent_port: u16, secret: ClusterSecret) -> Forger {
+        let stop = Arc::new(AtomicBool::new(false));
+        let kind = Arc::new(AtomicU8::new(Forgery::Bad as u8));
+        let socket = UdpSocket::bind((HOSTS[0].1, 0)).expect("bind at h1's address");
+        let key = HeartbeatKey::derive(&secret);
+        let other =
+            HeartbeatKey::derive(&ClusterSecret::from_bytes(&[0x5a; 32]).expect("another secret"));
+        let targets: Vec<String> = HOSTS[1..]
+            .iter()
+            .map(|(_, a)| format!("{a}:{agent_port}"))
+            .collect();
+        let thread = std::thread::spawn({
+            let (stop, kind) = (stop.clone(), kind.clone());
+            move || {
+                let now_ns = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_nanos() as u64;
+                let mut buf = [0u8; MAX_DATAGRAM];
+                let mut seq = 1_000_000_000u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let (session, key) = if kind.load(Ordering::Relaxed) == Forgery::Keyed as u8 {
+                        // 1000 s after now: newer than h1's session.
+                        (now_ns + 1_000_000_000_000, Some(&key))
+                    } else {
+                        match seq % 3 {
+                            0 => (u64::MAX, None),
+                            1 => (u64::MAX, Some(&other)),
+                            // Older than any session h1 ran.
+                            _ => (1, Some(&key)),
+                        }
+                    };
+                    let len = Heartbeat {
+                        host: "h1",
+                        session,
+                        seq,
+                        suspects: u64::MAX,
+                    }
+                    .encode(&mut buf, key)
+                    .expect("encodes");
+                    for t in &targets {
+                        let _ = socket.send_to(&buf[..len], t);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        Forger {
+            stop,
+            kind,
+            thread: Some(thread),
+        }
+    }
+
+    fn set_kind(&self, kind: Forgery) {
+        self.kind.store(kind as u8, Ordering::Relaxed);
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Forger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_suspect_a_killed_or_frozen_peer_and_only_then() {
     let cluster = tokio::task::spawn_blocking(|| etcd::Cluster::start_with(3))
@@ -237,6 +372,7 @@ async fn agents_suspect_a_killed_or_frozen_peer_and_only_then() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
     let agent_port = free_port();
+    let (_, secret) = write_secret(dir);
     apply(dir, &store, &topology(agent_port, free_port()));
     let mut h1 = start_agent(dir, &store, "h1", 0);
     let h2 = start_agent(dir, &store, "h2", 0);
@@ -380,6 +516,59 @@ async fn agents_suspect_a_killed_or_frozen_peer_and_only_then() {
         "{h1_suspicions:?}\nstopped at {stopped_at}, thawed at {thawed_at}\n{}",
         logs(dir, "h1")
     );
+
+    // (d) Forgeries: the test sends "h1 is alive" heartbeats from h1's
+    // address to h2 and h3 every 2 ms, each claiming h1 suspects everybody:
+    // untagged, tagged with another secret, and tagged with the cluster's
+    // key but of an older session than h1's (a replay of an earlier run).
+    let forger = Forger::start(agent_port, secret.clone());
+    for (observer, address) in &HOSTS[1..] {
+        wait_until(
+            &format!("{observer} to drop every forgery"),
+            20,
+            async || {
+                let Some(m) = metrics(address, agent_port).await else {
+                    return false;
+                };
+                ["untagged", "unauthenticated", "replayed"]
+                    .iter()
+                    .all(|why| dropped(&m, why) > 0.0)
+            },
+        )
+        .await;
+    }
+    // Frozen, h1 is suspected all the same: no forgery was heard.
+    signal(h1.0.id(), "STOP");
+    for observer in ["h2", "h3"] {
+        let line = wait_for_line(dir, observer, "host h1 suspected lost", 3, 10).await;
+        assert!(
+            line.contains("reason=\"silent\"") || line.contains("reason=silent"),
+            "{observer} suspected the frozen h1 for another reason: {line}"
+        );
+    }
+    for (observer, address) in &HOSTS[1..] {
+        let m = metrics(address, agent_port).await.expect("metrics");
+        println!(
+            "{observer} dropped forgeries: untagged {}, unauthenticated {}, replayed {}",
+            dropped(&m, "untagged"),
+            dropped(&m, "unauthenticated"),
+            dropped(&m, "replayed")
+        );
+        // The forged suspicions corroborated nothing: h2 and h3 suspect
+        // only the frozen h1.
+        assert_eq!(sample(&m, "tandem_hosts_suspected{"), 1.0, "{m}");
+    }
+    assert!(lines_with(dir, "h2", "host h3 suspected").is_empty());
+    assert!(lines_with(dir, "h3", "host h2 suspected").is_empty());
+    // The check that the forgeries would count if they could: tagged with
+    // the cluster's key, of a newer session, they clear the frozen h1.
+    // (Then h1's own heartbeats are of an older session: the end.)
+    forger.set_kind(Forgery::Keyed);
+    for observer in ["h2", "h3"] {
+        let line = wait_for_line(dir, observer, "host h1 no longer suspected", 3, 10).await;
+        assert!(line.contains("heard_again"), "{line}");
+    }
+    forger.stop();
     drop((h1, h2, h3));
     drop(cluster);
 }

@@ -177,7 +177,8 @@ pub enum HostEvent<'a> {
     Suspicion(&'a Change),
     /// A heartbeat datagram was dropped.
     HeartbeatDropped {
-        /// Why (`malformed`, `unknown_host`, `wrong_address`, `stale`).
+        /// Why (`malformed`, `unknown_host`, `wrong_address`, `stale`,
+        /// `untagged`, `unauthenticated`, `replayed`).
         why: &'static str,
     },
 }
