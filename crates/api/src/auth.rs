@@ -153,8 +153,18 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 impl Tokens {
     /// Parses a token file's text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Tokens, String> {
-        let file: TokenFile =
-            toml::from_str(text).map_err(|e| format!("{source}: {}", e.message().trim_end()))?;
+        let file: TokenFile = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!(":{line}:{col}")
+                })
+                .unwrap_or_default();
+            format!("{source}{at}: {}", e.message().trim_end())
+        })?;
         if file.tokens.is_empty() {
             return Err(format!(
                 "{source}: no [[tokens]]: nobody could use the API (make one with `tandem token new NAME --role operate --file {source}`)"
