@@ -192,3 +192,81 @@ ports = {{ http = {port} }}
     let status = agent.wait().expect("agent exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// `packaging/deb/build.sh` makes a Debian package of the binary under
+/// test: its control fields, the files it installs (the agent's settings
+/// as a conffile), and a binary that runs once unpacked.
+#[test]
+fn the_debian_package_holds_the_binary_the_unit_and_the_settings() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().expect("tempdir");
+    let built = Command::new("bash")
+        .arg(root.join("packaging/deb/build.sh"))
+        .arg(tandem())
+        .arg(out.path())
+        .output()
+        .expect("run build.sh");
+    assert!(
+        built.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+    assert!(deb.ends_with(".deb"), "{deb}");
+    let field = |name: &str| {
+        let o = Command::new("dpkg-deb")
+            .args(["--field", &deb, name])
+            .output()
+            .expect("dpkg-deb --field");
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    assert_eq!(field("Package"), "tandem");
+    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    let contents = Command::new("dpkg-deb")
+        .args(["--contents", &deb])
+        .output()
+        .expect("dpkg-deb --contents");
+    let listing = String::from_utf8_lossy(&contents.stdout);
+    for path in [
+        "./usr/bin/tandem",
+        "./lib/systemd/system/tandem-agent.service",
+        "./etc/tandem/agent.env",
+        "./usr/share/man/man1/tandem.1.gz",
+        "./usr/share/man/man1/tandem-agent.1.gz",
+        "./usr/share/bash-completion/completions/tandem",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(path)),
+            "{path} missing:\n{listing}"
+        );
+    }
+    let env_line = listing
+        .lines()
+        .find(|l| l.ends_with("./etc/tandem/agent.env"))
+        .unwrap_or_default();
+    assert!(env_line.starts_with("-rw-------"), "{env_line}");
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let x = Command::new("dpkg-deb")
+        .args(["--control", &deb])
+        .arg(unpacked.path().join("DEBIAN"))
+        .status()
+        .expect("dpkg-deb --control");
+    assert!(x.success());
+    let conffiles =
+        std::fs::read_to_string(unpacked.path().join("DEBIAN/conffiles")).expect("conffiles");
+    assert_eq!(conffiles.trim(), "/etc/tandem/agent.env");
+    let x = Command::new("dpkg-deb")
+        .args(["--extract", &deb])
+        .arg(unpacked.path())
+        .status()
+        .expect("dpkg-deb --extract");
+    assert!(x.success());
+    let version = Command::new(unpacked.path().join("usr/bin/tandem"))
+        .arg("--version")
+        .output()
+        .expect("the packaged binary runs");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("tandem {}", env!("CARGO_PKG_VERSION"))
+    );
+}
