@@ -25,8 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const HAPROXY: &str = "/usr/sbin/haproxy";
 
 /// Every port the example uses: agents, web a and b, api1-3, HAProxy's
-/// frontends and its stats page.
-const EXAMPLE_PORTS: [u16; 10] = [7400, 8181, 8182, 8191, 8192, 8193, 8100, 8101, 8102, 8404];
+/// frontends, its holding place for web and its stats page.
+const EXAMPLE_PORTS: [u16; 11] = [
+    7400, 8181, 8182, 8191, 8192, 8193, 8100, 8101, 8102, 8109, 8404,
+];
 
 fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -618,7 +620,7 @@ async fn under_steady_traffic_planned_switchovers_fail_no_request_and_none_reach
 
     let failed: Vec<&Sent> = sent.iter().filter(|r| r.answer.is_err()).collect();
     let mut wrong = Vec::new();
-    let mut last_epoch = vec![0u64; CLIENTS];
+    let mut last_epoch = [0u64; CLIENTS];
     for r in &sent {
         let Ok(a) = &r.answer else { continue };
         let epoch = a["epoch"].as_u64().unwrap_or(0);
