@@ -7,9 +7,10 @@
 //! Three questions, each about one instance:
 //!
 //! - `primary`: is it the app's acknowledged primary (granted the role,
-//!   acknowledged it at the granted epoch, running, healthy)? While it steps
-//!   down in a planned switchover it *drains*: it is still the only instance
-//!   acting, but should get no new work.
+//!   acknowledged it at the granted epoch, running, healthy)? While it
+//!   drains before a planned switchover (the app's `drain` period: it keeps
+//!   its grant) and while it then steps down, it *drains*: it is still the
+//!   only instance acting, but should get no new work.
 //! - `backup`: is it a running, healthy backup (read-only traffic)?
 //! - `member`: does it serve as a member of its app: a healthy N+1 member,
 //!   the instance of an app without HA, a free pool worker (a busy one
@@ -365,12 +366,22 @@ fn judge_primary(s: &InstanceStatus, id: &str, roles: Option<&AppRoles>) -> (Ver
                 ),
             );
         }
-        return match unhealthy(s) {
-            Some(why) => (
+        let draining = roles.switchover.as_ref().filter(|sw| sw.drain.is_some());
+        return match (unhealthy(s), draining) {
+            (Some(why), _) => (
                 Verdict::Down,
                 format!("primary (epoch {}), but {why}", grant.epoch),
             ),
-            None => (Verdict::Up, format!("primary (epoch {})", grant.epoch)),
+            // Still the only primary, but about to step down: requests in
+            // flight finish, new ones wait for the next primary.
+            (None, Some(sw)) => (
+                Verdict::Drain,
+                format!(
+                    "draining before a planned switchover to {} (epoch {}): no new work",
+                    sw.to, grant.epoch
+                ),
+            ),
+            (None, None) => (Verdict::Up, format!("primary (epoch {})", grant.epoch)),
         };
     }
     let stepping_down = roles
@@ -780,6 +791,7 @@ mod tests {
             acting,
             acting_epoch: epoch,
             promoting: false,
+            drained: 0,
             crash_looping: false,
             restarts: 0,
             last_exit: None,
@@ -992,6 +1004,7 @@ mod tests {
             switchover: switchover.then(|| PendingSwitchover {
                 intent: "i-1".into(),
                 to: "b".into(),
+                drain: None,
             }),
             reason: "switchover requested: demoting web/a, then promoting web/b".into(),
             ..AppRoles::default()
@@ -1011,6 +1024,41 @@ mod tests {
         assert_eq!(a.http_status(), StatusCode::OK);
         assert_eq!(a.agent_reply(), "up 0%\n");
         assert_eq!(verdict(&v, Check::Member).0, Verdict::Drain);
+    }
+
+    #[test]
+    fn a_primary_draining_before_a_planned_switchover_drains_until_withdrawn() {
+        let mut roles = roles_with_primary("a", 4);
+        roles.switchover = Some(PendingSwitchover {
+            intent: "i-1".into(),
+            to: "b".into(),
+            drain: Some(Box::new(tandem_core::model::Drain {
+                ms: 300,
+                generation: 3,
+            })),
+        });
+        let v = web(running(Role::Primary, 4), roles.clone());
+        let a = answer(&v, "web", None, Check::Primary).expect("answer");
+        assert_eq!(
+            (a.state, a.reason.as_str()),
+            (
+                Verdict::Drain,
+                "draining before a planned switchover to b (epoch 4): no new work"
+            )
+        );
+        assert_eq!(a.http_status(), StatusCode::OK);
+        assert_eq!(a.agent_reply(), "up 0%\n");
+        assert_eq!(verdict(&v, Check::Member).0, Verdict::Drain);
+        // Drained, grant not withdrawn yet: still draining.
+        let mut drained = running(Role::Primary, 4);
+        drained.drained = 3;
+        assert_eq!(
+            verdict(&web(drained, roles.clone()), Check::Primary).0,
+            Verdict::Drain
+        );
+        // Unhealthy while draining: down.
+        let sick = status(ProcessState::Running, Role::Primary, 4, Health::Unhealthy);
+        assert_eq!(verdict(&web(sick, roles), Check::Primary).0, Verdict::Down);
     }
 
     #[test]

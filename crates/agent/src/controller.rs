@@ -1351,6 +1351,7 @@ mod tests {
             acting: Role::Backup,
             acting_epoch: 0,
             promoting: false,
+            drained: 0,
             crash_looping: false,
             restarts: 0,
             last_exit: None,

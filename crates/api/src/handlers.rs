@@ -221,6 +221,23 @@ async fn primary_inner(
         }
     };
     let grant = acknowledged_primary(&app, roles.as_ref(), |_| holder_status.as_ref());
+    // A primary draining before a planned switchover gets no new work:
+    // clients wait for the next primary, as while there is none.
+    let draining = roles
+        .as_ref()
+        .and_then(|r| r.switchover.as_ref())
+        .and_then(|sw| Some((sw, sw.drain.as_ref()?)));
+    if let (Some(g), Some((sw, drain))) = (grant, draining) {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no primary for {}", app.name),
+        );
+        error.doc.reason = Some(format!(
+            "draining: {}/{} drains for {} ms before a planned switchover to {}; ask again",
+            app.name, g.instance, drain.ms, sw.to
+        ));
+        return Ok(error.into_response());
+    }
     if let Some(doc) = grant.and_then(|g| primary_document(&state.topology, &app, g)) {
         return Ok(Json(doc).into_response());
     }

@@ -306,6 +306,7 @@ ports = { main = 15432, aux = 15433 }
             acting,
             acting_epoch: epoch,
             promoting: false,
+            drained: 0,
             crash_looping: false,
             restarts: 1,
             last_exit: Some("exited with code 1".into()),
@@ -360,6 +361,7 @@ ports = { main = 15432, aux = 15433 }
         let t = topology();
         let promoting = InstanceStatus {
             promoting: true,
+            drained: 0,
             ..status(Role::Primary, 5)
         };
         let statuses = listing(vec![
@@ -444,6 +446,7 @@ ports = { main = 15432, aux = 15433 }
         ]);
         let mut r = roles_with_primary("a", 5);
         r.switchover = Some(PendingSwitchover {
+            drain: None,
             intent: "i1".into(),
             to: "b".into(),
         });
@@ -470,6 +473,7 @@ ports = { main = 15432, aux = 15433 }
                 InstanceStatus {
                     acting_epoch: 4,
                     promoting: false,
+                    drained: 0,
                     ..ok.clone()
                 },
             ),

@@ -178,6 +178,7 @@ fn status(acting: Role, epoch: u64) -> InstanceStatus {
         acting,
         acting_epoch: epoch,
         promoting: false,
+        drained: 0,
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -55,6 +55,7 @@ fn app(i: usize) -> App {
         replicas: 1,
         min_healthy: 1,
         stop_timeout: App::DEFAULT_STOP_TIMEOUT,
+        drain: std::time::Duration::ZERO,
         instances: vec![
             instance("a", (2 * i) % 100, 10),
             instance("b", (2 * i + 1) % 100, 0),
@@ -91,6 +92,7 @@ fn settled(app: &App, id: &str, roles: &AppRoles) -> InstanceStatus {
         acting: role,
         acting_epoch: grant.map_or(roles.epoch, |g| g.epoch),
         promoting: false,
+        drained: 0,
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -181,6 +181,11 @@ pub struct InstanceStatus {
     /// so `acting` says `primary`, but it does not serve yet.
     #[serde(default)]
     pub promoting: bool,
+    /// The generation of the newest drain request ([`Drain::generation`])
+    /// this instance has finished: it drained for the period asked while
+    /// primary, and may now be told to step down. 0: none.
+    #[serde(default)]
+    pub drained: u64,
     /// Restarted too often in a row: never promoted until stable again.
     pub crash_looping: bool,
     /// Restarts since the agent started.
@@ -288,6 +293,31 @@ pub struct PendingSwitchover {
     pub intent: String,
     /// The instance to promote once the old primary has stepped down.
     pub to: String,
+    /// Set while the primary drains before its grant is withdrawn: it keeps
+    /// the grant, gets no new work, and reports when it has drained.
+    /// (Boxed: an assignment travels by value in the agent's inputs.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Box<Drain>>,
+}
+
+/// A primary asked to drain before a planned switchover withdraws its
+/// grant. Its agent times the drain and reports it done in
+/// [`InstanceStatus::drained`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// How long to drain, from when its agent sees the request (the app's
+    /// `drain`).
+    pub ms: u64,
+    /// The generation of the assignment that asked it: the primary has
+    /// drained once it reports `drained >= generation`.
+    pub generation: u64,
+}
+
+impl Drain {
+    /// True once `status` (the primary's) reports this drain finished.
+    pub fn is_done(&self, status: Option<&InstanceStatus>) -> bool {
+        status.is_some_and(|s| s.drained >= self.generation)
+    }
 }
 
 /// The controller's role assignment for one app. Stored durably at

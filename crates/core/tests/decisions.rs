@@ -670,6 +670,7 @@ fn app() -> App {
         hook: None,
         restart: policy(),
         stop_timeout: Duration::from_secs(1),
+        drain: std::time::Duration::ZERO,
         replicas: 3,
         min_healthy: 3,
         instances: [("a", 100), ("b", 50), ("c", 50)]
@@ -697,6 +698,7 @@ fn st(acting: Role, health: Health) -> InstanceStatus {
         acting,
         acting_epoch: 1,
         promoting: false,
+        drained: 0,
         crash_looping: false,
         restarts: 0,
         last_exit: None,
@@ -2074,4 +2076,353 @@ fn operator_events_name_the_token_that_asked() {
     // Without a token, no name.
     let d = decide_with(&switchover_intent());
     assert!(d.events.iter().all(|e| !e.message.contains("token")));
+}
+
+// ---- a planned switchover that drains the primary first ----
+
+/// `app()` with a 300 ms drain.
+fn draining_app() -> App {
+    App {
+        drain: 300 * MS,
+        ..app()
+    }
+}
+
+fn decide_drain(
+    roles: &AppRoles,
+    status: &BTreeMap<String, InstanceStatus>,
+    intent: Option<&Intent>,
+) -> tandem_core::controller::Decision {
+    let app = draining_app();
+    decide(&AppInput {
+        app: &app,
+        roles,
+        status,
+        intent,
+        hosts: HostsState::NONE,
+    })
+}
+
+/// The roles once a switchover to `b` was accepted with a drain
+/// (generation 2, drain asked at generation 2).
+fn drain_started() -> AppRoles {
+    decide_drain(
+        &held_by_a(),
+        &statuses(&[
+            ("a", st(Role::Primary, Health::Healthy)),
+            ("b", st(Role::Backup, Health::Healthy)),
+        ]),
+        Some(&switchover_intent()),
+    )
+    .roles
+}
+
+/// `a`, acting primary, having drained the drain asked at `generation`.
+fn drained(generation: u64) -> InstanceStatus {
+    InstanceStatus {
+        seen_generation: generation,
+        drained: generation,
+        ..st(Role::Primary, Health::Healthy)
+    }
+}
+
+fn running_intent() -> Intent {
+    Intent {
+        outcome: IntentState::Running,
+        ..switchover_intent()
+    }
+}
+
+#[test]
+fn a_planned_switchover_with_a_drain_withdraws_the_grant_only_once_the_primary_has_drained() {
+    use Health::*;
+    use Role::*;
+    struct Case {
+        name: &'static str,
+        roles: fn() -> AppRoles,
+        status: fn() -> BTreeMap<String, InstanceStatus>,
+        intent: Option<Intent>,
+        /// The grant's holder after the decision.
+        primary: Option<&'static str>,
+        /// Who steps down after the decision.
+        stepping_down: Option<&'static str>,
+        /// The drain asked after the decision: (ms, generation).
+        drain: Option<(u64, u64)>,
+        /// The switchover's target after the decision.
+        switchover_to: Option<&'static str>,
+        intent_state: Option<&'static str>,
+        events: Vec<(EventKind, &'static str)>,
+        reason: &'static str,
+    }
+    let cases = vec![
+        Case {
+            name: "accepted: the primary keeps its grant and is asked to drain",
+            roles: held_by_a,
+            status: || statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: Some(switchover_intent()),
+            primary: Some("a"),
+            stepping_down: None,
+            drain: Some((300, 2)),
+            switchover_to: Some("b"),
+            intent_state: Some("running"),
+            events: vec![
+                (EventKind::Intent, "running"),
+                (EventKind::Demoted, "draining"),
+            ],
+            reason: "switchover requested: draining web/a for 300 ms (no new work), then demoting it and promoting web/b",
+        },
+        Case {
+            name: "still draining: nothing changes",
+            roles: drain_started,
+            status: || statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: Some(running_intent()),
+            primary: Some("a"),
+            stepping_down: None,
+            drain: Some((300, 2)),
+            switchover_to: Some("b"),
+            intent_state: None,
+            events: vec![],
+            reason: "switchover requested: draining web/a for 300 ms (no new work), then demoting it and promoting web/b",
+        },
+        Case {
+            name: "an earlier drain's report does not count",
+            roles: drain_started,
+            status: || statuses(&[("a", drained(1)), ("b", st(Backup, Healthy))]),
+            intent: Some(running_intent()),
+            primary: Some("a"),
+            stepping_down: None,
+            drain: Some((300, 2)),
+            switchover_to: Some("b"),
+            intent_state: None,
+            events: vec![],
+            reason: "switchover requested: draining web/a for 300 ms (no new work), then demoting it and promoting web/b",
+        },
+        Case {
+            name: "drained: the grant is withdrawn, the target waits for the step-down",
+            roles: drain_started,
+            status: || statuses(&[("a", drained(2)), ("b", st(Backup, Healthy))]),
+            intent: Some(running_intent()),
+            primary: None,
+            stepping_down: Some("a"),
+            drain: None,
+            switchover_to: Some("b"),
+            intent_state: None,
+            events: vec![(EventKind::Demoted, "switchover")],
+            reason: "waiting for web/a to step down before promoting",
+        },
+        Case {
+            name: "the primary fails while draining: a failover, the switchover refused",
+            roles: drain_started,
+            status: || statuses(&[("a", exited()), ("b", st(Backup, Healthy))]),
+            intent: Some(running_intent()),
+            primary: Some("b"),
+            stepping_down: None,
+            drain: None,
+            switchover_to: None,
+            intent_state: Some(
+                "switchover interrupted: primary web/a failed: not running: killed by signal 9 (SIGKILL)",
+            ),
+            events: vec![
+                (EventKind::PrimaryFailed, "not_running"),
+                (EventKind::Promoted, "not_running"),
+            ],
+            reason: "promoted web/b (epoch 2): primary web/a failed: not running: killed by signal 9 (SIGKILL)",
+        },
+        Case {
+            name: "the primary turns unhealthy while draining: withdrawn as a failure, the switchover refused",
+            roles: drain_started,
+            status: || statuses(&[("a", st(Primary, Unhealthy)), ("b", st(Backup, Healthy))]),
+            intent: Some(running_intent()),
+            primary: None,
+            stepping_down: Some("a"),
+            drain: None,
+            switchover_to: None,
+            intent_state: Some(
+                "switchover interrupted: primary web/a failed: unhealthy: GET /health timed out",
+            ),
+            events: vec![(EventKind::PrimaryFailed, "unhealthy")],
+            reason: "waiting for web/a to step down before promoting",
+        },
+        Case {
+            name: "the target becomes unfit while the primary drains: aborted, the primary stays",
+            roles: drain_started,
+            status: || statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Unhealthy))]),
+            intent: Some(running_intent()),
+            primary: Some("a"),
+            stepping_down: None,
+            drain: None,
+            switchover_to: None,
+            intent_state: Some(
+                "switchover aborted while web/a drained: target web/b became unfit (unhealthy: GET /health timed out); web/a stays primary",
+            ),
+            events: vec![(EventKind::Intent, "refused")],
+            reason: "switchover aborted while web/a drained: target web/b became unfit (unhealthy: GET /health timed out); web/a stays primary",
+        },
+        Case {
+            name: "another switchover while one drains is refused",
+            roles: drain_started,
+            status: || statuses(&[("a", st(Primary, Healthy)), ("b", st(Backup, Healthy))]),
+            intent: Some(Intent {
+                id: "i2".into(),
+                ..switchover_intent()
+            }),
+            primary: Some("a"),
+            stepping_down: None,
+            drain: Some((300, 2)),
+            switchover_to: Some("b"),
+            intent_state: Some("a switchover of web is already in progress"),
+            events: vec![(EventKind::Intent, "refused")],
+            reason: "switchover requested: draining web/a for 300 ms (no new work), then demoting it and promoting web/b",
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let d = decide_drain(&(c.roles)(), &(c.status)(), c.intent.as_ref());
+        let primary = d.roles.primary.as_ref().map(|g| g.instance.as_str());
+        let stepping_down = d
+            .roles
+            .stepping_down
+            .as_ref()
+            .map(|s| s.grant.instance.as_str());
+        let sw = d.roles.switchover.as_ref();
+        let drain = sw
+            .and_then(|s| s.drain.as_ref())
+            .map(|d| (d.ms, d.generation));
+        let switchover_to = sw.map(|s| s.to.as_str());
+        let intent = d.intent.as_ref().map(|s| match s {
+            IntentState::Refused { reason } => reason.clone(),
+            IntentState::Running => "running".into(),
+            IntentState::Done { message } => message.clone(),
+            IntentState::Pending => "pending".into(),
+        });
+        let events: Vec<(EventKind, &str)> = d
+            .events
+            .iter()
+            .map(|e| (e.kind, e.reason.unwrap_or("")))
+            .collect();
+        let got = format!(
+            "primary {primary:?} stepping_down {stepping_down:?} drain {drain:?} to {switchover_to:?} intent {intent:?} events {events:?} reason {:?}",
+            d.roles.reason
+        );
+        let want = format!(
+            "primary {:?} stepping_down {:?} drain {:?} to {:?} intent {:?} events {:?} reason {:?}",
+            c.primary,
+            c.stepping_down,
+            c.drain,
+            c.switchover_to,
+            c.intent_state,
+            c.events,
+            c.reason
+        );
+        if got != want {
+            failures.push(format!("{}:\n  got  {got}\n  want {want}", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn after_a_drain_the_target_is_promoted_and_the_intent_is_done() {
+    let roles = decide_drain(
+        &drain_started(),
+        &statuses(&[("a", drained(2)), ("b", st(Role::Backup, Health::Healthy))]),
+        Some(&running_intent()),
+    )
+    .roles;
+    assert_eq!(roles.generation, 3);
+    let d = decide_drain(
+        &roles,
+        &statuses(&[
+            ("a", stepped_down(3)),
+            ("b", st(Role::Backup, Health::Healthy)),
+        ]),
+        Some(&running_intent()),
+    );
+    assert_eq!(
+        d.roles
+            .primary
+            .as_ref()
+            .map(|g| (g.instance.as_str(), g.epoch)),
+        Some(("b", 2))
+    );
+    assert_eq!(d.roles.switchover, None);
+    assert_eq!(
+        d.intent,
+        Some(IntentState::Done {
+            message: "web/b is primary".into()
+        })
+    );
+}
+
+#[test]
+fn without_a_drain_a_switchover_demotes_at_once() {
+    let d = decide(&AppInput {
+        app: &app(),
+        roles: &held_by_a(),
+        status: &statuses(&[
+            ("a", st(Role::Primary, Health::Healthy)),
+            ("b", st(Role::Backup, Health::Healthy)),
+        ]),
+        intent: Some(&switchover_intent()),
+        hosts: HostsState::NONE,
+    });
+    assert_eq!(d.roles.primary, None);
+    assert_eq!(
+        d.roles.switchover.as_ref().map(|s| s.drain.clone()),
+        Some(None)
+    );
+}
+
+#[test]
+fn a_primary_asked_to_drain_reports_it_once_the_period_has_passed_from_when_it_was_asked() {
+    let mut m = running();
+    let t = |ms: u32| ms * MS;
+    let step = m.handle(Input::Drain(Some((5, 300 * MS))), t(10));
+    assert!(step.actions.is_empty(), "{step:?}");
+    assert_eq!(
+        step.notes.iter().map(Note::name).collect::<Vec<_>>(),
+        ["draining"]
+    );
+    assert_eq!(m.next_wakeup(), Some(t(310)));
+    // Asked again (a later assignment carries the same drain): the timer
+    // is not restarted.
+    m.handle(Input::Drain(Some((5, 300 * MS))), t(200));
+    assert_eq!(m.next_wakeup(), Some(t(310)));
+    let step = m.handle(Input::Tick, t(309));
+    assert!(!step.actions.contains(&Action::Publish), "{step:?}");
+    assert_eq!(m.status().drained, 0);
+    let step = m.handle(Input::Tick, t(310));
+    assert!(step.actions.contains(&Action::Publish), "{step:?}");
+    assert_eq!(
+        step.notes.iter().map(Note::name).collect::<Vec<_>>(),
+        ["drained"]
+    );
+    assert_eq!(m.status().drained, 5);
+    assert_eq!(m.next_wakeup(), None);
+    // A finished drain asked again is not redone.
+    let step = m.handle(Input::Drain(Some((5, 300 * MS))), t(400));
+    assert!(step.notes.is_empty(), "{step:?}");
+    // A drain no longer asked is cancelled: no report.
+    m.handle(Input::Drain(Some((9, 300 * MS))), t(500));
+    m.handle(Input::Drain(None), t(600));
+    assert_eq!(m.next_wakeup(), None);
+    m.handle(Input::Tick, t(900));
+    assert_eq!(m.status().drained, 5);
+}
+
+#[test]
+fn a_drain_is_asked_of_the_granted_primary_only() {
+    let roles = drain_started();
+    assert_eq!(
+        tandem_core::instance::drain_request(&roles, "a"),
+        Input::Drain(Some((2, 300 * MS)))
+    );
+    assert_eq!(
+        tandem_core::instance::drain_request(&roles, "b"),
+        Input::Drain(None)
+    );
+    assert_eq!(
+        tandem_core::instance::drain_request(&held_by_a(), "a"),
+        Input::Drain(None)
+    );
 }

@@ -35,6 +35,7 @@ fn app(ha: HaMode, fencing: Fencing) -> App {
         fencing,
         restart: RestartPolicy::default(),
         stop_timeout: Duration::from_secs(1),
+        drain: std::time::Duration::ZERO,
         replicas: 1,
         min_healthy: 1,
         instances: (0..N)
@@ -88,6 +89,7 @@ fn arb_status() -> impl Strategy<Value = Option<InstanceStatus>> {
                         acting,
                         acting_epoch: 1,
                         promoting,
+                        drained: 0,
                         crash_looping: looping,
                         restarts: 0,
                         last_exit: None,
@@ -273,6 +275,7 @@ proptest! {
             acting: Role::Primary,
             acting_epoch: 1,
             promoting: false,
+            drained: 0,
             crash_looping: false,
             restarts: 0,
             last_exit: None,

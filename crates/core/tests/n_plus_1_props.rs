@@ -24,6 +24,7 @@ fn app(n: usize, replicas: u32, priorities: &[i64]) -> App {
         hook: None,
         restart: RestartPolicy::default(),
         stop_timeout: Duration::from_secs(1),
+        drain: std::time::Duration::ZERO,
         replicas,
         min_healthy: replicas,
         instances: (0..n)
@@ -50,6 +51,7 @@ fn status(crash_looping: bool) -> InstanceStatus {
         acting: Role::Active,
         acting_epoch: 0,
         promoting: false,
+        drained: 0,
         crash_looping,
         restarts: 0,
         last_exit: None,

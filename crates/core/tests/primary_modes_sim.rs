@@ -227,6 +227,7 @@ fn app_in(ha: HaMode, n: usize, priorities: &[i64]) -> App {
             crashloop_after: 3,
         },
         stop_timeout: STOP_TIMEOUT,
+        drain: std::time::Duration::ZERO,
         replicas: n as u32,
         min_healthy: n as u32,
         instances: (0..n)

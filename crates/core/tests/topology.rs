@@ -163,6 +163,7 @@ fn full_file_parses_into_the_expected_model() {
                     crashloop_after: 5,
                 },
                 stop_timeout: ms(2000),
+                drain: std::time::Duration::ZERO,
                 fencing: Fencing::Token,
                 replicas: 2,
                 min_healthy: 2,
@@ -185,6 +186,7 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
+                drain: std::time::Duration::ZERO,
                 fencing: Fencing::Lease,
                 replicas: 1,
                 min_healthy: 1,
@@ -203,6 +205,7 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
+                drain: std::time::Duration::ZERO,
                 fencing: Default::default(),
                 replicas: 1,
                 min_healthy: 1,
@@ -846,6 +849,48 @@ host = "h1"
         4,
         16,
         r#"bad duration "5 s": expected a positive whole number followed by ms, s or m (e.g. "500ms", "2s", "1m") for "stop_timeout" in app "web""#,
+    ),
+    (
+        "drain on a mode without a primary",
+        r#"[apps.web]
+ha = "n-plus-1"
+command = ["run"]
+drain = "300ms"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        9,
+        r#"app "web": "drain" applies to the modes with a primary (hot-standby, warm-standby, cold-standby, singleton), not "n-plus-1""#,
+    ),
+    (
+        "drain too long",
+        r#"[apps.web]
+ha = "singleton"
+command = ["run"]
+drain = "6m"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        9,
+        r#"drain = "6m" in app "web" is too long: at most 5m"#,
+    ),
+    (
+        "drain not a duration",
+        r#"[apps.web]
+ha = "singleton"
+command = ["run"]
+drain = 300
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        9,
+        r#"for "drain" in app "web""#,
     ),
     (
         "agent port out of range",
@@ -1704,6 +1749,22 @@ fn columns_count_characters_not_bytes() {
     let diags = expect_errors("t.toml", text);
     let got: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
     assert_eq!(got, [(2, 8), (5, 1)], "{diags:#?}");
+}
+
+#[test]
+fn drain_is_zero_unless_given_and_may_be_written_as_zero() {
+    let app = |drain: &str| {
+        let text = format!(
+            "[apps.web]\nha = \"singleton\"\ncommand = [\"run\"]\n{drain}\n[[apps.web.instances]]\nid = \"a\"\nhost = \"h1\"\n{BASE}"
+        );
+        let t = parse("t.toml", &text).unwrap_or_else(|d| panic!("{drain}: {d}"));
+        t.apps[0].drain
+    };
+    assert_eq!(app(""), Duration::ZERO);
+    assert_eq!(app("drain = \"0ms\""), Duration::ZERO);
+    assert_eq!(app("drain = \"0\""), Duration::ZERO);
+    assert_eq!(app("drain = \"300ms\""), ms(300));
+    assert_eq!(app("drain = \"5m\""), ms(300_000));
 }
 
 #[test]

@@ -312,6 +312,7 @@ mod tests {
             replicas: 1,
             min_healthy: 1,
             stop_timeout: App::DEFAULT_STOP_TIMEOUT,
+            drain: std::time::Duration::ZERO,
             instances: ids
                 .iter()
                 .map(|id| Instance {

@@ -498,7 +498,9 @@ impl HostMachine {
         for i in idxs {
             let l = &self.locals[i];
             let input = crate::instance::assignment(&roles, l.app.ha, &l.instance.id);
+            let drain = crate::instance::drain_request(&roles, &l.instance.id);
             self.feed(i, input, now, step);
+            self.feed(i, drain, now, step);
         }
         self.roles.insert(app.to_string(), roles);
         step.roles_changed.insert(app.to_string());

@@ -38,7 +38,8 @@
 //! tandem ended a process),
 //! `health` (probes, pool load), `roles` (the assignment, the role the
 //! process should have, delivering it through the hook) and `fencing`
-//! (stepping down when the host lease may be lost, resuming after). What
+//! (stepping down when the host lease may be lost, resuming after), `drain`
+//! (timing a primary's drain before a planned switchover). What
 //! each mode means lives in [`crate::mode`].
 
 use std::time::Duration;
@@ -48,6 +49,7 @@ use crate::mode::{Style, default_role, style};
 use crate::model::{Health, InstanceStatus, ProcessState, Role};
 use crate::topology::{HaMode, RestartPolicy};
 
+mod drain;
 mod fencing;
 mod health;
 mod notes;
@@ -128,6 +130,12 @@ pub enum Input {
         /// Its result.
         result: Result<(), HookFailure>,
     },
+    /// What the assignment just fed ([`Input::Assigned`]) asks of this
+    /// instance's drain in a planned switchover: `Some((generation,
+    /// period))` while it is the primary asked to drain (by the assignment
+    /// of that generation, for that long), `None` otherwise. See
+    /// [`drain_request`].
+    Drain(Option<(u64, Duration)>),
     /// The host lease may be lost: step down now (self-fencing).
     Fence,
     /// The host lease is held again, in this session (lease id).
@@ -256,6 +264,12 @@ pub struct InstanceMachine {
     /// Asked to stop for good while its start was under way: stopped as
     /// soon as it runs.
     stop_when_started: bool,
+    /// The drain under way: (the generation that asked it, its period,
+    /// when it ends).
+    draining: Option<(u64, Duration, Duration)>,
+    /// The generation of the newest drain finished
+    /// ([`InstanceStatus::drained`]).
+    drained: u64,
 }
 
 /// Settings of one instance, taken from the topology.
@@ -314,6 +328,8 @@ impl InstanceMachine {
             ending: None,
             fenced: false,
             stop_when_started: false,
+            draining: None,
+            drained: 0,
         }
     }
 
@@ -365,6 +381,7 @@ impl InstanceMachine {
             },
             acting_epoch: promoting.unwrap_or(self.acting_epoch),
             promoting: promoting.is_some(),
+            drained: self.drained,
             crash_looping: self.crash_looping,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
@@ -407,6 +424,9 @@ impl InstanceMachine {
         if let HookState::RetryAt(t) = self.hook {
             consider(t);
         }
+        if let Some((_, _, until)) = self.draining {
+            consider(until);
+        }
         next
     }
 
@@ -415,7 +435,10 @@ impl InstanceMachine {
         let mut step = Step::default();
         let s = &mut step;
         match input {
-            Input::Tick => self.tick(now, s),
+            Input::Tick => {
+                self.tick(now, s);
+                self.drain_tick(now, s);
+            }
             Input::Assigned {
                 role,
                 epoch,
@@ -437,6 +460,7 @@ impl InstanceMachine {
                 incarnation,
                 result,
             } => self.hook_done(role, epoch, incarnation, result, now, s),
+            Input::Drain(request) => self.drain(request, now, s),
             Input::Fence => self.fence(now, s),
             Input::Unfence { session } => self.unfence(session, now, s),
             Input::Stop => self.stop(s),
@@ -444,6 +468,19 @@ impl InstanceMachine {
         }
         step
     }
+}
+
+/// The [`Input::Drain`] that an app's role assignment means for one of its
+/// instances, fed right after its [`assignment`].
+pub fn drain_request(roles: &crate::model::AppRoles, instance: &str) -> Input {
+    let asked = roles
+        .primary
+        .as_ref()
+        .filter(|g| g.instance == instance)
+        .and(roles.switchover.as_ref())
+        .and_then(|sw| sw.drain.as_ref())
+        .map(|d| (d.generation, Duration::from_millis(d.ms)));
+    Input::Drain(asked)
 }
 
 /// The [`Input::Assigned`] that an app's role assignment means for one of

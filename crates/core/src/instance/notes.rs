@@ -71,6 +71,22 @@ pub enum Note {
         /// What went wrong with the hook.
         error: String,
     },
+    /// The primary drains for a planned switchover: no new work for
+    /// `period`, then it reports it has drained.
+    Draining {
+        /// `app/instance`.
+        instance: String,
+        /// How long.
+        period: Duration,
+    },
+    /// The drain period ended: reported, so that the controller withdraws
+    /// the grant.
+    Drained {
+        /// `app/instance`.
+        instance: String,
+        /// How long it drained.
+        period: Duration,
+    },
     /// Delivering a role failed: it is delivered again after a backoff.
     HookRetry {
         /// `app/instance`.
@@ -97,6 +113,8 @@ impl Note {
             Note::RoleAcknowledged { .. } => "role_acknowledged",
             Note::FrozenFenced { .. } => "frozen_fenced",
             Note::HookRetry { .. } => "hook_retry",
+            Note::Draining { .. } => "draining",
+            Note::Drained { .. } => "drained",
         }
     }
 
@@ -122,7 +140,9 @@ impl Note {
             | Note::Fenced { instance }
             | Note::RoleAcknowledged { instance, .. }
             | Note::FrozenFenced { instance, .. }
-            | Note::HookRetry { instance, .. } => instance,
+            | Note::HookRetry { instance, .. }
+            | Note::Draining { instance, .. }
+            | Note::Drained { instance, .. } => instance,
         }
     }
 }
@@ -167,6 +187,16 @@ impl fmt::Display for Note {
             Note::FrozenFenced { instance, error } => write!(
                 f,
                 "{instance} is frozen and could not be told to step down ({error}): fenced until it answers"
+            ),
+            Note::Draining { instance, period } => write!(
+                f,
+                "{instance} drains for {} ms before stepping down for a planned switchover: no new work",
+                period.as_millis()
+            ),
+            Note::Drained { instance, period } => write!(
+                f,
+                "{instance} drained for {} ms: ready to step down",
+                period.as_millis()
             ),
             Note::HookRetry {
                 instance,

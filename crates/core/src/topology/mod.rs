@@ -61,6 +61,11 @@
 //! env = { LOG = "info" }    # optional
 //! workdir = "."             # optional, default: the agent's
 //! stop_timeout = "5s"       # optional: SIGTERM, then SIGKILL after this long
+//! drain = "300ms"           # optional, default 0 (modes with a primary, at most 5m): in a
+//!                           # planned switchover the primary first drains this long (its
+//!                           # load-balancer checks say drain, `GET /v1/apps/{app}/primary`
+//!                           # and `tandem proxy` send it no new work), then steps down.
+//!                           # Set it above the load balancer's check interval
 //!
 //! [apps.web.restart]        # optional, every key optional (defaults shown)
 //! initial_backoff = "100ms"

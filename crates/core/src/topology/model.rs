@@ -299,6 +299,11 @@ pub struct App {
     /// On stop: SIGTERM, then SIGKILL after this long (default 5s).
     #[serde(rename = "stop_timeout_ms", with = "duration_ms")]
     pub stop_timeout: Duration,
+    /// Modes with a primary: in a planned switchover, how long the primary
+    /// drains (gets no new work, finishes what it has) before it steps
+    /// down. Zero (the default): it steps down at once.
+    #[serde(default, rename = "drain_ms", with = "duration_ms")]
+    pub drain: Duration,
     /// The copies of this app, in file order.
     pub instances: Vec<Instance>,
 }
@@ -306,6 +311,9 @@ pub struct App {
 impl App {
     /// Default `stop_timeout`.
     pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The longest `drain` accepted: a planned switchover should not wait
+    /// longer than this for requests in flight.
+    pub const MAX_DRAIN: Duration = Duration::from_secs(5 * 60);
 
     /// The instance with id `id`.
     pub fn instance(&self, id: &str) -> Option<&Instance> {

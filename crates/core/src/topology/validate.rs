@@ -169,6 +169,20 @@ fn validate_app(
         );
     }
 
+    if let (Some((_, span)), Some((mode, _))) = (&app.drain, &app.ha)
+        && !matches!(
+            crate::mode::style(*mode),
+            crate::mode::Style::Hooked | crate::mode::Style::OnGrant
+        )
+    {
+        sink.error(
+            span,
+            format!(
+                "app \"{name}\": \"drain\" applies to the modes with a primary (hot-standby, warm-standby, cold-standby, singleton), not \"{mode}\": it has no planned switchover"
+            ),
+        );
+    }
+
     let n_plus_1 = matches!(app.ha, Some((HaMode::NPlus1, _)));
     for (key, given) in [
         ("replicas", &app.replicas),

@@ -141,6 +141,8 @@ pub(crate) struct AppFacts {
     /// `replicas` and `min_healthy`, where given.
     pub replicas: Option<(u32, Span)>,
     pub min_healthy: Option<(u32, Span)>,
+    /// `drain`, where given and valid.
+    pub drain: Option<(Duration, Span)>,
     /// None if `instances` was not an array of tables.
     pub instances: Option<Vec<InstanceFacts>>,
 }
@@ -871,6 +873,33 @@ fn walk_fence(
     )
 }
 
+/// `drain`: a duration, or zero written as "0", "0ms" or "0s" (the
+/// default); at most [`App::MAX_DRAIN`].
+fn walk_drain(tab: &Tab<'_, '_>, sink: &mut Sink) -> Option<(Duration, Span)> {
+    if let Some(v) = tab.get("drain")
+        && let DeValue::String(s) = v.get_ref()
+        && matches!(&**s, "0" | "0ms" | "0s")
+    {
+        return Some((Duration::ZERO, v.span()));
+    }
+    let Got::Ok(d, span) = tab.duration(sink, "drain") else {
+        return None;
+    };
+    if d > App::MAX_DRAIN {
+        sink.error(
+            &span,
+            format!(
+                "drain = \"{}\" in {} is too long: at most {} (the old primary gets no new work meanwhile)",
+                format_duration(d),
+                tab.what,
+                format_duration(App::MAX_DRAIN)
+            ),
+        );
+        return None;
+    }
+    Some((d, span))
+}
+
 fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
     const KEYS: &[&str] = &[
         "ha",
@@ -878,6 +907,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         "env",
         "workdir",
         "stop_timeout",
+        "drain",
         "restart",
         "checks",
         "hook",
@@ -998,6 +1028,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         .duration(sink, "stop_timeout")
         .or_default(App::DEFAULT_STOP_TIMEOUT)
         .value;
+    let drain = walk_drain(tab, sink);
     let replicas = tab.count(sink, "replicas").ok();
     let min_healthy = tab.count(sink, "min_healthy").ok();
 
@@ -1061,6 +1092,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         fencing: fencing.as_ref().map_or(Fencing::Lease, |f| f.0),
         restart,
         stop_timeout,
+        drain: drain.as_ref().map_or(Duration::ZERO, |d| d.0),
         instances,
     };
     let facts = AppFacts {
@@ -1073,6 +1105,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         hook: hook_facts,
         replicas,
         min_healthy,
+        drain,
         instances: instance_facts,
     };
     (app, facts)

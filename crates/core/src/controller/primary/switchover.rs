@@ -6,16 +6,31 @@ use super::Pass;
 use crate::controller::candidates::{best_candidate, unfit};
 use crate::controller::{HostsState, pending};
 use crate::model::{
-    AppRoles, CauseName, EventDraft, EventKind, InstanceStatus, IntentKind, IntentState,
+    AppRoles, CauseName, Drain, EventDraft, EventKind, InstanceStatus, IntentKind, IntentState,
     PendingSwitchover, asked_by,
 };
 use crate::topology::App;
 
 impl Pass<'_, '_> {
-    /// Starts the switchover a pending intent asks for: withdraws the grant
-    /// and records the target, to be promoted once the primary has stepped
-    /// down; or refuses it.
+    /// Starts the switchover a pending intent asks for, or refuses it;
+    /// moves a draining switchover on.
+    ///
+    /// Without a `drain` period the grant is withdrawn at once and the
+    /// target recorded, to be promoted once the primary has stepped down.
+    /// With one the primary keeps its grant and is asked to drain
+    /// ([`Drain`]); once it reports it has drained, the grant is withdrawn
+    /// and the switchover goes on as without. A target that becomes unfit
+    /// meanwhile ends the switchover, refused, with the primary kept.
     pub(super) fn switchover(&mut self) {
+        if self.next.primary.is_some()
+            && self
+                .next
+                .switchover
+                .as_ref()
+                .is_some_and(|sw| sw.drain.is_some())
+        {
+            self.drained();
+        }
         let input = self.input;
         let name = input.app.name.as_str();
         let Some(intent) = pending(input.intent) else {
@@ -32,16 +47,50 @@ impl Pass<'_, '_> {
             to.as_deref(),
         ) {
             Ok((from, target)) => {
+                let drain_ms = u64::try_from(input.app.drain.as_millis()).unwrap_or(u64::MAX);
+                let by = asked_by(intent.by.as_deref());
+                self.next.cause = Some(CauseName::Switchover);
+                self.intent = Some(IntentState::Running);
+                if drain_ms > 0 {
+                    self.next.switchover = Some(PendingSwitchover {
+                        intent: intent.id.clone(),
+                        to: target.clone(),
+                        drain: Some(Box::new(Drain {
+                            ms: drain_ms,
+                            generation: input.roles.generation + 1,
+                        })),
+                    });
+                    self.next.reason = format!(
+                        "switchover requested{by}: draining {name}/{from} for {drain_ms} ms (no new work), then demoting it and promoting {name}/{target}"
+                    );
+                    self.events.push(
+                        EventDraft::instance(EventKind::Intent, name, &from, &self.next.reason)
+                            .with_reason("running"),
+                    );
+                    // A demotion announced: clients following the primary
+                    // look again, and see it draining.
+                    self.events.push(
+                        EventDraft::instance(
+                            EventKind::Demoted,
+                            name,
+                            &from,
+                            format!(
+                                "draining {name}/{from} for {drain_ms} ms before demoting it for a planned switchover to {target}"
+                            ),
+                        )
+                        .with_reason("draining"),
+                    );
+                    return;
+                }
                 self.withdraw();
                 self.next.switchover = Some(PendingSwitchover {
                     intent: intent.id.clone(),
                     to: target.clone(),
+                    drain: None,
                 });
                 self.next.reason = format!(
-                    "switchover requested{}: demoting {name}/{from}, then promoting {name}/{target}",
-                    asked_by(intent.by.as_deref())
+                    "switchover requested{by}: demoting {name}/{from}, then promoting {name}/{target}"
                 );
-                self.next.cause = Some(CauseName::Switchover);
                 self.events.push(
                     EventDraft::instance(EventKind::Intent, name, &from, &self.next.reason)
                         .with_reason("running"),
@@ -55,7 +104,6 @@ impl Pass<'_, '_> {
                     )
                     .with_reason("switchover"),
                 );
-                self.intent = Some(IntentState::Running);
             }
             Err(reason) => {
                 self.events.push(
@@ -72,6 +120,60 @@ impl Pass<'_, '_> {
                 self.intent = Some(IntentState::Refused { reason });
             }
         }
+    }
+
+    /// The primary drains for a switchover (its grant held, checked by
+    /// step 1): once it reports it has drained, withdraws its grant; if the
+    /// target became unfit, ends the switchover and keeps the primary.
+    fn drained(&mut self) {
+        let input = self.input;
+        let (app, status) = (input.app, input.status);
+        let name = app.name.as_str();
+        let (Some(grant), Some(sw)) = (&self.next.primary, &self.next.switchover) else {
+            return;
+        };
+        let Some(drain) = &sw.drain else {
+            return;
+        };
+        let (from, to) = (grant.instance.clone(), sw.to.clone());
+        if let Some(why) = unfit(app, input.hosts, &to, status.get(&to)) {
+            let intent_id = sw.intent.clone();
+            self.next.switchover = None;
+            let reason = format!(
+                "switchover aborted while {name}/{from} drained: target {name}/{to} became unfit ({why}); {name}/{from} stays primary"
+            );
+            self.next.reason.clone_from(&reason);
+            self.events.push(
+                EventDraft::instance(EventKind::Intent, name, &from, &reason)
+                    .with_reason("refused"),
+            );
+            if input.intent.is_some_and(|i| i.id == intent_id) {
+                self.intent = Some(IntentState::Refused { reason });
+            }
+            return;
+        }
+        if !drain.is_done(status.get(&from)) {
+            // Still draining: the reason recorded at the start says so.
+            return;
+        }
+        let ms = drain.ms;
+        if let Some(sw) = &mut self.next.switchover {
+            sw.drain = None;
+        }
+        self.withdraw();
+        self.next.reason =
+            format!("{name}/{from} drained for {ms} ms: demoting it, then promoting {name}/{to}");
+        self.events.push(
+            EventDraft::instance(
+                EventKind::Demoted,
+                name,
+                &from,
+                format!(
+                    "demoting {name}/{from} for a planned switchover to {to}, after draining for {ms} ms"
+                ),
+            )
+            .with_reason("switchover"),
+        );
     }
 }
 
