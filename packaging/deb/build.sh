@@ -43,6 +43,7 @@ install -d "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/
 install -D -m 644 README.md "$stage/usr/share/doc/tandem/README.md"
 install -D -m 644 examples/quickstart.toml "$stage/usr/share/doc/tandem/examples/quickstart.toml"
 install -D -m 644 examples/haproxy.cfg "$stage/usr/share/doc/tandem/examples/haproxy.cfg"
+install -D -m 644 examples/haproxy-wait.lua "$stage/usr/share/doc/tandem/examples/haproxy-wait.lua"
 
 mkdir -p "$stage/DEBIAN"
 size="$(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
