@@ -365,7 +365,7 @@ impl Worker {
                 }
             };
             if !self.hook().wants(event.kind) {
-                // Not saved: skipping it again after a controller change
+                // Not saved: passing over it again after a controller change
                 // costs one read.
                 cursor = seq;
                 continue;

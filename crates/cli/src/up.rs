@@ -157,14 +157,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm.recv() => {}
     }
-    if !args.quiet {
-        println!("stopping: terminating every instance…");
-    }
-    let stopped = local.stop().await;
+    // The live summary ends here: the exits the stop itself causes are in
+    // the event log (`tandem events`), not news on the terminal.
     summary_stop.cancel();
     if let Some(s) = summary {
         let _ = s.await;
     }
+    if !args.quiet {
+        println!("stopping: terminating every instance…");
+    }
+    let stopped = local.stop().await;
     api_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     stopped?;
