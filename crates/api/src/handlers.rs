@@ -236,6 +236,7 @@ async fn primary_inner(
             "draining: {}/{} drains for {} ms before a planned switchover to {}; ask again",
             app.name, g.instance, drain.ms, sw.to
         ));
+        error.doc.draining = primary_document(&state.topology, &app, g).map(Box::new);
         return Ok(error.into_response());
     }
     if let Some(doc) = grant.and_then(|g| primary_document(&state.topology, &app, g)) {

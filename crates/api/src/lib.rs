@@ -17,7 +17,7 @@
 //! | `GET /healthz` | 200 `{"status":"ok"}`: the API itself is alive |
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
-//! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`); never cached |
+//! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`; while the primary drains before a planned switchover, `draining` holds it); never cached |
 //! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done (the new primary acknowledged its role), 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
 //! | `POST /v1/hosts/{host}/fence[?timeout_ms=N]` | runs the host's fence device through the controller: 200 [`FenceResponse`](types::FenceResponse) once it confirmed (the host's lease is revoked, its primaries replaced), 409 refused (no device, no lease, the device failed three times) or already in progress, 404 unknown host, 202 still under way at the timeout |
 //! | `GET /v1/events[?since=SEQ][&limit=N]` | [`EventsDoc`](types::EventsDoc), oldest first (default: the last 100; at most 10000) |

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tandem_wire::{Event, EventKind, PrimaryDoc};
 
-use crate::{ApiClient, ClientError, ClientOptions};
+use crate::{ApiClient, ClientError, ClientOptions, PrimaryState};
 
 /// Longest wait between two reconnections of the event stream.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -31,6 +31,11 @@ pub struct Discovery {
 /// An item of [`Discovery::watch`]: the app's primary now (`None`: no
 /// primary at the moment), or a transient error (the watch goes on).
 pub type Update = Result<Option<PrimaryDoc>, ClientError>;
+
+/// An item of [`Discovery::watch_state`]: where the app's primary stands
+/// now (serving, draining before a planned switchover, none), or a
+/// transient error (the watch goes on).
+pub type StateUpdate = Result<PrimaryState, ClientError>;
 
 fn concerns(event: &Event, app: &str) -> bool {
     event.app.as_deref() == Some(app)
@@ -80,8 +85,31 @@ impl Discovery {
     }
 
     /// The app's primary now, then every change of it, as it happens.
-    /// Consecutive equal answers are not repeated.
+    /// Consecutive equal answers are not repeated. A primary draining
+    /// before a planned switchover is `None` (it takes no new work).
     pub fn watch(&self, app: &str) -> impl Stream<Item = Update> + Send + 'static {
+        let mut last: Option<Option<PrimaryDoc>> = None;
+        self.watch_state(app).filter_map(move |update| {
+            let item = match update {
+                Err(e) => Some(Err(e)),
+                Ok(state) => {
+                    let now = state.serving();
+                    if last.as_ref() == Some(&now) {
+                        None
+                    } else {
+                        last = Some(now.clone());
+                        Some(Ok(now))
+                    }
+                }
+            };
+            futures::future::ready(item)
+        })
+    }
+
+    /// As [`Discovery::watch`], telling a primary that drains before a
+    /// planned switchover from none at all (a proxy keeps the connections
+    /// already open to a draining primary, and sends it no new one).
+    pub fn watch_state(&self, app: &str) -> impl Stream<Item = StateUpdate> + Send + 'static {
         async_stream(self.clients.clone(), app.to_string())
     }
 }
@@ -92,7 +120,7 @@ struct State {
     client: ApiClient,
     app: String,
     last_seq: Option<u64>,
-    last: Option<Option<PrimaryDoc>>,
+    last: Option<PrimaryState>,
     events: Option<crate::EventStream>,
     need_lookup: bool,
     delay: Duration,
@@ -101,7 +129,7 @@ struct State {
 fn async_stream(
     clients: Vec<ApiClient>,
     app: String,
-) -> impl Stream<Item = Update> + Send + 'static {
+) -> impl Stream<Item = StateUpdate> + Send + 'static {
     let client = clients[0].clone();
     let state = State {
         clients,
@@ -137,7 +165,7 @@ fn async_stream(
             }
             if s.need_lookup {
                 s.need_lookup = false;
-                match s.client.primary(&s.app).await {
+                match s.client.primary_state(&s.app).await {
                     Ok(now) => {
                         s.delay = Duration::from_millis(50);
                         if s.last.as_ref() != Some(&now) {

@@ -111,6 +111,28 @@ impl ClientError {
     }
 }
 
+/// Where an app's primary stands ([`ApiClient::primary_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrimaryState {
+    /// It serves: send it work.
+    Serving(PrimaryDoc),
+    /// It drains before a planned switchover: it takes no new work, but
+    /// work already under way there may finish.
+    Draining(PrimaryDoc),
+    /// The app has no primary right now.
+    None,
+}
+
+impl PrimaryState {
+    /// The primary to send new work to, if any.
+    pub fn serving(self) -> Option<PrimaryDoc> {
+        match self {
+            PrimaryState::Serving(doc) => Some(doc),
+            PrimaryState::Draining(_) | PrimaryState::None => None,
+        }
+    }
+}
+
 /// What an intent's answer holds, whichever it is about (an app's
 /// switchover or maintenance, a host's fencing).
 #[derive(Debug, serde::Deserialize)]
@@ -260,19 +282,30 @@ impl ApiClient {
 
     /// `GET /v1/apps/{app}/primary`: the app's acknowledged primary, or
     /// `None` when it has none right now (the API's 503 "no primary").
+    /// A primary draining before a planned switchover is `None` here (it
+    /// takes no new work); [`ApiClient::primary_state`] tells it apart.
     pub async fn primary(&self, app: &str) -> Result<Option<PrimaryDoc>, ClientError> {
+        self.primary_state(app).await.map(PrimaryState::serving)
+    }
+
+    /// `GET /v1/apps/{app}/primary`, telling a primary that drains before
+    /// a planned switchover from none at all.
+    pub async fn primary_state(&self, app: &str) -> Result<PrimaryState, ClientError> {
         let url = self.url(&["v1", "apps", app, "primary"], &[]);
         let response = self.send(self.http.get(url), REQUEST_TIMEOUT).await?;
         let status = response.status();
         let body = self.body(response, REQUEST_TIMEOUT).await?;
         if status.is_success() {
-            return decode(&body, "the primary").map(Some);
+            return decode(&body, "the primary").map(PrimaryState::Serving);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE
             && let Ok(doc) = serde_json::from_slice::<ErrorDoc>(&body)
             && doc.reason.is_some()
         {
-            return Ok(None);
+            return Ok(match doc.draining {
+                Some(doc) => PrimaryState::Draining(*doc),
+                None => PrimaryState::None,
+            });
         }
         Err(api_error(status, &body))
     }

@@ -7,6 +7,11 @@
 //! go there, so an unmodified client only sees a reconnect. While there is
 //! no primary, a new connection waits for one (at most `wait_for_primary`),
 //! then is closed.
+//!
+//! A primary that drains before a planned switchover gets no new
+//! connection (they wait for its successor), but the connections already
+//! open to it stay open through the drain, so work under way there can
+//! finish; they are closed once it is demoted.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,11 +21,36 @@ use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::ApiClient;
 use crate::discovery::Discovery;
+use crate::{ApiClient, PrimaryState};
 
-/// Where connections go now: the primary's address and its epoch.
-pub type Target = Option<(SocketAddr, u64)>;
+/// A primary's address and epoch.
+pub type Endpoint = (SocketAddr, u64);
+
+/// Where connections go now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Target {
+    /// The primary new connections go to, if there is one.
+    pub serving: Option<Endpoint>,
+    /// A primary that drains before a planned switchover: it gets no new
+    /// connection, and keeps those already open.
+    pub draining: Option<Endpoint>,
+}
+
+impl Target {
+    /// Whether a connection open to `endpoint` may stay open.
+    pub fn keeps(&self, endpoint: Endpoint) -> bool {
+        self.serving == Some(endpoint) || self.draining == Some(endpoint)
+    }
+}
+
+fn endpoint(doc: &crate::PrimaryDoc) -> Option<Endpoint> {
+    let port = doc.port?;
+    let addr = format!("{}:{port}", doc.address)
+        .parse::<SocketAddr>()
+        .ok()?;
+    Some((addr, doc.epoch))
+}
 
 /// Settings of the proxy.
 #[derive(Debug, Clone)]
@@ -42,32 +72,39 @@ impl Default for ProxyOptions {
 
 /// Follows the primary of `app` into a watch channel.
 pub fn follow_primary(api: ApiClient, app: &str) -> watch::Receiver<Target> {
-    let (tx, rx) = watch::channel(None);
+    let (tx, rx) = watch::channel(Target::default());
     let discovery = Discovery::new(api);
-    let mut updates = Box::pin(discovery.watch(app));
+    let mut updates = Box::pin(discovery.watch_state(app));
     let app = app.to_string();
     tokio::spawn(async move {
         while let Some(update) = updates.next().await {
-            match update {
-                Ok(Some(doc)) => {
-                    let target = doc.port.and_then(|port| {
-                        format!("{}:{port}", doc.address)
-                            .parse::<SocketAddr>()
-                            .ok()
-                            .map(|a| (a, doc.epoch))
-                    });
-                    tracing::info!(%app, instance = %doc.instance, epoch = doc.epoch, "primary is now {:?}", target.map(|t| t.0));
-                    if tx.send(target).is_err() {
-                        return;
+            let target = match update {
+                Ok(PrimaryState::Serving(doc)) => {
+                    let serving = endpoint(&doc);
+                    tracing::info!(%app, instance = %doc.instance, epoch = doc.epoch, "primary is now {:?}", serving.map(|t| t.0));
+                    Target {
+                        serving,
+                        draining: None,
                     }
                 }
-                Ok(None) => {
+                Ok(PrimaryState::Draining(doc)) => {
+                    tracing::info!(%app, instance = %doc.instance, epoch = doc.epoch, "the primary drains before a planned switchover: new connections wait for its successor");
+                    Target {
+                        serving: None,
+                        draining: endpoint(&doc),
+                    }
+                }
+                Ok(PrimaryState::None) => {
                     tracing::info!(%app, "no primary");
-                    if tx.send(None).is_err() {
-                        return;
-                    }
+                    Target::default()
                 }
-                Err(e) => tracing::warn!(%app, error = %e, "cannot follow the primary; retrying"),
+                Err(e) => {
+                    tracing::warn!(%app, error = %e, "cannot follow the primary; retrying");
+                    continue;
+                }
+            };
+            if tx.send(target).is_err() {
+                return;
             }
         }
     });
@@ -112,11 +149,14 @@ async fn forward(
     mut target: watch::Receiver<Target>,
     options: &ProxyOptions,
 ) -> std::io::Result<()> {
-    let current: Target = {
-        let waited =
-            tokio::time::timeout(options.wait_for_primary, target.wait_for(Option::is_some)).await;
+    let current: Option<Endpoint> = {
+        let waited = tokio::time::timeout(
+            options.wait_for_primary,
+            target.wait_for(|t| t.serving.is_some()),
+        )
+        .await;
         match waited {
-            Ok(Ok(t)) => *t,
+            Ok(Ok(t)) => t.serving,
             _ => None,
         }
     };
@@ -133,7 +173,7 @@ async fn forward(
             if target.changed().await.is_err() {
                 return;
             }
-            if *target.borrow() != Some((addr, epoch)) {
+            if !target.borrow().keeps((addr, epoch)) {
                 return;
             }
         }

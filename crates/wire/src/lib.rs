@@ -204,6 +204,12 @@ pub struct ErrorDoc {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// On a "no primary" answer while the primary drains before a planned
+    /// switchover: that primary. It takes no new work, but work already
+    /// under way there may finish (a proxy keeps its open connections).
+    /// Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<Box<PrimaryDoc>>,
 }
 
 impl ErrorDoc {
@@ -213,6 +219,7 @@ impl ErrorDoc {
             error: error.into(),
             reason: None,
             intent: None,
+            draining: None,
         }
     }
 }
