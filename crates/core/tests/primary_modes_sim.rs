@@ -271,6 +271,7 @@ fn topology(app: &App) -> Arc<Topology> {
             .collect(),
         apps: vec![app.clone()],
         links: Vec::new(),
+        endpoints: Vec::new(),
         webhooks: Vec::new(),
     })
 }

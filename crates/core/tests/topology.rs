@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tandem_core::topology::{
-    App, Cardinality, Check, CheckKind, Cluster, Diagnostic, FenceDevice, Fencing, HaMode, Hook,
-    Host, Instance, Link, RestartPolicy, Site, Topology, expand, expand_all, fence_command,
-    format_duration, parse, parse_duration, parse_with,
+    App, Cardinality, Check, CheckKind, Cluster, Diagnostic, Endpoint, FenceDevice, Fencing,
+    HaMode, Hook, Host, Instance, Link, LinkProbe, LinkProbeKind, RestartPolicy, Site, Topology,
+    expand, expand_all, fence_command, format_duration, parse, parse_duration, parse_with,
 };
 
 const FULL: &str = include_str!("fixtures/topology/full.toml");
@@ -214,24 +214,34 @@ fn full_file_parses_into_the_expected_model() {
         ],
         links: vec![
             Link {
+                name: "web->db".into(),
                 from: "web".into(),
                 to: "db".into(),
                 cardinality: Cardinality::One,
                 tls: true,
+                port: None,
+                probe: LinkProbe::default(),
             },
             Link {
+                name: "web->cache".into(),
                 from: "web".into(),
                 to: "cache".into(),
                 cardinality: Cardinality::Optional,
                 tls: false,
+                port: None,
+                probe: LinkProbe::default(),
             },
             Link {
+                name: "cache->db".into(),
                 from: "cache".into(),
                 to: "db".into(),
                 cardinality: Cardinality::OneOrMore,
                 tls: false,
+                port: None,
+                probe: LinkProbe::default(),
             },
         ],
+        endpoints: Vec::new(),
         webhooks: Vec::new(),
     };
     assert_eq!(topology, expected);
@@ -493,7 +503,7 @@ ha = "none
 "#,
         1,
         1,
-        r#"unknown key "colour" in the top level (expected one of: cluster, sites, hosts, apps, links, webhooks)"#,
+        r#"unknown key "colour" in the top level (expected one of: cluster, sites, hosts, apps, endpoints, links, webhooks)"#,
     ),
     (
         "unknown key in instance",
@@ -710,7 +720,7 @@ cardinality = "one"
 "#,
         9,
         6,
-        r#"link to unknown app "dbb" (known apps: web)"#,
+        r#"link to unknown app or endpoint "dbb" (known apps and endpoints: web)"#,
     ),
     (
         "link from an unknown app",
@@ -728,6 +738,273 @@ cardinality = "one"
         8,
         8,
         r#"link from unknown app "client" (known apps: web)"#,
+    ),
+    (
+        "link to an unknown endpoint",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "swich"
+cardinality = "one"
+"#,
+        14,
+        6,
+        "link to unknown app or endpoint \"swich\" (known apps and endpoints: switch, web) (did you mean \"switch\"?)",
+    ),
+    (
+        "link from an endpoint",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "switch"
+to = "web"
+cardinality = "one"
+"#,
+        13,
+        8,
+        "link from endpoint \"switch\": a link goes from an app",
+    ),
+    (
+        "endpoint named like an app",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "web"
+address = "10.0.0.9"
+port = 5022
+"#,
+        9,
+        8,
+        "endpoint \"web\" has the name of an app",
+    ),
+    (
+        "endpoint with a bad address",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "switch.example"
+port = 5022
+"#,
+        10,
+        11,
+        "invalid address \"switch.example\" of endpoint \"switch\"",
+    ),
+    (
+        "endpoint without a port",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+"#,
+        8,
+        1,
+        "\"port\"",
+    ),
+    (
+        "endpoint in an unknown site",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+site = "dc9"
+"#,
+        12,
+        8,
+        "unknown site \"dc9\" of endpoint switch",
+    ),
+    (
+        "link port on an endpoint",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+port = "http"
+"#,
+        16,
+        8,
+        "\"port\" does not apply to a link to endpoint \"switch\"",
+    ),
+    (
+        "link port the target lacks",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[apps.db]
+ha = "none"
+command = ["run"]
+[[apps.db.instances]]
+id = "a"
+host = "h2"
+ports = { pg = 5432 }
+[[links]]
+from = "web"
+to = "db"
+cardinality = "one"
+port = "sql"
+"#,
+        19,
+        8,
+        "link port \"sql\": instance db/a has no port of that name",
+    ),
+    (
+        "duplicate link name",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "s1"
+address = "10.0.0.9"
+port = 5022
+[[endpoints]]
+name = "s2"
+address = "10.0.0.9"
+port = 5023
+[[links]]
+name = "uplink"
+from = "web"
+to = "s1"
+cardinality = "one"
+[[links]]
+name = "uplink"
+from = "web"
+to = "s2"
+cardinality = "one"
+"#,
+        22,
+        8,
+        "duplicate link name \"uplink\" (first declared at line 16, column 1)",
+    ),
+    (
+        "unknown link probe",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+probe = "icmp"
+"#,
+        16,
+        9,
+        "unknown link probe \"icmp\"",
+    ),
+    (
+        "link probe timeout above its interval",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+interval = "100ms"
+timeout = "200ms"
+"#,
+        17,
+        11,
+        "link probe timeout (200ms) must be less than its interval (100ms)",
+    ),
+    (
+        "path on a tcp link probe",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+path = "/x"
+"#,
+        16,
+        1,
+        "key \"path\" does not apply to a tcp link probe",
     ),
     (
         "bad cardinality",
@@ -1724,7 +2001,7 @@ fn several_problems_are_all_reported_in_file_order() {
         "needs at least two instances",
         "empty command",
         "unknown key \"prio\"",
-        "link to unknown app \"nope\"",
+        "link to unknown app or endpoint \"nope\"",
     ];
     for (d, needle) in diags.iter().zip(needles) {
         assert!(d.message.contains(needle), "{d} should contain {needle}");
@@ -1861,4 +2138,81 @@ fn json_round_trip_keeps_the_topology() {
     assert_eq!(v["apps"][0]["checks"][0]["timeout_ms"], 150);
     assert_eq!(v["apps"][0]["hook"]["kind"], "http");
     assert_eq!(v["links"][2]["cardinality"], "one-or-more");
+}
+
+#[test]
+fn endpoints_and_link_probes_parse_with_their_defaults() {
+    let text = format!(
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = {{ http = 8080, admin = 8081 }}
+[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h2"
+[[endpoints]]
+name = "cm1"
+address = "10.0.0.9"
+port = 5022
+site = "dc1"
+[[links]]
+name = "acd-main"
+from = "cms"
+to = "cm1"
+cardinality = "one"
+probe = "http"
+path = "/ping"
+interval = "200ms"
+timeout = "100ms"
+failures_before_down = 2
+successes_before_up = 1
+[[links]]
+from = "web"
+to = "cms"
+cardinality = "one-or-more"
+port = "admin"
+{BASE}"#
+    );
+    let t = parse_with("t.toml", &text, &programs).expect("parses");
+    assert_eq!(
+        t.endpoints,
+        vec![Endpoint {
+            name: "cm1".into(),
+            address: "10.0.0.9".parse().expect("ip"),
+            port: 5022,
+            site: Some("dc1".into()),
+        }]
+    );
+    let acd = t.link("acd-main").expect("acd-main");
+    assert_eq!(
+        acd.probe,
+        LinkProbe {
+            kind: LinkProbeKind::Http {
+                path: "/ping".into()
+            },
+            interval: ms(200),
+            timeout: ms(100),
+            failures_before_down: 2,
+            successes_before_up: 1,
+        }
+    );
+    let targets = t.link_targets(acd);
+    assert_eq!(targets.len(), 1);
+    assert_eq!((targets[0].name.as_str(), targets[0].port), ("cm1", 5022));
+    let web = t.link("web->cms").expect("the default name");
+    assert_eq!(web.probe, LinkProbe::default());
+    let targets = t.link_targets(web);
+    assert_eq!(
+        targets
+            .iter()
+            .map(|x| (x.name.as_str(), x.address.to_string(), x.port))
+            .collect::<Vec<_>>(),
+        vec![("a", "10.0.0.1".to_string(), 8081)]
+    );
 }

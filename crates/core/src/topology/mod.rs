@@ -112,11 +112,26 @@
 //! host = "local"
 //! ports = { pg = 5432 }
 //!
+//! [[endpoints]]             # optional, zero or more: services tandem does not run
+//! name = "switch"           # unique, shared with no app
+//! address = "10.0.0.5"      # an IP address
+//! port = 5022
+//! site = "dc1"              # optional
+//!
 //! [[links]]
 //! from = "web"
-//! to = "db"
+//! to = "db"                 # an app or an endpoint
 //! cardinality = "one"       # "one" | "one-or-more" | "optional"
 //! tls = false               # optional, default false
+//! name = "web->db"          # optional, unique; default "FROM->TO"
+//! port = "pg"               # optional (links to apps): the target instances' port
+//!                           # probed; default "main", else the alphabetically first
+//! probe = "tcp"             # optional: "tcp" (connect, the default) or "http"
+//! path = "/"                # http only: GET it; any answer below 500 is up
+//! interval = "1s"           # optional: time between probes
+//! timeout = "500ms"         # optional: less than interval
+//! failures_before_down = 3  # optional
+//! successes_before_up = 2   # optional
 //!
 //! [[webhooks]]              # optional, zero or more: events POSTed as JSON
 //! name = "oncall"           # unique
@@ -157,8 +172,9 @@ mod walk;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, parse_duration};
 pub use model::{
-    App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HOOK_SIGNALS, HaMode, Hook,
-    Host, Instance, Link, RestartPolicy, SUPPORTED_HA_MODES, Site, Topology, Webhook, hook_signal,
+    App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HOOK_SIGNALS,
+    HaMode, Hook, Host, Instance, Link, LinkProbe, LinkProbeKind, LinkTarget, RestartPolicy,
+    SUPPORTED_HA_MODES, Site, Topology, Webhook, hook_signal,
 };
 pub use placeholder::{expand, expand_all, fence_command};
 pub use walk::is_valid_name;

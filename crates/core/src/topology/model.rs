@@ -42,8 +42,12 @@ pub struct Topology {
     pub hosts: Vec<Host>,
     /// Components, in file order.
     pub apps: Vec<App>,
-    /// Declared connections between apps, in file order.
+    /// Declared connections from apps to apps or endpoints, in file order.
     pub links: Vec<Link>,
+    /// Services tandem does not run that links may go to (a telephony
+    /// switch), in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
     /// Where events are sent as HTTP notifications, in file order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
@@ -86,6 +90,52 @@ impl Topology {
     /// The links whose `from` is `app` (what `app` connects to).
     pub fn links_from<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
         self.links.iter().filter(move |l| l.from == app)
+    }
+
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    /// The link called `name`.
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    /// Where an instance of `link.from` probes `link` from: each target
+    /// (an instance id of the app it goes to, or the endpoint's name) with
+    /// the address and port to reach. Targets without a port (an instance
+    /// with none of the port named) are left out.
+    pub fn link_targets(&self, link: &Link) -> Vec<LinkTarget> {
+        if let Some(e) = self.endpoint(&link.to) {
+            return vec![LinkTarget {
+                name: e.name.clone(),
+                address: e.address,
+                port: e.port,
+            }];
+        }
+        let Some(app) = self.app(&link.to) else {
+            return Vec::new();
+        };
+        app.instances
+            .iter()
+            .filter_map(|i| {
+                let host = self.host(&i.host)?;
+                let port = match &link.port {
+                    Some(name) => i.ports.get(name).copied(),
+                    None => i
+                        .ports
+                        .get("main")
+                        .or_else(|| i.ports.values().next())
+                        .copied(),
+                }?;
+                Some(LinkTarget {
+                    name: i.id.clone(),
+                    address: host.address,
+                    port,
+                })
+            })
+            .collect()
     }
 
     /// The links whose `to` is `app` (who connects to `app`).
@@ -564,17 +614,106 @@ impl Default for RestartPolicy {
     }
 }
 
-/// A declared connection from one app to another.
+/// A declared connection from an app to another app or to an
+/// [`Endpoint`]. Each running instance of `from` probes it from its host
+/// (see [`Topology::link_targets`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
+    /// Unique name, in events and the API (default `FROM->TO`).
+    pub name: String,
     /// The app that connects.
     pub from: String,
-    /// The app connected to.
+    /// The app or endpoint connected to.
     pub to: String,
     /// How many instances of `to` each instance of `from` needs.
     pub cardinality: Cardinality,
     /// Whether the connection uses TLS (default false).
     pub tls: bool,
+    /// For a link to an app: the name of the target instances' port to
+    /// probe (default: `main`, else the alphabetically first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// How the link is probed.
+    pub probe: LinkProbe,
+}
+
+/// How a link is probed, with hysteresis like a health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkProbe {
+    /// What is probed.
+    pub kind: LinkProbeKind,
+    /// Time between probes (default 1s).
+    #[serde(rename = "interval_ms", with = "duration_ms")]
+    pub interval: Duration,
+    /// A probe that takes longer has failed (default 500ms; less than `interval`).
+    #[serde(rename = "timeout_ms", with = "duration_ms")]
+    pub timeout: Duration,
+    /// Consecutive failures that make a link down (default 3).
+    pub failures_before_down: u32,
+    /// Consecutive successes that make a link up (default 2).
+    pub successes_before_up: u32,
+}
+
+impl Default for LinkProbe {
+    fn default() -> LinkProbe {
+        LinkProbe {
+            kind: LinkProbeKind::Tcp,
+            interval: Check::DEFAULT_INTERVAL,
+            timeout: Check::DEFAULT_TIMEOUT,
+            failures_before_down: Check::DEFAULT_FAILURES_BEFORE_UNHEALTHY,
+            successes_before_up: Check::DEFAULT_SUCCESSES_BEFORE_HEALTHY,
+        }
+    }
+}
+
+/// What a link probe does against each target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LinkProbeKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP GET of `path`; any answer below 500 is up (the target
+    /// answers, whatever it thinks of the request).
+    Http {
+        /// Request path (default "/").
+        path: String,
+    },
+}
+
+impl LinkProbeKind {
+    /// Its name in the topology file.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LinkProbeKind::Tcp => "tcp",
+            LinkProbeKind::Http { .. } => "http",
+        }
+    }
+}
+
+/// One place a link is probed at ([`Topology::link_targets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkTarget {
+    /// The target instance's id, or the endpoint's name.
+    pub name: String,
+    /// Its address.
+    pub address: IpAddr,
+    /// Its port.
+    pub port: u16,
+}
+
+/// A service tandem does not run, that links may go to (a telephony
+/// switch, an upstream database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Unique name (shared with no app).
+    pub name: String,
+    /// Its IP address.
+    pub address: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// The site it is in, if it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// How many instances of the target app a link needs.

@@ -62,7 +62,7 @@ pub(crate) fn validate(text: &str, facts: &Facts, sink: &mut Sink, programs: Pro
     check_duplicate_ports(sink, facts, &hosts);
     check_cluster_timing(sink, &facts.cluster);
     check_heartbeats(sink, &facts.cluster);
-    check_links(text, sink, facts);
+    check_links(text, sink, facts, &sites);
     first_definitions(text, sink, "webhook", "", facts.webhooks.iter());
 }
 
@@ -576,38 +576,127 @@ fn check_cluster_timing(sink: &mut Sink, c: &ClusterFacts) {
     }
 }
 
-fn check_links(text: &str, sink: &mut Sink, facts: &Facts) {
+fn check_links(text: &str, sink: &mut Sink, facts: &Facts, sites: &BTreeMap<String, Span>) {
     let apps: BTreeSet<String> = facts.apps.iter().map(|a| a.name.clone()).collect();
-    let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for link in &facts.links {
-        for (dir, end) in [("from", &link.from), ("to", &link.to)] {
-            if let Some((app, span)) = end.as_ref().filter(|(app, _)| !apps.contains(app)) {
-                sink.error(
-                    span,
-                    format!(
-                        "link {dir} unknown app \"{app}\" {}",
-                        known("apps", app, apps.iter())
-                    ),
-                );
-            }
+    let endpoints = first_definitions(
+        text,
+        sink,
+        "endpoint",
+        "",
+        facts.endpoints.iter().filter_map(|e| e.name.as_ref()),
+    );
+    for e in &facts.endpoints {
+        if let Some((name, span)) = e.name.as_ref().filter(|(n, _)| apps.contains(n)) {
+            sink.error(
+                span,
+                format!(
+                    "endpoint \"{name}\" has the name of an app: links could not tell them apart"
+                ),
+            );
         }
-        let (Some((from, from_span)), Some((to, _))) = (&link.from, &link.to) else {
-            continue;
-        };
-        if from == to {
+        if let Some((site, span)) = e.site.as_ref().filter(|(s, _)| !sites.contains_key(s)) {
+            sink.error(
+                span,
+                format!(
+                    "unknown site \"{site}\" of endpoint {} {}",
+                    e.name.as_ref().map_or("", |n| n.0.as_str()),
+                    known("sites", site, sites.keys())
+                ),
+            );
+        }
+    }
+    let targets: BTreeSet<String> = apps.iter().chain(endpoints.keys()).cloned().collect();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for link in &facts.links {
+        if let Some((app, span)) = link.from.as_ref().filter(|(app, _)| !apps.contains(app)) {
+            let what = if endpoints.contains_key(app) {
+                format!(
+                    "link from endpoint \"{app}\": a link goes from an app (tandem probes it from that app's hosts)"
+                )
+            } else {
+                format!(
+                    "link from unknown app \"{app}\" {}",
+                    known("apps", app, apps.iter())
+                )
+            };
+            sink.error(span, what);
+        }
+        if let Some((to, span)) = link.to.as_ref().filter(|(to, _)| !targets.contains(to)) {
+            sink.error(
+                span,
+                format!(
+                    "link to unknown app or endpoint \"{to}\" {}",
+                    known("apps and endpoints", to, targets.iter())
+                ),
+            );
+        }
+        if let (Some((from, from_span)), Some((to, _))) = (&link.from, &link.to)
+            && from == to
+        {
             sink.error(from_span, format!("link from app \"{from}\" to itself"));
         }
-        match seen.get(&(from.as_str(), to.as_str())) {
+        check_link_port(sink, facts, link, &endpoints);
+        let Some(name) = &link.resolved else {
+            continue;
+        };
+        match seen.get(name.as_str()) {
             Some(first) => {
                 let (line, column) = line_column(text, *first);
-                sink.error(
-                    &link.table,
-                    format!("duplicate link from \"{from}\" to \"{to}\" (first declared at line {line}, column {column})"),
-                );
+                let what = match (&link.name, &link.from, &link.to) {
+                    (None, Some((from, _)), Some((to, _))) => format!(
+                        "duplicate link from \"{from}\" to \"{to}\" (first declared at line {line}, column {column}); give each a distinct \"name\""
+                    ),
+                    _ => format!(
+                        "duplicate link name \"{name}\" (first declared at line {line}, column {column})"
+                    ),
+                };
+                let at = link.name.as_ref().map_or(&link.table, |n| &n.1);
+                sink.error(at, what);
             }
             None => {
-                seen.insert((from, to), link.table.start);
+                seen.insert(name, link.table.start);
             }
+        }
+    }
+}
+
+/// A link's `port`: only for links to apps, and every instance of the
+/// target app must have a port of that name.
+fn check_link_port(
+    sink: &mut Sink,
+    facts: &Facts,
+    link: &super::walk::LinkFacts,
+    endpoints: &BTreeMap<String, Span>,
+) {
+    let (Some((port, span)), Some((to, _))) = (&link.port, &link.to) else {
+        return;
+    };
+    if endpoints.contains_key(to) {
+        sink.error(
+            span,
+            format!(
+                "\"port\" does not apply to a link to endpoint \"{to}\" (the endpoint has one port)"
+            ),
+        );
+        return;
+    }
+    let Some(app) = facts.apps.iter().find(|a| &a.name == to) else {
+        return;
+    };
+    for inst in app.instances.iter().flatten() {
+        let Some(names) = &inst.port_names else {
+            continue;
+        };
+        if !names.contains(port) {
+            let id = inst.id.as_ref().map_or("?", |i| i.0.as_str());
+            sink.error(
+                span,
+                format!(
+                    "link port \"{port}\": instance {to}/{id} has no port of that name {}",
+                    known("ports", port, names.iter())
+                ),
+            );
+            return;
         }
     }
 }

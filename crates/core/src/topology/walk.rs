@@ -16,8 +16,9 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
-    App, Cardinality, Check, CheckKind, Cluster, FenceDevice, Fencing, HaMode, Hook, Host,
-    Instance, Link, RestartPolicy, Site, Topology, Webhook, hook_signal,
+    App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HaMode, Hook,
+    Host, Instance, Link, LinkProbe, LinkProbeKind, RestartPolicy, Site, Topology, Webhook,
+    hook_signal,
 };
 use crate::model::EventKind;
 
@@ -62,6 +63,7 @@ pub(crate) struct Facts {
     pub hosts: Vec<HostFacts>,
     pub apps: Vec<AppFacts>,
     pub links: Vec<LinkFacts>,
+    pub endpoints: Vec<EndpointFacts>,
     /// The name of each webhook.
     pub webhooks: Vec<Named>,
 }
@@ -176,12 +178,24 @@ pub(crate) struct InstanceFacts {
     pub port_names: Option<Vec<String>>,
 }
 
-/// A link's endpoints.
+/// A link's ends, name and probed port.
 #[derive(Debug)]
 pub(crate) struct LinkFacts {
     pub table: Span,
     pub from: Option<Named>,
     pub to: Option<Named>,
+    /// Its name as written (`None`: the default `FROM->TO`).
+    pub name: Option<Named>,
+    /// Its resolved name (written or default), if its ends are known.
+    pub resolved: Option<String>,
+    pub port: Option<Named>,
+}
+
+/// An endpoint's name and site.
+#[derive(Debug)]
+pub(crate) struct EndpointFacts {
+    pub name: Option<Named>,
+    pub site: Option<Named>,
 }
 
 /// The result of reading one key.
@@ -597,7 +611,15 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
     };
     root.check_keys(
         sink,
-        &["cluster", "sites", "hosts", "apps", "links", "webhooks"],
+        &[
+            "cluster",
+            "sites",
+            "hosts",
+            "apps",
+            "endpoints",
+            "links",
+            "webhooks",
+        ],
     );
     let mut facts = Facts::default();
 
@@ -645,6 +667,16 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
         }
     }
 
+    let mut endpoints = Vec::new();
+    for tab in root
+        .tables(sink, "endpoints", "endpoint", "endpoints")
+        .unwrap_or_default()
+    {
+        let (endpoint, f) = walk_endpoint(&tab, sink);
+        endpoints.extend(endpoint);
+        facts.endpoints.push(f);
+    }
+
     let mut links = Vec::new();
     for tab in root
         .tables(sink, "links", "link", "links")
@@ -673,6 +705,7 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
             hosts,
             apps,
             links,
+            endpoints,
             webhooks,
         },
         facts,
@@ -1484,7 +1517,23 @@ fn walk_instance(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Instance, InstanceFacts
 }
 
 fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
-    tab.check_keys(sink, &["from", "to", "cardinality", "tls"]);
+    tab.check_keys(
+        sink,
+        &[
+            "from",
+            "to",
+            "cardinality",
+            "tls",
+            "name",
+            "port",
+            "probe",
+            "path",
+            "interval",
+            "timeout",
+            "failures_before_down",
+            "successes_before_up",
+        ],
+    );
     let from = tab
         .required_string(sink, "from")
         .map(|(s, span)| (s.to_string(), span));
@@ -1515,12 +1564,32 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             found
         });
     let tls = tab.boolean(sink, "tls").or_default(false).value;
-    let link = match (&from, &to, cardinality) {
-        (Some(f), Some(t), Some(cardinality)) => Some(Link {
+    let name = match tab.string(sink, "name") {
+        Got::Ok(n, span) => {
+            check_link_name(sink, n, &span);
+            Some((n.to_string(), span))
+        }
+        _ => None,
+    };
+    let port = tab
+        .string(sink, "port")
+        .ok()
+        .map(|(p, span)| (p.to_string(), span));
+    let probe = walk_link_probe(tab, sink);
+    let resolved = match (&name, &from, &to) {
+        (Some(n), _, _) => Some(n.0.clone()),
+        (None, Some(f), Some(t)) => Some(format!("{}->{}", f.0, t.0)),
+        _ => None,
+    };
+    let link = match (&from, &to, cardinality, &resolved, probe) {
+        (Some(f), Some(t), Some(cardinality), Some(n), Some(probe)) => Some(Link {
+            name: n.clone(),
             from: f.0.clone(),
             to: t.0.clone(),
             cardinality,
             tls,
+            port: port.as_ref().map(|p| p.0.clone()),
+            probe,
         }),
         _ => None,
     };
@@ -1530,8 +1599,155 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             table: tab.span.clone(),
             from,
             to,
+            name,
+            resolved,
+            port,
         },
     )
+}
+
+/// A link name: the name rule, plus `-` `>` (the default `FROM->TO`).
+fn check_link_name(sink: &mut Sink, name: &str, span: &Span) {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.>".contains(c));
+    if !ok {
+        sink.error(
+            span,
+            format!(
+                "invalid link name \"{name}\": use 1 to 128 letters, digits, '-', '_', '.' or '>'"
+            ),
+        );
+    }
+}
+
+/// The probe settings of a link table; `None` if one is wrong (reported).
+fn walk_link_probe(tab: &Tab<'_, '_>, sink: &mut Sink) -> Option<LinkProbe> {
+    let d = LinkProbe::default();
+    let kind = match tab.string(sink, "probe") {
+        Got::Absent | Got::Ok("tcp", _) => {
+            tab.not_here(
+                sink,
+                "path",
+                "a tcp link probe (only http probes have a path)",
+            );
+            Some(LinkProbeKind::Tcp)
+        }
+        Got::Ok("http", _) => match tab.string(sink, "path") {
+            Got::Absent => Some(LinkProbeKind::Http { path: "/".into() }),
+            Got::Ok(p, _) if p.starts_with('/') => Some(LinkProbeKind::Http {
+                path: p.to_string(),
+            }),
+            Got::Ok(p, span) => {
+                sink.error(
+                    &span,
+                    format!("path \"{p}\" in {} must start with \"/\"", tab.what),
+                );
+                None
+            }
+            Got::Bad => None,
+        },
+        Got::Ok(other, span) => {
+            sink.error(
+                &span,
+                format!(
+                    "unknown link probe \"{other}\" in {} (expected one of: tcp, http){}",
+                    tab.what,
+                    did_you_mean(other, ["tcp", "http"])
+                ),
+            );
+            None
+        }
+        Got::Bad => None,
+    };
+    let interval = tab.duration(sink, "interval").or_default(d.interval);
+    let timeout = tab.duration(sink, "timeout").or_default(d.timeout);
+    let mut ok = interval.src != Src::Invalid && timeout.src != Src::Invalid;
+    if let (Some(i), Some(t)) = (interval.valid(), timeout.valid())
+        && t >= i
+    {
+        let at = match (&timeout.src, &interval.src) {
+            (Src::Explicit(s), _) | (_, Src::Explicit(s)) => s.clone(),
+            _ => tab.span.clone(),
+        };
+        sink.error(
+            &at,
+            format!(
+                "link probe timeout ({}) must be less than its interval ({}) in {}",
+                format_duration(t),
+                format_duration(i),
+                tab.what
+            ),
+        );
+        ok = false;
+    }
+    let failures = tab.count(sink, "failures_before_down");
+    let successes = tab.count(sink, "successes_before_up");
+    ok &= !matches!(failures, Got::Bad) && !matches!(successes, Got::Bad);
+    let failures = failures.or_default(d.failures_before_down).value;
+    let successes = successes.or_default(d.successes_before_up).value;
+    let kind = kind?;
+    ok.then_some(LinkProbe {
+        kind,
+        interval: interval.value,
+        timeout: timeout.value,
+        failures_before_down: failures,
+        successes_before_up: successes,
+    })
+}
+
+fn walk_endpoint(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Endpoint>, EndpointFacts) {
+    tab.check_keys(sink, &["name", "address", "port", "site"]);
+    let name = tab.name(sink, "name", "endpoint");
+    let of = name
+        .as_ref()
+        .map_or(String::new(), |n| format!(" of endpoint \"{}\"", n.0));
+    let address = match tab.required_string(sink, "address") {
+        Some((a, span)) => match a.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                sink.error(
+                    &span,
+                    format!("invalid address \"{a}\"{of}: expected an IP address such as \"10.0.0.5\" or \"::1\""),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let port = match tab.integer(sink, "port") {
+        Got::Ok(n, span) => match u16::try_from(n).ok().filter(|n| *n != 0) {
+            Some(n) => Some(n),
+            None => {
+                sink.error(
+                    &span,
+                    format!("\"port\"{of} must be between 1 and 65535, found {n}"),
+                );
+                None
+            }
+        },
+        Got::Absent => {
+            tab.missing(sink, "port");
+            None
+        }
+        Got::Bad => None,
+    };
+    let site = tab
+        .string(sink, "site")
+        .ok()
+        .map(|(s, span)| (s.to_string(), span));
+    let endpoint = match (&name, address, port) {
+        (Some(n), Some(address), Some(port)) => Some(Endpoint {
+            name: n.0.clone(),
+            address,
+            port,
+            site: site.as_ref().map(|s| s.0.clone()),
+        }),
+        _ => None,
+    };
+    (endpoint, EndpointFacts { name, site })
 }
 
 /// The event kinds, for messages.
