@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::hook::{HookTarget, run_hook};
 use crate::lease::{self, LeaseEvent};
 use crate::peer::{self, HostView, InstanceView, PeerRequest, PeerState};
-use crate::probe::{http_client, probe};
+use crate::probe::{http_client, probe, probe_link};
 use crate::process::{self, Paths, describe_exit, signal_group};
 use crate::publish::Publisher;
 use crate::sign::{ClusterSecret, Verifier};
@@ -97,6 +97,8 @@ impl AgentHandle {
 struct Proc {
     pid: Option<u32>,
     probes: Vec<AbortHandle>,
+    /// One per target of each link of the app.
+    link_probes: Vec<AbortHandle>,
 }
 
 enum Msg {
@@ -513,11 +515,24 @@ impl Agent {
                 });
                 self.procs[i].pid = Some(pid);
                 self.start_probes(i, incarnation);
+                self.start_link_probes(i, incarnation);
                 self.handle(HostInput::Instance(i, Input::Spawned { pid }));
             }
             Msg::Roles(app, roles) => self.handle(HostInput::Assigned { app, roles }),
             Msg::Answers(answers) => self.handle(HostInput::Answers(answers)),
-            Msg::Topology(t) => self.handle(HostInput::Topology(t)),
+            Msg::Topology(t) => {
+                self.handle(HostInput::Topology(t));
+                // Links may have changed: probe the new set.
+                for i in 0..self.procs.len() {
+                    let running = self.procs[i].pid.is_some();
+                    if let Some(local) = self.machine.locals().get(i)
+                        && running
+                    {
+                        let incarnation = local.machine().incarnation();
+                        self.start_link_probes(i, incarnation);
+                    }
+                }
+            }
             Msg::StopTimedOut(i, incarnation) => {
                 self.handle(HostInput::Instance(i, Input::StopTimedOut { incarnation }));
             }
@@ -711,7 +726,7 @@ impl Agent {
             return;
         };
         p.pid = None;
-        for probe in p.probes.drain(..) {
+        for probe in p.probes.drain(..).chain(p.link_probes.drain(..)) {
             probe.abort();
         }
         let local = &self.machine.locals()[i];
@@ -867,6 +882,45 @@ impl Agent {
                 }
             });
             proc.probes.push(handle.abort_handle());
+        }
+    }
+
+    /// Probes every target of every link of local `i`'s app, from this
+    /// host, for incarnation `incarnation` (replacing the probes of any
+    /// earlier one).
+    fn start_link_probes(&mut self, i: usize, incarnation: u64) {
+        let local = &self.machine.locals()[i];
+        let topology = self.machine.topology().clone();
+        let proc = &mut self.procs[i];
+        for p in proc.link_probes.drain(..) {
+            p.abort();
+        }
+        for link in topology.links_from(&local.app.name) {
+            for target in topology.link_targets(link) {
+                let tx = self.tx.clone();
+                let http = self.http.clone();
+                let probe = link.probe.clone();
+                let name = link.name.clone();
+                let handle = tokio::spawn(async move {
+                    let interval = probe.interval;
+                    let mut ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticker.tick().await;
+                        let result = probe_link(&probe, &target, &http).await;
+                        let input = Input::LinkProbe {
+                            link: name.clone(),
+                            target: target.name.clone(),
+                            incarnation,
+                            result,
+                        };
+                        if tx.send(Msg::Input(i, input)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                proc.link_probes.push(handle.abort_handle());
+            }
         }
     }
 

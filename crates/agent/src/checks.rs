@@ -792,6 +792,7 @@ mod tests {
             acting_epoch: epoch,
             promoting: false,
             drained: 0,
+            links: Default::default(),
             crash_looping: false,
             restarts: 0,
             last_exit: None,

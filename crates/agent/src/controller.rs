@@ -1352,6 +1352,7 @@ mod tests {
             acting_epoch: 0,
             promoting: false,
             drained: 0,
+            links: Default::default(),
             crash_looping: false,
             restarts: 0,
             last_exit: None,

@@ -5,7 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tandem_core::topology::{App, Check, CheckKind, Host, Instance, expand_all};
+use tandem_core::topology::{
+    App, Check, CheckKind, Host, Instance, LinkProbe, LinkProbeKind, LinkTarget, expand_all,
+};
 
 /// Runs one probe of `check` against an instance. `Ok(Some(busy))` when
 /// the answer said whether the instance is busy.
@@ -117,6 +119,46 @@ async fn run(
                 ))
             }
         }
+    }
+}
+
+/// Runs one probe of a link's target, bounded by the probe's timeout: a
+/// TCP connect, or an HTTP GET that any answer below 500 passes (the
+/// target answers, whatever it thinks of the request).
+pub async fn probe_link(
+    probe: &LinkProbe,
+    target: &LinkTarget,
+    http: &reqwest::Client,
+) -> Result<(), String> {
+    let addr = SocketAddr::new(reach(target.address), target.port);
+    let run = async {
+        match &probe.kind {
+            LinkProbeKind::Tcp => tokio::net::TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| format!("tcp connect to {addr} failed: {e}")),
+            LinkProbeKind::Http { path } => {
+                let url = format!("http://{addr}{path}");
+                let resp = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET {url} failed: {}", without_url(&e)))?;
+                let code = resp.status();
+                if code.is_server_error() {
+                    return Err(format!("GET {url} answered {code}"));
+                }
+                Ok(())
+            }
+        }
+    };
+    match tokio::time::timeout(probe.timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{} probe of {addr} timed out after {} ms",
+            probe.kind.as_str(),
+            probe.timeout.as_millis()
+        )),
     }
 }
 

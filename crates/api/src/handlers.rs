@@ -58,6 +58,24 @@ pub(crate) async fn status(
     }
 }
 
+/// `GET /v1/links`: every link, judged for each instance of its `from` app.
+pub(crate) async fn links(
+    State(state): State<ApiState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<crate::types::LinksDoc>, ApiError> {
+    Params::parse(query, &[])?;
+    let (statuses, roles) = tokio::try_join!(
+        state.store.list(keys::STATUS),
+        state.store.list(keys::ROLES)
+    )
+    .map_err(ApiError::read)?;
+    Ok(Json(crate::status::links_document(
+        &state.topology,
+        &statuses,
+        &roles,
+    )))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

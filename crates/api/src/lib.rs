@@ -16,6 +16,7 @@
 //! | `GET /ui/{file}` | the dashboard's embedded files (`app.js`, `style.css`, `views/*.js`; no token needed); 404 for any other |
 //! | `GET /healthz` | 200 `{"status":"ok"}`: the API itself is alive |
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
+//! | `GET /v1/links` | [`LinksDoc`](types::LinksDoc): every link judged for each instance of the app it goes from (`up`, `down`, `unknown`, why), with what its host sees of each target |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
 //! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`; while the primary drains before a planned switchover, `draining` holds it); never cached |
 //! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done (the new primary acknowledged its role), 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
@@ -159,6 +160,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/maintenance", post(maintenance::maintenance))
         .route("/v1/apps/{app}/members", get(handlers::members))
         .route("/v1/hosts/{host}/fence", post(fence::fence))
+        .route("/v1/links", get(handlers::links))
         .route("/v1/events", get(events::events))
         .route("/metrics", get(metrics::metrics))
         .fallback(handlers::not_found)

@@ -3,11 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tandem_core::model::{AppRoles, Health, HostRecord, InstanceStatus, PrimaryGrant, Role, keys};
+use tandem_core::model::{
+    AppRoles, Health, HostRecord, InstanceStatus, PrimaryGrant, ProcessState, Role, keys,
+};
 use tandem_core::topology::{App, Instance, Topology};
 use tandem_store::{KeyValue, Listing};
 
-use crate::types::{AppDoc, HostDoc, InstanceDoc, PrimaryDoc, StatusDoc};
+use crate::types::{
+    AppDoc, HostDoc, InstanceDoc, LinkDoc, LinkInstanceDoc, LinkTargetDoc, LinksDoc, PrimaryDoc,
+    StatusDoc,
+};
 
 /// What the store holds about the apps, parsed: instance statuses and role
 /// assignments. A value that does not parse is logged and treated as absent.
@@ -94,6 +99,66 @@ pub fn status_document(
             .collect(),
         hosts: Vec::new(),
     }
+}
+
+/// Assembles `GET /v1/links` from the topology and listings of
+/// `/tandem/status/` and `/tandem/roles/`: each link judged for each
+/// instance of its `from` app ([`tandem_core::links::judge`]).
+pub fn links_document(topology: &Topology, statuses: &Listing, roles: &Listing) -> LinksDoc {
+    let observed = Observed::from_kvs(&statuses.kvs, &roles.kvs);
+    let links = topology
+        .links
+        .iter()
+        .map(|link| {
+            let instances = topology
+                .app(&link.from)
+                .map(|app| app.instances.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|inst| {
+                    let status = observed.status(&link.from, &inst.id);
+                    let judged =
+                        tandem_core::links::judge(topology, link, status, observed.roles(&link.to));
+                    let targets = status
+                        .filter(|s| s.process == ProcessState::Running)
+                        .and_then(|s| s.links.get(&link.name))
+                        .map(|t| {
+                            t.iter()
+                                .map(|(name, r)| LinkTargetDoc {
+                                    target: name.clone(),
+                                    state: r.state.as_str().to_owned(),
+                                    detail: r.detail.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    LinkInstanceDoc {
+                        instance: inst.id.clone(),
+                        host: inst.host.clone(),
+                        state: judged.state.as_str().to_owned(),
+                        detail: judged.detail,
+                        targets,
+                    }
+                })
+                .collect();
+            LinkDoc {
+                name: link.name.clone(),
+                from: link.from.clone(),
+                to: link.to.clone(),
+                to_kind: if topology.endpoint(&link.to).is_some() {
+                    "endpoint"
+                } else {
+                    "app"
+                }
+                .to_owned(),
+                cardinality: link.cardinality.as_str().to_owned(),
+                required: link.cardinality.is_required(),
+                tls: link.tls,
+                instances,
+            }
+        })
+        .collect();
+    LinksDoc { links }
 }
 
 /// Every host of the topology, from a listing of `/tandem/hosts/` (the
@@ -307,6 +372,7 @@ ports = { main = 15432, aux = 15433 }
             acting_epoch: epoch,
             promoting: false,
             drained: 0,
+            links: Default::default(),
             crash_looping: false,
             restarts: 1,
             last_exit: Some("exited with code 1".into()),

@@ -179,6 +179,7 @@ fn status(acting: Role, epoch: u64) -> InstanceStatus {
         acting_epoch: epoch,
         promoting: false,
         drained: 0,
+        links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

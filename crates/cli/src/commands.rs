@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use serde_json::json;
-use tandem_api::types::{Event, StatusDoc};
+use tandem_api::types::{Event, LinksDoc, StatusDoc};
 use tandem_client::SwitchoverOutcome;
 
 use crate::ApiArg;
@@ -23,6 +23,73 @@ pub async fn status(api: &ApiArg, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", status_table(&doc));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tandem links`.
+pub async fn links(api: &ApiArg, app: Option<&str>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
+    let mut doc = client.links().await?;
+    if let Some(app) = app {
+        let known = doc.links.iter().any(|l| l.from == app || l.to == app);
+        if !known {
+            anyhow::bail!("no link goes from or to \"{app}\"");
+        }
+        doc.links.retain(|l| l.from == app || l.to == app);
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}", links_table(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of the links document: one row per link and instance.
+pub fn links_table(doc: &LinksDoc) -> String {
+    if doc.links.is_empty() {
+        return "the topology declares no links".to_string();
+    }
+    let mut rows = Vec::new();
+    for l in &doc.links {
+        let card = if l.required {
+            l.cardinality.clone()
+        } else {
+            format!("{} (never degrades)", l.cardinality)
+        };
+        for i in &l.instances {
+            let targets = i
+                .targets
+                .iter()
+                .map(|t| format!("{}:{}", t.target, t.state))
+                .collect::<Vec<_>>()
+                .join(" ");
+            rows.push(vec![
+                l.name.clone(),
+                format!("{}/{}", l.from, i.instance),
+                l.to.clone(),
+                card.clone(),
+                i.state.to_uppercase(),
+                if targets.is_empty() {
+                    "-".into()
+                } else {
+                    targets
+                },
+                i.detail.clone(),
+            ]);
+        }
+    }
+    render(
+        &[
+            "LINK",
+            "FROM",
+            "TO",
+            "CARDINALITY",
+            "STATE",
+            "TARGETS",
+            "WHY",
+        ],
+        &rows,
+    )
 }
 
 /// The human form of the status document.

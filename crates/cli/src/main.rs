@@ -73,6 +73,17 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Show every link and its state for each instance it goes from.
+    Links {
+        /// Only the links from or to this app (or endpoint).
+        #[arg(long)]
+        app: Option<String>,
+        /// Print the JSON document of GET /v1/links.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Show the event log (role changes, failures, operator actions).
     Events {
         /// Keep printing events as they happen.
@@ -353,6 +364,7 @@ fn main() -> ExitCode {
                 TopologyCmd::Show { store } => cluster::show(&store).await,
             },
             Command::Status { json, api } => commands::status(&api, json).await,
+            Command::Links { app, json, api } => commands::links(&api, app.as_deref(), json).await,
             Command::Proxy { listen, app, api } => commands::proxy(listen, &app, &api).await,
             Command::Events {
                 follow,

@@ -274,6 +274,12 @@ impl ApiClient {
         self.get_json(self.url(&["v1", "status"], &[])).await
     }
 
+    /// `GET /v1/links`: every link, judged for each instance of the app it
+    /// goes from.
+    pub async fn links(&self) -> Result<tandem_wire::LinksDoc, ClientError> {
+        self.get_json(self.url(&["v1", "links"], &[])).await
+    }
+
     /// `GET /v1/apps/{app}`: one app, with its switchover and recorded
     /// intent.
     pub async fn app(&self, app: &str) -> Result<AppDoc, ClientError> {

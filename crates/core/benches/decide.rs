@@ -93,6 +93,7 @@ fn settled(app: &App, id: &str, roles: &AppRoles) -> InstanceStatus {
         acting_epoch: grant.map_or(roles.epoch, |g| g.epoch),
         promoting: false,
         drained: 0,
+        links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -26,6 +26,7 @@ pub mod detector;
 pub mod health;
 pub mod host;
 pub mod instance;
+pub mod links;
 pub mod mode;
 pub mod model;
 pub mod topology;

@@ -190,11 +190,55 @@ pub struct InstanceStatus {
     pub crash_looping: bool,
     /// Restarts since the agent started.
     pub restarts: u32,
+    /// What the instance's host sees of each link of its app (by link
+    /// name), per target (an instance id of the app linked to, or the
+    /// endpoint's name): probed while the process runs, with hysteresis.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, BTreeMap<String, LinkReach>>,
     /// How the last run ended ("exited with code 1", "killed by signal 9");
     /// when tandem asked for it, followed by [`BY_TANDEM`] and why
     /// ("killed by signal 9 (SIGKILL), by tandem: promotion hook failed
     /// (timeout); …").
     pub last_exit: Option<String>,
+}
+
+/// Whether a link's target answers its probes, with hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// Not probed enough yet to say.
+    Unknown,
+    /// It answers.
+    Up,
+    /// It does not.
+    Down,
+}
+
+impl Reach {
+    /// Its name in the API and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Unknown => "unknown",
+            Reach::Up => "up",
+            Reach::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Reach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an instance's host sees of one target of a link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkReach {
+    /// Up, down or not known yet.
+    pub state: Reach,
+    /// Why the last probe failed, while it counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What separates how a run ended from why tandem ended it, in
@@ -562,6 +606,9 @@ pub enum EventKind {
     /// were skipped (reason `events_skipped`). Never delivered by webhooks
     /// themselves, so a failing receiver cannot feed a loop.
     Webhook,
+    /// A link's target became unreachable (reason `link_down`) or
+    /// reachable again (`link_up`) from an instance's host.
+    Link,
 }
 
 impl EventKind {
@@ -584,11 +631,12 @@ impl EventKind {
             EventKind::Maintenance => "maintenance",
             EventKind::Fence => "fence",
             EventKind::Webhook => "webhook",
+            EventKind::Link => "link",
         }
     }
 
     /// Every kind, in the order they are declared.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Promoted,
         EventKind::Serving,
         EventKind::Demoted,
@@ -604,6 +652,7 @@ impl EventKind {
         EventKind::Maintenance,
         EventKind::Fence,
         EventKind::Webhook,
+        EventKind::Link,
     ];
 
     /// The kind spelled `s` (as [`EventKind::as_str`] spells it).

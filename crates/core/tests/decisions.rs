@@ -699,6 +699,7 @@ fn st(acting: Role, health: Health) -> InstanceStatus {
         acting_epoch: 1,
         promoting: false,
         drained: 0,
+        links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

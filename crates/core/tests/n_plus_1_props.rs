@@ -52,6 +52,7 @@ fn status(crash_looping: bool) -> InstanceStatus {
         acting_epoch: 0,
         promoting: false,
         drained: 0,
+        links: Default::default(),
         crash_looping,
         restarts: 0,
         last_exit: None,

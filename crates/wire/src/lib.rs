@@ -191,6 +191,62 @@ pub struct MemberDoc {
     pub epoch: Option<u64>,
 }
 
+/// `GET /v1/links`: every link of the topology, judged for each instance
+/// of the app it goes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinksDoc {
+    /// In topology order.
+    pub links: Vec<LinkDoc>,
+}
+
+/// One link and its state per instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkDoc {
+    /// Its name (default `FROM->TO`).
+    pub name: String,
+    /// The app that connects.
+    pub from: String,
+    /// The app or endpoint connected to.
+    pub to: String,
+    /// `app` or `endpoint`.
+    pub to_kind: String,
+    /// `one`, `one-or-more` or `optional`.
+    pub cardinality: String,
+    /// Whether a down link degrades the instance (not for `optional`).
+    pub required: bool,
+    /// Whether the connection uses TLS.
+    pub tls: bool,
+    /// Each instance of `from`, in topology order.
+    pub instances: Vec<LinkInstanceDoc>,
+}
+
+/// A link's state for one instance of its `from` app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInstanceDoc {
+    /// The instance's id.
+    pub instance: String,
+    /// Its host.
+    pub host: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    /// Why, in a few words.
+    pub detail: String,
+    /// What its host sees of each target, in name order.
+    pub targets: Vec<LinkTargetDoc>,
+}
+
+/// What an instance's host sees of one target of a link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTargetDoc {
+    /// The target instance's id, or the endpoint's name.
+    pub target: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    /// Why the last probe failed, while it counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// The body of every error answer: `{"error": "one clear sentence"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDoc {

@@ -1,6 +1,6 @@
 //! Events an operator wants to see when an instance's status changes.
 
-use crate::model::{EventDraft, EventKind, InstanceStatus, ProcessState, Role};
+use crate::model::{EventDraft, EventKind, InstanceStatus, ProcessState, Reach, Role};
 
 /// Events an operator wants to see when an instance's status changes
 /// (`old`/`new` of `None`: no status, i.e. the host's lease is gone), each
@@ -31,9 +31,49 @@ pub fn status_events(
     }
 }
 
+/// A link's target that became unreachable (from up or not yet known), or
+/// reachable again after being down. A target that becomes unknown (the
+/// process restarted) or is first seen up is no event.
+fn link_events(
+    app: &str,
+    instance: &str,
+    o: &InstanceStatus,
+    n: &InstanceStatus,
+) -> Vec<EventDraft> {
+    let mut out = Vec::new();
+    for (link, targets) in &n.links {
+        for (target, now) in targets {
+            let before = o
+                .links
+                .get(link)
+                .and_then(|t| t.get(target))
+                .map_or(Reach::Unknown, |r| r.state);
+            let (reason, msg) = match (before, now.state) {
+                (Reach::Up | Reach::Unknown, Reach::Down) => (
+                    "link_down",
+                    format!(
+                        "{app}/{instance}: link {link} to {target} is down{}",
+                        now.detail
+                            .as_deref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                (Reach::Down, Reach::Up) => (
+                    "link_up",
+                    format!("{app}/{instance}: link {link} to {target} is up again"),
+                ),
+                _ => continue,
+            };
+            out.push(EventDraft::instance(EventKind::Link, app, instance, msg).with_reason(reason));
+        }
+    }
+    out
+}
+
 /// What changed between two statuses of a running agent.
 fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) -> Vec<EventDraft> {
-    let mut out = Vec::new();
+    let mut out = link_events(app, instance, o, n);
     let mut ev = |kind, reason: &'static str, msg: String| {
         out.push(EventDraft::instance(kind, app, instance, msg).with_reason(reason));
     };

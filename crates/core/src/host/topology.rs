@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{HostAction, HostMachine, HostNote, HostStep, Local};
-use crate::instance::{Input, InstanceMachine, InstanceSpec, assignment};
+use crate::instance::{Input, InstanceMachine, InstanceSpec, LinkSpec, assignment};
 use crate::topology::{App, Instance, Topology};
 
 impl HostMachine {
@@ -31,7 +31,7 @@ impl HostMachine {
     ) -> usize {
         let idx = self.locals.len();
         self.by_app.entry(app.name.clone()).or_default().push(idx);
-        let machine = InstanceMachine::new(InstanceSpec {
+        let mut machine = InstanceMachine::new(InstanceSpec {
             name: format!("{}/{}", app.name, instance.id),
             host: self.host.clone(),
             ha: app.ha,
@@ -44,6 +44,7 @@ impl HostMachine {
                 .collect(),
             session,
         });
+        machine.set_links(LinkSpec::of_app(&self.topology, &app.name));
         self.locals.push(Local {
             app,
             instance,
@@ -103,6 +104,22 @@ impl HostMachine {
             }
         }
         self.topology = new;
+        // Links may change without the instances' own settings: each kept
+        // instance tracks the new set (what it saw of unchanged links
+        // stays), and publishes if that changed its status.
+        for i in 0..self.locals.len() {
+            let l = &mut self.locals[i];
+            if l.retired {
+                continue;
+            }
+            let specs = LinkSpec::of_app(&self.topology, &l.app.name);
+            if l.machine.link_specs().ne(specs.iter()) {
+                l.machine.set_links(specs);
+                step.actions
+                    .push(HostAction::Instance(i, crate::instance::Action::Publish));
+                step.touched.insert(i);
+            }
+        }
         let session = self.session.unwrap_or_default();
         for (app, inst) in wanted {
             if kept.contains(&(app.name.clone(), inst.id.clone())) {

@@ -52,10 +52,12 @@ use crate::topology::{HaMode, RestartPolicy};
 mod drain;
 mod fencing;
 mod health;
+mod links;
 mod notes;
 mod process;
 mod roles;
 
+pub use links::LinkSpec;
 pub use notes::{EndReason, KillReason, Note};
 
 /// Longest wait between two attempts to deliver a role that failed.
@@ -108,6 +110,17 @@ pub enum Input {
         /// Index of the check in the app's list.
         check: usize,
         /// The process incarnation that was probed.
+        incarnation: u64,
+        /// Its result.
+        result: Result<(), String>,
+    },
+    /// A probe of a link's target answered ([`links`]).
+    LinkProbe {
+        /// The link's name.
+        link: String,
+        /// The target probed (instance id or endpoint name).
+        target: String,
+        /// The process incarnation it was probed for.
         incarnation: u64,
         /// Its result.
         result: Result<(), String>,
@@ -270,6 +283,8 @@ pub struct InstanceMachine {
     /// The generation of the newest drain finished
     /// ([`InstanceStatus::drained`]).
     drained: u64,
+    /// What the host sees of each link of the app ([`links`]).
+    links: Vec<links::LinkTrackers>,
 }
 
 /// Settings of one instance, taken from the topology.
@@ -330,6 +345,7 @@ impl InstanceMachine {
             stop_when_started: false,
             draining: None,
             drained: 0,
+            links: Vec::new(),
         }
     }
 
@@ -382,6 +398,7 @@ impl InstanceMachine {
             acting_epoch: promoting.unwrap_or(self.acting_epoch),
             promoting: promoting.is_some(),
             drained: self.drained,
+            links: self.link_status(),
             crash_looping: self.crash_looping,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
@@ -453,6 +470,12 @@ impl InstanceMachine {
                 incarnation,
                 result,
             } => self.probe(check, incarnation, result, now, s),
+            Input::LinkProbe {
+                link,
+                target,
+                incarnation,
+                result,
+            } => self.link_probe(&link, &target, incarnation, result, s),
             Input::Load { incarnation, busy } => self.load(incarnation, busy, s),
             Input::HookDone {
                 role,

@@ -87,6 +87,20 @@ pub enum Note {
         /// How long it drained.
         period: Duration,
     },
+    /// A link's target became reachable or unreachable from this
+    /// instance's host.
+    LinkChanged {
+        /// `app/instance`.
+        instance: String,
+        /// The link's name.
+        link: String,
+        /// The target (instance id or endpoint name).
+        target: String,
+        /// Its new state.
+        state: crate::model::Reach,
+        /// Why the last probe failed, if it did.
+        detail: Option<String>,
+    },
     /// Delivering a role failed: it is delivered again after a backoff.
     HookRetry {
         /// `app/instance`.
@@ -115,6 +129,7 @@ impl Note {
             Note::HookRetry { .. } => "hook_retry",
             Note::Draining { .. } => "draining",
             Note::Drained { .. } => "drained",
+            Note::LinkChanged { .. } => "link_changed",
         }
     }
 
@@ -142,7 +157,8 @@ impl Note {
             | Note::FrozenFenced { instance, .. }
             | Note::HookRetry { instance, .. }
             | Note::Draining { instance, .. }
-            | Note::Drained { instance, .. } => instance,
+            | Note::Drained { instance, .. }
+            | Note::LinkChanged { instance, .. } => instance,
         }
     }
 }
@@ -193,6 +209,19 @@ impl fmt::Display for Note {
                 "{instance} drains for {} ms before stepping down for a planned switchover: no new work",
                 period.as_millis()
             ),
+            Note::LinkChanged {
+                instance,
+                link,
+                target,
+                state,
+                detail,
+            } => {
+                write!(f, "{instance}: link {link} to {target} is {state}")?;
+                match detail {
+                    Some(d) if *state != crate::model::Reach::Up => write!(f, " ({d})"),
+                    _ => Ok(()),
+                }
+            }
             Note::Drained { instance, period } => write!(
                 f,
                 "{instance} drained for {} ms: ready to step down",

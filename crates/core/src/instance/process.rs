@@ -109,6 +109,7 @@ impl InstanceMachine {
         for t in &mut self.trackers {
             t.reset();
         }
+        self.reset_links();
         step.act(Action::Publish);
         if self.stop_when_started {
             self.proc = Proc::Stopping;
