@@ -105,7 +105,7 @@ enum Msg {
     Input(usize, Input),
     /// The process of incarnation `.1` of local `.0` started with pid `.2`.
     Started(usize, u64, u32),
-    Roles(String, AppRoles),
+    Roles(String, Box<AppRoles>),
     /// The process of incarnation `.1` of local `.0`, told to stop, has
     /// not exited within its app's stop timeout.
     StopTimedOut(usize, u64),
@@ -416,7 +416,11 @@ async fn watch_roles(
             };
             match serde_json::from_slice::<AppRoles>(&kv.value) {
                 Ok(roles) => {
-                    if tx.send(Msg::Roles(app.to_string(), roles)).await.is_err() {
+                    if tx
+                        .send(Msg::Roles(app.to_string(), Box::new(roles)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -448,7 +452,7 @@ impl Agent {
                         match serde_json::from_slice::<AppRoles>(&kv.value) {
                             Ok(roles) => self.handle(HostInput::Assigned {
                                 app: app.to_string(),
-                                roles,
+                                roles: Box::new(roles),
                             }),
                             Err(e) => {
                                 warn!(key = %kv.key, error = %e, "unreadable role assignment")

@@ -1006,6 +1006,7 @@ mod tests {
                 intent: "i-1".into(),
                 to: "b".into(),
                 drain: None,
+                link: None,
             }),
             reason: "switchover requested: demoting web/a, then promoting web/b".into(),
             ..AppRoles::default()
@@ -1037,6 +1038,7 @@ mod tests {
                 ms: 300,
                 generation: 3,
             })),
+            link: None,
         });
         let v = web(running(Role::Primary, 4), roles.clone());
         let a = answer(&v, "web", None, Check::Primary).expect("answer");

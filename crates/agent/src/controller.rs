@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::links::LinkClock;
 use crate::webhook;
 
 /// How many events the log keeps; older ones are deleted.
@@ -345,6 +346,9 @@ struct Leader {
     origin: std::time::Instant,
     /// The webhooks' secrets, for the webhook tasks it starts.
     secrets: webhook::Secrets,
+    /// Which required links are lost since when, and when apps must be
+    /// decided again for them.
+    links: LinkClock,
 }
 
 /// Events not about one app are kept under this name.
@@ -380,6 +384,7 @@ impl Leader {
             fence_intents: HashMap::new(),
             origin: std::time::Instant::now(),
             secrets: webhook::Secrets::default(),
+            links: LinkClock::default(),
         }
     }
 
@@ -480,10 +485,15 @@ impl Leader {
                 .fences
                 .next_deadline()
                 .map(|d| tokio::time::Instant::from_std(self.origin + d));
-            let wake = [retry_at, self.pending_deadline(), fence_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [
+                retry_at,
+                self.pending_deadline(),
+                fence_at,
+                self.links.next_wake(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let retry = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -500,6 +510,8 @@ impl Leader {
                 _ = retry => {
                     retry_at = None;
                     self.fence(FenceInput::Tick);
+                    let due = self.links.due(tokio::time::Instant::now());
+                    self.dirty.extend(due);
                 }
                 r = suspected.changed() => {
                     if r.is_ok() {
@@ -614,6 +626,13 @@ impl Leader {
                 self.roles.remove(app);
             }
             self.dirty.insert(app.to_string());
+            // Links to this app are judged by where its primary is.
+            let from: Vec<String> = self
+                .topology
+                .links_to(app)
+                .map(|l| l.from.clone())
+                .collect();
+            self.dirty.extend(from);
         } else if let Some(app) = key.strip_prefix(keys::INTENTS) {
             if put {
                 match serde_json::from_slice::<Intent>(&ev.kv.value) {
@@ -1047,13 +1066,24 @@ impl Leader {
             let empty = BTreeMap::new();
             let status = self.statuses.get(app_name).unwrap_or(&empty);
             let intent = self.intents.get(app_name).map(|(i, _)| i);
+            let now = tokio::time::Instant::now();
+            let links = self.links.judge(
+                &self.topology,
+                app,
+                Some(status),
+                |to| self.roles.get(to).map(|(r, _)| r),
+                now,
+                now_ms(),
+            );
             let d = decide(&AppInput {
                 app,
                 roles: &roles,
                 status,
                 intent,
                 hosts: &self.hosts,
+                links: &links,
             });
+            self.links.plan(app, &links, &d.roles, now);
             if d.changed {
                 info!(
                     app = app_name,

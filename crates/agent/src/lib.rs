@@ -24,6 +24,7 @@ pub mod heartbeat;
 pub mod hook;
 pub mod launch;
 pub mod lease;
+mod links;
 pub mod local;
 pub mod peer;
 pub mod probe;

@@ -515,6 +515,7 @@ ports = { main = 15432, aux = 15433 }
             drain: None,
             intent: "i1".into(),
             to: "b".into(),
+            link: None,
         });
         let roles = listing(vec![kv(&keys::roles("web"), &r)]);
         let doc = status_document(&t, "etcd", &statuses, &roles);

@@ -56,6 +56,7 @@ fn app(i: usize) -> App {
         min_healthy: 1,
         stop_timeout: App::DEFAULT_STOP_TIMEOUT,
         drain: std::time::Duration::ZERO,
+        link_failover: Default::default(),
         instances: vec![
             instance("a", (2 * i) % 100, 10),
             instance("b", (2 * i + 1) % 100, 0),
@@ -115,6 +116,7 @@ impl Case {
             status: &self.status,
             intent: None,
             hosts: HostsState::NONE,
+            links: tandem_core::controller::AppLinks::NONE,
         }
     }
 }
@@ -138,6 +140,7 @@ fn steady() -> Vec<Case> {
                 status: &status,
                 intent: None,
                 hosts: HostsState::NONE,
+                links: tandem_core::controller::AppLinks::NONE,
             });
             assert!(first.changed, "{}: {}", app.name, first.roles.reason);
             let roles = first.roles;

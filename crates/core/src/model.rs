@@ -342,6 +342,11 @@ pub struct PendingSwitchover {
     /// (Boxed: an assignment travels by value in the agent's inputs.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Box<Drain>>,
+    /// For a link-driven switchover (`intent` empty): why, as the
+    /// promotion's event says it ("primary cms/a lost its link acd for
+    /// 1.2 s (...); cms/b has it").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// A primary asked to drain before a planned switchover withdraws its
@@ -394,6 +399,16 @@ pub struct AppRoles {
     /// make an assignment differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<CauseName>,
+    /// When the last link-driven switchover of the app began (the
+    /// controller's wall clock, ms since the Unix epoch): the next waits
+    /// the app's link switchover interval, whichever controller decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_switched_at_ms: Option<u64>,
+    /// A primary's link loss that moved nothing, as last reported (who
+    /// lost which links, and why nothing moved): reported again only when
+    /// that changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_held: Option<String>,
 }
 
 /// The name of why an app's primary changed, as stored in
@@ -433,6 +448,9 @@ pub enum CauseName {
     HostSuspected,
     /// Its host was fenced by its fence device.
     HostFenced,
+    /// It lost a required link that a fit backup has (a link-driven
+    /// switchover).
+    LinkLost,
     /// A withdrawal whose cause is not known (stored by another version).
     #[serde(other)]
     Withdrawn,
@@ -440,7 +458,7 @@ pub enum CauseName {
 
 impl CauseName {
     /// Every name.
-    pub const ALL: [CauseName; 15] = [
+    pub const ALL: [CauseName; 16] = [
         CauseName::HostLost,
         CauseName::CrashLooping,
         CauseName::Starting,
@@ -455,6 +473,7 @@ impl CauseName {
         CauseName::NoPrimary,
         CauseName::HostSuspected,
         CauseName::HostFenced,
+        CauseName::LinkLost,
         CauseName::Withdrawn,
     ];
 
@@ -475,6 +494,7 @@ impl CauseName {
             CauseName::NoPrimary => "no_primary",
             CauseName::HostSuspected => "host_suspected",
             CauseName::HostFenced => "host_fenced",
+            CauseName::LinkLost => "link_lost",
             CauseName::Withdrawn => "withdrawn",
         }
     }

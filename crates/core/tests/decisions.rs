@@ -671,6 +671,7 @@ fn app() -> App {
         restart: policy(),
         stop_timeout: Duration::from_secs(1),
         drain: std::time::Duration::ZERO,
+        link_failover: Default::default(),
         replicas: 3,
         min_healthy: 3,
         instances: [("a", 100), ("b", 50), ("c", 50)]
@@ -929,6 +930,7 @@ fn controller_table() {
             status: &c.status,
             intent: c.intent.as_ref(),
             hosts: HostsState::NONE,
+            links: tandem_core::controller::AppLinks::NONE,
         });
         let primary = d.roles.primary.as_ref().map(|g| g.instance.as_str());
         let intent = d.intent.as_ref().map(|s| match s {
@@ -966,6 +968,7 @@ fn a_promotion_is_logged_with_its_reason_and_epoch() {
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(d.changed);
     assert_eq!(d.roles.generation, 2);
@@ -984,6 +987,7 @@ fn an_unchanged_situation_writes_nothing() {
         status: &statuses(&[("a", st(Role::Backup, Health::Healthy))]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     })
     .roles;
     let mut st_a = st(Role::Primary, Health::Healthy);
@@ -994,6 +998,7 @@ fn an_unchanged_situation_writes_nothing() {
         status: &statuses(&[("a", st_a)]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(!again.changed);
     assert!(again.events.is_empty());
@@ -1013,6 +1018,7 @@ fn decided(
         status,
         intent,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     })
     .roles
 }
@@ -1220,6 +1226,7 @@ fn controller_events_carry_the_name_of_their_reason() {
             status: &(c.status)(),
             intent: c.intent.as_ref(),
             hosts: HostsState::NONE,
+            links: tandem_core::controller::AppLinks::NONE,
         });
         let got: Vec<_> = d.events.iter().map(|e| (e.kind, e.reason)).collect();
         if got != c.events {
@@ -1251,6 +1258,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         status: &status,
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(withdrawn.roles.cause, Some(CauseName::Unhealthy));
     // A decision that changes nothing keeps it.
@@ -1260,6 +1268,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         status: &status,
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(!waiting.changed);
     assert_eq!(waiting.roles, withdrawn.roles);
@@ -1274,6 +1283,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         status: &status,
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(!same.changed);
     assert_eq!(same.roles.cause, Some(CauseName::HostLost));
@@ -1287,6 +1297,7 @@ fn the_cause_of_a_withdrawal_survives_until_the_promotion() {
         ]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(promoted.roles.primary.map(|g| g.instance), Some("b".into()));
     assert_eq!(promoted.events[0].reason, Some("unhealthy"));
@@ -1424,6 +1435,7 @@ fn a_kill_by_tandem_reads_as_such_down_to_the_promotion() {
         status: &statuses(&[("a", after), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     let promoted = &d.events[1];
     assert_eq!(
@@ -1466,6 +1478,7 @@ fn a_cold_spare_is_granted_its_next_start() {
         status: &statuses(&[("a", idle()), ("b", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     let g = d.roles.primary.expect("a grant");
     assert_eq!((g.instance.as_str(), g.epoch, g.incarnation), ("a", 1, 1));
@@ -1497,6 +1510,7 @@ fn a_singleton_is_not_started_elsewhere_while_the_old_one_still_runs() {
         status: &statuses(&[("a", st(Role::Primary, Health::Unhealthy)), ("b", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(d.roles.primary.is_none());
     assert_eq!(
@@ -1513,6 +1527,7 @@ fn a_singleton_is_not_started_elsewhere_while_the_old_one_still_runs() {
         status: &statuses(&[("a", a_stopped), ("b", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     let g = d2.roles.primary.expect("b granted");
     assert_eq!((g.instance.as_str(), g.epoch, g.incarnation), ("b", 2, 1));
@@ -1531,6 +1546,7 @@ fn a_crash_looping_singleton_is_still_started_when_nothing_else_can_run() {
         status: &statuses(&[("a", looping.clone()), ("b", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(
         d.roles.primary.map(|g| g.instance),
@@ -1543,6 +1559,7 @@ fn a_crash_looping_singleton_is_still_started_when_nothing_else_can_run() {
         status: &statuses(&[("a", looping)]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(
         d.roles.primary.map(|g| g.instance),
@@ -1686,6 +1703,7 @@ fn n_plus_1_keeps_replicas_active_on_live_hosts() {
         status: &statuses(&[("a", idle()), ("b", idle()), ("c", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     let active = |r: &AppRoles| {
         r.roles
@@ -1703,6 +1721,7 @@ fn n_plus_1_keeps_replicas_active_on_live_hosts() {
         status: &statuses(&[("a", st(Role::Active, Health::Healthy)), ("c", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(active(&d2.roles), ["a", "c"]);
     assert!(
@@ -1723,6 +1742,7 @@ fn n_plus_1_keeps_replicas_active_on_live_hosts() {
         ]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(!d3.changed);
 }
@@ -1748,6 +1768,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         ]),
         intent: maint(true).as_ref(),
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(d.roles.maintenance && d.changed);
     assert!(matches!(d.intent, Some(IntentState::Done { .. })));
@@ -1759,6 +1780,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(!frozen.changed);
     assert_eq!(
@@ -1781,6 +1803,7 @@ fn maintenance_freezes_roles_until_turned_off() {
             outcome: IntentState::Pending,
         }),
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(
         matches!(&refused.intent, Some(IntentState::Refused { reason }) if reason.contains("in maintenance"))
@@ -1792,6 +1815,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: maint(false).as_ref(),
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert!(!off.roles.maintenance);
     let after = decide(&AppInput {
@@ -1800,6 +1824,7 @@ fn maintenance_freezes_roles_until_turned_off() {
         status: &statuses(&[("a", exited()), ("b", st(Role::Backup, Health::Healthy))]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(after.roles.primary.map(|g| g.instance), Some("b".into()));
 }
@@ -1938,6 +1963,7 @@ fn n_plus_1_replacements_are_logged_with_the_name_of_their_reason() {
         status: &statuses(&[("a", idle()), ("b", idle()), ("c", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     let looping = InstanceStatus {
         crash_looping: true,
@@ -1949,6 +1975,7 @@ fn n_plus_1_replacements_are_logged_with_the_name_of_their_reason() {
         status: &statuses(&[("a", looping), ("c", idle())]),
         intent: None,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     let got: Vec<_> = d.events.iter().map(|e| (e.kind, e.reason)).collect();
     assert_eq!(
@@ -2029,6 +2056,7 @@ fn operator_events_name_the_token_that_asked() {
             status: &status,
             intent: Some(intent),
             hosts: HostsState::NONE,
+            links: tandem_core::controller::AppLinks::NONE,
         })
     };
     let asked = Intent {
@@ -2101,6 +2129,7 @@ fn decide_drain(
         status,
         intent,
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     })
 }
 
@@ -2366,6 +2395,7 @@ fn without_a_drain_a_switchover_demotes_at_once() {
         ]),
         intent: Some(&switchover_intent()),
         hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
     });
     assert_eq!(d.roles.primary, None);
     assert_eq!(

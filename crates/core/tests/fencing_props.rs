@@ -36,6 +36,7 @@ fn app(ha: HaMode, fencing: Fencing) -> App {
         restart: RestartPolicy::default(),
         stop_timeout: Duration::from_secs(1),
         drain: std::time::Duration::ZERO,
+        link_failover: Default::default(),
         replicas: 1,
         min_healthy: 1,
         instances: (0..N)
@@ -222,7 +223,7 @@ proptest! {
     fn a_new_grant_leaves_no_unfenced_instance_able_to_act(
         (app, roles, status, hosts) in arb_case()
     ) {
-        let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &hosts });
+        let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &hosts, links: tandem_core::controller::AppLinks::NONE });
         let Some(grant) = d.roles.primary.as_ref().filter(|_| d.roles.epoch > roles.epoch) else {
             return Ok(());
         };
@@ -250,8 +251,8 @@ proptest! {
     ) {
         prop_assume!(!token_fenced(&app));
         let only_suspected = HostsState { suspected: hosts.suspected.clone(), fenced: BTreeMap::new() };
-        let with = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &only_suspected });
-        let without = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: HostsState::NONE });
+        let with = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &only_suspected, links: tandem_core::controller::AppLinks::NONE });
+        let without = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: HostsState::NONE, links: tandem_core::controller::AppLinks::NONE });
         prop_assert_eq!(with, without);
     }
 
@@ -299,13 +300,13 @@ proptest! {
         } else {
             HostsState { suspected: BTreeSet::from(["h0".to_string()]), fenced: BTreeMap::new() }
         };
-        let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &hosts });
+        let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &hosts, links: tandem_core::controller::AppLinks::NONE });
         prop_assert_eq!(d.roles.primary.as_ref().map(|g| g.instance.as_str()), Some("i1"), "{:?}", d);
         prop_assert_eq!(d.roles.epoch, 2);
         let cause = d.roles.cause.map(|c| c.as_str());
         prop_assert_eq!(cause, Some(if by_device { "host_fenced" } else { "host_suspected" }));
         // The same without the suspicion: nothing changes.
-        let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: HostsState::NONE });
+        let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: HostsState::NONE, links: tandem_core::controller::AppLinks::NONE });
         prop_assert_eq!(d.roles.primary.as_ref().map(|g| g.instance.as_str()), Some("i0"));
     }
 }

@@ -96,7 +96,7 @@ fn renewed(sent_at: Duration) -> HostInput {
 fn grant_web(instance: &str, epoch: u64, generation: u64) -> HostInput {
     HostInput::Assigned {
         app: "web".into(),
-        roles: AppRoles {
+        roles: Box::new(AppRoles {
             generation,
             epoch,
             primary: Some(PrimaryGrant {
@@ -125,7 +125,7 @@ fn grant_web(instance: &str, epoch: u64, generation: u64) -> HostInput {
             ]
             .into(),
             ..AppRoles::default()
-        },
+        }),
     }
 }
 

@@ -25,6 +25,7 @@ fn app(n: usize, replicas: u32, priorities: &[i64]) -> App {
         restart: RestartPolicy::default(),
         stop_timeout: Duration::from_secs(1),
         drain: std::time::Duration::ZERO,
+        link_failover: Default::default(),
         replicas,
         min_healthy: replicas,
         instances: (0..n)
@@ -104,7 +105,7 @@ proptest! {
                 .map(|i| (format!("i{i}"), status(looping[i])))
                 .collect();
             let before = roles.clone();
-            let d = decide(&AppInput { app: &app, roles: &roles, status: &statuses, intent: None, hosts: HostsState::NONE });
+            let d = decide(&AppInput { app: &app, roles: &roles, status: &statuses, intent: None, hosts: HostsState::NONE, links: tandem_core::controller::AppLinks::NONE });
             roles = d.roles;
             let active: Vec<usize> = (0..n)
                 .filter(|&i| roles.roles.get(&format!("i{i}")) == Some(&Role::Active))

@@ -228,6 +228,7 @@ fn app_in(ha: HaMode, n: usize, priorities: &[i64]) -> App {
         },
         stop_timeout: STOP_TIMEOUT,
         drain: std::time::Duration::ZERO,
+        link_failover: Default::default(),
         replicas: n as u32,
         min_healthy: n as u32,
         instances: (0..n)
@@ -762,6 +763,7 @@ impl World {
             status: &status,
             intent: self.intent.as_ref(),
             hosts: HostsState::NONE,
+            links: tandem_core::controller::AppLinks::NONE,
         });
         if let Some(state) = d.intent.clone()
             && let Some(intent) = &mut self.intent
@@ -808,7 +810,7 @@ impl World {
                 h,
                 HostInput::Assigned {
                     app: "web".into(),
-                    roles,
+                    roles: Box::new(roles),
                 },
             );
         }

@@ -164,6 +164,7 @@ fn full_file_parses_into_the_expected_model() {
                 },
                 stop_timeout: ms(2000),
                 drain: std::time::Duration::ZERO,
+                link_failover: Default::default(),
                 fencing: Fencing::Token,
                 replicas: 2,
                 min_healthy: 2,
@@ -187,6 +188,7 @@ fn full_file_parses_into_the_expected_model() {
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
                 drain: std::time::Duration::ZERO,
+                link_failover: Default::default(),
                 fencing: Fencing::Lease,
                 replicas: 1,
                 min_healthy: 1,
@@ -206,6 +208,7 @@ fn full_file_parses_into_the_expected_model() {
                 restart: RestartPolicy::default(),
                 stop_timeout: ms(5000),
                 drain: std::time::Duration::ZERO,
+                link_failover: Default::default(),
                 fencing: Default::default(),
                 replicas: 1,
                 min_healthy: 1,
@@ -1005,6 +1008,20 @@ path = "/x"
         16,
         1,
         "key \"path\" does not apply to a tcp link probe",
+    ),
+    (
+        "link failover settings on an app without a standby",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+link_hold_down = "2s"
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+"#,
+        4,
+        1,
+        "app \"web\": \"link_hold_down\" applies to warm-standby and hot-standby, not \"none\"",
     ),
     (
         "bad cardinality",

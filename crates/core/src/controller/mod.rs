@@ -90,6 +90,42 @@ pub struct AppInput<'a> {
     /// What is known of hosts beyond their leases ([`HostsState::NONE`]
     /// when nothing is).
     pub hosts: &'a HostsState,
+    /// The app's links as judged now ([`AppLinks::NONE`] when none are).
+    pub links: &'a AppLinks,
+}
+
+/// An app's required links as the controller judges them
+/// ([`crate::links::judge`]), timed by its own clock: what a link-driven
+/// switchover looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppLinks {
+    /// Per instance: each required link judged down, since when and why.
+    pub down: BTreeMap<String, BTreeMap<String, LinkLoss>>,
+    /// Per instance: the required links judged up, and for how long (by
+    /// the controller's clock).
+    pub up: BTreeMap<String, BTreeMap<String, std::time::Duration>>,
+    /// The controller's wall clock (ms since the Unix epoch), against
+    /// [`AppRoles::link_switched_at_ms`].
+    pub now_ms: u64,
+}
+
+impl AppLinks {
+    /// No link known.
+    pub const NONE: &'static AppLinks = &AppLinks {
+        down: BTreeMap::new(),
+        up: BTreeMap::new(),
+        now_ms: 0,
+    };
+}
+
+/// A required link an instance has lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkLoss {
+    /// How long it has been judged down, by the controller's clock (from
+    /// when this controller first saw it down).
+    pub lost_for: std::time::Duration,
+    /// Why ([`crate::links::LinkJudgement::detail`]).
+    pub detail: String,
 }
 
 /// What the controller knows of hosts beyond their leases.
@@ -291,6 +327,8 @@ fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
         && a.switchover == b.switchover
         && a.stepping_down == b.stepping_down
         && a.maintenance == b.maintenance
+        && a.link_switched_at_ms == b.link_switched_at_ms
+        && a.link_held == b.link_held
 }
 
 #[cfg(test)]
@@ -313,6 +351,7 @@ mod tests {
             min_healthy: 1,
             stop_timeout: App::DEFAULT_STOP_TIMEOUT,
             drain: std::time::Duration::ZERO,
+            link_failover: Default::default(),
             instances: ids
                 .iter()
                 .map(|id| Instance {

@@ -145,6 +145,12 @@ pub enum Cause {
         /// The app.
         app: String,
     },
+    /// The primary lost a required link that a fit backup has: the
+    /// sentence that says which, for how long, and who has it.
+    LinkLost {
+        /// "primary cms/a lost its link acd for 1.2 s (...); cms/b has it".
+        why: String,
+    },
     /// The grant was withdrawn (or a switchover began) in an earlier
     /// decision: its stored reason and name ([`crate::model::AppRoles`]'s
     /// `reason` and `cause`).
@@ -170,6 +176,7 @@ impl Cause {
             Cause::Failed { why, .. } => why.cause_name(),
             Cause::Switchover { .. } => CauseName::Switchover,
             Cause::NoPrimary { .. } => CauseName::NoPrimary,
+            Cause::LinkLost { .. } => CauseName::LinkLost,
             Cause::Earlier { name, .. } => name.unwrap_or(CauseName::Withdrawn),
         }
     }
@@ -183,6 +190,7 @@ impl fmt::Display for Cause {
             }
             Cause::Switchover { intent } => write!(f, "planned switchover (intent {intent})"),
             Cause::NoPrimary { app } => write!(f, "{app} had no primary"),
+            Cause::LinkLost { why } => f.write_str(why),
             Cause::Earlier { reason, .. } => f.write_str(reason),
         }
     }

@@ -131,8 +131,8 @@ pub enum HostInput {
     Assigned {
         /// The app.
         app: String,
-        /// Its assignment.
-        roles: AppRoles,
+        /// Its assignment (boxed: inputs travel by value).
+        roles: Box<AppRoles>,
     },
     /// The answers to the round of [`HostAction::AskPeers`], one list per
     /// ask, aligned with its peers (`None`: no answer in time).
@@ -409,7 +409,7 @@ impl HostMachine {
                     self.feed(i, input, now, &mut step);
                 }
             }
-            HostInput::Assigned { app, roles } => self.on_roles(&app, roles, now, &mut step),
+            HostInput::Assigned { app, roles } => self.on_roles(&app, *roles, now, &mut step),
             HostInput::Answers(answers) => self.on_answers(answers, now, &mut step),
             HostInput::Asked(ask) => {
                 let answer = self.answer(&ask, now, &mut step);

@@ -354,6 +354,10 @@ pub struct App {
     /// down. Zero (the default): it steps down at once.
     #[serde(default, rename = "drain_ms", with = "duration_ms")]
     pub drain: Duration,
+    /// Link-driven switchovers (warm and hot standby): a primary that lost
+    /// a required link while a fit backup has it is switched over.
+    #[serde(default)]
+    pub link_failover: LinkFailover,
     /// The copies of this app, in file order.
     pub instances: Vec<Instance>,
 }
@@ -686,6 +690,37 @@ impl LinkProbeKind {
         match self {
             LinkProbeKind::Tcp => "tcp",
             LinkProbeKind::Http { .. } => "http",
+        }
+    }
+}
+
+/// When a lost link moves an app's primary (warm and hot standby).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkFailover {
+    /// Whether a lost required link moves the primary (default true).
+    pub enabled: bool,
+    /// How long a link must have been lost before it counts (default 1s).
+    #[serde(rename = "hold_down_ms", with = "duration_ms")]
+    pub hold_down: Duration,
+    /// The least time between two link-driven switchovers of the app
+    /// (default 1m), whatever the flapping.
+    #[serde(rename = "interval_ms", with = "duration_ms")]
+    pub interval: Duration,
+}
+
+impl LinkFailover {
+    /// Default `hold_down`.
+    pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(1);
+    /// Default `interval`.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+}
+
+impl Default for LinkFailover {
+    fn default() -> LinkFailover {
+        LinkFailover {
+            enabled: true,
+            hold_down: LinkFailover::DEFAULT_HOLD_DOWN,
+            interval: LinkFailover::DEFAULT_INTERVAL,
         }
     }
 }

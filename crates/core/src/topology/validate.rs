@@ -183,6 +183,17 @@ fn validate_app(
         );
     }
 
+    if let (Some((key, span)), Some((mode, _))) = (&app.link_failover, &app.ha)
+        && !matches!(mode, HaMode::WarmStandby | HaMode::HotStandby)
+    {
+        sink.error(
+            span,
+            format!(
+                "app \"{name}\": \"{key}\" applies to warm-standby and hot-standby, not \"{mode}\": only their backups run, ready to take over a primary that lost a link"
+            ),
+        );
+    }
+
     let n_plus_1 = matches!(app.ha, Some((HaMode::NPlus1, _)));
     for (key, given) in [
         ("replicas", &app.replicas),

@@ -17,8 +17,8 @@ use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
     App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HaMode, Hook,
-    Host, Instance, Link, LinkProbe, LinkProbeKind, RestartPolicy, Site, Topology, Webhook,
-    hook_signal,
+    Host, Instance, Link, LinkFailover, LinkProbe, LinkProbeKind, RestartPolicy, Site, Topology,
+    Webhook, hook_signal,
 };
 use crate::model::EventKind;
 
@@ -145,6 +145,8 @@ pub(crate) struct AppFacts {
     pub min_healthy: Option<(u32, Span)>,
     /// `drain`, where given and valid.
     pub drain: Option<(Duration, Span)>,
+    /// The first link failover setting written, if any.
+    pub link_failover: Option<Named>,
     /// None if `instances` was not an array of tables.
     pub instances: Option<Vec<InstanceFacts>>,
 }
@@ -933,6 +935,43 @@ fn walk_drain(tab: &Tab<'_, '_>, sink: &mut Sink) -> Option<(Duration, Span)> {
     Some((d, span))
 }
 
+/// `link_failover`, `link_hold_down`, `link_switchover_interval`; with
+/// the first of them written, if any (for the mode check).
+fn walk_link_failover(tab: &Tab<'_, '_>, sink: &mut Sink) -> (LinkFailover, Option<Named>) {
+    let d = LinkFailover::default();
+    let written = [
+        "link_failover",
+        "link_hold_down",
+        "link_switchover_interval",
+    ]
+    .into_iter()
+    .find_map(|k| {
+        tab.t
+            .get_key_value(k)
+            .map(|(key, _)| (k.to_string(), key.span()))
+    });
+    let enabled = tab
+        .boolean(sink, "link_failover")
+        .or_default(d.enabled)
+        .value;
+    let hold_down = tab
+        .duration(sink, "link_hold_down")
+        .or_default(d.hold_down)
+        .value;
+    let interval = tab
+        .duration(sink, "link_switchover_interval")
+        .or_default(d.interval)
+        .value;
+    (
+        LinkFailover {
+            enabled,
+            hold_down,
+            interval,
+        },
+        written,
+    )
+}
+
 fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
     const KEYS: &[&str] = &[
         "ha",
@@ -941,6 +980,9 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         "workdir",
         "stop_timeout",
         "drain",
+        "link_failover",
+        "link_hold_down",
+        "link_switchover_interval",
         "restart",
         "checks",
         "hook",
@@ -1062,6 +1104,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         .or_default(App::DEFAULT_STOP_TIMEOUT)
         .value;
     let drain = walk_drain(tab, sink);
+    let (link_failover, link_failover_keys) = walk_link_failover(tab, sink);
     let replicas = tab.count(sink, "replicas").ok();
     let min_healthy = tab.count(sink, "min_healthy").ok();
 
@@ -1126,6 +1169,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         restart,
         stop_timeout,
         drain: drain.as_ref().map_or(Duration::ZERO, |d| d.0),
+        link_failover,
         instances,
     };
     let facts = AppFacts {
@@ -1139,6 +1183,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         replicas,
         min_healthy,
         drain,
+        link_failover: link_failover_keys,
         instances: instance_facts,
     };
     (app, facts)

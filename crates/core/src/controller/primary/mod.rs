@@ -2,7 +2,9 @@
 //! decision is four steps over a [`Pass`], in this order:
 //!
 //! 1. [`current`]: is the current grant still good? If not, withdraw it.
-//! 2. [`switchover`]: a planned switchover asked by an operator.
+//! 2. [`switchover`]: a planned switchover asked by an operator; then
+//!    [`links`]: a link-driven one, if the primary lost a required link
+//!    that a fit backup has.
 //! 3. [`promote`]: no primary: promote one, once nobody else may still be
 //!    acting.
 //! 4. [`others`]: every other instance has the mode's non-primary role.
@@ -11,6 +13,7 @@ use super::{AppInput, Cause, Decision};
 use crate::model::{AppRoles, EventDraft, IntentState, SteppingDown};
 
 mod current;
+mod links;
 mod others;
 mod promote;
 mod switchover;
@@ -20,6 +23,7 @@ pub(super) fn decide_primary(input: &AppInput<'_>) -> Decision {
     let mut pass = Pass::new(input);
     pass.check_grant();
     pass.switchover();
+    pass.link_switchover();
     if pass.next.primary.is_none() {
         pass.promote();
     }

@@ -45,23 +45,32 @@ impl<'a> Pass<'_, 'a> {
         let (app, status) = (self.input.app, self.input.status);
         let name = &app.name;
         let sw = self.next.switchover.take()?;
+        // A link-driven switchover has no intent to settle.
+        let operator = sw.link.is_none();
         match status.get(&sw.to).filter(|s| style(app.ha).fit(s)) {
             Some(s) => {
-                self.intent = Some(IntentState::Done {
-                    message: format!("{name}/{} is primary", sw.to),
-                });
-                let cause = Cause::Switchover { intent: sw.intent };
+                if operator {
+                    self.intent = Some(IntentState::Done {
+                        message: format!("{name}/{} is primary", sw.to),
+                    });
+                }
+                let cause = match sw.link {
+                    Some(why) => Cause::LinkLost { why },
+                    None => Cause::Switchover { intent: sw.intent },
+                };
                 Some((sw.to, s, cause))
             }
             None => {
                 let why = unfit(app, self.input.hosts, &sw.to, status.get(&sw.to))
                     .map_or_else(|| "not eligible".to_string(), |u| u.to_string());
-                self.intent = Some(IntentState::Refused {
-                    reason: format!(
-                        "switchover target {name}/{} became unfit ({why}); promoted the best other instance instead",
-                        sw.to
-                    ),
-                });
+                if operator {
+                    self.intent = Some(IntentState::Refused {
+                        reason: format!(
+                            "switchover target {name}/{} became unfit ({why}); promoted the best other instance instead",
+                            sw.to
+                        ),
+                    });
+                }
                 None
             }
         }

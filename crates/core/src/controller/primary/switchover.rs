@@ -47,62 +47,20 @@ impl Pass<'_, '_> {
             to.as_deref(),
         ) {
             Ok((from, target)) => {
-                let drain_ms = u64::try_from(input.app.drain.as_millis()).unwrap_or(u64::MAX);
                 let by = asked_by(intent.by.as_deref());
-                self.next.cause = Some(CauseName::Switchover);
                 self.intent = Some(IntentState::Running);
-                if drain_ms > 0 {
-                    self.next.switchover = Some(PendingSwitchover {
-                        intent: intent.id.clone(),
-                        to: target.clone(),
-                        drain: Some(Box::new(Drain {
-                            ms: drain_ms,
-                            generation: input.roles.generation + 1,
-                        })),
-                    });
-                    self.next.reason = format!(
-                        "switchover requested{by}: draining {name}/{from} for {drain_ms} ms (no new work), then demoting it and promoting {name}/{target}"
-                    );
-                    self.events.push(
-                        EventDraft::instance(EventKind::Intent, name, &from, &self.next.reason)
-                            .with_reason("running"),
-                    );
-                    // A demotion announced: clients following the primary
-                    // look again, and see it draining.
-                    self.events.push(
-                        EventDraft::instance(
-                            EventKind::Demoted,
-                            name,
-                            &from,
-                            format!(
-                                "draining {name}/{from} for {drain_ms} ms before demoting it for a planned switchover to {target}"
-                            ),
-                        )
-                        .with_reason("draining"),
-                    );
-                    return;
-                }
-                self.withdraw();
-                self.next.switchover = Some(PendingSwitchover {
-                    intent: intent.id.clone(),
-                    to: target.clone(),
-                    drain: None,
-                });
-                self.next.reason = format!(
-                    "switchover requested{by}: demoting {name}/{from}, then promoting {name}/{target}"
+                let at = self.events.len();
+                self.start_switchover(
+                    &from,
+                    &target,
+                    intent.id.clone(),
+                    None,
+                    &format!("switchover requested{by}"),
                 );
-                self.events.push(
+                self.events.insert(
+                    at,
                     EventDraft::instance(EventKind::Intent, name, &from, &self.next.reason)
                         .with_reason("running"),
-                );
-                self.events.push(
-                    EventDraft::instance(
-                        EventKind::Demoted,
-                        name,
-                        &from,
-                        format!("demoting {name}/{from} for a planned switchover to {target}"),
-                    )
-                    .with_reason("switchover"),
                 );
             }
             Err(reason) => {
@@ -122,6 +80,80 @@ impl Pass<'_, '_> {
         }
     }
 
+    /// Starts a switchover from `from` to `target`: with the app's `drain`
+    /// period the primary keeps its grant and drains first, without one
+    /// its grant is withdrawn at once; the target is promoted once it has
+    /// stepped down. `why` heads the reason recorded; `link` is set for a
+    /// link-driven switchover (`intent` empty).
+    pub(super) fn start_switchover(
+        &mut self,
+        from: &str,
+        target: &str,
+        intent: String,
+        link: Option<String>,
+        why: &str,
+    ) {
+        let app = self.input.app;
+        let name = app.name.as_str();
+        let drain_ms = u64::try_from(app.drain.as_millis()).unwrap_or(u64::MAX);
+        let what = if link.is_some() {
+            "link-driven"
+        } else {
+            "planned"
+        };
+        let (cause, demoted_reason) = if link.is_some() {
+            (CauseName::LinkLost, "link_lost")
+        } else {
+            (CauseName::Switchover, "switchover")
+        };
+        self.next.cause = Some(cause);
+        if drain_ms > 0 {
+            self.next.switchover = Some(PendingSwitchover {
+                intent,
+                to: target.to_string(),
+                drain: Some(Box::new(Drain {
+                    ms: drain_ms,
+                    generation: self.input.roles.generation + 1,
+                })),
+                link,
+            });
+            self.next.reason = format!(
+                "{why}: draining {name}/{from} for {drain_ms} ms (no new work), then demoting it and promoting {name}/{target}"
+            );
+            // A demotion announced: clients following the primary look
+            // again, and see it draining.
+            self.events.push(
+                EventDraft::instance(
+                    EventKind::Demoted,
+                    name,
+                    from,
+                    format!(
+                        "draining {name}/{from} for {drain_ms} ms before demoting it for a {what} switchover to {target}"
+                    ),
+                )
+                .with_reason("draining"),
+            );
+            return;
+        }
+        self.withdraw();
+        self.next.switchover = Some(PendingSwitchover {
+            intent,
+            to: target.to_string(),
+            drain: None,
+            link,
+        });
+        self.next.reason = format!("{why}: demoting {name}/{from}, then promoting {name}/{target}");
+        self.events.push(
+            EventDraft::instance(
+                EventKind::Demoted,
+                name,
+                from,
+                format!("demoting {name}/{from} for a {what} switchover to {target}"),
+            )
+            .with_reason(demoted_reason),
+        );
+    }
+
     /// The primary drains for a switchover (its grant held, checked by
     /// step 1): once it reports it has drained, withdraws its grant; if the
     /// target became unfit, ends the switchover and keeps the primary.
@@ -136,6 +168,16 @@ impl Pass<'_, '_> {
             return;
         };
         let (from, to) = (grant.instance.clone(), sw.to.clone());
+        let what = if sw.link.is_some() {
+            "link-driven"
+        } else {
+            "planned"
+        };
+        let demoted_reason = if sw.link.is_some() {
+            "link_lost"
+        } else {
+            "switchover"
+        };
         if let Some(why) = unfit(app, input.hosts, &to, status.get(&to)) {
             let intent_id = sw.intent.clone();
             self.next.switchover = None;
@@ -169,10 +211,10 @@ impl Pass<'_, '_> {
                 name,
                 &from,
                 format!(
-                    "demoting {name}/{from} for a planned switchover to {to}, after draining for {ms} ms"
+                    "demoting {name}/{from} for a {what} switchover to {to}, after draining for {ms} ms"
                 ),
             )
-            .with_reason("switchover"),
+            .with_reason(demoted_reason),
         );
     }
 }
