@@ -727,3 +727,80 @@ async fn click(client: &Client, css: &str) {
         .await
         .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
 }
+
+/// The link graph: each edge's state per instance, live. The switch (an
+/// endpoint the test holds) goes away and comes back; the page follows
+/// without a reload, and has no console errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_each_links_state_live() {
+    let switch = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the switch");
+    let switch_port = switch.local_addr().expect("addr").port();
+    let ports = [common::free_port(), common::free_port()];
+    let text = format!(
+        r#"{}
+[[endpoints]]
+name = "switch"
+address = "127.0.0.1"
+port = {switch_port}
+
+[[links]]
+name = "uplink"
+from = "web"
+to = "switch"
+cardinality = "one"
+interval = "100ms"
+timeout = "80ms"
+failures_before_down = 2
+successes_before_up = 1
+"#,
+        common::pair_topology(ports[0], ports[1], common::DemoHook::Http)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("links.toml");
+    std::fs::write(&file, text).expect("write topology");
+    let up = Up::start_in(dir, file, ports);
+    up.wait_pair().await;
+    let driver = Driver::start();
+    let client = driver.session(1280, 900).await;
+    client
+        .goto(&format!("http://{}/", up.api))
+        .await
+        .expect("open the dashboard");
+    let states = "return [...document.querySelectorAll('#links tr[data-link=\"uplink\"]')]\
+                  .map((tr) => tr.dataset.instance + '=' + tr.dataset.state).sort().join(',') \
+                  === arguments[0];";
+    wait_js(
+        &client,
+        "uplink up on web/a and web/b",
+        states,
+        vec![json!("a=up,b=up")],
+    )
+    .await;
+    drop(switch);
+    let took = wait_js(
+        &client,
+        "uplink down on web/a and web/b, without a reload",
+        states,
+        vec![json!("a=down,b=down")],
+    )
+    .await;
+    println!("the lost switch showed on the page after {took:?}");
+    let text = js(
+        &client,
+        "return document.querySelector('#links tr[data-link=\"uplink\"][data-instance=\"a\"]').textContent;",
+        vec![],
+    )
+    .await;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("▼ down") && t.contains("unreachable")),
+        "{text}"
+    );
+    let (severe, recorded) = console_errors(&driver, &client).await;
+    assert!(
+        unexpected(severe.clone()).is_empty(),
+        "console errors: {severe:#?}"
+    );
+    assert_eq!(recorded, json!([]));
+    client.close().await.expect("close the browser");
+}
