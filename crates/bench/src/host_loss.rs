@@ -78,6 +78,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The fence device's timeout in the topology.
 const FENCE_TIMEOUT: &str = "5s";
+/// The switch's port, on its host's address (`--fault link`).
+const SWITCH_PORT: u16 = 5022;
+/// The switch's host (`--fault link`).
+const SWITCH_HOST: &str = "sw";
+/// The link's probe (`--fault link`): every 50 ms, down after 2 failures.
+const LINK_PROBE: &str =
+    "interval = \"50ms\"\ntimeout = \"40ms\"\nfailures_before_down = 2\nsuccesses_before_up = 1\n";
+/// The least time between two link-driven switchovers (`--fault link`).
+const LINK_INTERVAL_MS: u64 = 1000;
 
 /// How the app's primary is fenced when its host is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +117,10 @@ pub enum Fault {
     Kill,
     /// Every packet of the host dropped; its processes keep running.
     Isolate,
+    /// Only the host's path to the "switch" (an endpoint on a host of its
+    /// own, which every instance needs: a required link) is cut; the host
+    /// and everything else keep working. A link-driven switchover.
+    Link,
 }
 
 impl Fault {
@@ -116,6 +129,7 @@ impl Fault {
         match self {
             Fault::Kill => "kill",
             Fault::Isolate => "isolate",
+            Fault::Link => "link",
         }
     }
 }
@@ -129,6 +143,8 @@ pub struct HostLoss {
     /// interval is a sixth of it and the fence margin a third, as with the
     /// topology defaults (3 s, 500 ms, 1 s).
     pub lease_ttl_ms: u64,
+    /// With `--fault link`: the app's `link_hold_down` in ms.
+    pub link_hold_down_ms: u64,
     /// How the app is fenced.
     pub fencing: Fencing,
     /// How the host is lost.
@@ -194,6 +210,9 @@ fn session(
     let mut hosts = BTreeMap::new();
     for n in AGENT_HOSTS {
         hosts.insert(n, net.add_host(n)?);
+    }
+    if args.fault == Fault::Link {
+        hosts.insert(SWITCH_HOST, net.add_host(SWITCH_HOST)?);
     }
     let ctl = net.add_host("ctl")?;
     let dir = tempfile::Builder::new()
@@ -264,6 +283,7 @@ fn report(args: &HostLoss, samples: &[Sample]) {
             json!({"bench": "host-loss", "fencing": args.fencing.as_str(), "fault": args.fault.as_str(),
                    "trials": samples.len(), "lease_ttl_ms": ttl,
                    "renew_interval_ms": renew, "fence_margin_ms": margin,
+                   "link_hold_down_ms": (args.fault == Fault::Link).then_some(args.link_hold_down_ms),
                    "controller_on_lost_host": controller_lost,
                    "promotion_reasons": reasons,
                    "p50_ms": p50, "p99_ms": p99, "max_ms": max, "mean_ms": mean, "samples_ms": ms})
@@ -274,8 +294,16 @@ fn report(args: &HostLoss, samples: &[Sample]) {
             .map(|(r, n)| format!("{r} ×{n}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let link = if args.fault == Fault::Link {
+            format!(
+                ", link hold-down {} ms, link probed every 50 ms, down after 2 failures",
+                args.link_hold_down_ms
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "host-loss --fencing {} --fault {} (etcd in namespaces; lease TTL {ttl} ms, renew {renew} ms, fence margin {margin} ms): the backup on the other host answers as primary: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms ({} trials; the controller was on the lost host in {controller_lost}; promotion reasons: {reasons})",
+            "host-loss --fencing {} --fault {} (etcd in namespaces; lease TTL {ttl} ms, renew {renew} ms, fence margin {margin} ms{link}): the backup on the other host answers as primary: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms ({} trials; the controller was on the lost host in {controller_lost}; promotion reasons: {reasons})",
             args.fencing.as_str(),
             args.fault.as_str(),
             samples.len()
@@ -401,13 +429,29 @@ name = "dc1"
             ..WarmPair::default()
         };
         let mut block = app_block(&pair, ["h1", "h2"]);
+        let header = format!("[apps.{APP}]\n");
+        anyhow::ensure!(block.starts_with(&header), "unexpected app block: {block}");
         if args.fencing == Fencing::Token {
-            let header = format!("[apps.{APP}]\n");
-            anyhow::ensure!(block.starts_with(&header), "unexpected app block: {block}");
             block.insert_str(header.len(), "fencing = \"token\"\n");
+        }
+        if args.fault == Fault::Link {
+            block.insert_str(
+                header.len(),
+                &format!(
+                    "link_hold_down = \"{}ms\"\nlink_switchover_interval = \"{LINK_INTERVAL_MS}ms\"\n",
+                    args.link_hold_down_ms
+                ),
+            );
         }
         text.push('\n');
         text.push_str(&block);
+        if args.fault == Fault::Link {
+            let sw = self.host(SWITCH_HOST)?;
+            text.push_str(&format!(
+                "\n[[endpoints]]\nname = \"switch\"\naddress = \"{}\"\nport = {SWITCH_PORT}\n\n[[links]]\nname = \"acd\"\nfrom = \"{APP}\"\nto = \"switch\"\ncardinality = \"one\"\n{LINK_PROBE}",
+                sw.addr
+            ));
+        }
         Ok(text)
     }
 
@@ -573,6 +617,28 @@ name = "dc1"
             .and_then(|e| e.reason)
     }
 
+    /// Starts the switch: a listener on its own host, which tandem does
+    /// not run (`--fault link`).
+    fn start_switch(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let host = self.host(SWITCH_HOST)?.clone();
+        let log = self.log("switch")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["demo-app", "--port", &SWITCH_PORT.to_string()])
+            .args(["--bind", &host.addr.to_string()])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        pdeathsig(&mut cmd);
+        let child = self
+            .net
+            .spawn(&host, &mut cmd)
+            .context("cannot start the switch")?;
+        self.etcd_procs.push(child);
+        Ok(())
+    }
+
     /// Brings a lost host back: its rules flushed, its interface up, its
     /// agent started again if it is gone (the instances of a killed agent
     /// are gone with it; what is left of them is killed first).
@@ -613,6 +679,9 @@ name = "dc1"
         let topology = tandem_core::topology::parse("bench-host-loss.toml", &text)
             .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?;
         self.start_etcd()?;
+        if args.fault == Fault::Link {
+            self.start_switch()?;
+        }
         self.wait_etcd().await?;
         let store = connect.connect(&self.store_url()).await?;
         store
@@ -656,6 +725,14 @@ name = "dc1"
             let victim_host = self.host(victim)?.clone();
             let url = format!("http://{}:{DEMO_PORT}/", self.host(host_of(backup))?.addr);
             let controller_lost = self.controller().await.as_deref() == Some(victim);
+            if args.fault == Fault::Link {
+                // Both hosts have had the link for the hold-down, and the
+                // last link-driven switchover is an interval ago.
+                tokio::time::sleep(Duration::from_millis(
+                    LINK_INTERVAL_MS.max(args.link_hold_down_ms) + 300,
+                ))
+                .await;
+            }
 
             let t0 = match args.fault {
                 Fault::Kill => {
@@ -669,6 +746,11 @@ name = "dc1"
                 Fault::Isolate => {
                     // From the moment both rules are in: the host is cut off.
                     self.net.isolate(&victim_host)?;
+                    Instant::now()
+                }
+                Fault::Link => {
+                    let sw = self.host(SWITCH_HOST)?.clone();
+                    self.net.cut(&victim_host, &sw)?;
                     Instant::now()
                 }
             };
@@ -699,6 +781,7 @@ name = "dc1"
                     match args.fault {
                         Fault::Kill => "killed",
                         Fault::Isolate => "isolated",
+                        Fault::Link => "cut from the switch:",
                     },
                     if controller_lost {
                         ", and the controller"

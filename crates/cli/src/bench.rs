@@ -88,8 +88,9 @@ struct HostLossArgs {
     #[arg(long, value_enum, default_value_t = FencingArg::Lease)]
     fencing: FencingArg,
     /// How the primary's host is lost: `kill` (SIGKILL of all its
-    /// processes) or `isolate` (all its traffic dropped, its processes left
-    /// running).
+    /// processes), `isolate` (all its traffic dropped, its processes left
+    /// running) or `link` (only its path to a switch that every instance
+    /// needs is cut: a link-driven switchover).
     #[arg(long, value_enum, default_value_t = FaultArg::Kill)]
     fault: FaultArg,
     /// Number of trials.
@@ -100,6 +101,9 @@ struct HostLossArgs {
     /// topology defaults (3 s, 500 ms, 1 s).
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1000..=60_000))]
     lease_ttl_ms: u64,
+    /// With `--fault link`: the app's `link_hold_down` in ms.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    link_hold_down_ms: u64,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
@@ -121,6 +125,7 @@ enum FencingArg {
 enum FaultArg {
     Kill,
     Isolate,
+    Link,
 }
 
 /// Flags of `tandem bench etcd-load`.
@@ -191,8 +196,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 fault: match a.fault {
                     FaultArg::Kill => Fault::Kill,
                     FaultArg::Isolate => Fault::Isolate,
+                    FaultArg::Link => Fault::Link,
                 },
                 lease_ttl_ms: a.lease_ttl_ms,
+                link_hold_down_ms: a.link_hold_down_ms,
                 json: a.json,
                 keep_logs: a.keep_logs,
             };

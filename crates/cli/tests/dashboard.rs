@@ -736,25 +736,8 @@ async fn dashboard_shows_each_links_state_live() {
     let switch = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the switch");
     let switch_port = switch.local_addr().expect("addr").port();
     let ports = [common::free_port(), common::free_port()];
-    let text = format!(
-        r#"{}
-[[endpoints]]
-name = "switch"
-address = "127.0.0.1"
-port = {switch_port}
-
-[[links]]
-name = "uplink"
-from = "web"
-to = "switch"
-cardinality = "one"
-interval = "100ms"
-timeout = "80ms"
-failures_before_down = 2
-successes_before_up = 1
-"#,
-        common::pair_topology(ports[0], ports[1], common::DemoHook::Http)
-    );
+    let text = common::pair_topology(ports[0], ports[1], common::DemoHook::Http)
+        + &common::switch_link(switch_port);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("links.toml");
     std::fs::write(&file, text).expect("write topology");

@@ -17,53 +17,17 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{Cluster, FENCE_MARGIN, LEASE_TTL, RENEW_INTERVAL, app, run_with};
+use harness::{Cluster, app, run_with};
 use support::{describe, events, is};
 use tandem_api::types::{Health, StatusDoc};
-use tandem_demo::topology::{WarmPair, app_block};
+use tandem_demo::topology::app_block;
 
 const SWITCH_PORT: u16 = 5022;
 
 fn topology(c: &Cluster) -> String {
     let addr = |h: &str| c.host(h).addr.to_string();
-    let journal = c.dir.path().join("{app}.{instance}.jsonl");
-    let mut t = format!(
-        r#"
-[cluster]
-lease_ttl = "{ttl}ms"
-renew_interval = "{renew}ms"
-fence_margin = "{margin}ms"
-
-[[sites]]
-name = "dc1"
-"#,
-        ttl = LEASE_TTL.as_millis(),
-        renew = RENEW_INTERVAL.as_millis(),
-        margin = FENCE_MARGIN.as_millis(),
-    );
-    for h in ["h1", "h2", "h3"] {
-        t.push_str(&format!(
-            "\n[[hosts]]\nname = \"{h}\"\nsite = \"dc1\"\naddress = \"{}\"\n",
-            addr(h)
-        ));
-    }
-    let pair = WarmPair {
-        app: "web".into(),
-        ports: [8081, 8081],
-        check_interval_ms: 200,
-        check_timeout_ms: 150,
-        failures_before_unhealthy: 3,
-        successes_before_healthy: 1,
-        stable_after_ms: 1000,
-        stop_timeout_ms: Some(1000),
-        extra_args: vec![
-            "--bind".into(),
-            "{address}".into(),
-            "--journal".into(),
-            journal.display().to_string(),
-        ],
-        ..WarmPair::default()
-    };
+    let mut t = c.topology_head();
+    let pair = c.pair("web", "warm-standby", harness::WEB_PORT);
     let block = app_block(&pair, ["h1", "h2"]).replacen(
         "ha = \"warm-standby\"\n",
         "ha = \"warm-standby\"\nlink_hold_down = \"300ms\"\nlink_switchover_interval = \"2s\"\n",

@@ -27,21 +27,7 @@ id = "c"
 host = "local"
 ports = {{ http = {client} }}
 
-[[endpoints]]
-name = "switch"
-address = "127.0.0.1"
-port = {switch}
-
-[[links]]
-name = "uplink"
-from = "web"
-to = "switch"
-cardinality = "one"
-interval = "100ms"
-timeout = "80ms"
-failures_before_down = 2
-successes_before_up = 2
-
+{switch}
 [[links]]
 from = "client"
 to = "web"
@@ -53,6 +39,7 @@ failures_before_down = 2
 successes_before_up = 1
 "#,
         pair = pair_topology(ports[0], ports[1], DemoHook::Http),
+        switch = common::switch_link(switch),
     )
 }
 

@@ -61,6 +61,30 @@ pub fn pair_topology(pa: u16, pb: u16, hook: DemoHook) -> String {
     })
 }
 
+/// An endpoint `switch` on 127.0.0.1:`port` and a link `uplink` from `web`
+/// to it (`one`, probed every 100 ms, down after 2 failures, up after 2
+/// successes): append it to the pair's topology.
+pub fn switch_link(port: u16) -> String {
+    format!(
+        r#"
+[[endpoints]]
+name = "switch"
+address = "127.0.0.1"
+port = {port}
+
+[[links]]
+name = "uplink"
+from = "web"
+to = "switch"
+cardinality = "one"
+interval = "100ms"
+timeout = "80ms"
+failures_before_down = 2
+successes_before_up = 2
+"#
+    )
+}
+
 /// `text` with `[cluster] agent_port = port` added.
 pub fn with_agent_port(text: &str, port: u16) -> String {
     if text.contains("[cluster]") {

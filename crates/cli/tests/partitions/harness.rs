@@ -311,8 +311,46 @@ impl Cluster {
     }
 
     fn topology(&self) -> String {
-        let addr = |h: &str| self.host(h).addr.to_string();
+        let mut t = self.topology_head();
+        for (name, ha, port) in [
+            ("web", "warm-standby", WEB_PORT),
+            ("daemon", "singleton", DAEMON_PORT),
+        ] {
+            t.push('\n');
+            t.push_str(&app_block(&self.pair(name, ha, port), ["h1", "h2"]));
+        }
+        t
+    }
+
+    /// A pair `name` of demo components in mode `ha` on `port` of h1 and
+    /// h2, bound to their host's address, journaling to the test's
+    /// directory.
+    pub fn pair(&self, name: &str, ha: &str, port: u16) -> WarmPair {
         let journal = self.dir.path().join("{app}.{instance}.jsonl");
+        WarmPair {
+            app: name.into(),
+            mode: ha.into(),
+            ports: [port, port],
+            check_interval_ms: 200,
+            check_timeout_ms: 150,
+            failures_before_unhealthy: 3,
+            successes_before_healthy: 1,
+            stable_after_ms: 1000,
+            stop_timeout_ms: Some(1000),
+            extra_args: vec![
+                "--bind".into(),
+                "{address}".into(),
+                "--journal".into(),
+                journal.display().to_string(),
+            ],
+            ..WarmPair::default()
+        }
+    }
+
+    /// The topology's `[cluster]` timings, site `dc1` and hosts h1, h2,
+    /// h3: what every topology of these tests starts with.
+    pub fn topology_head(&self) -> String {
+        let addr = |h: &str| self.host(h).addr.to_string();
         let mut t = format!(
             r#"
 [cluster]
@@ -332,31 +370,6 @@ name = "dc1"
                 "\n[[hosts]]\nname = \"{h}\"\nsite = \"dc1\"\naddress = \"{}\"\n",
                 addr(h)
             ));
-        }
-        for (name, ha, port) in [
-            ("web", "warm-standby", WEB_PORT),
-            ("daemon", "singleton", DAEMON_PORT),
-        ] {
-            let pair = WarmPair {
-                app: name.into(),
-                mode: ha.into(),
-                ports: [port, port],
-                check_interval_ms: 200,
-                check_timeout_ms: 150,
-                failures_before_unhealthy: 3,
-                successes_before_healthy: 1,
-                stable_after_ms: 1000,
-                stop_timeout_ms: Some(1000),
-                extra_args: vec![
-                    "--bind".into(),
-                    "{address}".into(),
-                    "--journal".into(),
-                    journal.display().to_string(),
-                ],
-                ..WarmPair::default()
-            };
-            t.push('\n');
-            t.push_str(&app_block(&pair, ["h1", "h2"]));
         }
         t
     }
