@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::hook::{HookTarget, run_hook};
 use crate::lease::{self, LeaseEvent};
 use crate::peer::{self, HostView, InstanceView, PeerRequest, PeerState};
-use crate::probe::{http_client, probe, probe_link};
+use crate::probe::{TlsProbe, http_client, probe, probe_link};
 use crate::process::{self, Paths, describe_exit, signal_group};
 use crate::publish::Publisher;
 use crate::sign::{ClusterSecret, Verifier};
@@ -900,23 +900,32 @@ impl Agent {
             p.abort();
         }
         for link in topology.links_from(&local.app.name) {
+            // A TLS link's CA is read once here; if it cannot be, every
+            // probe of the link says why.
+            let tls = link
+                .tls_check
+                .as_ref()
+                .map(|c| std::sync::Arc::new(TlsProbe::new(c)));
             for target in topology.link_targets(link) {
                 let tx = self.tx.clone();
                 let http = self.http.clone();
                 let probe = link.probe.clone();
                 let name = link.name.clone();
+                let tls = tls.clone();
                 let handle = tokio::spawn(async move {
                     let interval = probe.interval;
                     let mut ticker = tokio::time::interval(interval);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         ticker.tick().await;
-                        let result = probe_link(&probe, &target, &http).await;
+                        let result = probe_link(&probe, tls.as_deref(), &target, &http).await;
+                        let cert = result.as_ref().ok().cloned().flatten();
                         let input = Input::LinkProbe {
                             link: name.clone(),
                             target: target.name.clone(),
                             incarnation,
-                            result,
+                            result: result.map(drop),
+                            cert,
                         };
                         if tx.send(Msg::Input(i, input)).await.is_err() {
                             return;

@@ -3,10 +3,13 @@
 //! has a boolean `busy` also says whether a pool worker is busy.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_core::model::CertSeen;
 use tandem_core::topology::{
-    App, Check, CheckKind, Host, Instance, LinkProbe, LinkProbeKind, LinkTarget, expand_all,
+    App, Check, CheckKind, Host, Instance, LinkProbe, LinkProbeKind, LinkTarget, TlsCheck,
+    expand_all,
 };
 
 /// Runs one probe of `check` against an instance. `Ok(Some(busy))` when
@@ -122,20 +125,110 @@ async fn run(
     }
 }
 
+/// How a TLS link is checked: its CA, the name its certificate must
+/// carry, and the expiry warning. Built once per link from the topology's
+/// [`TlsCheck`] (reading the CA file on this host).
+pub struct TlsProbe {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+    warning: Duration,
+}
+
+impl TlsProbe {
+    /// Reads the CA file of `check`.
+    pub fn new(check: &TlsCheck) -> Result<TlsProbe, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&check.ca)
+            .map_err(|e| format!("cannot read the link's CA {}: {e}", check.ca))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot read the link's CA {}: {e}", check.ca))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("the link's CA {} holds no certificate", check.ca));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = match &check.server_name {
+            None => None,
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| format!("invalid tls_server_name {n:?}: {e}"))?,
+            ),
+        };
+        Ok(TlsProbe {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+            warning: check.expiry_warning,
+        })
+    }
+
+    /// A TLS handshake with `addr`; the certificate it saw.
+    async fn handshake(&self, addr: SocketAddr) -> Result<CertSeen, String> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("tcp connect to {addr} failed: {e}"))?;
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+        let (_, session) = tls.get_ref();
+        let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
+            return Err(format!("TLS handshake with {addr}: no certificate"));
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| format!("TLS handshake with {addr}: unreadable certificate: {e}"))?;
+        let not_after = cert.validity().not_after;
+        let expires = u64::try_from(not_after.timestamp()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let dt = not_after.to_datetime();
+        Ok(CertSeen {
+            not_after: format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second()
+            ),
+            expiring: expires.saturating_sub(now) < self.warning.as_secs(),
+        })
+    }
+}
+
 /// Runs one probe of a link's target, bounded by the probe's timeout: a
-/// TCP connect, or an HTTP GET that any answer below 500 passes (the
-/// target answers, whatever it thinks of the request).
+/// TCP connect, an HTTP GET that any answer below 500 passes (the target
+/// answers, whatever it thinks of the request), or, for a TLS link (`tls`:
+/// its check, or why it cannot be made), a TLS handshake whose
+/// certificate is returned. An expired or untrusted certificate fails.
 pub async fn probe_link(
     probe: &LinkProbe,
+    tls: Option<&Result<TlsProbe, String>>,
     target: &LinkTarget,
     http: &reqwest::Client,
-) -> Result<(), String> {
+) -> Result<Option<CertSeen>, String> {
     let addr = SocketAddr::new(reach(target.address), target.port);
     let run = async {
+        if let Some(tls) = tls {
+            let tls = tls.as_ref().map_err(Clone::clone)?;
+            return tls.handshake(addr).await.map(Some);
+        }
         match &probe.kind {
             LinkProbeKind::Tcp => tokio::net::TcpStream::connect(addr)
                 .await
-                .map(drop)
+                .map(|_| None)
                 .map_err(|e| format!("tcp connect to {addr} failed: {e}")),
             LinkProbeKind::Http { path } => {
                 let url = format!("http://{addr}{path}");
@@ -148,7 +241,7 @@ pub async fn probe_link(
                 if code.is_server_error() {
                     return Err(format!("GET {url} answered {code}"));
                 }
-                Ok(())
+                Ok(None)
             }
         }
     };

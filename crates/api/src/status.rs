@@ -128,6 +128,8 @@ pub fn links_document(topology: &Topology, statuses: &Listing, roles: &Listing) 
                                     target: name.clone(),
                                     state: r.state.as_str().to_owned(),
                                     detail: r.detail.clone(),
+                                    cert_not_after: r.cert.as_ref().map(|c| c.not_after.clone()),
+                                    cert_expiring: r.cert.as_ref().is_some_and(|c| c.expiring),
                                 })
                                 .collect()
                         })

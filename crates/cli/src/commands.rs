@@ -60,7 +60,14 @@ pub fn links_table(doc: &LinksDoc) -> String {
             let targets = i
                 .targets
                 .iter()
-                .map(|t| format!("{}:{}", t.target, t.state))
+                .map(|t| {
+                    let cert = if t.cert_expiring {
+                        " (certificate expires soon)"
+                    } else {
+                        ""
+                    };
+                    format!("{}:{}{cert}", t.target, t.state)
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             rows.push(vec![

@@ -75,6 +75,7 @@ pub fn judge(
             Some(LinkReach {
                 state: Reach::Down,
                 detail,
+                ..
             }) => verdict(
                 Reach::Down,
                 format!("{who} is unreachable{}", because(detail.as_deref())),

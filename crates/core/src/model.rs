@@ -239,6 +239,19 @@ pub struct LinkReach {
     /// Why the last probe failed, while it counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a TLS link: the certificate its last successful handshake saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<CertSeen>,
+}
+
+/// A TLS link target's certificate, as a probe's handshake saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSeen {
+    /// When it expires ("2027-01-05 12:00:00 UTC").
+    pub not_after: String,
+    /// It expires within the link's `tls_expiry_warning`.
+    #[serde(default)]
+    pub expiring: bool,
 }
 
 /// What separates how a run ended from why tandem ended it, in

@@ -8,7 +8,7 @@ use tandem_core::controller::status_events;
 use tandem_core::instance::{Action, Input, InstanceMachine, InstanceSpec, LinkSpec, Note};
 use tandem_core::links::judge;
 use tandem_core::model::{
-    AppRoles, EventKind, InstanceStatus, LinkReach, PrimaryGrant, ProcessState, Reach,
+    AppRoles, CertSeen, EventKind, InstanceStatus, LinkReach, PrimaryGrant, ProcessState, Reach,
 };
 use tandem_core::topology::{HaMode, RestartPolicy, Topology, parse};
 
@@ -102,6 +102,7 @@ fn probe(link: &str, target: &str, incarnation: u64, result: Result<(), String>)
         target: target.into(),
         incarnation,
         result,
+        cert: None,
     }
 }
 
@@ -216,6 +217,7 @@ fn status_with(links: &[(&str, &[(&str, Reach)])]) -> InstanceStatus {
                         LinkReach {
                             state: *state,
                             detail: (*state == Reach::Down).then(|| "refused".to_string()),
+                            cert: None,
                         },
                     )
                 })
@@ -326,4 +328,48 @@ fn a_target_lost_or_regained_is_an_event_but_a_first_sighting_or_a_restart_is_no
     assert!(ev(Unknown, Up).is_empty());
     assert!(ev(Up, Unknown).is_empty());
     assert!(ev(Down, Down).is_empty());
+}
+
+#[test]
+fn a_tls_targets_certificate_is_reported_and_one_about_to_expire_is_an_event_once() {
+    let mut m = running_cms();
+    let cert = |expiring| CertSeen {
+        not_after: "2027-01-05 12:00:00 UTC".into(),
+        expiring,
+    };
+    let tls_probe = |expiring| Input::LinkProbe {
+        link: "acd".into(),
+        target: "switch".into(),
+        incarnation: 1,
+        result: Ok(()),
+        cert: Some(cert(expiring)),
+    };
+    let step = m.handle(tls_probe(false), MS);
+    assert_eq!(step.actions, [Action::Publish], "a certificate first seen");
+    assert_eq!(reach_of(&m, "acd", "switch").cert, Some(cert(false)));
+    m.handle(tls_probe(false), 2 * MS);
+    assert_eq!(reach_of(&m, "acd", "switch").state, Reach::Up);
+    let step = m.handle(tls_probe(false), 3 * MS);
+    assert!(
+        step.actions.is_empty(),
+        "the same certificate again: {step:?}"
+    );
+    let before = m.status();
+    m.handle(tls_probe(true), 4 * MS);
+    let after = m.status();
+    assert_eq!(reach_of(&m, "acd", "switch").cert, Some(cert(true)));
+    let events = status_events("cms", "a", Some(&before), Some(&after));
+    let expiring: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason == Some("cert_expiring"))
+        .collect();
+    assert_eq!(expiring.len(), 1, "{events:?}");
+    assert_eq!(
+        expiring[0].message,
+        "cms/a: link acd to switch: its certificate expires soon (not after 2027-01-05 12:00:00 UTC)"
+    );
+    assert!(
+        status_events("cms", "a", Some(&after), Some(&after)).is_empty(),
+        "said once"
+    );
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tandem_core::topology::{
     App, Cardinality, Check, CheckKind, Cluster, Diagnostic, Endpoint, FenceDevice, Fencing,
-    HaMode, Hook, Host, Instance, Link, LinkProbe, LinkProbeKind, RestartPolicy, Site, Topology,
-    expand, expand_all, fence_command, format_duration, parse, parse_duration, parse_with,
+    HaMode, Hook, Host, Instance, Link, LinkProbe, LinkProbeKind, RestartPolicy, Site, TlsCheck,
+    Topology, expand, expand_all, fence_command, format_duration, parse, parse_duration,
+    parse_with,
 };
 
 const FULL: &str = include_str!("fixtures/topology/full.toml");
@@ -222,6 +223,11 @@ fn full_file_parses_into_the_expected_model() {
                 to: "db".into(),
                 cardinality: Cardinality::One,
                 tls: true,
+                tls_check: Some(TlsCheck {
+                    ca: "/etc/tandem/db-ca.pem".into(),
+                    server_name: None,
+                    expiry_warning: TlsCheck::DEFAULT_EXPIRY_WARNING,
+                }),
                 port: None,
                 probe: LinkProbe::default(),
             },
@@ -231,6 +237,7 @@ fn full_file_parses_into_the_expected_model() {
                 to: "cache".into(),
                 cardinality: Cardinality::Optional,
                 tls: false,
+                tls_check: None,
                 port: None,
                 probe: LinkProbe::default(),
             },
@@ -240,6 +247,7 @@ fn full_file_parses_into_the_expected_model() {
                 to: "db".into(),
                 cardinality: Cardinality::OneOrMore,
                 tls: false,
+                tls_check: None,
                 port: None,
                 probe: LinkProbe::default(),
             },
@@ -1022,6 +1030,102 @@ host = "h1"
         4,
         1,
         "app \"web\": \"link_hold_down\" applies to warm-standby and hot-standby, not \"none\"",
+    ),
+    (
+        "tls link without a CA",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+tls = true
+"#,
+        12,
+        1,
+        "link has tls = true but no tls_ca",
+    ),
+    (
+        "tls_ca without tls",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+tls_ca = "/x.pem"
+"#,
+        16,
+        1,
+        "key \"tls_ca\" does not apply to a link without tls = true",
+    ),
+    (
+        "tls expiry warning of too many days",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+tls = true
+tls_ca = "/x.pem"
+tls_expiry_warning = "400d"
+"#,
+        18,
+        22,
+        "\"tls_expiry_warning\" in link must be 1d to 365d, found 400d",
+    ),
+    (
+        "http probe of a tls link",
+        r#"[apps.web]
+ha = "none"
+command = ["run"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "switch"
+address = "10.0.0.9"
+port = 5022
+[[links]]
+from = "web"
+to = "switch"
+cardinality = "one"
+tls = true
+tls_ca = "/x.pem"
+probe = "http"
+"#,
+        18,
+        9,
+        "a TLS link is probed by a TLS handshake",
     ),
     (
         "bad cardinality",
@@ -2194,6 +2298,15 @@ from = "web"
 to = "cms"
 cardinality = "one-or-more"
 port = "admin"
+[[links]]
+name = "secure"
+from = "web"
+to = "cm1"
+cardinality = "optional"
+tls = true
+tls_ca = "/etc/tandem/ca.pem"
+tls_server_name = "cm1.example"
+tls_expiry_warning = "30d"
 {BASE}"#
     );
     let t = parse_with("t.toml", &text, &programs).expect("parses");
@@ -2222,6 +2335,14 @@ port = "admin"
     let targets = t.link_targets(acd);
     assert_eq!(targets.len(), 1);
     assert_eq!((targets[0].name.as_str(), targets[0].port), ("cm1", 5022));
+    assert_eq!(
+        t.link("secure").and_then(|l| l.tls_check.clone()),
+        Some(TlsCheck {
+            ca: "/etc/tandem/ca.pem".into(),
+            server_name: Some("cm1.example".into()),
+            expiry_warning: Duration::from_secs(30 * 24 * 3600),
+        })
+    );
     let web = t.link("web->cms").expect("the default name");
     assert_eq!(web.probe, LinkProbe::default());
     let targets = t.link_targets(web);

@@ -245,6 +245,13 @@ pub struct LinkTargetDoc {
     /// Why the last probe failed, while it counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a TLS link: when the certificate its last handshake saw
+    /// expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<String>,
+    /// That certificate expires within the link's `tls_expiry_warning`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cert_expiring: bool,
 }
 
 /// The body of every error answer: `{"error": "one clear sentence"}`.

@@ -27,8 +27,11 @@ function linkTable(link) {
       h("td", { "data-label": "targets" },
         i.targets.length === 0
           ? "–"
-          : i.targets.map((t) => h("span", { class: `target link-${t.state}`, title: t.detail || "" },
-            `${t.target} ${STATE_SYMBOL[t.state] || "?"} `))),
+          : i.targets.map((t) => h("span", {
+            class: `target link-${t.state}`,
+            title: [t.detail, t.cert_not_after ? `certificate not after ${t.cert_not_after}` : ""]
+              .filter(Boolean).join(" · "),
+          }, `${t.target} ${STATE_SYMBOL[t.state] || "?"}${t.cert_expiring ? " ⚠ certificate expires soon" : ""} `))),
       h("td", { "data-label": "why", class: "detail" }, i.detail)));
   const down = link.instances.filter((i) => i.state === "down").length;
   const summary = down === 0 ? "" : ` · ${down} down`;

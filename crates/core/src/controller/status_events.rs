@@ -43,11 +43,25 @@ fn link_events(
     let mut out = Vec::new();
     for (link, targets) in &n.links {
         for (target, now) in targets {
-            let before = o
-                .links
-                .get(link)
-                .and_then(|t| t.get(target))
-                .map_or(Reach::Unknown, |r| r.state);
+            let old = o.links.get(link).and_then(|t| t.get(target));
+            let was_expiring = old
+                .and_then(|r| r.cert.as_ref())
+                .is_some_and(|c| c.expiring);
+            if let Some(cert) = now.cert.as_ref().filter(|c| c.expiring && !was_expiring) {
+                out.push(
+                    EventDraft::instance(
+                        EventKind::Link,
+                        app,
+                        instance,
+                        format!(
+                            "{app}/{instance}: link {link} to {target}: its certificate expires soon (not after {})",
+                            cert.not_after
+                        ),
+                    )
+                    .with_reason("cert_expiring"),
+                );
+            }
+            let before = old.map_or(Reach::Unknown, |r| r.state);
             let (reason, msg) = match (before, now.state) {
                 (Reach::Up | Reach::Unknown, Reach::Down) => (
                     "link_down",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::{Action, InstanceMachine, Note, Proc, Step};
 use crate::health::CheckTracker;
-use crate::model::{Health, LinkReach, Reach};
+use crate::model::{CertSeen, Health, LinkReach, Reach};
 use crate::topology::{Link, Topology};
 
 /// One link of the instance's app, as its machine tracks it.
@@ -54,6 +54,8 @@ impl LinkSpec {
 pub(super) struct LinkTrackers {
     spec: LinkSpec,
     targets: BTreeMap<String, CheckTracker>,
+    /// TLS links: the certificate each target's last handshake saw.
+    certs: BTreeMap<String, CertSeen>,
 }
 
 impl LinkTrackers {
@@ -63,7 +65,11 @@ impl LinkTrackers {
             .iter()
             .map(|t| (t.clone(), CheckTracker::new(spec.failures, spec.successes)))
             .collect();
-        LinkTrackers { spec, targets }
+        LinkTrackers {
+            spec,
+            targets,
+            certs: BTreeMap::new(),
+        }
     }
 }
 
@@ -103,6 +109,7 @@ impl InstanceMachine {
             for t in l.targets.values_mut() {
                 t.reset();
             }
+            l.certs.clear();
         }
     }
 
@@ -124,7 +131,15 @@ impl InstanceMachine {
                             Reach::Up => None,
                             _ => t.last_failure().map(str::to_string),
                         };
-                        (name.clone(), LinkReach { state, detail })
+                        let cert = l.certs.get(name).cloned();
+                        (
+                            name.clone(),
+                            LinkReach {
+                                state,
+                                detail,
+                                cert,
+                            },
+                        )
                     })
                     .collect();
                 (l.spec.name.clone(), targets)
@@ -140,19 +155,24 @@ impl InstanceMachine {
         target: &str,
         incarnation: u64,
         result: Result<(), String>,
+        cert: Option<CertSeen>,
         step: &mut Step,
     ) {
         if self.proc != Proc::Running || incarnation != self.incarnation {
             return;
         }
-        let Some(t) = self
-            .links
-            .iter_mut()
-            .find(|l| l.spec.name == link)
-            .and_then(|l| l.targets.get_mut(target))
-        else {
+        let Some(l) = self.links.iter_mut().find(|l| l.spec.name == link) else {
             return;
         };
+        let Some(t) = l.targets.get_mut(target) else {
+            return;
+        };
+        if let Some(cert) = cert
+            && l.certs.get(target) != Some(&cert)
+        {
+            l.certs.insert(target.to_string(), cert);
+            step.act(Action::Publish);
+        }
         let before = t.health();
         t.record(result);
         let after = t.health();

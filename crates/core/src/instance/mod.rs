@@ -124,6 +124,8 @@ pub enum Input {
         incarnation: u64,
         /// Its result.
         result: Result<(), String>,
+        /// For a TLS link: the certificate the handshake saw.
+        cert: Option<crate::model::CertSeen>,
     },
     /// A pool worker's health answer said whether it is busy.
     Load {
@@ -475,7 +477,8 @@ impl InstanceMachine {
                 target,
                 incarnation,
                 result,
-            } => self.link_probe(&link, &target, incarnation, result, s),
+                cert,
+            } => self.link_probe(&link, &target, incarnation, result, cert, s),
             Input::Load { incarnation, busy } => self.load(incarnation, busy, s),
             Input::HookDone {
                 role,

@@ -122,7 +122,12 @@
 //! from = "web"
 //! to = "db"                 # an app or an endpoint
 //! cardinality = "one"       # "one" | "one-or-more" | "optional"
-//! tls = false               # optional, default false
+//! tls = false               # optional, default false; true: probed by a TLS handshake
+//! tls_ca = "/etc/tandem/switch-ca.pem"  # with tls: the CA (PEM, on each agent's host)
+//! tls_server_name = "cm1"   # optional: the name the certificate must carry
+//!                           # (default: the target's IP address)
+//! tls_expiry_warning = "14d" # optional (1d to 365d, or "30m" etc.): an event when it expires within this;
+//!                           # an expired or untrusted certificate is a down link
 //! name = "web->db"          # optional, unique; default "FROM->TO"
 //! port = "pg"               # optional (links to apps): the target instances' port
 //!                           # probed; default "main", else the alphabetically first
@@ -174,7 +179,7 @@ pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, pa
 pub use model::{
     App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HOOK_SIGNALS,
     HaMode, Hook, Host, Instance, Link, LinkProbe, LinkProbeKind, LinkTarget, RestartPolicy,
-    SUPPORTED_HA_MODES, Site, Topology, Webhook, hook_signal,
+    SUPPORTED_HA_MODES, Site, TlsCheck, Topology, Webhook, hook_signal,
 };
 pub use placeholder::{expand, expand_all, fence_command};
 pub use walk::is_valid_name;

@@ -631,14 +631,39 @@ pub struct Link {
     pub to: String,
     /// How many instances of `to` each instance of `from` needs.
     pub cardinality: Cardinality,
-    /// Whether the connection uses TLS (default false).
+    /// Whether the connection uses TLS (default false): then it is probed
+    /// with a TLS handshake verified against `tls_ca`.
     pub tls: bool,
+    /// With `tls`: how its certificates are checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_check: Option<TlsCheck>,
     /// For a link to an app: the name of the target instances' port to
     /// probe (default: `main`, else the alphabetically first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
     /// How the link is probed.
     pub probe: LinkProbe,
+}
+
+/// How a TLS link's certificates are checked by its probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCheck {
+    /// The CA file (PEM) the target's certificate must chain to, read by
+    /// each agent from its own host.
+    pub ca: String,
+    /// The name the certificate must carry (default: the target's IP
+    /// address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// A certificate that expires within this is reported (an event);
+    /// an expired one is a down link (default 14 days).
+    #[serde(rename = "expiry_warning_ms", with = "duration_ms")]
+    pub expiry_warning: Duration,
+}
+
+impl TlsCheck {
+    /// Default `expiry_warning`.
+    pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 }
 
 /// How a link is probed, with hysteresis like a health check.

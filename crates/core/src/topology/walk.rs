@@ -17,8 +17,8 @@ use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
     App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HaMode, Hook,
-    Host, Instance, Link, LinkFailover, LinkProbe, LinkProbeKind, RestartPolicy, Site, Topology,
-    Webhook, hook_signal,
+    Host, Instance, Link, LinkFailover, LinkProbe, LinkProbeKind, RestartPolicy, Site, TlsCheck,
+    Topology, Webhook, hook_signal,
 };
 use crate::model::EventKind;
 
@@ -1577,6 +1577,9 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             "timeout",
             "failures_before_down",
             "successes_before_up",
+            "tls_ca",
+            "tls_server_name",
+            "tls_expiry_warning",
         ],
     );
     let from = tab
@@ -1609,6 +1612,7 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             found
         });
     let tls = tab.boolean(sink, "tls").or_default(false).value;
+    let tls_check = walk_tls_check(tab, sink, tls);
     let name = match tab.string(sink, "name") {
         Got::Ok(n, span) => {
             check_link_name(sink, n, &span);
@@ -1626,13 +1630,14 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
         (None, Some(f), Some(t)) => Some(format!("{}->{}", f.0, t.0)),
         _ => None,
     };
-    let link = match (&from, &to, cardinality, &resolved, probe) {
-        (Some(f), Some(t), Some(cardinality), Some(n), Some(probe)) => Some(Link {
+    let link = match (&from, &to, cardinality, &resolved, probe, tls_check) {
+        (Some(f), Some(t), Some(cardinality), Some(n), Some(probe), Ok(tls_check)) => Some(Link {
             name: n.clone(),
             from: f.0.clone(),
             to: t.0.clone(),
             cardinality,
             tls,
+            tls_check,
             port: port.as_ref().map(|p| p.0.clone()),
             probe,
         }),
@@ -1649,6 +1654,86 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             port,
         },
     )
+}
+
+/// A TLS link's `tls_ca`, `tls_server_name` and `tls_expiry_warning`:
+/// `tls_ca` is required with `tls = true`, and none of them applies
+/// without. `Err(())`: something was wrong (reported).
+fn walk_tls_check(tab: &Tab<'_, '_>, sink: &mut Sink, tls: bool) -> Result<Option<TlsCheck>, ()> {
+    if !tls {
+        for key in ["tls_ca", "tls_server_name", "tls_expiry_warning"] {
+            tab.not_here(sink, key, "a link without tls = true");
+        }
+        return Ok(None);
+    }
+    if let Some(v) = tab.get("probe")
+        && let DeValue::String(p) = v.get_ref()
+        && &**p != "tcp"
+    {
+        sink.error(
+            &v.span(),
+            format!(
+                "probe = \"{p}\" in {}: a TLS link is probed by a TLS handshake (leave probe out)",
+                tab.what
+            ),
+        );
+        return Err(());
+    }
+    let ca = match tab.string(sink, "tls_ca") {
+        Got::Ok(ca, _) if !ca.is_empty() => ca.to_string(),
+        Got::Ok(_, span) => {
+            sink.error(&span, format!("empty \"tls_ca\" in {}", tab.what));
+            return Err(());
+        }
+        Got::Absent => {
+            sink.error(
+                &tab.span,
+                format!(
+                    "{} has tls = true but no tls_ca: name the CA file (PEM) its certificates are checked against",
+                    tab.what
+                ),
+            );
+            return Err(());
+        }
+        Got::Bad => return Err(()),
+    };
+    let server_name = match tab.string(sink, "tls_server_name") {
+        Got::Ok(n, _) => Some(n.to_string()),
+        Got::Absent => None,
+        Got::Bad => return Err(()),
+    };
+    // Days ("14d", at most 365) or a duration of the usual form.
+    let days = tab
+        .get("tls_expiry_warning")
+        .and_then(|v| match v.get_ref() {
+            DeValue::String(w) => w
+                .strip_suffix('d')
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .map(|n| (n.parse::<u64>().unwrap_or(u64::MAX), v.span())),
+            _ => None,
+        });
+    let expiry_warning = match days {
+        Some((n, _)) if (1..=365).contains(&n) => Duration::from_secs(n * 24 * 3600),
+        Some((n, span)) => {
+            sink.error(
+                &span,
+                format!(
+                    "\"tls_expiry_warning\" in {} must be 1d to 365d, found {n}d",
+                    tab.what
+                ),
+            );
+            return Err(());
+        }
+        None => match tab.duration(sink, "tls_expiry_warning") {
+            Got::Bad => return Err(()),
+            w => w.or_default(TlsCheck::DEFAULT_EXPIRY_WARNING).value,
+        },
+    };
+    Ok(Some(TlsCheck {
+        ca,
+        server_name,
+        expiry_warning,
+    }))
 }
 
 /// A link name: the name rule, plus `-` `>` (the default `FROM->TO`).
