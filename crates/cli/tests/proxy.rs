@@ -16,10 +16,20 @@ use tandem_api::types::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A `tandem proxy` process, killed when dropped (also when a test fails).
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `tandem proxy` for `web` of `up`, and waits until it answers;
 /// returns it, its address, and an HTTP client that opens a fresh
 /// connection per request (each one routed anew).
-async fn start_proxy(up: &Up) -> (std::process::Child, String, reqwest::Client) {
+async fn start_proxy(up: &Up) -> (Proxy, String, reqwest::Client) {
     let listen = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(up.dir.path().join("proxy.log")).expect("log");
     let proxy = Command::new(tandem())
@@ -31,6 +41,7 @@ async fn start_proxy(up: &Up) -> (std::process::Child, String, reqwest::Client) 
         .stderr(log)
         .spawn()
         .expect("tandem proxy");
+    let proxy = Proxy(proxy);
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -97,7 +108,7 @@ async fn the_proxy_keeps_connections_to_a_draining_primary_and_sends_new_ones_to
     std::fs::write(&topology, text).expect("write topology");
     let up = Up::start_in(dir, topology, ports);
     up.wait_pair().await;
-    let (mut proxy, listen, http) = start_proxy(&up).await;
+    let (_proxy, listen, http) = start_proxy(&up).await;
     let url = format!("http://{listen}/");
 
     let mut held = TcpStream::connect(&listen).await.expect("connect");
@@ -179,15 +190,13 @@ async fn the_proxy_keeps_connections_to_a_draining_primary_and_sends_new_ones_to
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "a connection to the demoted primary stayed open: {closed:?}"
     );
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_never_sends_a_new_connection_to_a_deposed_primary() {
     let up = Up::pair();
     up.wait_pair().await;
-    let (mut proxy, listen, http) = start_proxy(&up).await;
+    let (_proxy, listen, http) = start_proxy(&up).await;
     let url = format!("http://{listen}/");
 
     // Hammer the proxy with new connections while failing over 5 times.
@@ -249,6 +258,4 @@ async fn the_proxy_never_sends_a_new_connection_to_a_deposed_primary() {
         "answers came from too few primaries: {epochs:?}"
     );
     let _ = Role::Primary;
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }

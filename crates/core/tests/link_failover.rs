@@ -291,7 +291,7 @@ fn when_nobody_fit_has_the_link_nothing_moves_and_it_is_said_once() {
                 }
                 s
             },
-            "no fit backup of cms has it: nothing moves",
+            "no fit backup of cms has had it for the hold-down (1.0 s): nothing moves",
         ),
     ];
     for (what, links, st, says) in cases {

@@ -96,7 +96,10 @@ impl Pass<'_, '_> {
             let why = if everyone {
                 format!("every instance of {name} has lost it too")
             } else {
-                format!("no fit backup of {name} has it")
+                format!(
+                    "no fit backup of {name} has had it for the hold-down ({})",
+                    seconds(policy.hold_down)
+                )
             };
             let key = format!(
                 "{from} lost {}; {}",
