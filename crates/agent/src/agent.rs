@@ -899,7 +899,9 @@ impl Agent {
         for p in proc.link_probes.drain(..) {
             p.abort();
         }
+        let links_dir = self.paths.links_dir(&local.app.name, &local.instance.id);
         for link in topology.links_from(&local.app.name) {
+            let report = links_dir.join(&link.name);
             // A TLS link's CA is read once here; if it cannot be, every
             // probe of the link says why.
             let tls = link
@@ -912,13 +914,15 @@ impl Agent {
                 let probe = link.probe.clone();
                 let name = link.name.clone();
                 let tls = tls.clone();
+                let report = report.clone();
                 let handle = tokio::spawn(async move {
                     let interval = probe.interval;
                     let mut ticker = tokio::time::interval(interval);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         ticker.tick().await;
-                        let result = probe_link(&probe, tls.as_deref(), &target, &http).await;
+                        let result =
+                            probe_link(&probe, tls.as_deref(), &report, &target, &http).await;
                         let cert = result.as_ref().ok().cloned().flatten();
                         let input = Input::LinkProbe {
                             link: name.clone(),

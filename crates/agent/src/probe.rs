@@ -3,6 +3,7 @@
 //! has a boolean `busy` also says whether a pool worker is busy.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,9 +214,13 @@ impl TlsProbe {
 /// answers, whatever it thinks of the request), or, for a TLS link (`tls`:
 /// its check, or why it cannot be made), a TLS handshake whose
 /// certificate is returned. An expired or untrusted certificate fails.
+///
+/// A `reported` link is read from `report` (the instance's
+/// `$TANDEM_LINKS_DIR/LINK`) instead ([`read_report`]).
 pub async fn probe_link(
     probe: &LinkProbe,
     tls: Option<&Result<TlsProbe, String>>,
+    report: &Path,
     target: &LinkTarget,
     http: &reqwest::Client,
 ) -> Result<Option<CertSeen>, String> {
@@ -226,6 +231,10 @@ pub async fn probe_link(
             return tls.handshake(addr).await.map(Some);
         }
         match &probe.kind {
+            LinkProbeKind::Reported => {
+                let text = read_capped(report).await?;
+                read_report(&text, &target.name, report).map(|()| None)
+            }
             LinkProbeKind::Tcp => tokio::net::TcpStream::connect(addr)
                 .await
                 .map(|_| None)
@@ -252,6 +261,67 @@ pub async fn probe_link(
             probe.kind.as_str(),
             probe.timeout.as_millis()
         )),
+    }
+}
+
+/// The longest link report read.
+const MAX_REPORT_BYTES: u64 = 16 * 1024;
+
+async fn read_capped(path: &Path) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "the instance has not reported this link yet ({} is missing)",
+                path.display()
+            )
+        } else {
+            format!("cannot read {}: {e}", path.display())
+        }
+    })?;
+    let mut text = String::new();
+    file.take(MAX_REPORT_BYTES)
+        .read_to_string(&mut text)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text)
+}
+
+/// What a link report says of `target`: a line `up` or `down WHY` for
+/// every target, or a line `TARGET up` / `TARGET down WHY` for one (the
+/// first line that names it). Anything else is a failure that says why.
+pub fn read_report(text: &str, target: &str, path: &Path) -> Result<(), String> {
+    let verdict = |state: &str, why: &str| match state {
+        "up" => Ok(()),
+        "down" if why.is_empty() => Err("reported down by the instance".to_string()),
+        "down" => Err(format!("reported down by the instance: {why}")),
+        other => Err(format!(
+            "{}: \"{other}\" is not a link state (expected up or down)",
+            path.display()
+        )),
+    };
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let Some(first) = lines.clone().next() else {
+        return Err(format!("{} is empty", path.display()));
+    };
+    let word = |l: &str| {
+        let (w, rest) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+        (w.to_string(), rest.trim().to_string())
+    };
+    let (w, rest) = word(first);
+    if w == "up" || w == "down" {
+        return verdict(&w, &rest);
+    }
+    match lines.find(|l| word(l).0 == target) {
+        Some(l) => {
+            let (_, rest) = word(l);
+            let (state, why) = word(&rest);
+            verdict(&state, &why)
+        }
+        None => Err(format!("{} says nothing of {target}", path.display())),
     }
 }
 
@@ -284,4 +354,50 @@ pub fn http_client() -> reqwest::Client {
         .no_proxy()
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_report_says_up_or_down_for_every_target_or_per_target() {
+        let p = Path::new("/run/web.a.links/acd");
+        let cases: &[(&str, &str, Result<(), &str>)] = &[
+            ("up\n", "switch", Ok(())),
+            ("  up  \n", "switch", Ok(())),
+            ("down\n", "switch", Err("reported down by the instance")),
+            (
+                "down cable unplugged\n",
+                "switch",
+                Err("reported down by the instance: cable unplugged"),
+            ),
+            ("# state of the ACD link\nup\n", "switch", Ok(())),
+            ("b1 up\nb2 down busy\n", "b1", Ok(())),
+            (
+                "b1 up\nb2 down busy\n",
+                "b2",
+                Err("reported down by the instance: busy"),
+            ),
+            (
+                "b1 up\n",
+                "b3",
+                Err("/run/web.a.links/acd says nothing of b3"),
+            ),
+            ("", "switch", Err("/run/web.a.links/acd is empty")),
+            (
+                "b1 sideways\n",
+                "b1",
+                Err("/run/web.a.links/acd: \"sideways\" is not a link state (expected up or down)"),
+            ),
+        ];
+        for (text, target, want) in cases {
+            let got = read_report(text, target, p);
+            assert_eq!(
+                got.as_ref().map_err(String::as_str),
+                want.as_ref().map_err(|e| *e),
+                "{text:?} for {target}"
+            );
+        }
+    }
 }

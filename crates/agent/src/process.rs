@@ -60,6 +60,12 @@ impl Paths {
         self.logs.join(format!("{app}.{instance}.log"))
     }
 
+    /// Where an instance reports its links (`TANDEM_LINKS_DIR`): one file
+    /// per link of probe `reported`.
+    pub fn links_dir(&self, app: &str, instance: &str) -> PathBuf {
+        self.run.join(format!("{app}.{instance}.links"))
+    }
+
     /// The role file of an instance (`TANDEM_ROLE_FILE`).
     pub fn role_file(&self, app: &str, instance: &str) -> PathBuf {
         self.run.join(format!("{app}.{instance}.role.json"))
@@ -154,6 +160,13 @@ fn start(what: &What) -> io::Result<Child> {
         env.insert(k.into(), expand(v, app, instance, host).into());
     }
     let role_file = paths.role_file(&app.name, &instance.id);
+    let links_dir = paths.links_dir(&app.name, &instance.id);
+    std::fs::create_dir_all(&links_dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", links_dir.display()),
+        )
+    })?;
     for (k, v) in [
         ("TANDEM_APP", OsString::from(&app.name)),
         ("TANDEM_INSTANCE", instance.id.clone().into()),
@@ -161,6 +174,7 @@ fn start(what: &What) -> io::Result<Child> {
         ("TANDEM_ROLE", role.as_str().into()),
         ("TANDEM_EPOCH", epoch.to_string().into()),
         ("TANDEM_ROLE_FILE", role_file.into_os_string()),
+        ("TANDEM_LINKS_DIR", links_dir.into_os_string()),
     ] {
         env.insert(k.into(), v);
     }

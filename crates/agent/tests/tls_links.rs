@@ -122,9 +122,15 @@ async fn run(
 ) -> Result<tandem_core::model::CertSeen, String> {
     let http = reqwest::Client::new();
     let tls = TlsProbe::new(&check(ca, server_name));
-    probe_link(&probe(), Some(&tls), &target(addr), &http)
-        .await
-        .map(|c| c.expect("a TLS probe reports the certificate"))
+    probe_link(
+        &probe(),
+        Some(&tls),
+        Path::new("/nonexistent"),
+        &target(addr),
+        &http,
+    )
+    .await
+    .map(|c| c.expect("a TLS probe reports the certificate"))
 }
 
 #[tokio::test]

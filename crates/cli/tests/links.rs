@@ -199,3 +199,121 @@ async fn a_one_link_follows_the_primary_of_the_app_it_goes_to() {
     let l = link(&doc, "client->web");
     assert_eq!(states(l), [("c".to_string(), "up".to_string())]);
 }
+
+/// The link directory of `web/{id}` under `tandem up`'s data directory.
+fn links_dir(up: &Up, id: &str) -> std::path::PathBuf {
+    fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == name) {
+                return Some(path);
+            }
+            if path.is_dir()
+                && let Some(found) = find(&path, name)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    let name = format!("web.{id}.links");
+    find(up.dir.path(), &name).unwrap_or_else(|| panic!("no {name} under {:?}", up.dir.path()))
+}
+
+/// An instance reports its own link (`probe = "reported"`, the file in
+/// `$TANDEM_LINKS_DIR`): the primary says its link is down while the
+/// backup's is up, and it is switched over, demoted first; the event says
+/// what the instance reported; the journals show no two primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_reports_its_link_down_is_switched_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = [free_port(), free_port()];
+    let text = pair_topology(ports[0], ports[1], DemoHook::Http).replacen(
+        "ha = \"warm-standby\"\n",
+        "ha = \"warm-standby\"\nlink_hold_down = \"200ms\"\nlink_switchover_interval = \"2s\"\n",
+        1,
+    ) + &format!(
+        r#"
+[[endpoints]]
+name = "switch"
+address = "127.0.0.1"
+port = {}
+
+[[links]]
+name = "acd"
+from = "web"
+to = "switch"
+cardinality = "one"
+probe = "reported"
+interval = "100ms"
+timeout = "80ms"
+failures_before_down = 2
+successes_before_up = 1
+"#,
+        free_port()
+    );
+    assert!(text.contains("link_hold_down"), "{text}");
+    let file = dir.path().join("reported.toml");
+    std::fs::write(&file, text).expect("write topology");
+    let up = Up::start_in(dir, file, ports);
+    let (primary, backup) = up.wait_pair().await;
+    let epoch = up.app("web").await.epoch;
+    for id in [&primary.id, &backup.id] {
+        std::fs::write(links_dir(&up, id).join("acd"), "up\n").expect("report up");
+    }
+    wait_links(&up, "acd up on a and b", |d| all(link(d, "acd"), "up")).await;
+    let seq0 = up
+        .client()
+        .events(None, Some(1))
+        .await
+        .expect("events")
+        .last()
+        .map_or(0, |e| e.seq);
+
+    std::fs::write(
+        links_dir(&up, &primary.id).join("acd"),
+        "# written by the component\ndown lost the ACD link to the switch\n",
+    )
+    .expect("report down");
+    let now = up
+        .wait_for("the backup promoted for the reported link", 15, |a| {
+            a.primary.as_deref() == Some(backup.id.as_str()) && a.epoch > epoch
+        })
+        .await;
+    let events = up
+        .client()
+        .events(Some(seq0), Some(200))
+        .await
+        .expect("events");
+    let promoted = events
+        .iter()
+        .find(|e| e.kind.as_str() == "promoted")
+        .unwrap_or_else(|| panic!("no promotion: {events:#?}"));
+    assert_eq!(
+        promoted.reason.as_deref(),
+        Some("link_lost"),
+        "{promoted:?}"
+    );
+    assert!(
+        promoted
+            .message
+            .contains("reported down by the instance: lost the ACD link to the switch"),
+        "{}",
+        promoted.message
+    );
+    assert!(
+        events.iter().any(|e| e.kind.as_str() == "demoted"
+            && e.reason.as_deref() == Some("link_lost")
+            && e.seq < promoted.seq),
+        "{events:#?}"
+    );
+    assert_eq!(now.epoch, epoch + 1, "{now:?}");
+    let paths: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|id| up.dir.path().join(format!("journal.{id}.jsonl")))
+        .collect();
+    let intervals = common::primary_intervals(&paths);
+    let overlaps = common::overlapping_intervals(&intervals);
+    assert!(overlaps.is_empty(), "two acted at once: {overlaps:?}");
+    assert!(intervals.len() >= 2, "{intervals:?}");
+}

@@ -968,7 +968,7 @@ probe = "icmp"
 "#,
         16,
         9,
-        "unknown link probe \"icmp\"",
+        "unknown link probe \"icmp\" in link (expected one of: tcp, http, reported)",
     ),
     (
         "link probe timeout above its interval",

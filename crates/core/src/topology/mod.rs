@@ -131,7 +131,10 @@
 //! name = "web->db"          # optional, unique; default "FROM->TO"
 //! port = "pg"               # optional (links to apps): the target instances' port
 //!                           # probed; default "main", else the alphabetically first
-//! probe = "tcp"             # optional: "tcp" (connect, the default) or "http"
+//! probe = "tcp"             # optional: "tcp" (connect, the default), "http", or
+//!                           # "reported": the instance writes the link's state to
+//!                           # $TANDEM_LINKS_DIR/LINK ("up", "down WHY", or per target
+//!                           # "TARGET up" / "TARGET down WHY"), read every interval
 //! path = "/"                # http only: GET it; any answer below 500 is up
 //! interval = "1s"           # optional: time between probes
 //! timeout = "500ms"         # optional: less than interval

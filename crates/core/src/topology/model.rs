@@ -707,6 +707,11 @@ pub enum LinkProbeKind {
         /// Request path (default "/").
         path: String,
     },
+    /// Not probed by the agent: the instance itself reports the link's
+    /// state in `$TANDEM_LINKS_DIR/LINK` (the component often knows best),
+    /// which the agent reads at each interval: a line `up` or `down WHY`
+    /// for every target, or lines `TARGET up` / `TARGET down WHY`.
+    Reported,
 }
 
 impl LinkProbeKind {
@@ -715,6 +720,7 @@ impl LinkProbeKind {
         match self {
             LinkProbeKind::Tcp => "tcp",
             LinkProbeKind::Http { .. } => "http",
+            LinkProbeKind::Reported => "reported",
         }
     }
 }

@@ -1779,13 +1779,21 @@ fn walk_link_probe(tab: &Tab<'_, '_>, sink: &mut Sink) -> Option<LinkProbe> {
             }
             Got::Bad => None,
         },
+        Got::Ok("reported", _) => {
+            tab.not_here(
+                sink,
+                "path",
+                "a reported link (the instance writes its state, nothing is fetched)",
+            );
+            Some(LinkProbeKind::Reported)
+        }
         Got::Ok(other, span) => {
             sink.error(
                 &span,
                 format!(
-                    "unknown link probe \"{other}\" in {} (expected one of: tcp, http){}",
+                    "unknown link probe \"{other}\" in {} (expected one of: tcp, http, reported){}",
                     tab.what,
-                    did_you_mean(other, ["tcp", "http"])
+                    did_you_mean(other, ["tcp", "http", "reported"])
                 ),
             );
             None
