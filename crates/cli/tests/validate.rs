@@ -96,7 +96,7 @@ fn each_invalid_topology_is_rejected_at_its_line_and_column() {
             "link to unknown app",
             "[apps.x]\nha = \"none\"\ncommand = [\"run\"]\n[[apps.x.instances]]\nid = \"a\"\nhost = \"local\"\n[[links]]\nfrom = \"x\"\nto = \"db\"\ncardinality = \"one\"\n",
             "17:6",
-            "unknown app \"db\"",
+            "unknown app or endpoint \"db\"",
         ),
         (
             "warm standby alone",
