@@ -1037,6 +1037,7 @@ mod tests {
             drain: Some(Box::new(tandem_core::model::Drain {
                 ms: 300,
                 generation: 3,
+                asked_at_ms: None,
             })),
             link: None,
         });

@@ -1,8 +1,8 @@
 //! The controller's view of links, timed by its own clock: which required
 //! links each instance has lost and for how long, fed to the pure decision
-//! ([`AppLinks`]), and when an app must be decided again because a link's
-//! hold-down or the link switchover interval runs out with nothing else
-//! changing.
+//! ([`AppLinks`], with the wall clock), and when an app must be decided
+//! again because a link's hold-down, the link switchover interval or a
+//! drain's limit runs out with nothing else changing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -114,6 +114,15 @@ impl LinkClock {
                         .max(Duration::from_millis(10)),
                 );
             }
+        }
+        // A drain whose report is overdue is decided at its limit.
+        if let Some(drain) = roles.switchover.as_ref().and_then(|sw| sw.drain.as_ref())
+            && let Some(at) = drain.asked_at_ms
+        {
+            let due = at.saturating_add(drain.limit_ms());
+            consider(Duration::from_millis(
+                due.saturating_sub(links.now_ms).max(10),
+            ));
         }
         match next {
             Some(d) => {

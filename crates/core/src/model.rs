@@ -373,9 +373,20 @@ pub struct Drain {
     /// The generation of the assignment that asked it: the primary has
     /// drained once it reports `drained >= generation`.
     pub generation: u64,
+    /// When the controller asked it (its wall clock, ms since the Unix
+    /// epoch), if it knew: a primary that has not reported it drained by
+    /// [`Drain::limit_ms`] later is demoted anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_at_ms: Option<u64>,
 }
 
 impl Drain {
+    /// How long after it was asked a drain is waited for at most: twice
+    /// the period, plus 5 s for the agent to see the request and report.
+    pub fn limit_ms(&self) -> u64 {
+        self.ms.saturating_mul(2).saturating_add(5_000)
+    }
+
     /// True once `status` (the primary's) reports this drain finished.
     pub fn is_done(&self, status: Option<&InstanceStatus>) -> bool {
         status.is_some_and(|s| s.drained >= self.generation)

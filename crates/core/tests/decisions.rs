@@ -2457,3 +2457,70 @@ fn a_drain_is_asked_of_the_granted_primary_only() {
         Input::Drain(None)
     );
 }
+
+/// A primary whose agent never reports that it drained (an agent of an
+/// older version, a bug) is demoted anyway once the drain's limit has
+/// passed by the controller's clock; before that, it keeps draining. With
+/// no clock known, nothing is bounded.
+#[test]
+fn a_drain_never_reported_is_ended_at_its_limit() {
+    let app = draining_app();
+    let at = 1_000_000;
+    let clock = |now_ms| tandem_core::controller::AppLinks {
+        now_ms,
+        ..Default::default()
+    };
+    let status = statuses(&[
+        ("a", st(Role::Primary, Health::Healthy)),
+        ("b", st(Role::Backup, Health::Healthy)),
+    ]);
+    let decide_at = |roles: &AppRoles, intent: Option<&Intent>, now_ms| {
+        decide(&AppInput {
+            app: &app,
+            roles,
+            status: &status,
+            intent,
+            hosts: HostsState::NONE,
+            links: &clock(now_ms),
+        })
+    };
+    let started = decide_at(&held_by_a(), Some(&switchover_intent()), at).roles;
+    let drain = started
+        .switchover
+        .as_ref()
+        .and_then(|sw| sw.drain.clone())
+        .expect("a drain");
+    assert_eq!(drain.asked_at_ms, Some(at));
+    assert_eq!(drain.limit_ms(), 5_600);
+    let waiting = decide_at(&started, Some(&running_intent()), at + 5_599);
+    assert!(!waiting.changed, "{waiting:?}");
+    assert_eq!(
+        waiting.roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("a")
+    );
+    let ended = decide_at(&started, Some(&running_intent()), at + 5_600);
+    assert!(ended.changed);
+    assert_eq!(ended.roles.primary, None, "demoted");
+    assert_eq!(
+        ended
+            .roles
+            .stepping_down
+            .as_ref()
+            .map(|sd| sd.grant.instance.as_str()),
+        Some("a")
+    );
+    let demoted: Vec<_> = ended
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Demoted)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(
+        demoted,
+        ["demoting web/a for a planned switchover to b, without its drain report after 5600 ms"]
+    );
+    // Without a clock (a controller that knows none), it waits for the
+    // report as before.
+    let unbounded = decide_at(&started, Some(&running_intent()), 0);
+    assert!(!unbounded.changed);
+}

@@ -105,7 +105,9 @@ pub struct AppLinks {
     /// the controller's clock).
     pub up: BTreeMap<String, BTreeMap<String, std::time::Duration>>,
     /// The controller's wall clock (ms since the Unix epoch), against
-    /// [`AppRoles::link_switched_at_ms`].
+    /// [`AppRoles::link_switched_at_ms`] and a drain's
+    /// [`asked_at_ms`](crate::model::Drain::asked_at_ms) (0: unknown, and
+    /// neither bound applies).
     pub now_ms: u64,
 }
 

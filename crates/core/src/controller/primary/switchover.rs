@@ -114,6 +114,7 @@ impl Pass<'_, '_> {
                 drain: Some(Box::new(Drain {
                     ms: drain_ms,
                     generation: self.input.roles.generation + 1,
+                    asked_at_ms: Some(self.input.links.now_ms).filter(|t| *t > 0),
                 })),
                 link,
             });
@@ -194,25 +195,39 @@ impl Pass<'_, '_> {
             }
             return;
         }
-        if !drain.is_done(status.get(&from)) {
+        let overdue = drain
+            .asked_at_ms
+            .is_some_and(|at| input.links.now_ms >= at.saturating_add(drain.limit_ms()));
+        if !drain.is_done(status.get(&from)) && !overdue {
             // Still draining: the reason recorded at the start says so.
             return;
         }
         let ms = drain.ms;
+        let (after, how) = if overdue && !drain.is_done(status.get(&from)) {
+            let limit = drain.limit_ms();
+            (
+                format!(
+                    "{name}/{from} did not report that it drained within {limit} ms of being asked (drain {ms} ms)"
+                ),
+                format!("without its drain report after {limit} ms"),
+            )
+        } else {
+            (
+                format!("{name}/{from} drained for {ms} ms"),
+                format!("after draining for {ms} ms"),
+            )
+        };
         if let Some(sw) = &mut self.next.switchover {
             sw.drain = None;
         }
         self.withdraw();
-        self.next.reason =
-            format!("{name}/{from} drained for {ms} ms: demoting it, then promoting {name}/{to}");
+        self.next.reason = format!("{after}: demoting it, then promoting {name}/{to}");
         self.events.push(
             EventDraft::instance(
                 EventKind::Demoted,
                 name,
                 &from,
-                format!(
-                    "demoting {name}/{from} for a {what} switchover to {to}, after draining for {ms} ms"
-                ),
+                format!("demoting {name}/{from} for a {what} switchover to {to}, {how}"),
             )
             .with_reason(demoted_reason),
         );
