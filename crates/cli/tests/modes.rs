@@ -395,6 +395,84 @@ async fn the_wfm_example_runs_and_builds_go_on_across_a_server_failover() {
     .await
     .expect("reader");
     assert!(rows > 100);
+
+    // The links are observed live: every link of a running instance is
+    // up; freeze every builder and the server's one-or-more builder link
+    // goes down on both servers (and nothing moves: both lost it); thaw
+    // them and it comes back.
+    let links_state = |doc: &tandem_api::types::LinksDoc, name: &str| -> Vec<String> {
+        doc.links
+            .iter()
+            .filter(|l| l.name == name)
+            .flat_map(|l| {
+                l.instances
+                    .iter()
+                    .map(|i| format!("{}={}", i.instance, i.state))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let doc = up.client().links().await.expect("links");
+        let judged: Vec<_> = doc.links.iter().flat_map(|l| l.instances.iter()).collect();
+        if judged.iter().all(|i| i.state != "down")
+            && judged.iter().filter(|i| i.state == "up").count() >= 10
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "links never all up: {doc:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let builders: Vec<u32> = up
+        .app("builder")
+        .await
+        .instances
+        .iter()
+        .filter_map(|i| i.pid)
+        .collect();
+    assert_eq!(builders.len(), 3, "{builders:?}");
+    let server_before = up.app("server").await;
+    for pid in &builders {
+        signal(*pid, "STOP");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let doc = up.client().links().await.expect("links");
+        if links_state(&doc, "server->builder") == ["s1=down", "s2=down"] {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            for pid in &builders {
+                signal(*pid, "CONT");
+            }
+            panic!("the builder link never went down: {doc:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for pid in &builders {
+        signal(*pid, "CONT");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let doc = up.client().links().await.expect("links");
+        if links_state(&doc, "server->builder") == ["s1=up", "s2=up"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the builder link never came back: {doc:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server_after = up.app("server").await;
+    assert_eq!(
+        (server_after.primary, server_after.epoch),
+        (server_before.primary, server_before.epoch),
+        "a link every server lost moved the server's primary"
+    );
 }
 
 /// Waits until the server instance `id` journaled a completed build at
