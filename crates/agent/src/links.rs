@@ -101,28 +101,27 @@ impl LinkClock {
                     }
                 }
             }
+            // Only while the interval still runs: once it has passed, the
+            // decision just made already saw it (a loss held for another
+            // reason waits for a change, not for a timer).
             if roles.link_held.is_some()
                 && let Some(at) = roles.link_switched_at_ms
             {
+                // A clock set back counts as no time passed.
                 let since = Duration::from_millis(links.now_ms.saturating_sub(at));
-                // A clock set back counts as no time passed: check again
-                // after a whole interval at worst.
-                consider(
-                    policy
-                        .interval
-                        .saturating_sub(since)
-                        .max(Duration::from_millis(10)),
-                );
+                if since < policy.interval {
+                    consider(policy.interval - since);
+                }
             }
         }
-        // A drain whose report is overdue is decided at its limit.
+        // A drain whose report is not yet overdue is decided at its limit.
         if let Some(drain) = roles.switchover.as_ref().and_then(|sw| sw.drain.as_ref())
             && let Some(at) = drain.asked_at_ms
         {
             let due = at.saturating_add(drain.limit_ms());
-            consider(Duration::from_millis(
-                due.saturating_sub(links.now_ms).max(10),
-            ));
+            if due > links.now_ms {
+                consider(Duration::from_millis(due - links.now_ms));
+            }
         }
         match next {
             Some(d) => {
@@ -151,5 +150,91 @@ impl LinkClock {
             self.wake.remove(a);
         }
         due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::controller::AppLinks;
+    use tandem_core::model::PrimaryGrant;
+
+    fn app() -> App {
+        let text = r#"
+[[sites]]
+name = "dc1"
+[[hosts]]
+name = "h1"
+site = "dc1"
+address = "10.0.0.1"
+[apps.web]
+ha = "warm-standby"
+command = ["run"]
+link_hold_down = "1s"
+link_switchover_interval = "60s"
+[apps.web.hook]
+kind = "command"
+command = ["true"]
+[[apps.web.instances]]
+id = "a"
+host = "h1"
+[[apps.web.instances]]
+id = "b"
+host = "h1"
+"#;
+        tandem_core::topology::parse("t.toml", text)
+            .expect("parses")
+            .app("web")
+            .expect("web")
+            .clone()
+    }
+
+    fn held(lost_for: Duration, now_ms: u64, switched_at: u64) -> (AppLinks, AppRoles) {
+        let links = AppLinks {
+            down: BTreeMap::from([(
+                "a".to_string(),
+                BTreeMap::from([(
+                    "acd".to_string(),
+                    LinkLoss {
+                        lost_for,
+                        detail: "refused".into(),
+                    },
+                )]),
+            )]),
+            now_ms,
+            ..AppLinks::default()
+        };
+        let roles = AppRoles {
+            primary: Some(PrimaryGrant {
+                instance: "a".into(),
+                epoch: 1,
+                incarnation: 1,
+                session: 1,
+            }),
+            link_held: Some("a lost acd; everyone".into()),
+            link_switched_at_ms: Some(switched_at),
+            ..AppRoles::default()
+        };
+        (links, roles)
+    }
+
+    #[test]
+    fn a_held_loss_wakes_the_controller_only_while_a_timer_still_runs() {
+        let app = app();
+        let now = Instant::now();
+        let mut clock = LinkClock::default();
+        // Within the hold-down: wake when it ends.
+        let (links, roles) = held(Duration::from_millis(400), 100_000, 1);
+        clock.plan(&app, &links, &roles, now);
+        assert_eq!(clock.next_wake(), Some(now + Duration::from_millis(600)));
+        // Past the hold-down, within the interval: wake when it ends.
+        let (links, roles) = held(Duration::from_secs(5), 100_000, 70_000);
+        clock.plan(&app, &links, &roles, now);
+        assert_eq!(clock.next_wake(), Some(now + Duration::from_secs(30)));
+        // Past both: the decision already saw it; no timer (a held loss
+        // waits for a change, it does not spin).
+        let (links, roles) = held(Duration::from_secs(5), 100_000, 1);
+        clock.plan(&app, &links, &roles, now);
+        assert_eq!(clock.next_wake(), None);
     }
 }
