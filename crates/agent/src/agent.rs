@@ -25,7 +25,7 @@ use tandem_core::host::{
 };
 use tandem_core::instance::{Action, Input};
 use tandem_core::model::{AppRoles, HostRecord, keys};
-use tandem_core::topology::{Host, Topology};
+use tandem_core::topology::{Host, LinkAction, Topology};
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{EventKind, LeaseId, Store};
 use tandem_telemetry::host::{ExitCause, HostEvent, HostMetrics};
@@ -35,10 +35,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::hook::{HookTarget, run_hook};
+use crate::hook::{HookTarget, run_hook, run_link_hook};
 use crate::lease::{self, LeaseEvent};
 use crate::peer::{self, HostView, InstanceView, PeerRequest, PeerState};
-use crate::probe::{TlsProbe, http_client, probe, probe_link};
+use crate::probe::{ACTIVE_LINKS_FILE, TlsProbe, http_client, probe, probe_link, read_active};
 use crate::process::{self, Paths, describe_exit, signal_group};
 use crate::publish::Publisher;
 use crate::sign::{ClusterSecret, Verifier};
@@ -645,6 +645,11 @@ impl Agent {
                 self.run_hook(i, role, epoch, incarnation);
                 None
             }
+            Action::LinkHook {
+                link,
+                action,
+                incarnation,
+            } => self.run_link_hook(i, link, action, incarnation),
             Action::Kill { reason } => {
                 self.metrics.emit(HostEvent::Killed {
                     app: &self.machine.locals()[i].app.name,
@@ -939,6 +944,83 @@ impl Agent {
                 proc.link_probes.push(handle.abort_handle());
             }
         }
+        // Exclusive groups: what the process says it has active, read as
+        // often as the group's links are probed.
+        let every = topology
+            .links_from(&local.app.name)
+            .filter(|l| l.exclusive.is_some())
+            .map(|l| l.probe.interval)
+            .min();
+        if let Some(every) = every {
+            let tx = self.tx.clone();
+            let file = links_dir.join(ACTIVE_LINKS_FILE);
+            let handle = tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    // Absent (or unreadable): the process reports nothing.
+                    let Ok(text) = tokio::fs::read_to_string(&file).await else {
+                        continue;
+                    };
+                    let links = read_active(&text);
+                    let input = Input::ActiveLinks { incarnation, links };
+                    if tx.send(Msg::Input(i, input)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            proc.link_probes.push(handle.abort_handle());
+        }
+    }
+
+    /// Runs the hook of `link` ([`Action::LinkHook`]); its result comes
+    /// back as [`Input::LinkHookDone`] (at once if the link has no hook).
+    fn run_link_hook(
+        &self,
+        i: usize,
+        link: String,
+        action: LinkAction,
+        incarnation: u64,
+    ) -> Option<Input> {
+        let local = &self.machine.locals()[i];
+        let hook = self
+            .machine
+            .topology()
+            .link(&link)
+            .and_then(|l| l.hook.clone());
+        let (Some(hook), Some(pid)) = (hook, self.procs[i].pid) else {
+            return Some(Input::LinkHookDone {
+                result: Err(format!("link {link} has no hook, or its process no pid")),
+                link,
+                action,
+                incarnation,
+            });
+        };
+        let tx = self.tx.clone();
+        let app = local.app.clone();
+        let instance = local.instance.clone();
+        let host = self.host.clone();
+        let role_file = self.paths.role_file(&app.name, &instance.id);
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let target = HookTarget {
+                app: &app,
+                instance: &instance,
+                host: &host,
+                pid,
+                role_file: &role_file,
+            };
+            let result = run_link_hook(&hook, &target, &link, action, &http).await;
+            let input = Input::LinkHookDone {
+                link,
+                action,
+                incarnation,
+                result,
+            };
+            let _ = tx.send(Msg::Input(i, input)).await;
+        });
+        None
     }
 
     fn run_hook(&self, i: usize, role: tandem_core::model::Role, epoch: u64, incarnation: u64) {

@@ -793,6 +793,7 @@ mod tests {
             promoting: false,
             drained: 0,
             links: Default::default(),
+            active_links: Default::default(),
             crash_looping: false,
             restarts: 0,
             last_exit: None,

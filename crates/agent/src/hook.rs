@@ -1,6 +1,8 @@
 //! Role hooks: how an instance learns its role changed. Three kinds: run a
 //! command with ROLE and EPOCH as its last arguments, POST JSON to the
-//! instance, or write `$TANDEM_ROLE_FILE` and send a signal.
+//! instance, or write `$TANDEM_ROLE_FILE` and send a signal. Link hooks
+//! (exclusive link groups) are command or HTTP hooks too, asked to enable
+//! or disable a link ([`run_link_hook`]).
 //!
 //! A hook that fails reports whether the process was frozen at that moment
 //! (stopped by a signal), which decides between killing it and fencing it
@@ -14,7 +16,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tandem_core::instance::HookFailure;
 use tandem_core::model::Role;
-use tandem_core::topology::{App, Hook, Host, Instance, expand_all};
+use tandem_core::topology::{App, Hook, Host, Instance, LinkAction, expand_all};
 
 use crate::probe::{reach, without_url};
 use crate::process::{describe_exit, is_stopped, spawn_helper};
@@ -33,6 +35,15 @@ pub struct HookTarget<'a> {
     pub role_file: &'a Path,
 }
 
+/// What a hook tells the instance.
+#[derive(Debug, Clone, Copy)]
+enum Ask<'a> {
+    /// Its role (a role hook).
+    Role { role: Role, epoch: u64 },
+    /// To enable or disable a link (a link hook).
+    Link { link: &'a str, action: LinkAction },
+}
+
 /// Delivers `role` and `epoch` through the app's hook.
 pub async fn run_hook(
     hook: &Hook,
@@ -41,31 +52,77 @@ pub async fn run_hook(
     epoch: u64,
     http: &reqwest::Client,
 ) -> Result<(), HookFailure> {
+    run(hook, target, Ask::Role { role, epoch }, http)
+        .await
+        .map_err(|error| HookFailure {
+            error,
+            process_stopped: is_stopped(target.pid),
+        })
+}
+
+/// Asks the instance to enable or disable `link` through the link's hook:
+/// a command gets ACTION and LINK as its last two arguments, an HTTP hook
+/// POSTs `{app, instance, link, action}`. Success confirms it is done.
+pub async fn run_link_hook(
+    hook: &Hook,
+    target: &HookTarget<'_>,
+    link: &str,
+    action: LinkAction,
+    http: &reqwest::Client,
+) -> Result<(), String> {
+    run(hook, target, Ask::Link { link, action }, http).await
+}
+
+async fn run(
+    hook: &Hook,
+    target: &HookTarget<'_>,
+    ask: Ask<'_>,
+    http: &reqwest::Client,
+) -> Result<(), String> {
     let timeout = hook.timeout();
-    let result = match tokio::time::timeout(timeout, deliver(hook, target, role, epoch, http)).await
-    {
+    match tokio::time::timeout(timeout, deliver(hook, target, ask, http)).await {
         Ok(r) => r,
         Err(_) => Err(format!("hook timed out after {} ms", timeout.as_millis())),
-    };
-    result.map_err(|error| HookFailure {
-        error,
-        process_stopped: is_stopped(target.pid),
-    })
+    }
 }
 
 async fn deliver(
     hook: &Hook,
     t: &HookTarget<'_>,
-    role: Role,
-    epoch: u64,
+    ask: Ask<'_>,
     http: &reqwest::Client,
 ) -> Result<(), String> {
-    let body = json!({
-        "app": t.app.name,
-        "instance": t.instance.id,
-        "role": role.as_str(),
-        "epoch": epoch,
-    });
+    let (body, tail, env_of_ask) = match ask {
+        Ask::Role { role, epoch } => (
+            json!({
+                "app": t.app.name,
+                "instance": t.instance.id,
+                "role": role.as_str(),
+                "epoch": epoch,
+            }),
+            [role.as_str().to_string(), epoch.to_string()],
+            vec![
+                ("TANDEM_ROLE".to_string(), role.as_str().to_string()),
+                ("TANDEM_EPOCH".to_string(), epoch.to_string()),
+            ],
+        ),
+        Ask::Link { link, action } => (
+            json!({
+                "app": t.app.name,
+                "instance": t.instance.id,
+                "link": link,
+                "action": action.as_str(),
+            }),
+            [action.as_str().to_string(), link.to_string()],
+            vec![
+                ("TANDEM_LINK".to_string(), link.to_string()),
+                (
+                    "TANDEM_LINK_ACTION".to_string(),
+                    action.as_str().to_string(),
+                ),
+            ],
+        ),
+    };
     match hook {
         Hook::Http { port, path, .. } => {
             let Some(p) = t.instance.ports.get(port) else {
@@ -94,16 +151,14 @@ async fn deliver(
         }
         Hook::Command { command, .. } => {
             let mut argv = expand_all(command, t.app, t.instance, t.host);
-            argv.push(role.as_str().to_string());
-            argv.push(epoch.to_string());
+            argv.extend(tail);
             let first = argv.first().cloned().ok_or("empty hook command")?;
-            let env = vec![
+            let mut env = vec![
                 ("TANDEM_APP".to_string(), t.app.name.clone()),
                 ("TANDEM_INSTANCE".to_string(), t.instance.id.clone()),
-                ("TANDEM_ROLE".to_string(), role.as_str().to_string()),
-                ("TANDEM_EPOCH".to_string(), epoch.to_string()),
                 ("TANDEM_PID".to_string(), t.pid.to_string()),
             ];
+            env.extend(env_of_ask);
             let mut child = spawn_helper(argv, env)
                 .await
                 .map_err(|e| format!("cannot run hook {e}"))?;
@@ -116,6 +171,9 @@ async fn deliver(
             } else {
                 Err(format!("hook {first} {}", describe_exit(status)))
             }
+        }
+        Hook::Signal { .. } if matches!(ask, Ask::Link { .. }) => {
+            Err("a signal hook cannot enable or disable a link".into())
         }
         Hook::Signal { signal, number, .. } => {
             write_role_file(t.role_file, &body)

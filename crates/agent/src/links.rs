@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tandem_core::controller::{AppLinks, LinkLoss};
-use tandem_core::links::judge;
+use tandem_core::links::judge_required;
 use tandem_core::model::{AppRoles, InstanceStatus, Reach};
 use tandem_core::topology::{App, Topology};
 use tokio::time::Instant;
@@ -38,14 +38,10 @@ impl LinkClock {
             now_ms,
             ..AppLinks::default()
         };
-        for link in topology
-            .links_from(&app.name)
-            .filter(|l| l.cardinality.is_required())
-        {
-            for inst in &app.instances {
-                let status = statuses.and_then(|s| s.get(&inst.id));
-                let judged = judge(topology, link, status, roles_of(&link.to));
-                let key = (app.name.clone(), inst.id.clone(), link.name.clone());
+        for inst in &app.instances {
+            let status = statuses.and_then(|s| s.get(&inst.id));
+            for (link, judged) in judge_required(topology, &app.name, status, &roles_of) {
+                let key = (app.name.clone(), inst.id.clone(), link.clone());
                 if judged.state == Reach::Unknown {
                     self.since.remove(&key);
                     continue;
@@ -57,7 +53,7 @@ impl LinkClock {
                 let held_for = now.saturating_duration_since(entry.1);
                 if judged.state == Reach::Down {
                     links.down.entry(inst.id.clone()).or_default().insert(
-                        link.name.clone(),
+                        link,
                         LinkLoss {
                             lost_for: held_for,
                             detail: judged.detail,
@@ -68,7 +64,7 @@ impl LinkClock {
                         .up
                         .entry(inst.id.clone())
                         .or_default()
-                        .insert(link.name.clone(), held_for);
+                        .insert(link, held_for);
                 }
             }
         }

@@ -61,7 +61,8 @@ impl Paths {
     }
 
     /// Where an instance reports its links (`TANDEM_LINKS_DIR`): one file
-    /// per link of probe `reported`.
+    /// per link of probe `reported`, and `.active` listing the links it
+    /// has active (exclusive groups).
     pub fn links_dir(&self, app: &str, instance: &str) -> PathBuf {
         self.run.join(format!("{app}.{instance}.links"))
     }
@@ -167,6 +168,17 @@ fn start(what: &What) -> io::Result<Child> {
             format!("cannot create {}: {e}", links_dir.display()),
         )
     })?;
+    // A new process has no link active: what an earlier one said goes.
+    let active = links_dir.join(crate::probe::ACTIVE_LINKS_FILE);
+    match std::fs::remove_file(&active) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot remove {}: {e}", active.display()),
+            ));
+        }
+        _ => {}
+    }
     for (k, v) in [
         ("TANDEM_APP", OsString::from(&app.name)),
         ("TANDEM_INSTANCE", instance.id.clone().into()),

@@ -134,11 +134,18 @@ pub fn links_document(topology: &Topology, statuses: &Listing, roles: &Listing) 
                                 .collect()
                         })
                         .unwrap_or_default();
+                    let active = link.exclusive.as_ref().map(|group| {
+                        status
+                            .filter(|s| s.process == ProcessState::Running)
+                            .and_then(|s| s.active_links.get(group))
+                            == Some(&link.name)
+                    });
                     LinkInstanceDoc {
                         instance: inst.id.clone(),
                         host: inst.host.clone(),
                         state: judged.state.as_str().to_owned(),
                         detail: judged.detail,
+                        active,
                         targets,
                     }
                 })
@@ -156,6 +163,7 @@ pub fn links_document(topology: &Topology, statuses: &Listing, roles: &Listing) 
                 cardinality: link.cardinality.as_str().to_owned(),
                 required: link.cardinality.is_required(),
                 tls: link.tls,
+                exclusive: link.exclusive.clone(),
                 instances,
             }
         })
@@ -375,6 +383,7 @@ ports = { main = 15432, aux = 15433 }
             promoting: false,
             drained: 0,
             links: Default::default(),
+            active_links: Default::default(),
             crash_looping: false,
             restarts: 1,
             last_exit: Some("exited with code 1".into()),

@@ -180,6 +180,7 @@ fn status(acting: Role, epoch: u64) -> InstanceStatus {
         promoting: false,
         drained: 0,
         links: Default::default(),
+        active_links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -51,11 +51,14 @@ pub fn links_table(doc: &LinksDoc) -> String {
     }
     let mut rows = Vec::new();
     for l in &doc.links {
-        let card = if l.required {
+        let mut card = if l.required {
             l.cardinality.clone()
         } else {
             format!("{} (never degrades)", l.cardinality)
         };
+        if let Some(group) = &l.exclusive {
+            card.push_str(&format!(", exclusive {group}"));
+        }
         for i in &l.instances {
             let targets = i
                 .targets
@@ -75,7 +78,11 @@ pub fn links_table(doc: &LinksDoc) -> String {
                 format!("{}/{}", l.from, i.instance),
                 l.to.clone(),
                 card.clone(),
-                i.state.to_uppercase(),
+                match i.active {
+                    Some(true) => format!("{} (active)", i.state.to_uppercase()),
+                    Some(false) => format!("{} (inactive)", i.state.to_uppercase()),
+                    None => i.state.to_uppercase(),
+                },
                 if targets.is_empty() {
                     "-".into()
                 } else {

@@ -95,6 +95,7 @@ fn settled(app: &App, id: &str, roles: &AppRoles) -> InstanceStatus {
         promoting: false,
         drained: 0,
         links: Default::default(),
+        active_links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -134,3 +134,55 @@ fn any_of(
 fn because(detail: Option<&str>) -> String {
     detail.map(|d| format!(": {d}")).unwrap_or_default()
 }
+
+/// The required links of `app` for the instance whose status is `from`,
+/// judged as link failover counts them: each required link by its name,
+/// except that the links of an exclusive group count as one, named
+/// `group NAME`: up when any of its links is (the instance can use that
+/// one), down when all are. A group is required when any of its links is.
+pub fn judge_required<'r>(
+    topology: &Topology,
+    app: &str,
+    from: Option<&InstanceStatus>,
+    roles_of: impl Fn(&str) -> Option<&'r AppRoles>,
+) -> Vec<(String, LinkJudgement)> {
+    let mut out: Vec<(String, LinkJudgement)> = topology
+        .links_from(app)
+        .filter(|l| l.exclusive.is_none() && l.cardinality.is_required())
+        .map(|l| (l.name.clone(), judge(topology, l, from, roles_of(&l.to))))
+        .collect();
+    for (group, links) in topology.exclusive_groups(app) {
+        if !links.iter().any(|l| l.cardinality.is_required()) {
+            continue;
+        }
+        let each: Vec<(&str, LinkJudgement)> = links
+            .iter()
+            .map(|l| (l.name.as_str(), judge(topology, l, from, roles_of(&l.to))))
+            .collect();
+        let merged = if let Some((name, j)) = each.iter().find(|(_, j)| j.state == Reach::Up) {
+            LinkJudgement {
+                state: Reach::Up,
+                required: true,
+                detail: format!("through {name}: {}", j.detail),
+            }
+        } else if each.iter().all(|(_, j)| j.state == Reach::Down) {
+            LinkJudgement {
+                state: Reach::Down,
+                required: true,
+                detail: each
+                    .iter()
+                    .map(|(name, j)| format!("{name}: {}", j.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        } else {
+            LinkJudgement {
+                state: Reach::Unknown,
+                required: true,
+                detail: "not judged yet".into(),
+            }
+        };
+        out.push((format!("group {group}"), merged));
+    }
+    out
+}

@@ -195,6 +195,11 @@ pub struct InstanceStatus {
     /// endpoint's name): probed while the process runs, with hysteresis.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub links: BTreeMap<String, BTreeMap<String, LinkReach>>,
+    /// The link of each exclusive group (by group name) that tandem has
+    /// enabled on the running process and seen confirmed; a group with
+    /// none active is absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub active_links: BTreeMap<String, String>,
     /// How the last run ended ("exited with code 1", "killed by signal 9");
     /// when tandem asked for it, followed by [`BY_TANDEM`] and why
     /// ("killed by signal 9 (SIGKILL), by tandem: promotion hook failed

@@ -701,6 +701,7 @@ fn st(acting: Role, health: Health) -> InstanceStatus {
         promoting: false,
         drained: 0,
         links: Default::default(),
+        active_links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

@@ -89,6 +89,7 @@ fn status(role: Role, epoch: u64) -> InstanceStatus {
         promoting: false,
         drained: 0,
         links: Default::default(),
+        active_links: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

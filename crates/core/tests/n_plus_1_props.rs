@@ -54,6 +54,7 @@ fn status(crash_looping: bool) -> InstanceStatus {
         promoting: false,
         drained: 0,
         links: Default::default(),
+        active_links: Default::default(),
         crash_looping,
         restarts: 0,
         last_exit: None,

@@ -363,6 +363,10 @@ impl World {
             match action {
                 HostAction::Instance(_, Action::Publish) => self.publish(h),
                 HostAction::Instance(_, Action::Kill { .. }) => self.kill(h),
+                // The simulated topology has no exclusive link group.
+                HostAction::Instance(_, Action::LinkHook { .. }) => {
+                    unreachable!("no exclusive link group here")
+                }
                 HostAction::Instance(
                     _,
                     Action::Spawn {

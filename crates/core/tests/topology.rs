@@ -230,6 +230,8 @@ fn full_file_parses_into_the_expected_model() {
                 }),
                 port: None,
                 probe: LinkProbe::default(),
+                exclusive: None,
+                hook: None,
             },
             Link {
                 name: "web->cache".into(),
@@ -240,6 +242,8 @@ fn full_file_parses_into_the_expected_model() {
                 tls_check: None,
                 port: None,
                 probe: LinkProbe::default(),
+                exclusive: None,
+                hook: None,
             },
             Link {
                 name: "cache->db".into(),
@@ -250,6 +254,8 @@ fn full_file_parses_into_the_expected_model() {
                 tls_check: None,
                 port: None,
                 probe: LinkProbe::default(),
+                exclusive: None,
+                hook: None,
             },
         ],
         endpoints: Vec::new(),
@@ -771,6 +777,230 @@ cardinality = "one"
         14,
         6,
         "link to unknown app or endpoint \"swich\" (known apps and endpoints: switch, web) (did you mean \"switch\"?)",
+    ),
+    (
+        "an exclusive group across apps",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[apps.rep]
+ha = "none"
+command = ["run"]
+[[apps.rep.instances]]
+id = "r"
+host = "h2"
+ports = { http = 8080 }
+[[links]]
+from = "cms"
+to = "main"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "http", port = "http", path = "/link" }
+[[links]]
+from = "rep"
+to = "surv"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "http", port = "http", path = "/link" }
+"#,
+        33,
+        13,
+        "exclusive group \"acd\" spans apps \"cms\" and \"rep\" (first declared at line 27, column 13): a group's links all go from one app",
+    ),
+    (
+        "an exclusive group of one link",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[[links]]
+from = "cms"
+to = "main"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "http", port = "http", path = "/link" }
+"#,
+        20,
+        13,
+        "exclusive group \"acd\" has a single link: a group needs two or more",
+    ),
+    (
+        "an exclusive link without a hook",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[[links]]
+from = "cms"
+to = "main"
+cardinality = "one"
+exclusive = "acd"
+[[links]]
+from = "cms"
+to = "surv"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "command", command = ["switch-link"] }
+"#,
+        20,
+        13,
+        "link \"cms->main\" is in exclusive group \"acd\" but has no hook",
+    ),
+    (
+        "a link hook without a group",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[[links]]
+from = "cms"
+to = "main"
+cardinality = "one"
+hook = { kind = "http", port = "http", path = "/link" }
+"#,
+        20,
+        8,
+        "link \"cms->main\" has a hook but no exclusive group",
+    ),
+    (
+        "a signal link hook",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[[links]]
+from = "cms"
+to = "main"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "signal", signal = "HUP" }
+[[links]]
+from = "cms"
+to = "surv"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "http", port = "http", path = "/link" }
+"#,
+        21,
+        8,
+        "a signal hook cannot enable or disable a link",
+    ),
+    (
+        "a link hook on a port the instances lack",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[[links]]
+from = "cms"
+to = "main"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "http", port = "admin", path = "/link" }
+[[links]]
+from = "cms"
+to = "surv"
+cardinality = "one"
+exclusive = "acd"
+hook = { kind = "http", port = "http", path = "/link" }
+"#,
+        21,
+        32,
+        "app \"cms\": link hook port \"admin\" is not a port of instance \"a\" (its ports: http)",
+    ),
+    (
+        "a link named with a leading dot",
+        r#"[apps.cms]
+ha = "none"
+command = ["run"]
+[[apps.cms.instances]]
+id = "a"
+host = "h1"
+ports = { http = 8080 }
+[[endpoints]]
+name = "main"
+address = "10.0.0.9"
+port = 7000
+[[endpoints]]
+name = "surv"
+address = "10.0.0.9"
+port = 7001
+[[links]]
+name = ".active"
+from = "cms"
+to = "main"
+cardinality = "one"
+"#,
+        17,
+        8,
+        "invalid link name \".active\"",
     ),
     (
         "link from an endpoint",

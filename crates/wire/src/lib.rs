@@ -216,6 +216,10 @@ pub struct LinkDoc {
     pub required: bool,
     /// Whether the connection uses TLS.
     pub tls: bool,
+    /// The exclusive group it is in, if any (at most one link of a group
+    /// is active on an instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<String>,
     /// Each instance of `from`, in topology order.
     pub instances: Vec<LinkInstanceDoc>,
 }
@@ -231,6 +235,10 @@ pub struct LinkInstanceDoc {
     pub state: String,
     /// Why, in a few words.
     pub detail: String,
+    /// For a link of an exclusive group: whether it is the group's active
+    /// link on the instance (enabled by tandem and confirmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
     /// What its host sees of each target, in name order.
     pub targets: Vec<LinkTargetDoc>,
 }

@@ -21,9 +21,13 @@ function stateText(state) {
 /** One edge: its name, ends, cardinality, and a row per instance. */
 function linkTable(link) {
   const rows = link.instances.map((i) =>
-    h("tr", { "data-link": link.name, "data-instance": i.instance, "data-state": i.state },
+    h("tr", {
+      "data-link": link.name, "data-instance": i.instance, "data-state": i.state,
+      ...(i.active === undefined ? {} : { "data-active": String(i.active) }),
+    },
       h("th", { scope: "row", "data-label": "instance" }, `${link.from}/${i.instance}`),
-      h("td", { "data-label": "state", class: `link-state link-${i.state}` }, stateText(i.state)),
+      h("td", { "data-label": "state", class: `link-state link-${i.state}` },
+        stateText(i.state) + (i.active === undefined ? "" : i.active ? " · active" : " · inactive")),
       h("td", { "data-label": "targets" },
         i.targets.length === 0
           ? "–"
@@ -39,7 +43,8 @@ function linkTable(link) {
     h("h3", {}, `${link.from} → ${link.to}`,
       h("span", { class: "muted" },
         ` · ${link.name} · ${link.cardinality}${link.required ? "" : " (never degrades)"}`
-        + `${link.to_kind === "endpoint" ? " · endpoint" : ""}${link.tls ? " · tls" : ""}${summary}`)),
+        + `${link.to_kind === "endpoint" ? " · endpoint" : ""}${link.tls ? " · tls" : ""}`
+        + `${link.exclusive ? ` · exclusive group ${link.exclusive}` : ""}${summary}`)),
     h("table", { class: "instances" },
       h("thead", {}, h("tr", {},
         h("th", { scope: "col" }, "from"), h("th", { scope: "col" }, "state"),

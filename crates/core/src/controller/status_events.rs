@@ -85,9 +85,45 @@ fn link_events(
     out
 }
 
+/// The active link of an exclusive group that changed: enabled, moved, or
+/// disabled while the same process runs (an exit says the rest).
+fn active_link_events(
+    app: &str,
+    instance: &str,
+    o: &InstanceStatus,
+    n: &InstanceStatus,
+) -> Vec<EventDraft> {
+    let same_process = o.incarnation == n.incarnation && n.process == ProcessState::Running;
+    let groups: std::collections::BTreeSet<&String> =
+        o.active_links.keys().chain(n.active_links.keys()).collect();
+    let mut out = Vec::new();
+    for group in groups {
+        let before = o.active_links.get(group).filter(|_| same_process);
+        let (reason, msg) = match (before, n.active_links.get(group)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(a), Some(b)) => (
+                "link_switched",
+                format!("{app}/{instance}: exclusive group {group} now uses link {b} (was {a})"),
+            ),
+            (None, Some(b)) => (
+                "link_enabled",
+                format!("{app}/{instance}: enabled link {b} of exclusive group {group}"),
+            ),
+            (Some(a), None) => (
+                "link_disabled",
+                format!("{app}/{instance}: disabled link {a} of exclusive group {group}"),
+            ),
+            (None, None) => continue,
+        };
+        out.push(EventDraft::instance(EventKind::Link, app, instance, msg).with_reason(reason));
+    }
+    out
+}
+
 /// What changed between two statuses of a running agent.
 fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) -> Vec<EventDraft> {
     let mut out = link_events(app, instance, o, n);
+    out.extend(active_link_events(app, instance, o, n));
     let mut ev = |kind, reason: &'static str, msg: String| {
         out.push(EventDraft::instance(kind, app, instance, msg).with_reason(reason));
     };

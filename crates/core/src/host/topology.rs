@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{HostAction, HostMachine, HostNote, HostStep, Local};
-use crate::instance::{Input, InstanceMachine, InstanceSpec, LinkSpec, assignment};
+use crate::instance::{GroupSpec, Input, InstanceMachine, InstanceSpec, LinkSpec, assignment};
 use crate::topology::{App, Instance, Topology};
 
 impl HostMachine {
@@ -45,6 +45,7 @@ impl HostMachine {
             session,
         });
         machine.set_links(LinkSpec::of_app(&self.topology, &app.name));
+        machine.set_groups(GroupSpec::of_app(&self.topology, &app.name));
         self.locals.push(Local {
             app,
             instance,
@@ -112,6 +113,8 @@ impl HostMachine {
             if l.retired {
                 continue;
             }
+            l.machine
+                .set_groups(GroupSpec::of_app(&self.topology, &l.app.name));
             let specs = LinkSpec::of_app(&self.topology, &l.app.name);
             if l.machine.link_specs().ne(specs.iter()) {
                 l.machine.set_links(specs);

@@ -50,6 +50,7 @@ use crate::model::{Health, InstanceStatus, ProcessState, Role};
 use crate::topology::{HaMode, RestartPolicy};
 
 mod drain;
+mod exclusive;
 mod fencing;
 mod health;
 mod links;
@@ -57,6 +58,7 @@ mod notes;
 mod process;
 mod roles;
 
+pub use exclusive::{ENABLE_RETRY, GroupSpec};
 pub use links::LinkSpec;
 pub use notes::{EndReason, KillReason, Note};
 
@@ -127,6 +129,25 @@ pub enum Input {
         /// For a TLS link: the certificate the handshake saw.
         cert: Option<crate::model::CertSeen>,
     },
+    /// A link hook of [`Action::LinkHook`] finished ([`exclusive`]).
+    LinkHookDone {
+        /// The link.
+        link: String,
+        /// What the hook was asked.
+        action: crate::topology::LinkAction,
+        /// The incarnation it was run for.
+        incarnation: u64,
+        /// Its result: success confirms the action.
+        result: Result<(), String>,
+    },
+    /// The process reported the links it has active right now
+    /// (`$TANDEM_LINKS_DIR/.active`, read by the runtime).
+    ActiveLinks {
+        /// The incarnation that reported.
+        incarnation: u64,
+        /// The links it says are active.
+        links: Vec<String>,
+    },
     /// A pool worker's health answer said whether it is busy.
     Load {
         /// The process incarnation that answered.
@@ -187,6 +208,16 @@ pub enum Action {
         role: Role,
         /// The epoch.
         epoch: u64,
+        /// The incarnation it is for.
+        incarnation: u64,
+    },
+    /// Enable or disable a link of an exclusive group through its hook,
+    /// then report [`Input::LinkHookDone`].
+    LinkHook {
+        /// The link.
+        link: String,
+        /// What to do.
+        action: crate::topology::LinkAction,
         /// The incarnation it is for.
         incarnation: u64,
     },
@@ -287,6 +318,8 @@ pub struct InstanceMachine {
     drained: u64,
     /// What the host sees of each link of the app ([`links`]).
     links: Vec<links::LinkTrackers>,
+    /// The app's exclusive link groups ([`exclusive`]).
+    groups: Vec<exclusive::Group>,
 }
 
 /// Settings of one instance, taken from the topology.
@@ -348,6 +381,7 @@ impl InstanceMachine {
             draining: None,
             drained: 0,
             links: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -401,6 +435,7 @@ impl InstanceMachine {
             promoting: promoting.is_some(),
             drained: self.drained,
             links: self.link_status(),
+            active_links: self.active_links(),
             crash_looping: self.crash_looping,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
@@ -446,6 +481,9 @@ impl InstanceMachine {
         if let Some((_, _, until)) = self.draining {
             consider(until);
         }
+        if let Some(t) = self.groups_wakeup() {
+            consider(t);
+        }
         next
     }
 
@@ -457,6 +495,7 @@ impl InstanceMachine {
             Input::Tick => {
                 self.tick(now, s);
                 self.drain_tick(now, s);
+                self.decide_groups(now, s);
             }
             Input::Assigned {
                 role,
@@ -478,7 +517,17 @@ impl InstanceMachine {
                 incarnation,
                 result,
                 cert,
-            } => self.link_probe(&link, &target, incarnation, result, cert, s),
+            } => {
+                self.link_probe(&link, &target, incarnation, result, cert, s);
+                self.decide_groups(now, s);
+            }
+            Input::LinkHookDone {
+                link,
+                action,
+                incarnation,
+                result,
+            } => self.link_hook_done(&link, action, incarnation, result, now, s),
+            Input::ActiveLinks { incarnation, links } => self.active_report(incarnation, &links, s),
             Input::Load { incarnation, busy } => self.load(incarnation, busy, s),
             Input::HookDone {
                 role,

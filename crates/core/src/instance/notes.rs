@@ -101,6 +101,51 @@ pub enum Note {
         /// Why the last probe failed, if it did.
         detail: Option<String>,
     },
+    /// A link of an exclusive group was enabled and confirmed.
+    LinkEnabled {
+        /// `app/instance`.
+        instance: String,
+        /// The group.
+        group: String,
+        /// The link.
+        link: String,
+    },
+    /// A link of an exclusive group was disabled and confirmed.
+    LinkDisabled {
+        /// `app/instance`.
+        instance: String,
+        /// The group.
+        group: String,
+        /// The link.
+        link: String,
+    },
+    /// Enabling a link failed: it is disabled again and left alone for a
+    /// while.
+    LinkEnableFailed {
+        /// `app/instance`.
+        instance: String,
+        /// The group.
+        group: String,
+        /// The link.
+        link: String,
+        /// What went wrong with the hook.
+        error: String,
+        /// When it may be tried again.
+        retry_in: Duration,
+    },
+    /// A group moves from one link to another: the first is disabled now.
+    LinkSwitching {
+        /// `app/instance`.
+        instance: String,
+        /// The group.
+        group: String,
+        /// The link being disabled.
+        from: String,
+        /// The link to enable once that is confirmed.
+        to: String,
+        /// Whether `from` is down (else `to` is preferred).
+        from_down: bool,
+    },
     /// Delivering a role failed: it is delivered again after a backoff.
     HookRetry {
         /// `app/instance`.
@@ -130,6 +175,10 @@ impl Note {
             Note::Draining { .. } => "draining",
             Note::Drained { .. } => "drained",
             Note::LinkChanged { .. } => "link_changed",
+            Note::LinkEnabled { .. } => "link_enabled",
+            Note::LinkDisabled { .. } => "link_disabled",
+            Note::LinkEnableFailed { .. } => "link_enable_failed",
+            Note::LinkSwitching { .. } => "link_switching",
         }
     }
 
@@ -139,7 +188,8 @@ impl Note {
             Note::Exited { .. }
             | Note::CrashLooping { .. }
             | Note::Fenced { .. }
-            | Note::FrozenFenced { .. } => Level::Warn,
+            | Note::FrozenFenced { .. }
+            | Note::LinkEnableFailed { .. } => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -158,7 +208,11 @@ impl Note {
             | Note::HookRetry { instance, .. }
             | Note::Draining { instance, .. }
             | Note::Drained { instance, .. }
-            | Note::LinkChanged { instance, .. } => instance,
+            | Note::LinkChanged { instance, .. }
+            | Note::LinkEnabled { instance, .. }
+            | Note::LinkDisabled { instance, .. }
+            | Note::LinkEnableFailed { instance, .. }
+            | Note::LinkSwitching { instance, .. } => instance,
         }
     }
 }
@@ -237,6 +291,50 @@ impl fmt::Display for Note {
                 "{instance}: delivering role {role} failed ({error}); retrying in {} ms",
                 retry_in.as_millis()
             ),
+            Note::LinkEnabled {
+                instance,
+                group,
+                link,
+            } => write!(
+                f,
+                "{instance}: enabled link {link} of exclusive group {group}"
+            ),
+            Note::LinkDisabled {
+                instance,
+                group,
+                link,
+            } => write!(
+                f,
+                "{instance}: disabled link {link} of exclusive group {group}"
+            ),
+            Note::LinkEnableFailed {
+                instance,
+                group,
+                link,
+                error,
+                retry_in,
+            } => write!(
+                f,
+                "{instance}: enabling link {link} of exclusive group {group} failed ({error}); disabling it, and trying it again in {} ms at the earliest",
+                retry_in.as_millis()
+            ),
+            Note::LinkSwitching {
+                instance,
+                group,
+                from,
+                to,
+                from_down,
+            } => {
+                let why = if *from_down {
+                    format!("{from} is down and {to} is up")
+                } else {
+                    format!("{to} is up again and comes first")
+                };
+                write!(
+                    f,
+                    "{instance}: exclusive group {group} moves from {from} to {to} ({why}): disabling {from} first"
+                )
+            }
         }
     }
 }
@@ -283,6 +381,25 @@ pub enum KillReason {
         /// `app/instance`.
         instance: String,
     },
+    /// Disabling a link of an exclusive group was not confirmed: it may
+    /// still be active, and another one is needed.
+    LinkNotDisabled {
+        /// `app/instance`.
+        instance: String,
+        /// The link.
+        link: String,
+        /// What went wrong with the hook.
+        error: String,
+    },
+    /// The process reported two links of one exclusive group active.
+    TwoLinksActive {
+        /// `app/instance`.
+        instance: String,
+        /// The group.
+        group: String,
+        /// The links it reported active.
+        links: Vec<String>,
+    },
 }
 
 impl KillReason {
@@ -295,6 +412,8 @@ impl KillReason {
             KillReason::PromotionFailed { .. } => "promotion_failed",
             KillReason::StepDownUnconfirmed { .. } => "step_down_unconfirmed",
             KillReason::StopTimeout { .. } => "stop_timeout",
+            KillReason::LinkNotDisabled { .. } => "link_not_disabled",
+            KillReason::TwoLinksActive { .. } => "two_links_active",
         }
     }
 
@@ -306,7 +425,9 @@ impl KillReason {
             | KillReason::LeaseLostWhilePromoting { instance }
             | KillReason::PromotionFailed { instance, .. }
             | KillReason::StepDownUnconfirmed { instance, .. }
-            | KillReason::StopTimeout { instance } => instance,
+            | KillReason::StopTimeout { instance }
+            | KillReason::LinkNotDisabled { instance, .. }
+            | KillReason::TwoLinksActive { instance, .. } => instance,
         }
     }
 
@@ -341,6 +462,15 @@ impl fmt::Display for Why<'_> {
             KillReason::StopTimeout { .. } => {
                 f.write_str("did not stop within its stop timeout: SIGKILL")
             }
+            KillReason::LinkNotDisabled { link, error, .. } => write!(
+                f,
+                "could not confirm disabling link {link} ({error}): killed so that two links of its exclusive group are never active at once"
+            ),
+            KillReason::TwoLinksActive { group, links, .. } => write!(
+                f,
+                "reported links {} of exclusive group {group} active at once: killed (fenced)",
+                links.join(" and ")
+            ),
         }
     }
 }

@@ -110,6 +110,7 @@ impl InstanceMachine {
             t.reset();
         }
         self.reset_links();
+        self.reset_groups();
         step.act(Action::Publish);
         if self.stop_when_started {
             self.proc = Proc::Stopping;

@@ -181,8 +181,8 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, parse_duration};
 pub use model::{
     App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HOOK_SIGNALS,
-    HaMode, Hook, Host, Instance, Link, LinkProbe, LinkProbeKind, LinkTarget, RestartPolicy,
-    SUPPORTED_HA_MODES, Site, TlsCheck, Topology, Webhook, hook_signal,
+    HaMode, Hook, Host, Instance, Link, LinkAction, LinkProbe, LinkProbeKind, LinkTarget,
+    RestartPolicy, SUPPORTED_HA_MODES, Site, TlsCheck, Topology, Webhook, hook_signal,
 };
 pub use placeholder::{expand, expand_all, fence_command};
 pub use walk::is_valid_name;

@@ -138,6 +138,23 @@ impl Topology {
             .collect()
     }
 
+    /// The exclusive groups of `app`'s links: each group's name with its
+    /// links in the order declared (the first is preferred), groups in the
+    /// order their first link is declared.
+    pub fn exclusive_groups<'a>(&'a self, app: &'a str) -> Vec<(String, Vec<&'a Link>)> {
+        let mut groups: Vec<(String, Vec<&'a Link>)> = Vec::new();
+        for link in self.links_from(app) {
+            let Some(group) = &link.exclusive else {
+                continue;
+            };
+            match groups.iter_mut().find(|(g, _)| g == group) {
+                Some((_, links)) => links.push(link),
+                None => groups.push((group.clone(), vec![link])),
+            }
+        }
+        groups
+    }
+
     /// The links whose `to` is `app` (who connects to `app`).
     pub fn links_to<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
         self.links.iter().filter(move |l| l.to == app)
@@ -643,6 +660,44 @@ pub struct Link {
     pub port: Option<String>,
     /// How the link is probed.
     pub probe: LinkProbe,
+    /// The exclusive group the link belongs to, if any: at most one link
+    /// of a group is active on an instance at any moment, chosen by tandem
+    /// (the group's first healthy link) through each link's `hook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<String>,
+    /// With `exclusive`: how tandem enables and disables the link on an
+    /// instance (a command or HTTP hook; see [`LinkAction`]). A hook that
+    /// succeeds confirms the action is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<Hook>,
+}
+
+/// What a link hook asks of an instance: a command hook gets it as its
+/// second-last argument (the link's name last); an HTTP hook POSTs
+/// `{app, instance, link, action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkAction {
+    /// Connect through the link; succeed once connected.
+    Enable,
+    /// Disconnect the link; succeed once certainly disconnected.
+    Disable,
+}
+
+impl LinkAction {
+    /// Its spelling in hooks and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkAction::Enable => "enable",
+            LinkAction::Disable => "disable",
+        }
+    }
+}
+
+impl fmt::Display for LinkAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How a TLS link's certificates are checked by its probe.

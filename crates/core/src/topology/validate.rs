@@ -10,7 +10,8 @@ use super::duration::format_duration;
 use super::model::{Fencing, HaMode, SUPPORTED_HA_MODES};
 use super::placeholder::{FENCE_PLACEHOLDERS, PLACEHOLDERS, Placeholder, Token, tokens};
 use super::walk::{
-    AppFacts, ClusterFacts, Facts, FenceFacts, InstanceFacts, Named, Span, Src, did_you_mean,
+    AppFacts, ClusterFacts, Facts, FenceFacts, InstanceFacts, Named, Span, Src, Template,
+    did_you_mean,
 };
 
 /// Runs every cross-table check.
@@ -207,7 +208,7 @@ fn validate_app(
         }
     }
     let Some(instances) = &app.instances else {
-        return check_templates(text, sink, app, &[]);
+        return check_templates(text, sink, &app.name, &app.templates, &[]);
     };
     if n_plus_1 {
         let replicas = app
@@ -306,7 +307,7 @@ fn validate_app(
             _ => {}
         }
     }
-    check_templates(text, sink, app, instances);
+    check_templates(text, sink, &app.name, &app.templates, instances);
 }
 
 /// Checks a fence device's placeholders, and that its program can run here
@@ -380,10 +381,15 @@ fn check_port_everywhere(
     }
 }
 
-/// Checks the placeholders of every template of `app`.
-fn check_templates(text: &str, sink: &mut Sink, app: &AppFacts, instances: &[InstanceFacts]) {
-    let name = &app.name;
-    for template in &app.templates {
+/// Checks the placeholders of `templates`, strings of app `name`.
+fn check_templates(
+    text: &str,
+    sink: &mut Sink,
+    name: &str,
+    templates: &[Template],
+    instances: &[InstanceFacts],
+) {
+    for template in templates {
         let at =
             |start: usize, end: usize| inner_span(text, &template.span, &template.text, start, end);
         for token in tokens(&template.text) {
@@ -647,6 +653,7 @@ fn check_links(text: &str, sink: &mut Sink, facts: &Facts, sites: &BTreeMap<Stri
             sink.error(from_span, format!("link from app \"{from}\" to itself"));
         }
         check_link_port(sink, facts, link, &endpoints);
+        check_link_hook(text, sink, facts, link);
         let Some(name) = &link.resolved else {
             continue;
         };
@@ -667,6 +674,80 @@ fn check_links(text: &str, sink: &mut Sink, facts: &Facts, sites: &BTreeMap<Stri
             None => {
                 seen.insert(name, link.table.start);
             }
+        }
+    }
+    check_exclusive_groups(text, sink, facts);
+}
+
+/// A link's hook: only for a link of an exclusive group, which must have
+/// one; its port and placeholders are the `from` app's instances'.
+fn check_link_hook(text: &str, sink: &mut Sink, facts: &Facts, link: &super::walk::LinkFacts) {
+    let name = link.resolved.as_deref().unwrap_or("?");
+    match (&link.exclusive, &link.hook) {
+        (Some((group, span)), None) => sink.error(
+            span,
+            format!(
+                "link \"{name}\" is in exclusive group \"{group}\" but has no hook: tandem enables and disables a group's links through it (a [links.hook] table, kind = \"command\" or \"http\")"
+            ),
+        ),
+        (None, Some(hook)) => sink.error(
+            &hook.table,
+            format!(
+                "link \"{name}\" has a hook but no exclusive group: a link hook enables and disables the links of an exclusive group (add exclusive = \"GROUP\")"
+            ),
+        ),
+        _ => {}
+    }
+    let Some((from, _)) = &link.from else {
+        return;
+    };
+    let Some(app) = facts.apps.iter().find(|a| &a.name == from) else {
+        return;
+    };
+    let instances = app.instances.as_deref().unwrap_or(&[]);
+    if let Some((port, span)) = link.hook.as_ref().and_then(|h| h.port.as_ref()) {
+        check_port_everywhere(sink, from, "link hook", port, span, instances);
+    }
+    check_templates(text, sink, from, &link.templates, instances);
+}
+
+/// Exclusive groups: each within one app, of two links or more.
+fn check_exclusive_groups(text: &str, sink: &mut Sink, facts: &Facts) {
+    // group -> (its app, where first declared, how many links)
+    let mut groups: BTreeMap<&str, (Option<&str>, usize, Vec<&Span>)> = BTreeMap::new();
+    for link in &facts.links {
+        let Some((group, span)) = &link.exclusive else {
+            continue;
+        };
+        let from = link.from.as_ref().map(|f| f.0.as_str());
+        match groups.get_mut(group.as_str()) {
+            Some((first_from, first, spans)) => {
+                spans.push(span);
+                if let (Some(a), Some(b)) = (*first_from, from)
+                    && a != b
+                {
+                    let (line, column) = line_column(text, *first);
+                    sink.error(
+                        span,
+                        format!(
+                            "exclusive group \"{group}\" spans apps \"{a}\" and \"{b}\" (first declared at line {line}, column {column}): a group's links all go from one app, whose instances each keep one of them active"
+                        ),
+                    );
+                }
+            }
+            None => {
+                groups.insert(group, (from, span.start, vec![span]));
+            }
+        }
+    }
+    for (group, (_, _, spans)) in groups {
+        if let [only] = spans.as_slice() {
+            sink.error(
+                only,
+                format!(
+                    "exclusive group \"{group}\" has a single link: a group needs two or more (its links are never active together)"
+                ),
+            );
         }
     }
 }

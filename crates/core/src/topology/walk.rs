@@ -191,6 +191,13 @@ pub(crate) struct LinkFacts {
     /// Its resolved name (written or default), if its ends are known.
     pub resolved: Option<String>,
     pub port: Option<Named>,
+    /// Its exclusive group, where given and valid.
+    pub exclusive: Option<Named>,
+    /// Its hook's table, port and timeout, where it has one.
+    pub hook: Option<HookFacts>,
+    /// Its hook's strings that may hold placeholders (checked against the
+    /// `from` app's instances).
+    pub templates: Vec<Template>,
 }
 
 /// An endpoint's name and site.
@@ -1580,6 +1587,8 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             "tls_ca",
             "tls_server_name",
             "tls_expiry_warning",
+            "exclusive",
+            "hook",
         ],
     );
     let from = tab
@@ -1625,6 +1634,36 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
         .ok()
         .map(|(p, span)| (p.to_string(), span));
     let probe = walk_link_probe(tab, sink);
+    let exclusive = match tab.string(sink, "exclusive") {
+        Got::Ok(g, span) => {
+            check_name(sink, "exclusive group", g, &span);
+            Some((g.to_string(), span))
+        }
+        _ => None,
+    };
+    let mut templates = Vec::new();
+    let (hook, hook_facts) = match tab.table(sink, "hook", format!("hook of {}", tab.what)) {
+        Some(h) => {
+            let (hook, f) = walk_hook(&h, sink, &mut templates);
+            match hook {
+                Some(Hook::Signal { .. }) => {
+                    sink.error(
+                        &h.span,
+                        format!(
+                            "a signal hook cannot enable or disable a link ({}): use a command or http hook, which confirms the action by succeeding",
+                            h.what
+                        ),
+                    );
+                    (None, Some(f))
+                }
+                other => (other, Some(f)),
+            }
+        }
+        None => (None, None),
+    };
+    for t in &mut templates {
+        t.what = format!("link hook {}", t.what);
+    }
     let resolved = match (&name, &from, &to) {
         (Some(n), _, _) => Some(n.0.clone()),
         (None, Some(f), Some(t)) => Some(format!("{}->{}", f.0, t.0)),
@@ -1640,6 +1679,8 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             tls_check,
             port: port.as_ref().map(|p| p.0.clone()),
             probe,
+            exclusive: exclusive.as_ref().map(|e| e.0.clone()),
+            hook,
         }),
         _ => None,
     };
@@ -1652,6 +1693,9 @@ fn walk_link(tab: &Tab<'_, '_>, sink: &mut Sink) -> (Option<Link>, LinkFacts) {
             name,
             resolved,
             port,
+            exclusive,
+            hook: hook_facts,
+            templates,
         },
     )
 }
@@ -1739,6 +1783,7 @@ fn walk_tls_check(tab: &Tab<'_, '_>, sink: &mut Sink, tls: bool) -> Result<Optio
 /// A link name: the name rule, plus `-` `>` (the default `FROM->TO`).
 fn check_link_name(sink: &mut Sink, name: &str, span: &Span) {
     let ok = !name.is_empty()
+        && !name.starts_with('.')
         && name.len() <= 128
         && name
             .chars()
@@ -1747,7 +1792,7 @@ fn check_link_name(sink: &mut Sink, name: &str, span: &Span) {
         sink.error(
             span,
             format!(
-                "invalid link name \"{name}\": use 1 to 128 letters, digits, '-', '_', '.' or '>'"
+                "invalid link name \"{name}\": use 1 to 128 letters, digits, '-', '_', '.' or '>', not starting with '.'"
             ),
         );
     }
