@@ -199,6 +199,10 @@ enum Command {
     DemoAggregator(tandem_demo::hot::aggregator::AggregatorArgs),
     /// Demo: a builder worker of a pool (IS ALIVE only when free).
     DemoBuilder(tandem_demo::pool::BuilderArgs),
+    /// Demo: a telephony switch (main or survivable) for the CMS deployment.
+    DemoSwitch(tandem_demo::cms::SwitchArgs),
+    /// Demo: a CMS reporting server with two switch links, enabled by tandem.
+    DemoCms(tandem_demo::cms::CmsArgs),
     /// Deliver a role to a demo component (a command hook).
     #[command(hide = true)]
     DemoAppRole {
@@ -426,6 +430,18 @@ fn main() -> ExitCode {
             Command::DemoBuilder(args) => {
                 init_logging(LogFormat::Text, "warn");
                 tandem_demo::pool::run_builder(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoSwitch(args) => {
+                init_logging(LogFormat::Text, "warn");
+                tandem_demo::cms::run_switch(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoCms(args) => {
+                init_logging(LogFormat::Text, "warn");
+                tandem_demo::cms::run_cms(args)
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }

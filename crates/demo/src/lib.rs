@@ -39,6 +39,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+pub mod cms;
 pub mod hot;
 mod http;
 mod journal;
