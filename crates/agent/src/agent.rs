@@ -111,6 +111,16 @@ enum Msg {
     StopTimedOut(usize, u64),
     Answers(Vec<Vec<Option<FailsafeAnswer>>>),
     Topology(Arc<Topology>),
+    /// An admin-data source finished starting.
+    AdminStarted(crate::admin::Started),
+    /// Time to publish the admin-data state that changed.
+    AdminTick,
+}
+
+impl From<crate::admin::Started> for Msg {
+    fn from(s: crate::admin::Started) -> Msg {
+        Msg::AdminStarted(s)
+    }
 }
 
 struct Agent {
@@ -136,7 +146,14 @@ struct Agent {
     metrics: Arc<HostMetrics>,
     /// Signs failsafe requests and checks their answers.
     secret: Option<ClusterSecret>,
+    /// Admin-data mirroring of the local instances.
+    admin: crate::admin::Admin,
+    /// The admin-data state last published, per local.
+    admin_published: Vec<tandem_core::model::AdminSync>,
 }
+
+/// How often admin-data mirroring state that changed is published.
+const ADMIN_PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 /// Starts the agent of `config.host`; it runs until `cancel`, then stops
 /// every instance it started, revokes its lease and returns.
@@ -181,7 +198,13 @@ pub fn start(
         metrics: metrics.clone(),
         auth: config.secret.clone().map(|s| Arc::new(Verifier::new(s))),
     };
-    tokio::spawn(peer::serve(listener, peer_state, cancel.child_token()));
+    let admin = crate::admin::Admin::new(config.secret.as_ref());
+    tokio::spawn(peer::serve(
+        listener,
+        peer_state,
+        admin.router(),
+        cancel.child_token(),
+    ));
     let task = tokio::spawn(run(
         store,
         config.topology,
@@ -196,6 +219,7 @@ pub fn start(
             peer_rx,
             inbox: (inbox_tx, inbox_rx),
             metrics,
+            admin,
         },
         cancel,
     ));
@@ -212,6 +236,7 @@ struct Extras {
     peer_rx: mpsc::Receiver<PeerRequest>,
     inbox: (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
     metrics: Arc<HostMetrics>,
+    admin: crate::admin::Admin,
 }
 
 /// Starts the watchdog process; the returned sender feeds its stdin.
@@ -263,6 +288,7 @@ async fn run(
         mut peer_rx,
         inbox: (tx, mut rx),
         metrics,
+        admin,
     } = extras;
     let watchdog = match watchdog {
         Some(cmd) => Some(start_watchdog(&cmd)?),
@@ -305,6 +331,8 @@ async fn run(
         replies: Vec::new(),
         metrics,
         secret,
+        admin,
+        admin_published: Vec::new(),
     };
 
     // Hold a lease before starting anything.
@@ -330,6 +358,32 @@ async fn run(
     ));
     info!(host = %agent.host.name, instances = agent.procs.len(), "agent started");
     agent.handle(HostInput::Begin);
+    // Admin-data mirrors change on their own (pushes, acknowledgements):
+    // their state is published at most this often.
+    if agent
+        .machine
+        .topology()
+        .apps
+        .iter()
+        .any(|a| a.admin_dir.is_some())
+    {
+        let tx = agent.tx.clone();
+        let cancel = cancel.child_token();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ADMIN_PUBLISH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => {
+                        if tx.send(Msg::AdminTick).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
 
     let mut stop_deadline: Option<Instant> = None;
     loop {
@@ -365,6 +419,7 @@ async fn run(
             _ = sleep_until_opt(wake) => agent.handle(HostInput::Tick),
         }
     }
+    agent.admin.stop_all();
     keeper_cancel.cancel();
     let _ = keeper.await;
     publisher_cancel.cancel();
@@ -540,6 +595,42 @@ impl Agent {
             Msg::StopTimedOut(i, incarnation) => {
                 self.handle(HostInput::Instance(i, Input::StopTimedOut { incarnation }));
             }
+            Msg::AdminStarted(started) => {
+                let topology = self.machine.topology().clone();
+                self.admin.started(started, &topology);
+                self.publish_admin();
+            }
+            Msg::AdminTick => self.publish_admin(),
+        }
+    }
+
+    /// Brings admin-data mirroring in line with the local instances' roles
+    /// (after every change).
+    fn reconcile_admin(&mut self) {
+        let topology = self.machine.topology().clone();
+        let roles = self.machine.roles();
+        let locals = self.machine.locals().iter().map(|l| (l, !l.gone()));
+        let start = self
+            .admin
+            .reconcile(&topology, &self.host, locals, |app| roles.get(app));
+        for (app, instance, epoch, cfg) in start {
+            crate::admin::start_source(app, instance, epoch, cfg, &self.admin, self.tx.clone());
+        }
+    }
+
+    /// Publishes the status of each local whose admin-data state changed.
+    fn publish_admin(&mut self) {
+        let n = self.machine.locals().len();
+        self.admin_published.resize_with(n, Default::default);
+        for i in 0..n {
+            let l = &self.machine.locals()[i];
+            if l.gone() || l.app.admin_dir.is_none() {
+                continue;
+            }
+            let now = self.admin.status_of(&l.app.name, &l.instance.id);
+            if now != self.admin_published[i] {
+                self.publish(i);
+            }
         }
     }
 
@@ -551,6 +642,7 @@ impl Agent {
             let step = self.machine.handle(input, now);
             self.carry_out(step, &mut queue);
         }
+        self.reconcile_admin();
     }
 
     fn carry_out(&mut self, step: HostStep, queue: &mut std::collections::VecDeque<HostInput>) {
@@ -756,7 +848,14 @@ impl Agent {
 
     fn publish(&mut self, i: usize) {
         let local = &self.machine.locals()[i];
-        let status = local.machine().status();
+        let mut status = local.machine().status();
+        if local.app.admin_dir.is_some() {
+            status.admin = self.admin.status_of(&local.app.name, &local.instance.id);
+            if self.admin_published.len() <= i {
+                self.admin_published.resize_with(i + 1, Default::default);
+            }
+            self.admin_published[i] = status.admin.clone();
+        }
         match serde_json::to_vec(&status) {
             Ok(v) => self
                 .publisher

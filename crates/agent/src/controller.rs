@@ -1384,6 +1384,7 @@ mod tests {
             drained: 0,
             links: Default::default(),
             active_links: Default::default(),
+            admin: Default::default(),
             crash_looping: false,
             restarts: 0,
             last_exit: None,

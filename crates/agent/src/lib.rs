@@ -17,6 +17,7 @@
 // The runtime reads clocks by design; core does not.
 #![allow(clippy::disallowed_methods)]
 
+mod admin;
 pub mod agent;
 pub mod checks;
 pub mod controller;

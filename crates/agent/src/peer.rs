@@ -231,7 +231,12 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 }
 
 /// Serves the agent port until `cancel`.
-pub async fn serve(listener: std::net::TcpListener, state: PeerState, cancel: CancellationToken) {
+pub async fn serve(
+    listener: std::net::TcpListener,
+    state: PeerState,
+    extra: Router,
+    cancel: CancellationToken,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -241,7 +246,7 @@ pub async fn serve(listener: std::net::TcpListener, state: PeerState, cancel: Ca
     };
     // HTTP for the routes, HAProxy agent-checks answered beside it.
     let listener = crate::checks::CheckListener::new(listener, state.view.clone());
-    let app = router(state);
+    let app = router(state).merge(extra);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

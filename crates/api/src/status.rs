@@ -242,6 +242,7 @@ fn instance_document(
         crash_looping: status.is_some_and(|s| s.crash_looping),
         last_exit: status.and_then(|s| s.last_exit.clone()),
         incarnation: status.map(|s| s.incarnation),
+        admin: status.map(|s| s.admin.clone()).filter(|a| !a.is_empty()),
     }
 }
 
@@ -384,6 +385,7 @@ ports = { main = 15432, aux = 15433 }
             drained: 0,
             links: Default::default(),
             active_links: Default::default(),
+            admin: Default::default(),
             crash_looping: false,
             restarts: 1,
             last_exit: Some("exited with code 1".into()),

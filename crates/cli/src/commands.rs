@@ -183,7 +183,66 @@ pub fn status_table(doc: &StatusDoc) -> String {
             &rows,
         ));
     }
+    let admin = admin_rows(doc);
+    if !admin.is_empty() {
+        out.push('\n');
+        out.push_str(&render(
+            &[
+                "ADMIN DATA",
+                "FROM",
+                "TO",
+                "STATE",
+                "ACKED",
+                "LAG (LAST / P50 / P99)",
+            ],
+            &admin,
+        ));
+    }
     out
+}
+
+/// One row per backup of each primary that mirrors admin data.
+fn admin_rows(doc: &StatusDoc) -> Vec<Vec<String>> {
+    let ms =
+        |us: Option<u64>| us.map_or("-".to_string(), |u| format!("{:.1} ms", u as f64 / 1000.0));
+    let mut rows = Vec::new();
+    for app in &doc.apps {
+        for i in &app.instances {
+            let Some(admin) = &i.admin else { continue };
+            if let Some(err) = &admin.error {
+                rows.push(vec![
+                    app.name.clone(),
+                    i.id.clone(),
+                    "-".into(),
+                    format!("cannot mirror: {err}"),
+                    "-".into(),
+                    "-".into(),
+                ]);
+            }
+            let Some(src) = &admin.source else { continue };
+            for (to, b) in &src.backups {
+                let state = match (&b.last_error, b.in_sync) {
+                    (Some(e), _) => format!("failing: {e}"),
+                    (None, true) => "in sync".to_string(),
+                    (None, false) => format!("catching up ({} pending)", b.pending),
+                };
+                rows.push(vec![
+                    app.name.clone(),
+                    i.id.clone(),
+                    to.clone(),
+                    state,
+                    format!("{}/{} (epoch {})", b.acked_seq, src.seq, src.epoch),
+                    format!(
+                        "{} / {} / {}",
+                        ms(b.lag_us),
+                        ms(b.lag_p50_us),
+                        ms(b.lag_p99_us)
+                    ),
+                ]);
+            }
+        }
+    }
+    rows
 }
 
 /// A wall-clock time in milliseconds as `HH:MM:SS.mmm` (UTC).
@@ -379,7 +438,7 @@ pub fn validate(file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
-    match tandem_core::topology::parse_with(&name, &text, &crate::program::check_executable) {
+    match tandem_core::topology::parse_checked(&name, &text, crate::program::LOCAL_CHECKS) {
         Ok(t) => {
             let instances: usize = t.apps.iter().map(|a| a.instances.len()).sum();
             if as_json {

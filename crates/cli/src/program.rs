@@ -6,6 +6,27 @@ use std::fs::Metadata;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// The checks `tandem validate` and `tandem up` make on this machine.
+pub const LOCAL_CHECKS: tandem_core::topology::LocalChecks<'static> =
+    tandem_core::topology::LocalChecks {
+        programs: &check_executable,
+        directories: &check_directory,
+    };
+
+/// Why a path cannot be an admin directory: it exists and is not a
+/// directory. A missing one is created when it is needed.
+pub fn check_directory(path: &str) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
+            Ok(t) if t.is_dir() => Ok(()),
+            _ => Err("is a symbolic link that does not lead to a directory".into()),
+        },
+        Ok(_) => Err("is a file, not a directory".into()),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Why a program cannot be run, for messages: "not found", "not a file",
 /// "not executable (mode 0644)", "not found on $PATH".
 pub fn check_executable(program: &str) -> Result<(), String> {

@@ -49,10 +49,10 @@ pub struct UpArgs {
 pub fn load_topology(path: &Path) -> anyhow::Result<Topology> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match tandem_core::topology::parse_with(
+    match tandem_core::topology::parse_checked(
         &path.display().to_string(),
         &text,
-        &crate::program::check_executable,
+        crate::program::LOCAL_CHECKS,
     ) {
         Ok(t) => Ok(t),
         Err(diags) => {

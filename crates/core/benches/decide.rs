@@ -57,6 +57,7 @@ fn app(i: usize) -> App {
         stop_timeout: App::DEFAULT_STOP_TIMEOUT,
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
+        admin_dir: None,
         instances: vec![
             instance("a", (2 * i) % 100, 10),
             instance("b", (2 * i + 1) % 100, 0),
@@ -96,6 +97,7 @@ fn settled(app: &App, id: &str, roles: &AppRoles) -> InstanceStatus {
         drained: 0,
         links: Default::default(),
         active_links: Default::default(),
+        admin: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

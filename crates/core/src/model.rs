@@ -200,6 +200,11 @@ pub struct InstanceStatus {
     /// none active is absent.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub active_links: BTreeMap<String, String>,
+    /// Its app's admin data, as its agent mirrors it (apps with an
+    /// `admin_dir`): on the primary, each backup's state; on a backup, what
+    /// it holds.
+    #[serde(default, skip_serializing_if = "AdminSync::is_empty")]
+    pub admin: AdminSync,
     /// How the last run ended ("exited with code 1", "killed by signal 9");
     /// when tandem asked for it, followed by [`BY_TANDEM`] and why
     /// ("killed by signal 9 (SIGKILL), by tandem: promotion hook failed
@@ -234,6 +239,96 @@ impl fmt::Display for Reach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Admin-data mirroring of one instance ([`InstanceStatus::admin`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminSync {
+    /// On the primary: what it ships, and to whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<AdminSource>,
+    /// On a backup: the admin data it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AdminPosition>,
+    /// Why mirroring cannot run on this host (the directory cannot be
+    /// watched or created), if it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AdminSync {
+    /// Nothing mirrored (an app without admin data).
+    pub fn is_empty(&self) -> bool {
+        self.source.is_none() && self.applied.is_none() && self.error.is_none()
+    }
+
+    /// How far this instance's admin data goes: its own changes on a
+    /// primary, what it applied on a backup.
+    pub fn position(&self) -> Option<AdminPosition> {
+        match (&self.source, &self.applied) {
+            (Some(s), _) => Some(AdminPosition {
+                epoch: s.epoch,
+                seq: s.seq,
+                at_ms: 0,
+            }),
+            (None, Some(a)) => Some(a.clone()),
+            (None, None) => None,
+        }
+    }
+}
+
+/// How far an instance's admin data goes: every change of the primary of
+/// `epoch` up to `seq`. Ordered by epoch, then sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminPosition {
+    /// The epoch of the primary whose changes it holds.
+    pub epoch: u64,
+    /// That primary's change sequence number it holds everything up to.
+    pub seq: u64,
+    /// When it last applied a change (wall ms; 0: unknown).
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+impl AdminPosition {
+    /// (epoch, seq), for comparing positions.
+    pub fn key(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
+    }
+}
+
+/// The primary's side of admin-data mirroring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminSource {
+    /// Its epoch.
+    pub epoch: u64,
+    /// The sequence number of its newest change.
+    pub seq: u64,
+    /// Each backup by instance id.
+    pub backups: BTreeMap<String, AdminBackup>,
+}
+
+/// How one backup's admin data stands, as the primary sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminBackup {
+    /// Every change up to this sequence number is durable on it.
+    pub acked_seq: u64,
+    /// Changes not acknowledged yet.
+    pub pending: u64,
+    /// Resynchronised since its last failure, and nothing pending.
+    pub in_sync: bool,
+    /// Write on the primary to acknowledged on the backup, last push (µs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_us: Option<u64>,
+    /// Median of the recent lags (µs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_p50_us: Option<u64>,
+    /// 99th percentile of the recent lags (µs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_p99_us: Option<u64>,
+    /// Why the last attempt failed, until a resynchronisation succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What an instance's host sees of one target of a link.
@@ -658,6 +753,10 @@ pub enum EventKind {
     /// A link's target became unreachable (reason `link_down`) or
     /// reachable again (`link_up`) from an instance's host.
     Link,
+    /// Admin-data mirroring to a backup started failing (reason
+    /// `admin_failing`) or is in sync again (`admin_in_sync`), or cannot
+    /// run on a host (`admin_error`).
+    AdminData,
 }
 
 impl EventKind {
@@ -681,11 +780,12 @@ impl EventKind {
             EventKind::Fence => "fence",
             EventKind::Webhook => "webhook",
             EventKind::Link => "link",
+            EventKind::AdminData => "admin-data",
         }
     }
 
     /// Every kind, in the order they are declared.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Promoted,
         EventKind::Serving,
         EventKind::Demoted,
@@ -702,6 +802,7 @@ impl EventKind {
         EventKind::Fence,
         EventKind::Webhook,
         EventKind::Link,
+        EventKind::AdminData,
     ];
 
     /// The kind spelled `s` (as [`EventKind::as_str`] spells it).

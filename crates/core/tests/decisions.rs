@@ -672,6 +672,7 @@ fn app() -> App {
         stop_timeout: Duration::from_secs(1),
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
+        admin_dir: None,
         replicas: 3,
         min_healthy: 3,
         instances: [("a", 100), ("b", 50), ("c", 50)]
@@ -702,6 +703,7 @@ fn st(acting: Role, health: Health) -> InstanceStatus {
         drained: 0,
         links: Default::default(),
         active_links: Default::default(),
+        admin: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,
@@ -977,6 +979,75 @@ fn a_promotion_is_logged_with_its_reason_and_epoch() {
     assert_eq!(kinds, [EventKind::PrimaryFailed, EventKind::Promoted]);
     assert_eq!(d.events[1].epoch, Some(2));
     assert_eq!(d.events[1].instance.as_deref(), Some("b"));
+}
+
+/// A status whose admin data goes up to `seq` of `epoch` (a backup's).
+fn holding(mut s: InstanceStatus, epoch: u64, seq: u64) -> InstanceStatus {
+    s.admin.applied = Some(tandem_core::model::AdminPosition {
+        epoch,
+        seq,
+        at_ms: 0,
+    });
+    s
+}
+
+#[test]
+fn a_promotion_prefers_the_backup_whose_admin_data_is_current_and_says_when_it_was_behind() {
+    let app = app();
+    // a (priority 100) failed; b and c (priority 50): c holds more admin
+    // data than b, so c is promoted although b comes first by id.
+    let mut failed = exited();
+    failed.admin.source = Some(tandem_core::model::AdminSource {
+        epoch: 1,
+        seq: 9,
+        backups: BTreeMap::new(),
+    });
+    let status = statuses(&[
+        ("a", failed.clone()),
+        ("b", holding(st(Role::Backup, Health::Healthy), 1, 7)),
+        ("c", holding(st(Role::Backup, Health::Healthy), 1, 9)),
+    ]);
+    let roles = held_by_a();
+    let input = |status| AppInput {
+        app: &app,
+        roles: &roles,
+        status,
+        intent: None,
+        hosts: HostsState::NONE,
+        links: tandem_core::controller::AppLinks::NONE,
+    };
+    let d = decide(&input(&status));
+    assert_eq!(
+        d.roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("c")
+    );
+    assert!(!d.roles.reason.contains("behind"), "{}", d.roles.reason);
+    // Only b is fit, and it is behind a's last known position: promoted,
+    // and the event says so.
+    let mut down = exited();
+    down.process = ProcessState::Stopped;
+    let status = statuses(&[
+        ("a", failed),
+        ("b", holding(st(Role::Backup, Health::Healthy), 1, 7)),
+        ("c", holding(down, 1, 8)),
+    ]);
+    let d = decide(&input(&status));
+    assert_eq!(
+        d.roles.primary.as_ref().map(|g| g.instance.as_str()),
+        Some("b")
+    );
+    let promoted = d
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Promoted)
+        .expect("a promotion event");
+    assert!(
+        promoted.message.ends_with(
+            "; its admin data was behind: it holds seq 7 of epoch 1, web/a had reached seq 9 of epoch 1"
+        ),
+        "{}",
+        promoted.message
+    );
 }
 
 #[test]

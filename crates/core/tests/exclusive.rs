@@ -157,8 +157,11 @@ fn on_main() -> InstanceMachine {
 fn nothing_is_enabled_before_a_link_is_seen_up_and_the_first_one_is_preferred() {
     let mut m = machine();
     assert_eq!(hooks(&m.handle(Input::Tick, MS).actions), []);
-    // Only the second link up: it is used.
+    // The second link is up before the first is judged: it waits.
     let step = m.handle(probe(&m, "surv", true), MS);
+    assert_eq!(hooks(&step.actions), []);
+    // The first is down: the second is used.
+    let step = m.handle(probe(&m, "main", false), MS);
     assert_eq!(hooks(&step.actions), hook("surv", LinkAction::Enable));
     m.handle(done(&m, "surv", LinkAction::Enable, true), 2 * MS);
     assert_eq!(active(&m).as_deref(), Some("surv"));
@@ -171,6 +174,14 @@ fn nothing_is_enabled_before_a_link_is_seen_up_and_the_first_one_is_preferred() 
     assert_eq!(active(&m), None);
     m.handle(done(&m, "main", LinkAction::Enable, true), 5 * MS);
     assert_eq!(active(&m).as_deref(), Some("main"));
+}
+
+#[test]
+fn a_new_process_starts_on_its_first_link_when_the_second_is_seen_up_first() {
+    let mut m = machine();
+    assert_eq!(hooks(&m.handle(probe(&m, "surv", true), MS).actions), []);
+    let step = m.handle(probe(&m, "main", true), 2 * MS);
+    assert_eq!(hooks(&step.actions), hook("main", LinkAction::Enable));
 }
 
 #[test]

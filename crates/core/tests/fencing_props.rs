@@ -37,6 +37,7 @@ fn app(ha: HaMode, fencing: Fencing) -> App {
         stop_timeout: Duration::from_secs(1),
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
+        admin_dir: None,
         replicas: 1,
         min_healthy: 1,
         instances: (0..N)
@@ -93,6 +94,7 @@ fn arb_status() -> impl Strategy<Value = Option<InstanceStatus>> {
                         drained: 0,
                         links: Default::default(),
                         active_links: Default::default(),
+                        admin: Default::default(),
                         crash_looping: looping,
                         restarts: 0,
                         last_exit: None,
@@ -281,6 +283,7 @@ proptest! {
             drained: 0,
             links: Default::default(),
             active_links: Default::default(),
+            admin: Default::default(),
             crash_looping: false,
             restarts: 0,
             last_exit: None,

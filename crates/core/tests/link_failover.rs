@@ -90,6 +90,7 @@ fn status(role: Role, epoch: u64) -> InstanceStatus {
         drained: 0,
         links: Default::default(),
         active_links: Default::default(),
+        admin: Default::default(),
         crash_looping: false,
         restarts: 0,
         last_exit: None,

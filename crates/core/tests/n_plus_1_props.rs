@@ -26,6 +26,7 @@ fn app(n: usize, replicas: u32, priorities: &[i64]) -> App {
         stop_timeout: Duration::from_secs(1),
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
+        admin_dir: None,
         replicas,
         min_healthy: replicas,
         instances: (0..n)
@@ -55,6 +56,7 @@ fn status(crash_looping: bool) -> InstanceStatus {
         drained: 0,
         links: Default::default(),
         active_links: Default::default(),
+        admin: Default::default(),
         crash_looping,
         restarts: 0,
         last_exit: None,

@@ -437,6 +437,16 @@ impl ReceiverSet {
             .remove(&(app.to_string(), instance.to_string()))
     }
 
+    /// The (app, instance) of every receiver.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The receiver of `app` on `instance`.
     pub fn get(&self, app: &str, instance: &str) -> Option<Receiver> {
         self.inner

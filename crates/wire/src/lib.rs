@@ -136,6 +136,10 @@ pub struct InstanceDoc {
     pub last_exit: Option<String>,
     /// Counts the starts of the instance by its agent.
     pub incarnation: Option<u64>,
+    /// Its admin data's mirroring (apps with an `admin_dir`): on the
+    /// primary each backup's state and lag, on a backup what it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<tandem_core::model::AdminSync>,
 }
 
 /// `GET /v1/apps/{app}/primary` (200): the acknowledged primary and how to

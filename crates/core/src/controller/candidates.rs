@@ -123,7 +123,8 @@ pub(super) fn grant_for(app: &App, id: &str, s: &InstanceStatus, epoch: u64) -> 
 }
 
 /// The best instance to promote: fit, not crash-looping, not the one that
-/// just failed, highest priority, then lowest id; failing that, the one
+/// just failed, with the most current admin data (apps with an
+/// `admin_dir`), highest priority, then lowest id; failing that, the one
 /// that just failed; failing that (on-grant modes: one must run), a
 /// crash-looping one.
 pub(super) fn best_candidate<'a>(
@@ -142,10 +143,42 @@ pub(super) fn best_candidate<'a>(
                 let s = status.get(&i.id)?;
                 (style.fit(s) && (allow_looping || !s.crash_looping)).then_some((i, s))
             })
-            .max_by(|(a, _), (b, _)| a.priority.cmp(&b.priority).then_with(|| b.id.cmp(&a.id)))
+            .max_by(|(a, sa), (b, sb)| {
+                admin_key(sa)
+                    .cmp(&admin_key(sb))
+                    .then_with(|| a.priority.cmp(&b.priority))
+                    .then_with(|| b.id.cmp(&a.id))
+            })
             .map(|(i, s)| (i.id.as_str(), s))
     };
     pick(true, false)
         .or_else(|| pick(false, false))
         .or_else(|| pick(false, true))
+}
+
+/// How far an instance's admin data goes, for ordering candidates (none:
+/// lowest, and equal for every instance of an app without admin data).
+pub(super) fn admin_key(s: &InstanceStatus) -> Option<(u64, u64)> {
+    s.admin.position().map(|p| p.key())
+}
+
+/// Why `s`'s admin data is behind the newest any instance of the app is
+/// known to have, if it is ("applied seq 12 of epoch 3; cms/a had reached
+/// seq 15").
+pub(super) fn admin_behind(
+    app: &App,
+    status: &BTreeMap<String, InstanceStatus>,
+    s: &InstanceStatus,
+) -> Option<String> {
+    let mine = admin_key(s).unwrap_or((0, 0));
+    let (who, newest) = status
+        .iter()
+        .filter_map(|(id, st)| Some((id, st.admin.position()?)))
+        .max_by_key(|(_, p)| p.key())?;
+    (newest.key() > mine).then(|| {
+        format!(
+            "its admin data was behind: it holds seq {} of epoch {}, {}/{who} had reached seq {} of epoch {}",
+            mine.1, mine.0, app.name, newest.seq, newest.epoch
+        )
+    })
 }

@@ -354,6 +354,7 @@ mod tests {
             stop_timeout: App::DEFAULT_STOP_TIMEOUT,
             drain: std::time::Duration::ZERO,
             link_failover: Default::default(),
+            admin_dir: None,
             instances: ids
                 .iter()
                 .map(|id| Instance {

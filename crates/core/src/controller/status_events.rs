@@ -120,10 +120,57 @@ fn active_link_events(
     out
 }
 
+/// Admin-data mirroring that starts failing or recovers, from the
+/// primary's side (one event per backup), or that cannot run on a host.
+fn admin_events(
+    app: &str,
+    instance: &str,
+    o: &InstanceStatus,
+    n: &InstanceStatus,
+) -> Vec<EventDraft> {
+    let mut out = Vec::new();
+    let mut ev = |reason: &'static str, msg: String| {
+        out.push(
+            EventDraft::instance(EventKind::AdminData, app, instance, msg).with_reason(reason),
+        );
+    };
+    if let Some(err) = n
+        .admin
+        .error
+        .as_ref()
+        .filter(|e| o.admin.error.as_ref() != Some(*e))
+    {
+        ev(
+            "admin_error",
+            format!("{app}/{instance}: admin data cannot be mirrored: {err}"),
+        );
+    }
+    let Some(src) = &n.admin.source else {
+        return out;
+    };
+    let before = o.admin.source.as_ref().filter(|s| s.epoch == src.epoch);
+    for (to, b) in &src.backups {
+        let was = before.and_then(|s| s.backups.get(to));
+        match (&b.last_error, was.and_then(|w| w.last_error.as_ref())) {
+            (Some(e), None) => ev(
+                "admin_failing",
+                format!("{app}/{instance}: admin data to {app}/{to} is failing: {e}"),
+            ),
+            (None, Some(_)) => ev(
+                "admin_in_sync",
+                format!("{app}/{instance}: admin data to {app}/{to} goes through again"),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// What changed between two statuses of a running agent.
 fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) -> Vec<EventDraft> {
     let mut out = link_events(app, instance, o, n);
     out.extend(active_link_events(app, instance, o, n));
+    out.extend(admin_events(app, instance, o, n));
     let mut ev = |kind, reason: &'static str, msg: String| {
         out.push(EventDraft::instance(kind, app, instance, msg).with_reason(reason));
     };

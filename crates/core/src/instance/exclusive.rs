@@ -13,7 +13,8 @@
 //!   link's probe hysteresis (`successes_before_up`).
 //! - A link whose enabling failed is disabled again (it may be half
 //!   enabled) and not tried for [`ENABLE_RETRY`].
-//! - A new process starts with no link active.
+//! - A new process starts with no link active, and enables its first
+//!   link once every link it prefers to that one has been judged.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -166,12 +167,22 @@ impl InstanceMachine {
                 continue;
             }
             g.refused.retain(|_, until| *until > now);
-            let want = g
-                .spec
-                .links
-                .iter()
-                .find(|l| reach.get(*l) == Some(&Reach::Up) && !g.refused.contains_key(*l))
-                .cloned();
+            let usable =
+                |l: &String| reach.get(l) == Some(&Reach::Up) && !g.refused.contains_key(l);
+            let want = g.spec.links.iter().find(|l| usable(l)).cloned();
+            // With nothing active yet, a link preferred to the one found
+            // but not judged yet is waited for: a new process does not
+            // start on its second choice to move a moment later.
+            let undecided = |w: &String| {
+                g.spec
+                    .links
+                    .iter()
+                    .take_while(|l| *l != w)
+                    .any(|l| reach.get(l).is_none_or(|r| *r == Reach::Unknown))
+            };
+            if g.active.is_none() && want.as_ref().is_some_and(undecided) {
+                continue;
+            }
             let (link, action) = match (&g.active, want) {
                 (Some(a), Some(w)) if *a == w => continue,
                 (Some(a), Some(w)) => {

@@ -436,6 +436,7 @@ impl InstanceMachine {
             drained: self.drained,
             links: self.link_status(),
             active_links: self.active_links(),
+            admin: Default::default(),
             crash_looping: self.crash_looping,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),

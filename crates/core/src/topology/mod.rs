@@ -190,6 +190,35 @@ pub use walk::is_valid_name;
 use diagnostic::Sink;
 use toml::de::DeTable;
 
+/// Each instance's admin directory, asked of `directories`.
+fn check_admin_dirs(
+    topology: &Topology,
+    facts: &walk::Facts,
+    sink: &mut Sink,
+    directories: ProgramCheck<'_>,
+) {
+    for (app, f) in topology.apps.iter().zip(&facts.apps) {
+        let (Some(dir), Some((_, span))) = (&app.admin_dir, &f.admin_dir) else {
+            continue;
+        };
+        for inst in &app.instances {
+            let Some(host) = topology.host(&inst.host) else {
+                continue;
+            };
+            let path = expand(dir, app, inst, host);
+            if let Err(why) = directories(&path) {
+                sink.error(
+                    span,
+                    format!(
+                        "admin directory \"{path}\" of {}/{}: {why}",
+                        app.name, inst.id
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Tells whether a fence device's program can run: `Err(why)` if not
 /// ("not found", "not executable (mode 0644)"). Core reads no files: the
 /// caller, on the machine that validates, supplies it.
@@ -210,6 +239,35 @@ pub fn parse_with(
     text: &str,
     programs: ProgramCheck<'_>,
 ) -> Result<Topology, Diagnostics> {
+    parse_checked(
+        file,
+        text,
+        LocalChecks {
+            programs,
+            directories: &|_| Ok(()),
+        },
+    )
+}
+
+/// What the validating machine can tell of the paths a topology names
+/// (core reads no files): `Err(why)` for a path that cannot serve.
+#[derive(Clone, Copy)]
+pub struct LocalChecks<'a> {
+    /// Whether a fence device's program can run (see [`parse_with`]).
+    pub programs: ProgramCheck<'a>,
+    /// Whether an app's `admin_dir`, expanded for each instance, can be a
+    /// directory ("is a file").
+    pub directories: ProgramCheck<'a>,
+}
+
+/// [`parse_with`], also asking `checks.directories` about each instance's
+/// admin directory, reported at the app's `admin_dir`.
+pub fn parse_checked(
+    file: &str,
+    text: &str,
+    checks: LocalChecks<'_>,
+) -> Result<Topology, Diagnostics> {
+    let programs = checks.programs;
     let mut sink = Sink::default();
     let root = match DeTable::parse(text) {
         Ok(root) => root,
@@ -224,6 +282,9 @@ pub fn parse_with(
     };
     let (topology, facts) = walk::walk(file, root.get_ref(), &mut sink);
     validate::validate(text, &facts, &mut sink, programs);
+    if sink.is_empty() {
+        check_admin_dirs(&topology, &facts, &mut sink, checks.directories);
+    }
     if sink.is_empty() {
         Ok(topology)
     } else {

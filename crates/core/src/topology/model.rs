@@ -375,6 +375,12 @@ pub struct App {
     /// a required link while a fit backup has it is switched over.
     #[serde(default)]
     pub link_failover: LinkFailover,
+    /// Warm and hot standby: the app's admin data, a directory on each
+    /// instance's host (placeholders expanded per instance; relative to
+    /// the agent's working directory) that tandem mirrors from the primary
+    /// to every backup in real time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_dir: Option<String>,
     /// The copies of this app, in file order.
     pub instances: Vec<Instance>,
 }

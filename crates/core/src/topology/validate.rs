@@ -195,6 +195,17 @@ fn validate_app(
         );
     }
 
+    if let (Some((_, span)), Some((mode, _))) = (&app.admin_dir, &app.ha)
+        && !matches!(mode, HaMode::WarmStandby | HaMode::HotStandby)
+    {
+        sink.error(
+            span,
+            format!(
+                "app \"{name}\": \"admin_dir\" applies to warm-standby and hot-standby, not \"{mode}\": admin data is mirrored from the primary to backups that run"
+            ),
+        );
+    }
+
     let n_plus_1 = matches!(app.ha, Some((HaMode::NPlus1, _)));
     for (key, given) in [
         ("replicas", &app.replicas),

@@ -147,6 +147,8 @@ pub(crate) struct AppFacts {
     pub drain: Option<(Duration, Span)>,
     /// The first link failover setting written, if any.
     pub link_failover: Option<Named>,
+    /// `admin_dir`, where given and not empty.
+    pub admin_dir: Option<Named>,
     /// None if `instances` was not an array of tables.
     pub instances: Option<Vec<InstanceFacts>>,
 }
@@ -990,6 +992,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         "link_failover",
         "link_hold_down",
         "link_switchover_interval",
+        "admin_dir",
         "restart",
         "checks",
         "hook",
@@ -1092,6 +1095,24 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         }
     }
 
+    let admin_dir = match tab.string(sink, "admin_dir") {
+        Got::Ok("", span) => {
+            sink.error(
+                &span,
+                format!("empty admin_dir in {}: name a directory", tab.what),
+            );
+            None
+        }
+        Got::Ok(d, span) => {
+            templates.push(Template {
+                text: d.to_string(),
+                span: span.clone(),
+                what: "admin_dir".to_string(),
+            });
+            Some((d.to_string(), span))
+        }
+        _ => None,
+    };
     let workdir = match tab.string(sink, "workdir") {
         Got::Ok("", span) => {
             sink.error(
@@ -1177,6 +1198,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         stop_timeout,
         drain: drain.as_ref().map_or(Duration::ZERO, |d| d.0),
         link_failover,
+        admin_dir: admin_dir.as_ref().map(|d| d.0.clone()),
         instances,
     };
     let facts = AppFacts {
@@ -1191,6 +1213,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         min_healthy,
         drain,
         link_failover: link_failover_keys,
+        admin_dir,
         instances: instance_facts,
     };
     (app, facts)

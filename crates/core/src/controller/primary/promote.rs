@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::Pass;
-use crate::controller::candidates::{best_candidate, grant_for, unfit};
+use crate::controller::candidates::{admin_behind, best_candidate, grant_for, unfit};
 use crate::controller::{Cause, Style, style};
 use crate::model::{EventDraft, EventKind, InstanceStatus, IntentState, SteppingDown};
 use crate::topology::App;
@@ -117,6 +117,9 @@ impl<'a> Pass<'_, 'a> {
         } else {
             format!("promoted {name}/{id} (epoch {epoch}): {cause}")
         };
+        if let Some(behind) = admin_behind(app, self.input.status, s) {
+            self.next.reason.push_str(&format!("; {behind}"));
+        }
         self.next.cause = Some(cause.cause_name());
         self.events.push(
             EventDraft::instance(EventKind::Promoted, name, id, &self.next.reason)
