@@ -44,6 +44,11 @@ pub const BACKOFF_MIN_MS: u64 = 100;
 pub const BACKOFF_MAX_MS: u64 = 5_000;
 /// How many recent lag samples are kept per receiver.
 pub const LAG_SAMPLES: usize = 512;
+/// How long a receiver with nothing to push waits before its whole tree is
+/// compared again (a resynchronisation that ships only differences): a
+/// backup's directory changed by anything but this mirror (a deposed
+/// primary's late write, a person) is put right within this.
+pub const VERIFY_EVERY_MS: u64 = 5_000;
 /// The most content bytes in one push (a larger single file goes alone).
 pub const PUSH_BYTES: usize = 16 * 1024 * 1024;
 /// The most bytes of batches queued for one receiver: past that the queue
@@ -800,9 +805,13 @@ impl Worker {
             }
             let next = lock(&self.queue.state).batches.pop_front();
             let Some(batch) = next else {
-                tokio::select! {
-                    _ = self.queue.wake.notified() => {}
+                let verify = tokio::select! {
+                    _ = self.queue.wake.notified() => false,
+                    _ = tokio::time::sleep(Duration::from_millis(VERIFY_EVERY_MS)) => true,
                     _ = stop.changed() => return,
+                };
+                if verify {
+                    self.verify(&mut stop).await;
                 }
                 continue;
             };
@@ -835,6 +844,38 @@ impl Worker {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Compares the receiver's whole tree with ours and ships what
+    /// differs; says so only if something did. A failure is handled as any
+    /// failed push (a resynchronisation with backoff follows).
+    async fn verify(&self, stop: &mut watch::Receiver<bool>) {
+        let result = tokio::select! {
+            r = self.resync() => r,
+            _ = stop.changed() => return,
+        };
+        match result {
+            Ok(r) => {
+                self.queue.ack(r.seq);
+                self.update(|s| s.acked_seq = s.acked_seq.max(r.seq));
+                if r.sent + r.removed > 0 {
+                    emit(
+                        &self.shared.events,
+                        SyncEvent::Resynced {
+                            app: self.shared.app.clone(),
+                            receiver: self.name.clone(),
+                            sent: r.sent,
+                            removed: r.removed,
+                            unchanged: r.unchanged,
+                        },
+                    );
+                }
+            }
+            Err(error) => {
+                self.queue.request_resync();
+                self.update(|s| s.last_error = Some(error.clone()));
             }
         }
     }

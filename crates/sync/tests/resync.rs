@@ -143,3 +143,40 @@ async fn a_restarted_source_at_the_same_epoch_continues_above_what_the_receiver_
     source.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_the_backup_itself_is_undone_by_the_next_verification() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (tx, log) = events();
+    let set = ReceiverSet::new();
+    let r = Receiver::new(cfg(dst.path(), None), "b".into(), tx.clone()).unwrap();
+    r.set_primary(Some(("a".into(), 2)));
+    set.insert(r);
+    let server = Server::start(set, None).await;
+    let s = src.path();
+    fs::write(s.join("agents"), b"from the primary").unwrap();
+    let source = Source::start(cfg(s, None), "a".into(), 2, tx)
+        .await
+        .unwrap();
+    source.set_receivers(vec![("b".into(), server.url())]);
+    converge(&source, "b", s, dst.path()).await;
+    // A late write of a deposed primary, or a person, on the backup: the
+    // mirror does not see it happen, and nothing is pushed meanwhile.
+    fs::write(dst.path().join("stray"), b"never on the primary").unwrap();
+    fs::write(dst.path().join("agents"), b"changed on the backup").unwrap();
+    wait_until(
+        tandem_sync::source::VERIFY_EVERY_MS / 1000 + 20,
+        "the backup's tree is the primary's again",
+        || common::tree(s) == common::tree(dst.path()),
+    )
+    .await;
+    assert!(
+        log.messages()
+            .iter()
+            .any(|m| m == "resynchronised cms/b: 1 file sent, 1 removed, 0 unchanged"),
+        "{:?}",
+        log.messages()
+    );
+    server.stop().await;
+}

@@ -324,6 +324,14 @@ impl Net {
         self.cut_addr(from, to.addr)
     }
 
+    /// Undoes one [`Net::cut`] of `from` to `to` (deletes that rule), leaving
+    /// `from`'s other rules.
+    pub fn uncut(&self, from: &Host, to: &Host) -> anyhow::Result<()> {
+        self.check_host(to)?;
+        let addr = to.addr.to_string();
+        self.iptables(from, &["-D", "OUTPUT", "-d", &addr, "-j", "DROP"])
+    }
+
     /// Drops every packet `host` sends to `addr` (`OUTPUT -d <addr> -j DROP`
     /// in `host`'s namespace), e.g. to cut a host off from etcd only.
     pub fn cut_addr(&self, host: &Host, addr: IpAddr) -> anyhow::Result<()> {
