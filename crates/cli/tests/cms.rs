@@ -642,6 +642,44 @@ fn admin_data_written_continuously_survives_twenty_switchovers() {
             "[cms_admin] promotions with admin data behind: {}",
             behind.len()
         );
+        // The lag per backup, in the status and as metrics, once the last
+        // primary has shipped a few edits.
+        let d = c.status("h3").await;
+        let primary = settled(&d).expect("a settled pair");
+        let backup = other(&primary);
+        for k in 0..5 {
+            write_edit(c, &admin_dir(c, &primary), 9_000_000 + k);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !edits(&admin_dir(c, backup)).contains(&9_000_004) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the last edits never reached {backup}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let d = c.status("h3").await;
+        let src = app(&d, "cms")
+            .instances
+            .iter()
+            .find(|i| i.id == primary)
+            .and_then(|i| i.admin.as_ref())
+            .and_then(|a| a.source.clone())
+            .expect("the primary's admin source in the status");
+        assert!(src.backups[backup].lag_p99_us.is_some(), "{src:?}");
+        let url = format!("http://{}:{}/metrics", c.host("h3").addr, harness::API_PORT);
+        let text = reqwest::get(&url)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics");
+        let series = format!(
+            "tandem_admin_sync_lag_seconds{{app=\"cms\",from=\"{primary}\",to=\"{backup}\",quantile=\"0.99\"}}"
+        );
+        assert!(text.contains(&series), "no {series} in:\n{text}");
         for s in &mut switches {
             let _ = s.kill();
             let _ = s.wait();

@@ -52,6 +52,24 @@ struct InstanceLabels {
     host: String,
 }
 
+/// Admin-data mirroring from a primary (`from`) to a backup (`to`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminLabels {
+    app: String,
+    from: String,
+    to: String,
+}
+
+/// [`AdminLabels`] and a quantile of the recent lags (`last`, `0.5`,
+/// `0.99`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminLagLabels {
+    app: String,
+    from: String,
+    to: String,
+    quantile: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     app: String,
@@ -211,6 +229,10 @@ pub fn state_registry(
     let looping: Family<InstanceLabels, Gauge> = Family::default();
     let has_primary: Family<AppLabels, Gauge> = Family::default();
     let app_epoch: Family<AppLabels, Gauge> = Family::default();
+    let admin_lag: Family<AdminLagLabels, Gauge<f64, std::sync::atomic::AtomicU64>> =
+        Family::default();
+    let admin_pending: Family<AdminLabels, Gauge> = Family::default();
+    let admin_in_sync: Family<AdminLabels, Gauge> = Family::default();
     for app in &topology.apps {
         for i in &app.instances {
             let status = statuses.get(&(app.name.clone(), i.id.clone()));
@@ -233,6 +255,34 @@ pub fn state_registry(
             looping
                 .get_or_create(&labels)
                 .set(i64::from(status.is_some_and(|s| s.crash_looping)));
+            let Some(source) = status.and_then(|s| s.admin.source.as_ref()) else {
+                continue;
+            };
+            for (to, b) in &source.backups {
+                let l = AdminLabels {
+                    app: app.name.clone(),
+                    from: i.id.clone(),
+                    to: to.clone(),
+                };
+                admin_pending.get_or_create(&l).set(b.pending as i64);
+                admin_in_sync.get_or_create(&l).set(i64::from(b.in_sync));
+                for (quantile, us) in [
+                    ("last", b.lag_us),
+                    ("0.5", b.lag_p50_us),
+                    ("0.99", b.lag_p99_us),
+                ] {
+                    if let Some(us) = us {
+                        admin_lag
+                            .get_or_create(&AdminLagLabels {
+                                app: l.app.clone(),
+                                from: l.from.clone(),
+                                to: l.to.clone(),
+                                quantile: quantile.into(),
+                            })
+                            .set(us as f64 / 1e6);
+                    }
+                }
+            }
         }
         if let Some(p) = primaries.get(&app.name) {
             let labels = AppLabels {
@@ -268,6 +318,21 @@ pub fn state_registry(
         "app_epoch",
         "The epoch of each app's acknowledged primary (0: none)",
         app_epoch,
+    );
+    registry.register(
+        "admin_sync_lag_seconds",
+        "Admin data: write on the primary (`from`) to durable on the backup (`to`), last push and quantiles of the recent ones",
+        admin_lag,
+    );
+    registry.register(
+        "admin_sync_pending",
+        "Admin data: changes of the primary not yet acknowledged by the backup",
+        admin_pending,
+    );
+    registry.register(
+        "admin_sync_in_sync",
+        "Admin data: 1 while the backup holds everything the primary has, else 0",
+        admin_in_sync,
     );
     registry
 }
