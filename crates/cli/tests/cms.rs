@@ -483,6 +483,52 @@ fn cms_links_move_fail_over_survive_flapping_and_fence_two_active() {
         }
         c.wait_status("h3", "the fenced CMS back", 60, |d| settled(d).is_some())
             .await;
+
+        // 5. A backup frozen for longer than the switch's liveness loses its
+        //    session on the switch; thawed, it says so (`.active`), and
+        //    tandem enables its link again.
+        let d = c.status("h3").await;
+        let primary = settled(&d).expect("a settled pair");
+        let frozen = other(&primary);
+        wait_active(c, frozen, "acd-main", 30).await;
+        let pid = app(&d, "cms")
+            .instances
+            .iter()
+            .find(|i| i.id == frozen)
+            .and_then(|i| i.pid)
+            .expect("the backup's pid");
+        let seq5 = last_seq(c).await;
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let evs = events_after(c, seq5).await;
+            let again = evs
+                .iter()
+                .any(|e| is(e, "link", "link_enabled") && e.instance.as_deref() == Some(frozen));
+            if again && active_of(c, frozen).await.as_deref() == Some("acd-main") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cms/{frozen}'s link was not enabled again after its session was lost:\n{}",
+                describe(&evs)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let open: Vec<_> = sessions(c.dir.path())
+            .remove(&format!("cms/{frozen}"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.close_ns == u64::MAX)
+            .collect();
+        assert_eq!(
+            open.len(),
+            1,
+            "cms/{frozen} should have one open session: {open:?}"
+        );
         for s in &mut switches {
             let _ = s.kill();
             let _ = s.wait();

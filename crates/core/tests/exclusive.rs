@@ -305,6 +305,31 @@ fn two_links_of_a_group_reported_active_get_the_process_killed_once() {
 }
 
 #[test]
+fn an_active_link_the_process_stops_reporting_is_lost_and_enabled_again() {
+    let mut m = on_main();
+    let report = |m: &InstanceMachine, links: &[&str]| Input::ActiveLinks {
+        incarnation: m.incarnation(),
+        links: links.iter().map(|l| l.to_string()).collect(),
+    };
+    assert!(m.handle(report(&m, &["main"]), 10 * MS).actions.is_empty());
+    // Once may be a report read just before the process wrote it.
+    assert!(m.handle(report(&m, &[]), 11 * MS).actions.is_empty());
+    assert!(m.handle(report(&m, &["main"]), 12 * MS).actions.is_empty());
+    assert!(m.handle(report(&m, &[]), 13 * MS).actions.is_empty());
+    let step = m.handle(report(&m, &[]), 14 * MS);
+    assert_eq!(hooks(&step.actions), hook("main", LinkAction::Enable));
+    assert!(
+        step.notes
+            .iter()
+            .any(|n| n.to_string() == "cms/a: no longer reports link main of exclusive group acd active: it lost it by itself; choosing again"),
+        "{step:?}"
+    );
+    assert_eq!(active(&m), None);
+    m.handle(done(&m, "main", LinkAction::Enable, true), 15 * MS);
+    assert_eq!(active(&m).as_deref(), Some("main"));
+}
+
+#[test]
 fn hook_results_of_an_older_process_count_for_nothing() {
     let mut m = machine();
     m.handle(probe(&m, "main", true), MS);
@@ -337,6 +362,10 @@ enum Event {
     Tick(u64),
     /// The process crashes (it is restarted later).
     Crash,
+    /// The process loses its active link by itself (the switch closed it).
+    Drop,
+    /// The runtime reads what the process says it has active.
+    Report,
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -346,6 +375,8 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(ok, half)| Event::Complete { ok, half }),
         2 => (1u64..3000).prop_map(Event::Tick),
         1 => Just(Event::Crash),
+        1 => Just(Event::Drop),
+        3 => Just(Event::Report),
     ]
 }
 
@@ -364,6 +395,9 @@ proptest! {
         // The hook running, if any.
         let mut running: Option<(String, LinkAction, u64)> = None;
         let mut alive = true;
+        // A link the process lost by itself, and the reports read since
+        // while no hook ran.
+        let mut dropped: Option<(String, u32)> = None;
         for e in events {
             now += MS;
             let step = match e {
@@ -400,6 +434,19 @@ proptest! {
                     enabled.clear();
                     m.handle(Input::Exited { how: "exited with code 1".into() }, now)
                 }
+                Event::Drop => {
+                    let Some(l) = enabled.pop_first() else { continue };
+                    dropped = Some((l, 0));
+                    continue;
+                }
+                Event::Report => {
+                    if !alive { continue }
+                    if running.is_none() && let Some((_, n)) = &mut dropped {
+                        *n += 1;
+                    }
+                    let links = enabled.iter().cloned().collect();
+                    m.handle(Input::ActiveLinks { incarnation: m.incarnation(), links }, now)
+                }
             };
             for a in &step.actions {
                 match a {
@@ -427,7 +474,18 @@ proptest! {
             }
             prop_assert!(enabled.len() <= 1, "two links enabled: {enabled:?}");
             if let Some(a) = active(&m) {
-                prop_assert!(enabled.contains(&a), "tandem believes {a} active; the process has {enabled:?}");
+                // Only a link lost by the process and not reported missing
+                // enough times yet may be believed active wrongly.
+                let unreported = dropped
+                    .as_ref()
+                    .is_some_and(|(l, n)| *l == a && *n < tandem_core::instance::MISSING_REPORTS);
+                prop_assert!(
+                    enabled.contains(&a) || unreported,
+                    "tandem believes {a} active; the process has {enabled:?} (dropped: {dropped:?})"
+                );
+            }
+            if !alive || active(&m).is_none_or(|a| enabled.contains(&a)) {
+                dropped = None;
             }
         }
     }

@@ -68,6 +68,8 @@ pub(super) struct Group {
     busy: Busy,
     /// Links whose enabling failed, and when they may be tried again.
     refused: BTreeMap<String, Duration>,
+    /// Reports in a row from the process that do not list `active`.
+    missing: u32,
 }
 
 impl Group {
@@ -77,9 +79,15 @@ impl Group {
             active: None,
             busy: Busy::Idle,
             refused: BTreeMap::new(),
+            missing: 0,
         }
     }
 }
+
+/// Reports in a row that must leave out the active link before it counts
+/// as lost by the process (one may have been read just before the process
+/// wrote it).
+pub const MISSING_REPORTS: u32 = 2;
 
 impl InstanceMachine {
     /// Sets the exclusive groups (at creation, and when the topology
@@ -293,13 +301,46 @@ impl InstanceMachine {
     }
 
     /// [`super::Input::ActiveLinks`]: the process says which links it has
-    /// active; two of one group get it killed.
-    pub(super) fn active_report(&mut self, incarnation: u64, links: &[String], step: &mut Step) {
+    /// active. Two of one group get it killed; an active link that it
+    /// leaves out of [`MISSING_REPORTS`] reports in a row, while nothing is
+    /// under way, is one it lost by itself (its connection dropped): no
+    /// longer active, and the group chooses again.
+    pub(super) fn active_report(
+        &mut self,
+        incarnation: u64,
+        links: &[String],
+        now: Duration,
+        step: &mut Step,
+    ) {
         if self.proc != Proc::Running
             || incarnation != self.incarnation
             || matches!(self.ending, Some(super::EndReason::Killed(_)))
         {
             return;
+        }
+        let name = self.name.clone();
+        let mut lost = false;
+        for g in &mut self.groups {
+            let Some(active) = g.active.clone().filter(|_| g.busy == Busy::Idle) else {
+                g.missing = 0;
+                continue;
+            };
+            if links.contains(&active) {
+                g.missing = 0;
+                continue;
+            }
+            g.missing += 1;
+            if g.missing >= MISSING_REPORTS {
+                g.missing = 0;
+                g.active = None;
+                lost = true;
+                step.act(Action::Publish);
+                step.notes.push(Note::LinkLostByProcess {
+                    instance: name.clone(),
+                    group: g.spec.name.clone(),
+                    link: active,
+                });
+            }
         }
         let both = self.groups.iter().find_map(|g| {
             let on: Vec<String> = g
@@ -320,6 +361,10 @@ impl InstanceMachine {
                 },
                 step,
             );
+            return;
+        }
+        if lost {
+            self.decide_groups(now, step);
         }
     }
 }

@@ -58,7 +58,7 @@ mod notes;
 mod process;
 mod roles;
 
-pub use exclusive::{ENABLE_RETRY, GroupSpec};
+pub use exclusive::{ENABLE_RETRY, GroupSpec, MISSING_REPORTS};
 pub use links::LinkSpec;
 pub use notes::{EndReason, KillReason, Note};
 
@@ -528,7 +528,9 @@ impl InstanceMachine {
                 incarnation,
                 result,
             } => self.link_hook_done(&link, action, incarnation, result, now, s),
-            Input::ActiveLinks { incarnation, links } => self.active_report(incarnation, &links, s),
+            Input::ActiveLinks { incarnation, links } => {
+                self.active_report(incarnation, &links, now, s)
+            }
             Input::Load { incarnation, busy } => self.load(incarnation, busy, s),
             Input::HookDone {
                 role,

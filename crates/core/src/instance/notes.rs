@@ -133,6 +133,16 @@ pub enum Note {
         /// When it may be tried again.
         retry_in: Duration,
     },
+    /// The process no longer lists the group's active link: it lost it by
+    /// itself.
+    LinkLostByProcess {
+        /// `app/instance`.
+        instance: String,
+        /// The group.
+        group: String,
+        /// The link.
+        link: String,
+    },
     /// A group moves from one link to another: the first is disabled now.
     LinkSwitching {
         /// `app/instance`.
@@ -179,6 +189,7 @@ impl Note {
             Note::LinkDisabled { .. } => "link_disabled",
             Note::LinkEnableFailed { .. } => "link_enable_failed",
             Note::LinkSwitching { .. } => "link_switching",
+            Note::LinkLostByProcess { .. } => "link_lost_by_process",
         }
     }
 
@@ -212,7 +223,8 @@ impl Note {
             | Note::LinkEnabled { instance, .. }
             | Note::LinkDisabled { instance, .. }
             | Note::LinkEnableFailed { instance, .. }
-            | Note::LinkSwitching { instance, .. } => instance,
+            | Note::LinkSwitching { instance, .. }
+            | Note::LinkLostByProcess { instance, .. } => instance,
         }
     }
 }
@@ -317,6 +329,14 @@ impl fmt::Display for Note {
                 f,
                 "{instance}: enabling link {link} of exclusive group {group} failed ({error}); disabling it, and trying it again in {} ms at the earliest",
                 retry_in.as_millis()
+            ),
+            Note::LinkLostByProcess {
+                instance,
+                group,
+                link,
+            } => write!(
+                f,
+                "{instance}: no longer reports link {link} of exclusive group {group} active: it lost it by itself; choosing again"
             ),
             Note::LinkSwitching {
                 instance,
