@@ -1082,7 +1082,6 @@ impl Agent {
         action: LinkAction,
         incarnation: u64,
     ) -> Option<Input> {
-        let local = &self.machine.locals()[i];
         let hook = self
             .machine
             .topology()
@@ -1097,20 +1096,10 @@ impl Agent {
             });
         };
         let tx = self.tx.clone();
-        let app = local.app.clone();
-        let instance = local.instance.clone();
-        let host = self.host.clone();
-        let role_file = self.paths.role_file(&app.name, &instance.id);
+        let ctx = self.hook_context(i, pid);
         let http = self.http.clone();
         tokio::spawn(async move {
-            let target = HookTarget {
-                app: &app,
-                instance: &instance,
-                host: &host,
-                pid,
-                role_file: &role_file,
-            };
-            let result = run_link_hook(&hook, &target, &link, action, &http).await;
+            let result = run_link_hook(&hook, &ctx.target(), &link, action, &http).await;
             let input = Input::LinkHookDone {
                 link,
                 action,
@@ -1122,6 +1111,19 @@ impl Agent {
         None
     }
 
+    /// What a hook task needs of local `i` (whose process is `pid`), owned:
+    /// the task outlives the agent's borrow.
+    fn hook_context(&self, i: usize, pid: u32) -> HookContext {
+        let local = &self.machine.locals()[i];
+        HookContext {
+            role_file: self.paths.role_file(&local.app.name, &local.instance.id),
+            app: local.app.clone(),
+            instance: local.instance.clone(),
+            host: self.host.clone(),
+            pid,
+        }
+    }
+
     fn run_hook(&self, i: usize, role: tandem_core::model::Role, epoch: u64, incarnation: u64) {
         let local = &self.machine.locals()[i];
         let Some(hook) = local.app.hook.clone() else {
@@ -1131,22 +1133,13 @@ impl Agent {
             return;
         };
         let tx = self.tx.clone();
-        let app = local.app.clone();
-        let instance = local.instance.clone();
-        let host = self.host.clone();
-        let role_file = self.paths.role_file(&app.name, &instance.id);
+        let ctx = self.hook_context(i, pid);
+        let (app, instance) = (ctx.app.clone(), ctx.instance.clone());
         let http = self.http.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let target = HookTarget {
-                app: &app,
-                instance: &instance,
-                host: &host,
-                pid,
-                role_file: &role_file,
-            };
             let started = Instant::now();
-            let result = run_hook(&hook, &target, role, epoch, &http).await;
+            let result = run_hook(&hook, &ctx.target(), role, epoch, &http).await;
             metrics.emit(HostEvent::HookDone {
                 app: &app.name,
                 instance: &format!("{}/{}", app.name, instance.id),
@@ -1163,5 +1156,26 @@ impl Agent {
             };
             let _ = tx.send(Msg::Input(i, input)).await;
         });
+    }
+}
+
+/// [`Agent::hook_context`].
+struct HookContext {
+    app: Arc<tandem_core::topology::App>,
+    instance: tandem_core::topology::Instance,
+    host: Host,
+    pid: u32,
+    role_file: std::path::PathBuf,
+}
+
+impl HookContext {
+    fn target(&self) -> HookTarget<'_> {
+        HookTarget {
+            app: &self.app,
+            instance: &self.instance,
+            host: &self.host,
+            pid: self.pid,
+            role_file: &self.role_file,
+        }
     }
 }

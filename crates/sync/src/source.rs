@@ -772,16 +772,7 @@ impl Worker {
                             s.last_error = None;
                             s.resyncs += 1;
                         });
-                        emit(
-                            &self.shared.events,
-                            SyncEvent::Resynced {
-                                app: self.shared.app.clone(),
-                                receiver: self.name.clone(),
-                                sent: r.sent,
-                                removed: r.removed,
-                                unchanged: r.unchanged,
-                            },
-                        );
+                        self.resynced(&r);
                     }
                     Err(error) => {
                         self.queue.request_resync();
@@ -861,16 +852,7 @@ impl Worker {
                 self.queue.ack(r.seq);
                 self.update(|s| s.acked_seq = s.acked_seq.max(r.seq));
                 if r.sent + r.removed > 0 {
-                    emit(
-                        &self.shared.events,
-                        SyncEvent::Resynced {
-                            app: self.shared.app.clone(),
-                            receiver: self.name.clone(),
-                            sent: r.sent,
-                            removed: r.removed,
-                            unchanged: r.unchanged,
-                        },
-                    );
+                    self.resynced(&r);
                 }
             }
             Err(error) => {
@@ -878,6 +860,20 @@ impl Worker {
                 self.update(|s| s.last_error = Some(error.clone()));
             }
         }
+    }
+
+    /// Says a resynchronisation shipped `r`.
+    fn resynced(&self, r: &Resynced) {
+        emit(
+            &self.shared.events,
+            SyncEvent::Resynced {
+                app: self.shared.app.clone(),
+                receiver: self.name.clone(),
+                sent: r.sent,
+                removed: r.removed,
+                unchanged: r.unchanged,
+            },
+        );
     }
 
     /// Updates this receiver's status (pending and in_sync from the queue).
