@@ -8,13 +8,17 @@
 //! [`proxy`], and [`pool`] for dispatch), or as `tandem agent`
 //! processes on an etcd cluster ([`etcd_load`]; [`host_loss`] on a cluster
 //! of network namespaces it builds itself); and what
-//! N apps cost a real `tandem up` ([`scale`]). The `tandem`
+//! N apps cost a real `tandem up` ([`scale`]); admin-data mirroring's
+//! lag ([`admin_sync`]) and an exclusive link group's switch
+//! ([`exclusive_switch`]). The `tandem`
 //! binary parses the flags and calls these functions; they run inside it:
 //! the components they start are `tandem` subcommands (this executable, or
 //! `tandem` on the `PATH`).
 #![deny(missing_docs)]
 #![allow(clippy::disallowed_methods)] // a benchmark reads clocks
 
+mod admin_sync;
+mod exclusive;
 pub mod figures;
 mod host_loss;
 mod hosts;
@@ -27,6 +31,8 @@ use std::sync::Arc;
 
 use tandem_store::Store;
 
+pub use admin_sync::{AdminSync, admin_sync};
+pub use exclusive::exclusive_switch;
 pub use host_loss::{Fault, Fencing, HostLoss, host_loss};
 pub use hosts::{EtcdLoad, etcd_load};
 pub use local::{cold, discovery, failover, hot, pool, proxy, singleton};

@@ -45,6 +45,42 @@ enum BenchKind {
     /// every primary serving, idle CPU and RSS, kill -9 → new primary
     /// serving.
     Scale(ScaleArgs),
+    /// Admin-data mirroring (tandem-sync, on 127.0.0.1): an atomic edit of
+    /// the primary's admin directory → the same bytes readable in the
+    /// backup's, for small edits and 10 MiB files.
+    AdminSync(AdminSyncArgs),
+    /// Exclusive link group: the main switch goes down → a demo CMS has its
+    /// survivable link active (and back once it is up again).
+    ExclusiveSwitch(ExclusiveSwitchArgs),
+}
+
+/// Flags of `tandem bench admin-sync`.
+#[derive(clap::Args, Debug)]
+struct AdminSyncArgs {
+    /// Small edits (about 200 bytes) timed.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    trials: u64,
+    /// 10 MiB files timed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    big_trials: u64,
+    /// Sign every request with a shared secret (HMAC-SHA256), as agents
+    /// with a cluster secret do.
+    #[arg(long)]
+    signed: bool,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `tandem bench exclusive-switch`.
+#[derive(clap::Args, Debug)]
+struct ExclusiveSwitchArgs {
+    /// Number of trials.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    trials: u64,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `tandem bench scale`.
@@ -223,6 +259,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 json: a.json,
             };
             tandem_bench::scale(&options).await
+        }
+        BenchKind::AdminSync(a) => {
+            let options = tandem_bench::AdminSync {
+                trials: a.trials as usize,
+                big_trials: a.big_trials as usize,
+                signed: a.signed,
+                json: a.json,
+            };
+            tandem_bench::admin_sync(&options).await
+        }
+        BenchKind::ExclusiveSwitch(a) => {
+            tandem_bench::exclusive_switch(a.trials as usize, a.json).await
         }
     }?;
     Ok(ExitCode::SUCCESS)

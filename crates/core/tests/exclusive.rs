@@ -266,6 +266,27 @@ fn a_failed_enable_is_undone_and_the_link_left_alone_for_a_while() {
 }
 
 #[test]
+fn a_refused_link_seen_down_and_up_again_is_tried_at_once() {
+    let mut m = machine();
+    m.handle(probe(&m, "main", true), MS);
+    m.handle(probe(&m, "surv", true), MS);
+    // Enabling main fails (its switch just went away), is undone, and
+    // surv is used.
+    m.handle(done(&m, "main", LinkAction::Enable, false), 2 * MS);
+    m.handle(done(&m, "main", LinkAction::Disable, true), 3 * MS);
+    m.handle(done(&m, "surv", LinkAction::Enable, true), 4 * MS);
+    assert_eq!(active(&m).as_deref(), Some("surv"));
+    // Main is seen down, then up again well before the retry time: it is
+    // preferred at once.
+    assert_eq!(
+        hooks(&m.handle(probe(&m, "main", false), 5 * MS).actions),
+        []
+    );
+    let step = m.handle(probe(&m, "main", true), 6 * MS);
+    assert_eq!(hooks(&step.actions), hook("surv", LinkAction::Disable));
+}
+
+#[test]
 fn two_links_of_a_group_reported_active_get_the_process_killed_once() {
     let mut m = on_main();
     let report = |m: &InstanceMachine, links: &[&str]| Input::ActiveLinks {

@@ -12,7 +12,8 @@
 //!   moves. A link comes back into use once its host sees it up, with the
 //!   link's probe hysteresis (`successes_before_up`).
 //! - A link whose enabling failed is disabled again (it may be half
-//!   enabled) and not tried for [`ENABLE_RETRY`].
+//!   enabled) and not tried for [`ENABLE_RETRY`], or until its host has
+//!   seen it down and up again.
 //! - A new process starts with no link active, and enables its first
 //!   link once every link it prefers to that one has been judged.
 
@@ -174,7 +175,10 @@ impl InstanceMachine {
             if g.busy != Busy::Idle {
                 continue;
             }
-            g.refused.retain(|_, until| *until > now);
+            // A refused link seen down since is tried again as soon as it
+            // is seen up: whatever refused it has changed.
+            g.refused
+                .retain(|l, until| *until > now && reach.get(l) != Some(&Reach::Down));
             let usable =
                 |l: &String| reach.get(l) == Some(&Reach::Up) && !g.refused.contains_key(l);
             let want = g.spec.links.iter().find(|l| usable(l)).cloned();
