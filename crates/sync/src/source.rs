@@ -35,7 +35,7 @@ use crate::{SyncConfig, lock, now_ms};
 
 /// How long the source waits for more events after the last one before it
 /// ships a batch.
-pub const COALESCE_QUIET_MS: u64 = 5;
+pub const COALESCE_QUIET_MS: u64 = 1;
 /// The longest a batch waits for more events after its first.
 pub const COALESCE_MAX_MS: u64 = 50;
 /// The first retry delay after a failure.
