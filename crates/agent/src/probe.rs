@@ -325,12 +325,7 @@ pub fn read_report(text: &str, target: &str, path: &Path) -> Result<(), String> 
     }
 }
 
-/// The file in `$TANDEM_LINKS_DIR` where an instance lists the links it
-/// has active, one name a line (exclusive link groups); removed before
-/// each start.
-pub const ACTIVE_LINKS_FILE: &str = ".active";
-
-/// The link names of an [`ACTIVE_LINKS_FILE`]: one a line, blank lines
+/// The link names of an [`crate::process::ACTIVE_LINKS_FILE`]: one a line, blank lines
 /// and `#` comments skipped.
 pub fn read_active(text: &str) -> Vec<String> {
     text.lines()

@@ -73,6 +73,11 @@ impl Paths {
     }
 }
 
+/// The file in `$TANDEM_LINKS_DIR` where an instance lists the links it
+/// has active, one name a line (exclusive link groups); removed before
+/// each start.
+pub const ACTIVE_LINKS_FILE: &str = ".active";
+
 /// The program to run for a command's first word: `tandem` is the running
 /// executable itself.
 pub fn program(first: &str) -> io::Result<PathBuf> {
@@ -169,7 +174,7 @@ fn start(what: &What) -> io::Result<Child> {
         )
     })?;
     // A new process has no link active: what an earlier one said goes.
-    let active = links_dir.join(crate::probe::ACTIVE_LINKS_FILE);
+    let active = links_dir.join(ACTIVE_LINKS_FILE);
     match std::fs::remove_file(&active) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(io::Error::new(
