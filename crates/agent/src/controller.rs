@@ -24,6 +24,7 @@ use tandem_core::controller::{AppInput, HostsState, awaits_first_reports, decide
 use tandem_core::model::{
     AppRoles, EventDraft, EventKind, FenceIntent, InstanceStatus, Intent, IntentState, keys,
 };
+use tandem_core::sites::{SiteState, site_events, site_states};
 use tandem_core::topology::Topology;
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{
@@ -333,6 +334,8 @@ struct Leader {
     hosts: HostsState,
     /// The lease each host's agent holds (from its host record).
     host_leases: BTreeMap<String, LeaseId>,
+    /// Each site as last judged from the hosts' leases.
+    sites: Vec<SiteState>,
     /// Fence devices run, running or to run again.
     fences: FenceBook,
     /// Where device runs report their end.
@@ -379,6 +382,7 @@ impl Leader {
             metrics,
             hosts: HostsState::default(),
             host_leases: BTreeMap::new(),
+            sites: Vec::new(),
             fences: FenceBook::default(),
             fence_done: mpsc::unbounded_channel(),
             fence_intents: HashMap::new(),
@@ -686,6 +690,7 @@ impl Leader {
                     lease: old,
                 });
             }
+            let sites = self.judge_sites(live);
             // A new session of a host still suspected is not fenced: the
             // suspicion was of the session that ended (a device runs on a
             // new suspicion only).
@@ -693,13 +698,19 @@ impl Leader {
                 return;
             }
             let message = if put && ev.kv.version == 1 {
-                format!("host {host} joined (its agent holds a lease)")
+                Some(format!("host {host} joined (its agent holds a lease)"))
             } else if put {
-                return;
+                None
             } else {
-                format!("host {host} lost: its agent's lease ended")
+                Some(format!("host {host} lost: its agent's lease ended"))
             };
-            self.host_event(message, if put { "host_joined" } else { "host_lost" });
+            if let Some(message) = message {
+                self.host_event(message, if put { "host_joined" } else { "host_lost" });
+            }
+            for e in sites {
+                info!("{}", e.message);
+                self.cluster_event(e);
+            }
         }
     }
 
@@ -775,18 +786,34 @@ impl Leader {
 
     /// Records an event about a host (not about one app).
     fn host_event(&mut self, message: String, reason: &'static str) {
-        self.pending
-            .entry(NO_APP.into())
-            .or_default()
-            .push(EventDraft {
-                kind: EventKind::Host,
-                app: None,
-                instance: None,
-                epoch: None,
-                message,
-                reason: Some(reason),
-            });
+        self.cluster_event(EventDraft {
+            kind: EventKind::Host,
+            app: None,
+            instance: None,
+            epoch: None,
+            message,
+            reason: Some(reason),
+        });
+    }
+
+    /// Records an event about the cluster (not about one app).
+    fn cluster_event(&mut self, draft: EventDraft) {
+        self.pending.entry(NO_APP.into()).or_default().push(draft);
         self.dirty.insert(NO_APP.into());
+    }
+
+    /// Judges the sites again after a host's lease came or went: the
+    /// events of those lost or come up, once the initial listing is read.
+    fn judge_sites(&mut self, live: bool) -> Vec<EventDraft> {
+        let leases = &self.host_leases;
+        let now = site_states(&self.topology, |h| leases.contains_key(h));
+        let events = if live {
+            site_events(&self.sites, &now)
+        } else {
+            Vec::new()
+        };
+        self.sites = now;
+        events
     }
 
     /// Feeds the fence book and carries out what it returns.

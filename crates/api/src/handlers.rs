@@ -39,6 +39,7 @@ pub(crate) async fn status(
             let mut doc =
                 crate::status_document(&state.topology, state.store.backend(), &statuses, &roles);
             doc.hosts = crate::status::hosts_document(&state.topology, &hosts);
+            doc.sites = crate::status::sites_document(&state.topology, &doc.hosts);
             *cache() = Some((doc.clone(), now_ms()));
             Ok(Json(doc))
         }

@@ -11,7 +11,7 @@ use tandem_store::{KeyValue, Listing};
 
 use crate::types::{
     AppDoc, HostDoc, InstanceDoc, LinkDoc, LinkInstanceDoc, LinkTargetDoc, LinksDoc, PrimaryDoc,
-    StatusDoc,
+    SiteDoc, StatusDoc,
 };
 
 /// What the store holds about the apps, parsed: instance statuses and role
@@ -98,6 +98,7 @@ pub fn status_document(
             .map(|app| app_document(topology, app, &observed))
             .collect(),
         hosts: Vec::new(),
+        sites: Vec::new(),
     }
 }
 
@@ -195,6 +196,22 @@ pub fn hosts_document(topology: &Topology, hosts: &Listing) -> Vec<HostDoc> {
                 lease_ttl_ms: record.and_then(|r| r.lease_ttl_ms),
                 asked_lease_ttl_ms: topology.cluster.lease_ttl.as_millis() as u64,
             }
+        })
+        .collect()
+}
+
+/// Every site of the topology, judged from the hosts' documents
+/// ([`tandem_core::sites::site_states`]).
+pub fn sites_document(topology: &Topology, hosts: &[HostDoc]) -> Vec<SiteDoc> {
+    let up = |h: &str| hosts.iter().any(|d| d.name == h && d.up);
+    tandem_core::sites::site_states(topology, up)
+        .into_iter()
+        .map(|s| SiteDoc {
+            name: s.name,
+            role: s.role.as_str().to_owned(),
+            state: if s.lost { "lost" } else { "up" }.to_owned(),
+            hosts: s.hosts,
+            hosts_up: s.hosts_up,
         })
         .collect()
 }

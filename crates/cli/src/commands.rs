@@ -44,6 +44,41 @@ pub async fn links(api: &ApiArg, app: Option<&str>, as_json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tandem sites`.
+pub async fn sites(api: &ApiArg, as_json: bool) -> anyhow::Result<ExitCode> {
+    let doc = api.client()?.status().await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc.sites)?);
+    } else if doc.sites.is_empty() {
+        println!("the topology declares no sites");
+    } else {
+        println!("{}", sites_table(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per site: role, state and which hosts are up.
+pub fn sites_table(doc: &StatusDoc) -> String {
+    let rows: Vec<Vec<String>> = doc
+        .sites
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.role.clone(),
+                s.state.to_uppercase(),
+                format!(
+                    "{}/{} ({})",
+                    s.hosts_up.len(),
+                    s.hosts.len(),
+                    s.hosts.join(", ")
+                ),
+            ]
+        })
+        .collect();
+    render(&["SITE", "ROLE", "STATE", "HOSTS UP"], &rows)
+}
+
 /// The human form of the links document: one row per link and instance.
 pub fn links_table(doc: &LinksDoc) -> String {
     if doc.links.is_empty() {
@@ -182,6 +217,10 @@ pub fn status_table(doc: &StatusDoc) -> String {
             &["HOST", "SITE", "ADDRESS", "AGENT", "LEASE"],
             &rows,
         ));
+    }
+    if !doc.sites.is_empty() {
+        out.push('\n');
+        out.push_str(&sites_table(doc));
     }
     let admin = admin_rows(doc);
     if !admin.is_empty() {

@@ -84,6 +84,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Show every site: its role (active or spare) and whether it is lost.
+    Sites {
+        /// Print the sites of GET /v1/status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Show the event log (role changes, failures, operator actions).
     Events {
         /// Keep printing events as they happen.
@@ -369,6 +377,7 @@ fn main() -> ExitCode {
             },
             Command::Status { json, api } => commands::status(&api, json).await,
             Command::Links { app, json, api } => commands::links(&api, app.as_deref(), json).await,
+            Command::Sites { json, api } => commands::sites(&api, json).await,
             Command::Proxy { listen, app, api } => commands::proxy(listen, &app, &api).await,
             Command::Events {
                 follow,

@@ -29,4 +29,5 @@ pub mod instance;
 pub mod links;
 pub mod mode;
 pub mod model;
+pub mod sites;
 pub mod topology;

@@ -757,6 +757,9 @@ pub enum EventKind {
     /// `admin_failing`) or is in sync again (`admin_in_sync`), or cannot
     /// run on a host (`admin_error`).
     AdminData,
+    /// A site was lost (reason `site_lost`: every one of its hosts' leases
+    /// ended) or is up (again: `site_up`).
+    Site,
 }
 
 impl EventKind {
@@ -781,11 +784,12 @@ impl EventKind {
             EventKind::Webhook => "webhook",
             EventKind::Link => "link",
             EventKind::AdminData => "admin-data",
+            EventKind::Site => "site",
         }
     }
 
     /// Every kind, in the order they are declared.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Promoted,
         EventKind::Serving,
         EventKind::Demoted,
@@ -803,6 +807,7 @@ impl EventKind {
         EventKind::Webhook,
         EventKind::Link,
         EventKind::AdminData,
+        EventKind::Site,
     ];
 
     /// The kind spelled `s` (as [`EventKind::as_str`] spells it).

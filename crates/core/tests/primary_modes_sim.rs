@@ -261,6 +261,7 @@ fn topology(app: &App) -> Arc<Topology> {
         },
         sites: vec![Site {
             name: "dc1".into(),
+            role: Default::default(),
             fence: None,
         }],
         hosts: (0..app.instances.len())

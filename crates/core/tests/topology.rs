@@ -70,10 +70,12 @@ fn full_file_parses_into_the_expected_model() {
         sites: vec![
             Site {
                 name: "dc1".into(),
+                role: Default::default(),
                 fence: None,
             },
             Site {
                 name: "dc2".into(),
+                role: Default::default(),
                 fence: Some(FenceDevice {
                     command: strings(&["sh", "-c", "fence-site {site} {host}"]),
                     timeout: FenceDevice::DEFAULT_TIMEOUT,
@@ -780,6 +782,16 @@ cardinality = "one"
         14,
         6,
         "link to unknown app or endpoint \"swich\" (known apps and endpoints: switch, web) (did you mean \"switch\"?)",
+    ),
+    (
+        "an unknown site role",
+        r#"[[sites]]
+name = "dr"
+role = "standby"
+"#,
+        3,
+        8,
+        "unknown site role \"standby\" in site (expected one of: active, spare)",
     ),
     (
         "admin data of an app without a primary",
@@ -2041,7 +2053,7 @@ power = "off"
 "#,
         3,
         1,
-        r#"unknown key "power" in site (expected one of: name, fence)"#,
+        r#"unknown key "power" in site (expected one of: name, role, fence)"#,
     ),
     (
         "unknown key in host",

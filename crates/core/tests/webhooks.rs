@@ -165,7 +165,7 @@ const ERROR_CASES: &[(&str, &str, usize, usize, &str)] = &[
         "[[webhooks]]\nname = \"a\"\nurl = \"http://x.example/\"\nevents = [\"promoted\", \"failed\"]\n",
         4,
         23,
-        r#"instance-started, health-changed, crash-loop, host, no-candidate, intent, controller, maintenance, fence, link, admin-data) (did you mean "primary-failed"?)"#,
+        r#"instance-started, health-changed, crash-loop, host, no-candidate, intent, controller, maintenance, fence, link, admin-data, site) (did you mean "primary-failed"?)"#,
     ),
     (
         "webhook events cannot be delivered",

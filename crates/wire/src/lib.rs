@@ -46,6 +46,24 @@ pub struct StatusDoc {
     /// One entry per host, in topology order.
     #[serde(default)]
     pub hosts: Vec<HostDoc>,
+    /// One entry per site, in topology order.
+    #[serde(default)]
+    pub sites: Vec<SiteDoc>,
+}
+
+/// One site: its role, and whether it is lost (every host's lease ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteDoc {
+    /// The site's name.
+    pub name: String,
+    /// `active` or `spare`.
+    pub role: String,
+    /// `up`, or `lost` when every one of its hosts' leases has ended.
+    pub state: String,
+    /// Its hosts, in topology order.
+    pub hosts: Vec<String>,
+    /// Those whose agent holds a lease.
+    pub hosts_up: Vec<String>,
 }
 
 /// One host: whether its agent holds a lease, and the lease's length.

@@ -7,7 +7,7 @@ const MAX_ROWS = 300;
 /** The kinds known when this was written; any other kind seen in the log joins the list. */
 const KINDS = ["promoted", "serving", "demoted", "primary-failed", "instance-exited", "instance-started",
   "health-changed", "crash-loop", "host", "no-candidate", "intent", "controller", "maintenance", "fence",
-  "webhook", "link", "admin-data"];
+  "webhook", "link", "admin-data", "site"];
 
 const root = section("events", "Event log");
 const kindSelect = h("select", { id: "filter-kind", "aria-label": "kind" },

@@ -182,7 +182,7 @@ pub use duration::{DURATION_FORM, MAX_DURATION, duration_ms, format_duration, pa
 pub use model::{
     App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HOOK_SIGNALS,
     HaMode, Hook, Host, Instance, Link, LinkAction, LinkProbe, LinkProbeKind, LinkTarget,
-    RestartPolicy, SUPPORTED_HA_MODES, Site, TlsCheck, Topology, Webhook, hook_signal,
+    RestartPolicy, SUPPORTED_HA_MODES, Site, SiteRole, TlsCheck, Topology, Webhook, hook_signal,
 };
 pub use placeholder::{expand, expand_all, fence_command};
 pub use walk::is_valid_name;

@@ -257,10 +257,44 @@ impl Default for Cluster {
 pub struct Site {
     /// Unique site name.
     pub name: String,
+    /// `active` (serves) or `spare` (takes over when an active site is
+    /// lost); default `active`.
+    #[serde(default)]
+    pub role: SiteRole,
     /// The fence device of every host of the site that declares none of
     /// its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<FenceDevice>,
+}
+
+/// What a site is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteRole {
+    /// It serves.
+    #[default]
+    Active,
+    /// It stands by to take over from a lost active site.
+    Spare,
+}
+
+impl SiteRole {
+    /// Every role.
+    pub const ALL: [SiteRole; 2] = [SiteRole::Active, SiteRole::Spare];
+
+    /// Its spelling in the topology file and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteRole::Active => "active",
+            SiteRole::Spare => "spare",
+        }
+    }
+}
+
+impl fmt::Display for SiteRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A fence device: a command that powers a host off or cuts it from the

@@ -17,8 +17,8 @@ use super::diagnostic::Sink;
 use super::duration::{format_duration, parse_duration};
 use super::model::{
     App, Cardinality, Check, CheckKind, Cluster, Endpoint, FenceDevice, Fencing, HaMode, Hook,
-    Host, Instance, Link, LinkFailover, LinkProbe, LinkProbeKind, RestartPolicy, Site, TlsCheck,
-    Topology, Webhook, hook_signal,
+    Host, Instance, Link, LinkFailover, LinkProbe, LinkProbeKind, RestartPolicy, Site, SiteRole,
+    TlsCheck, Topology, Webhook, hook_signal,
 };
 use crate::model::EventKind;
 
@@ -641,11 +641,31 @@ pub(crate) fn walk(file: &str, root: &DeTable<'_>, sink: &mut Sink) -> (Topology
         .tables(sink, "sites", "site", "sites")
         .unwrap_or_default()
     {
-        tab.check_keys(sink, &["name", "fence"]);
+        tab.check_keys(sink, &["name", "role", "fence"]);
         let name = tab.name(sink, "name", "site");
         let (fence, fence_facts) = walk_fence_of(&tab, sink, "site", name.as_ref());
+        let role = match tab.string(sink, "role") {
+            Got::Ok(r, span) => match SiteRole::ALL.into_iter().find(|x| x.as_str() == r) {
+                Some(role) => role,
+                None => {
+                    let names: Vec<&str> = SiteRole::ALL.iter().map(|x| x.as_str()).collect();
+                    sink.error(
+                        &span,
+                        format!(
+                            "unknown site role \"{r}\" in {} (expected one of: {}){}",
+                            tab.what,
+                            names.join(", "),
+                            did_you_mean(r, names.clone())
+                        ),
+                    );
+                    SiteRole::Active
+                }
+            },
+            _ => SiteRole::Active,
+        };
         sites.push(Site {
             name: name.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+            role,
             fence,
         });
         facts.sites.push(SiteFacts {
