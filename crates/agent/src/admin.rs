@@ -238,6 +238,32 @@ impl Admin {
         out
     }
 
+    /// Starts a source in the background (one [`Admin::reconcile`] asked
+    /// for); its result is sent on `tx`, to be fed to [`Admin::started`].
+    pub(crate) fn start_source<M: From<Started> + Send + 'static>(
+        &self,
+        app: String,
+        instance: String,
+        epoch: u64,
+        cfg: SyncConfig,
+        tx: mpsc::Sender<M>,
+    ) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let source = Source::start(cfg, instance.clone(), epoch, events)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx
+                .send(M::from(Started {
+                    app,
+                    instance,
+                    epoch,
+                    source,
+                }))
+                .await;
+        });
+    }
+
     /// Stops every source (the agent is stopping).
     pub(crate) fn stop_all(&mut self) {
         let keys: Vec<Key> = self.sources.keys().cloned().collect();
@@ -245,31 +271,6 @@ impl Admin {
             self.stop_source(&key);
         }
     }
-}
-
-/// Starts a source in the background; its result is sent on `tx`.
-pub(crate) fn start_source<M: From<Started> + Send + 'static>(
-    app: String,
-    instance: String,
-    epoch: u64,
-    cfg: SyncConfig,
-    events: &Admin,
-    tx: mpsc::Sender<M>,
-) {
-    let events = events.events.clone();
-    tokio::spawn(async move {
-        let source = Source::start(cfg, instance.clone(), epoch, events)
-            .await
-            .map_err(|e| e.to_string());
-        let _ = tx
-            .send(M::from(Started {
-                app,
-                instance,
-                epoch,
-                source,
-            }))
-            .await;
-    });
 }
 
 /// The other instances of `app`, with their agents' base URLs.

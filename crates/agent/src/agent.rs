@@ -581,6 +581,8 @@ impl Agent {
             Msg::Answers(answers) => self.handle(HostInput::Answers(answers)),
             Msg::Topology(t) => {
                 self.handle(HostInput::Topology(t));
+                // Peers of a local primary may have moved elsewhere.
+                self.reconcile_admin();
                 // Links may have changed: probe the new set.
                 for i in 0..self.procs.len() {
                     let running = self.procs[i].pid.is_some();
@@ -614,7 +616,8 @@ impl Agent {
             .admin
             .reconcile(&topology, &self.host, locals, |app| roles.get(app));
         for (app, instance, epoch, cfg) in start {
-            crate::admin::start_source(app, instance, epoch, cfg, &self.admin, self.tx.clone());
+            self.admin
+                .start_source(app, instance, epoch, cfg, self.tx.clone());
         }
     }
 
@@ -642,7 +645,6 @@ impl Agent {
             let step = self.machine.handle(input, now);
             self.carry_out(step, &mut queue);
         }
-        self.reconcile_admin();
     }
 
     fn carry_out(&mut self, step: HostStep, queue: &mut std::collections::VecDeque<HostInput>) {
@@ -715,6 +717,25 @@ impl Agent {
             }
         }
         self.update_view(&touched, &roles_changed, structure_changed);
+        // Admin-data mirroring follows roles: only a change to an instance
+        // of an app with admin data, or to its roles, can move it.
+        let admin_app = |app: &str| {
+            self.machine
+                .topology()
+                .app(app)
+                .is_some_and(|a| a.admin_dir.is_some())
+        };
+        let admin_moved = structure_changed
+            || roles_changed.iter().any(|app| admin_app(app))
+            || touched.iter().any(|&i| {
+                self.machine
+                    .locals()
+                    .get(i)
+                    .is_some_and(|l| l.app.admin_dir.is_some())
+            });
+        if admin_moved {
+            self.reconcile_admin();
+        }
     }
 
     /// Carries out one instance action; returns what to feed back at once.

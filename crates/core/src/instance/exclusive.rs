@@ -144,19 +144,30 @@ impl InstanceMachine {
             .min()
     }
 
-    /// What the host sees of `link`: up if a target is, down if all are.
-    fn link_reach(&self, link: &str) -> Reach {
-        let status = self.link_status();
-        let Some(targets) = status.get(link) else {
-            return Reach::Unknown;
-        };
-        if targets.values().any(|t| t.state == Reach::Up) {
-            Reach::Up
-        } else if !targets.is_empty() && targets.values().all(|t| t.state == Reach::Down) {
-            Reach::Down
-        } else {
-            Reach::Unknown
+    /// What the host sees of each link of a group: up if a target is,
+    /// down if all are.
+    fn group_reach(&self) -> BTreeMap<String, Reach> {
+        if self.groups.is_empty() {
+            return BTreeMap::new();
         }
+        let status = self.link_status();
+        let reach = |link: &str| {
+            let Some(targets) = status.get(link) else {
+                return Reach::Unknown;
+            };
+            if targets.values().any(|t| t.state == Reach::Up) {
+                Reach::Up
+            } else if !targets.is_empty() && targets.values().all(|t| t.state == Reach::Down) {
+                Reach::Down
+            } else {
+                Reach::Unknown
+            }
+        };
+        self.groups
+            .iter()
+            .flat_map(|g| g.spec.links.iter())
+            .map(|l| (l.clone(), reach(l)))
+            .collect()
     }
 
     /// Moves each idle group towards its first usable link.
@@ -164,12 +175,7 @@ impl InstanceMachine {
         if self.proc != Proc::Running || self.ending.is_some() {
             return;
         }
-        let reach: BTreeMap<String, Reach> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.spec.links.iter())
-            .map(|l| (l.clone(), self.link_reach(l)))
-            .collect();
+        let reach = self.group_reach();
         let incarnation = self.incarnation;
         for g in &mut self.groups {
             if g.busy != Busy::Idle {
