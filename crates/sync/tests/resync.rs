@@ -161,6 +161,14 @@ async fn a_write_on_the_backup_itself_is_undone_by_the_next_verification() {
         .unwrap();
     source.set_receivers(vec![("b".into(), server.url())]);
     converge(&source, "b", s, dst.path()).await;
+    // The first resynchronisation is over (said), so whatever is written
+    // now can only be found by a later verification.
+    wait_until(20, "the first resynchronisation is said", || {
+        log.messages()
+            .iter()
+            .any(|m| m.starts_with("resynchronised cms/b:"))
+    })
+    .await;
     // A late write of a deposed primary, or a person, on the backup: the
     // mirror does not see it happen, and nothing is pushed meanwhile.
     fs::write(dst.path().join("stray"), b"never on the primary").unwrap();
@@ -171,12 +179,12 @@ async fn a_write_on_the_backup_itself_is_undone_by_the_next_verification() {
         || common::tree(s) == common::tree(dst.path()),
     )
     .await;
-    assert!(
+    // Its event reaches the log a moment after the last write.
+    wait_until(20, "the verification is said", || {
         log.messages()
             .iter()
-            .any(|m| m == "resynchronised cms/b: 1 file sent, 1 removed, 0 unchanged"),
-        "{:?}",
-        log.messages()
-    );
+            .any(|m| m == "resynchronised cms/b: 1 file sent, 1 removed, 0 unchanged")
+    })
+    .await;
     server.stop().await;
 }
