@@ -18,9 +18,9 @@
 //! peer holds its liveness connection. The receiving thread drains every
 //! datagram already queued before it judges silence: a receiver that was
 //! descheduled does not suspect a sender whose heartbeats wait in its
-//! socket; it also notices when it woke later than it asked (its process
-//! or machine was paused) and tells the detector, which does not count that
-//! time as the peers' silence. The sending thread asks for real-time
+//! socket; it also notices when it woke later than it asked, or was
+//! paused while it drained (its process or machine was paused), and tells
+//! the detector, which does not count that time as the peers' silence. The sending thread asks for real-time
 //! scheduling (`SCHED_RR` 1, as corosync does; it needs root or
 //! `CAP_SYS_NICE`, and keeps the normal policy otherwise): on a busy
 //! machine an ordinary thread can wait for a CPU longer than
@@ -756,6 +756,22 @@ impl Receiver {
                     DetectorInput::Closed { host }
                 };
                 let step = self.detector.step(now, input);
+                changed |= self.apply(&step);
+            }
+            // Paused while it drained (after it read the clock): what was
+            // queued meanwhile was heard "at" `now`, so the next round
+            // would find the peers silent for the whole pause. That pause
+            // is a stall of its own too.
+            let after = self.origin.elapsed();
+            let paused = after.saturating_sub(now);
+            if paused > STALL_NOISE {
+                debug!(
+                    late_ms = duration_ms(paused),
+                    "heartbeat receiver paused while it drained"
+                );
+                let step = self
+                    .detector
+                    .step(after, DetectorInput::Stalled { for_time: paused });
                 changed |= self.apply(&step);
             }
             // Judged at the time of the drain: a thread descheduled since
