@@ -22,9 +22,10 @@ use serde::{Deserialize, Serialize};
 use tandem_core::controller::fence::{FenceAction, FenceBook, FenceInput};
 use tandem_core::controller::{AppInput, HostsState, awaits_first_reports, decide, status_events};
 use tandem_core::model::{
-    AppRoles, EventDraft, EventKind, FenceIntent, InstanceStatus, Intent, IntentState, keys,
+    AppRoles, EventDraft, EventKind, FenceIntent, InstanceStatus, Intent, IntentState, SiteIntent,
+    SitesRecord, keys,
 };
-use tandem_core::sites::{SiteState, site_events, site_states};
+use tandem_core::sites::{SiteState, host_sites, resolve, site_events, site_states};
 use tandem_core::topology::Topology;
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{
@@ -334,8 +335,13 @@ struct Leader {
     hosts: HostsState,
     /// The lease each host's agent holds (from its host record).
     host_leases: BTreeMap<String, LeaseId>,
-    /// Each site as last judged from the hosts' leases.
+    /// Each site as last judged from the hosts' leases and the record.
     sites: Vec<SiteState>,
+    /// Operators' decisions about sites, with the record's revision (0:
+    /// never written).
+    site_record: (SitesRecord, Revision),
+    /// Operators' site requests, with their revision.
+    site_intents: HashMap<String, (SiteIntent, Revision)>,
     /// Fence devices run, running or to run again.
     fences: FenceBook,
     /// Where device runs report their end.
@@ -383,6 +389,8 @@ impl Leader {
             hosts: HostsState::default(),
             host_leases: BTreeMap::new(),
             sites: Vec::new(),
+            site_record: (SitesRecord::default(), 0),
+            site_intents: HashMap::new(),
             fences: FenceBook::default(),
             fence_done: mpsc::unbounded_channel(),
             fence_intents: HashMap::new(),
@@ -650,6 +658,40 @@ impl Leader {
                 self.intents.remove(app);
             }
             self.dirty.insert(app.to_string());
+        } else if key == keys::SITES {
+            let record = if put {
+                match serde_json::from_slice::<SitesRecord>(&ev.kv.value) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(key, error = %e, "unreadable sites record");
+                        return;
+                    }
+                }
+            } else {
+                SitesRecord::default()
+            };
+            if ev.kv.mod_revision >= self.site_record.1 || !put {
+                self.site_record = (record, if put { ev.kv.mod_revision } else { 0 });
+                // Events of sites lost or up come with the hosts' leases.
+                let _ = self.judge_sites(false);
+            }
+        } else if let Some(site) = key.strip_prefix(keys::SITE_INTENTS) {
+            if !put {
+                self.site_intents.remove(site);
+                return;
+            }
+            match serde_json::from_slice::<SiteIntent>(&ev.kv.value) {
+                Ok(i) if i.site == site => {
+                    let pending = i.outcome == IntentState::Pending;
+                    self.site_intents
+                        .insert(site.to_string(), (i, ev.kv.mod_revision));
+                    if pending {
+                        self.dirty.insert(NO_APP.into());
+                    }
+                }
+                Ok(_) => warn!(key, "site request names another site"),
+                Err(e) => warn!(key, error = %e, "unreadable site request"),
+            }
         } else if let Some(host) = key.strip_prefix(keys::FENCE_INTENTS) {
             if !put {
                 self.fence_intents.remove(host);
@@ -806,14 +848,106 @@ impl Leader {
     /// events of those lost or come up, once the initial listing is read.
     fn judge_sites(&mut self, live: bool) -> Vec<EventDraft> {
         let leases = &self.host_leases;
-        let now = site_states(&self.topology, |h| leases.contains_key(h));
+        let now = site_states(&self.topology, &self.site_record.0, |h| {
+            leases.contains_key(h)
+        });
         let events = if live {
             site_events(&self.sites, &now)
         } else {
             Vec::new()
         };
         self.sites = now;
+        let by_host = host_sites(&self.sites);
+        if by_host != self.hosts.sites {
+            // Where a primary may be placed, and whether a pinned app is
+            // read-only, may have changed.
+            for (host, _) in by_host
+                .iter()
+                .filter(|(h, s)| self.hosts.sites.get(*h) != Some(*s))
+                .chain(
+                    self.hosts
+                        .sites
+                        .iter()
+                        .filter(|(h, _)| !by_host.contains_key(*h)),
+                )
+            {
+                for (app, _) in self.topology.instances_on(host) {
+                    self.dirty.insert(app.name.clone());
+                }
+            }
+            self.hosts.sites = by_host;
+        }
         events
+    }
+
+    /// Resolves the operators' pending site requests, one transaction
+    /// each: the new record, the request's outcome and the event together,
+    /// guarded by the controller key and by both as they were read.
+    async fn resolve_site_intents(&mut self) -> Result<(), StoreError> {
+        let pending: Vec<(SiteIntent, Revision)> = self
+            .site_intents
+            .values()
+            .filter(|(i, _)| i.outcome == IntentState::Pending)
+            .cloned()
+            .collect();
+        for (intent, rev) in pending {
+            let (record, record_rev) = self.site_record.clone();
+            let r = resolve(&intent, &self.topology, &self.sites, &record, now_ms());
+            let mut answered = intent.clone();
+            answered.outcome = r.outcome.clone();
+            let key = keys::site_intent(&intent.site);
+            let event = r.event.clone().stamp(self.next_seq, now_ms());
+            let mut ops = vec![
+                Op::put(key.clone(), to_json(&answered)?),
+                Op::put(keys::event(event.seq), to_json(&event)?),
+            ];
+            if let Some(next) = &r.record {
+                ops.push(Op::put(keys::SITES, to_json(next)?));
+            }
+            let resp = self
+                .store
+                .txn(Txn {
+                    compares: vec![
+                        Compare::ModRevision(keys::CONTROLLER.into(), self.key_revision),
+                        Compare::ModRevision(key.clone(), rev),
+                        Compare::ModRevision(keys::SITES.into(), record_rev),
+                    ],
+                    success: ops,
+                    failure: vec![Op::get(keys::CONTROLLER)],
+                })
+                .await?;
+            if !resp.succeeded {
+                match resp.results.into_iter().next() {
+                    Some(OpResult::Get(Some(kv))) if kv.mod_revision == self.key_revision => {
+                        // The request or the record changed meanwhile:
+                        // the watch brings it, and it is resolved again.
+                        self.dirty.insert(NO_APP.into());
+                    }
+                    _ => {
+                        self.metrics.emit(ControllerEvent::Deposed {
+                            why: "lost the controller key while writing",
+                        });
+                        self.deposed = true;
+                    }
+                }
+                return Ok(());
+            }
+            self.next_seq += 1;
+            match &r.outcome {
+                IntentState::Refused { .. } => warn!("{}", event.message),
+                _ => info!("{}", event.message),
+            }
+            self.metrics.emit(ControllerEvent::EventWritten {
+                kind: event.kind.as_str(),
+            });
+            self.site_intents
+                .insert(intent.site.clone(), (answered, resp.revision));
+            if let Some(next) = r.record {
+                self.site_record = (next, resp.revision);
+                let _ = self.judge_sites(false);
+            }
+        }
+        Ok(())
     }
 
     /// Feeds the fence book and carries out what it returns.
@@ -977,6 +1111,10 @@ impl Leader {
     /// batch met a conflicting write is decided again on its own.
     async fn flush(&mut self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
+        self.resolve_site_intents().await?;
+        if self.deposed {
+            return Ok(());
+        }
         let mut waiting = Vec::new();
         let mut batch: Vec<Plan> = Vec::new();
         let mut decided = 0;

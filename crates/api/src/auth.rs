@@ -48,7 +48,7 @@ use crate::error::ApiError;
 pub enum Role {
     /// Read status, events and metrics.
     Read,
-    /// Read, and steer: switchover, maintenance, fence.
+    /// Read, and steer: switchover, maintenance, fence, site actions.
     Operate,
 }
 
@@ -320,6 +320,7 @@ fn action(method: &Method, path: &str) -> String {
     let last = path.rsplit('/').next().unwrap_or_default();
     match (method.as_str(), last) {
         ("POST", "switchover" | "maintenance" | "fence") => last.to_owned(),
+        ("POST", "fail" | "promote" | "restore") => format!("site {last}"),
         _ => format!("{method} {path}"),
     }
 }

@@ -31,15 +31,17 @@ pub(crate) async fn status(
     let read = tokio::try_join!(
         state.store.list(keys::STATUS),
         state.store.list(keys::ROLES),
-        state.store.list(keys::HOSTS)
+        state.store.list(keys::HOSTS),
+        state.store.get(keys::SITES)
     );
     let cache = || state.last_status.lock().unwrap_or_else(|e| e.into_inner());
     match read {
-        Ok((statuses, roles, hosts)) => {
+        Ok((statuses, roles, hosts, sites)) => {
             let mut doc =
                 crate::status_document(&state.topology, state.store.backend(), &statuses, &roles);
             doc.hosts = crate::status::hosts_document(&state.topology, &hosts);
-            doc.sites = crate::status::sites_document(&state.topology, &doc.hosts);
+            let record = crate::status::sites_record(sites.as_ref());
+            doc.sites = crate::status::sites_document(&state.topology, &record, &doc.hosts);
             *cache() = Some((doc.clone(), now_ms()));
             Ok(Json(doc))
         }
@@ -260,6 +262,15 @@ async fn primary_inner(
     }
     if let Some(doc) = grant.and_then(|g| primary_document(&state.topology, &app, g)) {
         return Ok(Json(doc).into_response());
+    }
+    if let Some(ro) = roles.as_ref().and_then(|r| r.read_only.clone()) {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no primary for {}: read-only: {}", app.name, ro.reason),
+        );
+        error.doc.reason = roles.as_ref().map(|r| r.reason.clone());
+        error.doc.read_only = Some(Box::new(ro));
+        return Ok(error.into_response());
     }
     let reason = match &roles {
         None => "the controller has not assigned roles yet".to_owned(),

@@ -18,9 +18,10 @@
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
 //! | `GET /v1/links` | [`LinksDoc`](types::LinksDoc): every link judged for each instance of the app it goes from (`up`, `down`, `unknown`, why), with what its host sees of each target |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
-//! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`; while the primary drains before a planned switchover, `draining` holds it); never cached |
+//! | `GET /v1/apps/{app}/primary` | 200 [`PrimaryDoc`](types::PrimaryDoc) once the grant's holder acknowledged it, else 503 with the reason (`Retry-After: 1`; while the primary drains before a planned switchover, `draining` holds it; while a pinned app's active site is lost, `read_only` says which and why); never cached |
 //! | `POST /v1/apps/{app}/switchover[?timeout_ms=N]` | body `{"to": "b"}` or empty: 200 done (the new primary acknowledged its role), 409 refused or already in progress, 202 still under way at the timeout (default 10 s, at most 60 s) |
 //! | `POST /v1/hosts/{host}/fence[?timeout_ms=N]` | runs the host's fence device through the controller: 200 [`FenceResponse`](types::FenceResponse) once it confirmed (the host's lease is revoked, its primaries replaced), 409 refused (no device, no lease, the device failed three times) or already in progress, 404 unknown host, 202 still under way at the timeout |
+//! | `POST /v1/sites/{site}/{fail,promote,restore}[?timeout_ms=N]` | body `{"force": true, "confirm": "SITE"}` or empty: the controller declares the site failed, promotes a spare site to active (the pinned apps start there with a new epoch), or restores a failed site that returned; 200 [`SiteResponse`](types::SiteResponse) done, 409 refused (nothing changed: a site still holding leases, promoting an active site, ...) or already in progress, 404 unknown site or action, 400 a bad body, 202 still under way at the timeout |
 //! | `GET /v1/events[?since=SEQ][&limit=N]` | [`EventsDoc`](types::EventsDoc), oldest first (default: the last 100; at most 10000) |
 //! | `GET /v1/events?follow=true[&since=SEQ]` | `text/event-stream`: the same backlog, then each new event (`id:` seq, `event: event`, `data:` the event's JSON); honours `Last-Event-ID` |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text): failovers by app and reason, failover duration, intents by outcome, every instance's role and epoch, and this process's controller metrics |
@@ -47,6 +48,7 @@ mod handlers;
 mod maintenance;
 mod metrics;
 mod params;
+mod sites;
 mod status;
 mod switchover;
 mod tls;
@@ -160,6 +162,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/maintenance", post(maintenance::maintenance))
         .route("/v1/apps/{app}/members", get(handlers::members))
         .route("/v1/hosts/{host}/fence", post(fence::fence))
+        .route("/v1/sites/{site}/{action}", post(sites::site_action))
         .route("/v1/links", get(handlers::links))
         .route("/v1/events", get(events::events))
         .route("/metrics", get(metrics::metrics))

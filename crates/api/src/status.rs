@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tandem_core::model::{
-    AppRoles, Health, HostRecord, InstanceStatus, PrimaryGrant, ProcessState, Role, keys,
+    AppRoles, Health, HostRecord, InstanceStatus, PrimaryGrant, ProcessState, Role, SitesRecord,
+    keys,
 };
 use tandem_core::topology::{App, Instance, Topology};
 use tandem_store::{KeyValue, Listing};
@@ -200,16 +201,34 @@ pub fn hosts_document(topology: &Topology, hosts: &Listing) -> Vec<HostDoc> {
         .collect()
 }
 
+/// The operators' decisions about sites, from the `sites` key (none when
+/// absent or unreadable, with a warning).
+pub fn sites_record(kv: Option<&KeyValue>) -> SitesRecord {
+    let Some(kv) = kv else {
+        return SitesRecord::default();
+    };
+    serde_json::from_slice(&kv.value).unwrap_or_else(|e| {
+        tracing::warn!(key = %kv.key, error = %e, "ignoring an unreadable sites record");
+        SitesRecord::default()
+    })
+}
+
 /// Every site of the topology, judged from the hosts' documents
 /// ([`tandem_core::sites::site_states`]).
-pub fn sites_document(topology: &Topology, hosts: &[HostDoc]) -> Vec<SiteDoc> {
+pub fn sites_document(
+    topology: &Topology,
+    record: &SitesRecord,
+    hosts: &[HostDoc],
+) -> Vec<SiteDoc> {
     let up = |h: &str| hosts.iter().any(|d| d.name == h && d.up);
-    tandem_core::sites::site_states(topology, up)
+    tandem_core::sites::site_states(topology, record, up)
         .into_iter()
         .map(|s| SiteDoc {
+            state: s.condition().to_owned(),
             name: s.name,
             role: s.role.as_str().to_owned(),
-            state: if s.lost { "lost" } else { "up" }.to_owned(),
+            declared_role: s.declared.as_str().to_owned(),
+            failed: s.failed.map(|f| f.why),
             hosts: s.hosts,
             hosts_up: s.hosts_up,
         })
@@ -234,6 +253,7 @@ pub(crate) fn app_document(topology: &Topology, app: &App, observed: &Observed) 
             .collect(),
         switchover: roles.and_then(|r| r.switchover.clone()),
         intent: None,
+        read_only: roles.and_then(|r| r.read_only.clone()),
     }
 }
 

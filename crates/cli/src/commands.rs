@@ -57,16 +57,45 @@ pub async fn sites(api: &ApiArg, as_json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tandem site ACTION SITE`: asks the controller and prints what it did.
+pub async fn site(
+    api: &ApiArg,
+    action: &str,
+    site: &str,
+    request: &tandem_client::types::SiteRequest,
+    timeout: Duration,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
+    let outcome = client.site_action(site, action, request, timeout).await?;
+    Ok(report(
+        &format!("site {site}"),
+        &format!("site {action}"),
+        outcome,
+        timeout,
+        as_json,
+    ))
+}
+
 /// One row per site: role, state and which hosts are up.
 pub fn sites_table(doc: &StatusDoc) -> String {
     let rows: Vec<Vec<String>> = doc
         .sites
         .iter()
         .map(|s| {
+            let role = if s.declared_role.is_empty() || s.declared_role == s.role {
+                s.role.clone()
+            } else {
+                format!("{} (declared {})", s.role, s.declared_role)
+            };
+            let state = match &s.failed {
+                Some(why) => format!("{} ({why})", s.state.to_uppercase()),
+                None => s.state.to_uppercase(),
+            };
             vec![
                 s.name.clone(),
-                s.role.clone(),
-                s.state.to_uppercase(),
+                role,
+                state,
                 format!(
                     "{}/{} ({})",
                     s.hosts_up.len(),

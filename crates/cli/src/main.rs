@@ -92,6 +92,12 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Site actions: declare a site failed, promote a spare site, restore
+    /// a returned one.
+    Site {
+        #[command(subcommand)]
+        what: SiteCmd,
+    },
     /// Show the event log (role changes, failures, operator actions).
     Events {
         /// Keep printing events as they happen.
@@ -261,6 +267,59 @@ enum TokenCmd {
     },
 }
 
+/// `tandem site` subcommands.
+#[derive(Subcommand, Debug)]
+enum SiteCmd {
+    /// Declare SITE failed: nothing is placed there (its primaries step
+    /// down, its n-plus-1 members are replaced) until `tandem site
+    /// restore`. Refused while its hosts hold leases, unless forced.
+    Fail {
+        /// The site.
+        site: String,
+        #[command(flatten)]
+        opts: SiteOpts,
+    },
+    /// Make spare SITE the active one: apps pinned to the active site
+    /// start there with a new epoch; the old active site becomes a spare,
+    /// failed until restored. Refused while the active site is up, unless
+    /// forced with --confirm naming it.
+    Promote {
+        /// The spare site.
+        site: String,
+        #[command(flatten)]
+        opts: SiteOpts,
+    },
+    /// Take back a failed site whose hosts hold leases again (a site
+    /// replaced by a promotion comes back as a spare).
+    Restore {
+        /// The site.
+        site: String,
+        #[command(flatten)]
+        opts: SiteOpts,
+    },
+}
+
+/// What every site action takes.
+#[derive(clap::Args, Debug)]
+struct SiteOpts {
+    /// Act although the site concerned still has hosts holding leases (its
+    /// agents may still act there): needs --confirm.
+    #[arg(long)]
+    force: bool,
+    /// With --force: the name of the site that may be treated as gone
+    /// (`fail`: the site itself; `promote`: the active site it replaces).
+    #[arg(long, requires = "force")]
+    confirm: Option<String>,
+    /// How long to wait for the outcome, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArg,
+}
+
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
@@ -378,6 +437,18 @@ fn main() -> ExitCode {
             Command::Status { json, api } => commands::status(&api, json).await,
             Command::Links { app, json, api } => commands::links(&api, app.as_deref(), json).await,
             Command::Sites { json, api } => commands::sites(&api, json).await,
+            Command::Site { what } => {
+                let (action, site, o) = match what {
+                    SiteCmd::Fail { site, opts } => ("fail", site, opts),
+                    SiteCmd::Promote { site, opts } => ("promote", site, opts),
+                    SiteCmd::Restore { site, opts } => ("restore", site, opts),
+                };
+                let request = tandem_client::types::SiteRequest {
+                    force: o.force,
+                    confirm: o.confirm,
+                };
+                commands::site(&o.api, action, &site, &request, o.timeout, o.json).await
+            }
             Command::Proxy { listen, app, api } => commands::proxy(listen, &app, &api).await,
             Command::Events {
                 follow,

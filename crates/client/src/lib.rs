@@ -390,6 +390,23 @@ impl ApiClient {
         .await
     }
 
+    /// `POST /v1/sites/{site}/{action}` (`fail`, `promote`, `restore`):
+    /// asks the controller and waits up to `timeout` (at most 60 s) for
+    /// the outcome. A refusal (a site whose hosts still hold leases,
+    /// promoting an active site, ...) is [`SwitchoverOutcome::Refused`];
+    /// an unknown site or action, or a bad confirmation, is
+    /// [`ClientError::Api`].
+    pub async fn site_action(
+        &self,
+        site: &str,
+        action: &str,
+        request: &tandem_wire::SiteRequest,
+        timeout: Duration,
+    ) -> Result<SwitchoverOutcome, ClientError> {
+        self.intent_at(&["v1", "sites", site, action], action, request, timeout)
+            .await
+    }
+
     async fn intent_at<B: serde::Serialize>(
         &self,
         path: &[&str],

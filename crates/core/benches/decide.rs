@@ -58,6 +58,7 @@ fn app(i: usize) -> App {
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
         admin_dir: None,
+        pinned: false,
         instances: vec![
             instance("a", (2 * i) % 100, 10),
             instance("b", (2 * i + 1) % 100, 0),

@@ -533,6 +533,19 @@ pub struct AppRoles {
     /// that changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_held: Option<String>,
+    /// A pinned app (`pinned = true`) while no active site can hold its
+    /// primary: why its clients may read but not write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ReadOnly>,
+}
+
+/// Why an app pinned to the active site is read-only now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOnly {
+    /// The active site that is lost.
+    pub site: String,
+    /// One line: `site dc1 is lost` or `site dc1 was declared failed`.
+    pub reason: String,
 }
 
 /// The name of why an app's primary changed, as stored in
@@ -575,6 +588,9 @@ pub enum CauseName {
     /// It lost a required link that a fit backup has (a link-driven
     /// switchover).
     LinkLost,
+    /// Its site may not hold the app's primary: declared failed by an
+    /// operator, or not active for an app pinned to the active site.
+    SiteBarred,
     /// A withdrawal whose cause is not known (stored by another version).
     #[serde(other)]
     Withdrawn,
@@ -582,7 +598,7 @@ pub enum CauseName {
 
 impl CauseName {
     /// Every name.
-    pub const ALL: [CauseName; 16] = [
+    pub const ALL: [CauseName; 17] = [
         CauseName::HostLost,
         CauseName::CrashLooping,
         CauseName::Starting,
@@ -598,6 +614,7 @@ impl CauseName {
         CauseName::HostSuspected,
         CauseName::HostFenced,
         CauseName::LinkLost,
+        CauseName::SiteBarred,
         CauseName::Withdrawn,
     ];
 
@@ -619,6 +636,7 @@ impl CauseName {
             CauseName::HostSuspected => "host_suspected",
             CauseName::HostFenced => "host_fenced",
             CauseName::LinkLost => "link_lost",
+            CauseName::SiteBarred => "site_barred",
             CauseName::Withdrawn => "withdrawn",
         }
     }
@@ -711,6 +729,90 @@ pub struct FenceIntent {
     /// The name of the API token that asked, when the API requires tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+}
+
+/// An operator's request about a site, recorded at `site-intents/{site}`
+/// and resolved by the controller ([`crate::sites::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteIntent {
+    /// Unique id, chosen by whoever records it.
+    pub id: String,
+    /// The site it is about.
+    pub site: String,
+    /// What is asked.
+    pub action: SiteAction,
+    /// Set by an operator who confirmed that the site concerned may be
+    /// treated as gone although its hosts still hold leases: for `fail`,
+    /// the site itself; for `promote`, the active site it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
+    /// Where it stands.
+    pub outcome: IntentState,
+    /// The name of the API token that asked, when the API requires tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// What an operator asks of a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteAction {
+    /// Declare it lost: nothing is placed there until it is restored.
+    Fail,
+    /// Make a spare site the active one (the old active site becomes a
+    /// spare, failed until restored).
+    Promote,
+    /// Take a failed site back, as a spare if another site is active.
+    Restore,
+}
+
+impl SiteAction {
+    /// Every action.
+    pub const ALL: [SiteAction; 3] = [SiteAction::Fail, SiteAction::Promote, SiteAction::Restore];
+
+    /// Its spelling in the API, the CLI and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteAction::Fail => "fail",
+            SiteAction::Promote => "promote",
+            SiteAction::Restore => "restore",
+        }
+    }
+
+    /// Parses its spelling.
+    pub fn parse(s: &str) -> Option<SiteAction> {
+        SiteAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for SiteAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What operators decided about sites beyond the topology, stored at
+/// `sites` and written only by the controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SitesRecord {
+    /// Counts the writes.
+    pub generation: u64,
+    /// Sites whose role was changed by `site promote`, with their role now
+    /// (the others have the topology's).
+    #[serde(default)]
+    pub roles: BTreeMap<String, crate::topology::SiteRole>,
+    /// Sites declared failed, until restored.
+    #[serde(default)]
+    pub failed: BTreeMap<String, SiteFailure>,
+}
+
+/// A site declared failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteFailure {
+    /// When (ms since the Unix epoch, the controller's clock).
+    pub at_ms: u64,
+    /// Why: `declared failed by an operator`, `replaced by dc2`.
+    pub why: String,
 }
 
 /// Kinds of events in the log.
@@ -951,6 +1053,10 @@ pub mod keys {
     pub const EVENTS: &str = "/tandem/events/";
     /// Prefix of operators' requests to fence a host.
     pub const FENCE_INTENTS: &str = "/tandem/fence-intents/";
+    /// Operators' decisions about sites ([`super::SitesRecord`]).
+    pub const SITES: &str = "/tandem/sites";
+    /// Prefix of operators' requests about a site.
+    pub const SITE_INTENTS: &str = "/tandem/site-intents/";
     /// Prefix of webhook cursors: the last event seq each webhook is done
     /// with (delivered or given up), written by the controller.
     pub const WEBHOOKS: &str = "/tandem/webhooks/";
@@ -963,6 +1069,11 @@ pub mod keys {
     /// `fence-intents/{host}`.
     pub fn fence_intent(host: &str) -> String {
         format!("{FENCE_INTENTS}{host}")
+    }
+
+    /// `site-intents/{site}`.
+    pub fn site_intent(site: &str) -> String {
+        format!("{SITE_INTENTS}{site}")
     }
 
     /// `hosts/{host}`.

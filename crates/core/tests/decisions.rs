@@ -673,6 +673,7 @@ fn app() -> App {
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
         admin_dir: None,
+        pinned: false,
         replicas: 3,
         min_healthy: 3,
         instances: [("a", 100), ("b", 50), ("c", 50)]

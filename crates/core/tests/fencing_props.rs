@@ -38,6 +38,7 @@ fn app(ha: HaMode, fencing: Fencing) -> App {
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
         admin_dir: None,
+        pinned: false,
         replicas: 1,
         min_healthy: 1,
         instances: (0..N)
@@ -141,12 +142,29 @@ fn arb_hosts() -> impl Strategy<Value = HostsState> {
     (
         proptest::collection::btree_set(0..N, 0..=N),
         proptest::collection::btree_map(0..N, 1i64..3, 0..=2),
+        // Hosts whose site was declared failed (or, for a pinned app,
+        // is not an active site that is up): nothing may be placed there.
+        proptest::collection::btree_set(0..N, 0..=1),
     )
-        .prop_map(|(suspected, fenced)| HostsState {
+        .prop_map(|(suspected, fenced, failed)| HostsState {
             suspected: suspected.into_iter().map(|h| format!("h{h}")).collect(),
             fenced: fenced
                 .into_iter()
                 .map(|(h, s)| (format!("h{h}"), s))
+                .collect(),
+            sites: failed
+                .into_iter()
+                .map(|h| {
+                    (
+                        format!("h{h}"),
+                        tandem_core::sites::HostSite {
+                            site: format!("s{h}"),
+                            active: true,
+                            out: Some(format!("site s{h} was declared failed")),
+                            failed: true,
+                        },
+                    )
+                })
                 .collect(),
         })
 }
@@ -253,7 +271,7 @@ proptest! {
         (app, roles, status, hosts) in arb_case()
     ) {
         prop_assume!(!token_fenced(&app));
-        let only_suspected = HostsState { suspected: hosts.suspected.clone(), fenced: BTreeMap::new() };
+        let only_suspected = HostsState { suspected: hosts.suspected.clone(), fenced: BTreeMap::new(), sites: BTreeMap::new() };
         let with = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &only_suspected, links: tandem_core::controller::AppLinks::NONE });
         let without = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: HostsState::NONE, links: tandem_core::controller::AppLinks::NONE });
         prop_assert_eq!(with, without);
@@ -301,9 +319,9 @@ proptest! {
         status.insert("i1".into(), backup);
         status.remove("i2");
         let hosts = if by_device {
-            HostsState { suspected: BTreeSet::from(["h0".to_string()]), fenced: BTreeMap::from([("h0".to_string(), 1)]) }
+            HostsState { suspected: BTreeSet::from(["h0".to_string()]), fenced: BTreeMap::from([("h0".to_string(), 1)]), sites: BTreeMap::new() }
         } else {
-            HostsState { suspected: BTreeSet::from(["h0".to_string()]), fenced: BTreeMap::new() }
+            HostsState { suspected: BTreeSet::from(["h0".to_string()]), fenced: BTreeMap::new(), sites: BTreeMap::new() }
         };
         let d = decide(&AppInput { app: &app, roles: &roles, status: &status, intent: None, hosts: &hosts, links: tandem_core::controller::AppLinks::NONE });
         prop_assert_eq!(d.roles.primary.as_ref().map(|g| g.instance.as_str()), Some("i1"), "{:?}", d);

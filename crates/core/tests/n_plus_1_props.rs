@@ -27,6 +27,7 @@ fn app(n: usize, replicas: u32, priorities: &[i64]) -> App {
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
         admin_dir: None,
+        pinned: false,
         replicas,
         min_healthy: replicas,
         instances: (0..n)

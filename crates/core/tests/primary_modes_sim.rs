@@ -230,6 +230,7 @@ fn app_in(ha: HaMode, n: usize, priorities: &[i64]) -> App {
         drain: std::time::Duration::ZERO,
         link_failover: Default::default(),
         admin_dir: None,
+        pinned: false,
         replicas: n as u32,
         min_healthy: n as u32,
         instances: (0..n)

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use tandem_core::model::{
     Event, EventKind, Health, Intent, IntentKind, IntentState, PendingSwitchover, ProcessState,
-    Role,
+    ReadOnly, Role,
 };
 pub use tandem_core::topology::HaMode;
 
@@ -56,10 +56,18 @@ pub struct StatusDoc {
 pub struct SiteDoc {
     /// The site's name.
     pub name: String,
-    /// `active` or `spare`.
+    /// `active` or `spare`, now (a promotion may have changed it).
     pub role: String,
-    /// `up`, or `lost` when every one of its hosts' leases has ended.
+    /// Its role in the topology.
+    #[serde(default)]
+    pub declared_role: String,
+    /// `up`; `lost` when every one of its hosts' leases has ended;
+    /// `failed` when an operator declared it failed (or promoted another
+    /// site over it), until `tandem site restore`.
     pub state: String,
+    /// Why it is failed, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     /// Its hosts, in topology order.
     pub hosts: Vec<String>,
     /// Those whose agent holds a lease.
@@ -111,6 +119,10 @@ pub struct AppDoc {
     /// none); absent from `GET /v1/status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<Intent>,
+    /// A pinned app while no active site that is up has an instance of
+    /// it: why it takes no writes. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ReadOnly>,
 }
 
 /// One instance: where it is placed (from the topology) and what its agent
@@ -297,6 +309,12 @@ pub struct ErrorDoc {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// On a "no primary" answer for a pinned app while no active site that
+    /// is up has an instance of it: the site lost and why. Clients may
+    /// read what they have; writes are refused until an operator promotes
+    /// a spare site or the site returns. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<Box<ReadOnly>>,
     /// On a "no primary" answer while the primary drains before a planned
     /// switchover: that primary. It takes no new work, but work already
     /// under way there may finish (a proxy keeps its open connections).
@@ -312,6 +330,7 @@ impl ErrorDoc {
             error: error.into(),
             reason: None,
             intent: None,
+            read_only: None,
             draining: None,
         }
     }
@@ -362,6 +381,39 @@ pub struct SwitchoverResponse {
 pub struct FenceResponse {
     /// The host.
     pub host: String,
+    /// The id of the recorded request.
+    pub intent: String,
+    /// Where it stands.
+    pub outcome: SwitchoverProgress,
+    /// What the controller did (when done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /v1/sites/{site}/{fail|promote|restore}` body. An empty body or
+/// `{}` asks without force. Unknown fields are rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRequest {
+    /// Act although a site concerned still has hosts holding leases.
+    #[serde(default)]
+    pub force: bool,
+    /// With `force`: the name of the site that may be treated as gone
+    /// (`fail`: the site itself; `promote`: the active site it replaces),
+    /// typed again as a confirmation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<String>,
+}
+
+/// `POST /v1/sites/{site}/{action}` answer when the controller carried it
+/// out (200) or at the timeout (202). A refusal is a 409 [`ErrorDoc`]
+/// carrying the request's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteResponse {
+    /// The site.
+    pub site: String,
+    /// What was asked: `fail`, `promote` or `restore`.
+    pub action: String,
     /// The id of the recorded request.
     pub intent: String,
     /// Where it stands.

@@ -14,10 +14,13 @@ pub(super) fn unfit(
     id: &str,
     status: Option<&InstanceStatus>,
 ) -> Option<Unfit> {
+    let host = app.instance(id).map(|i| i.host.as_str()).unwrap_or("?");
     let Some(s) = status else {
-        let host = app.instance(id).map(|i| i.host.as_str()).unwrap_or("?");
         return Some(hosts.absent(app, host));
     };
+    if let Some(barred) = hosts.barred(app, host) {
+        return Some(barred);
+    }
     if style(app.ha) == Style::OnGrant {
         return s.process.is_live().then_some(Unfit::AlreadyRunning);
     }
@@ -45,12 +48,15 @@ pub(super) fn grant_broken(
     grant: &PrimaryGrant,
     s: Option<&InstanceStatus>,
 ) -> Option<Unfit> {
-    if app.instance(&grant.instance).is_none() {
+    let Some(instance) = app.instance(&grant.instance) else {
         return Some(Unfit::RemovedFromTopology);
-    }
+    };
     let Some(st) = s else {
         return unfit(app, hosts, &grant.instance, s);
     };
+    if let Some(barred) = hosts.barred(app, &instance.host) {
+        return Some(barred);
+    }
     if st.session != grant.session {
         return Some(Unfit::SessionEnded {
             old: grant.session,
@@ -122,13 +128,15 @@ pub(super) fn grant_for(app: &App, id: &str, s: &InstanceStatus, epoch: u64) -> 
     }
 }
 
-/// The best instance to promote: fit, not crash-looping, not the one that
+/// The best instance to promote: fit, not barred by its site
+/// ([`HostsState::barred`]), not crash-looping, not the one that
 /// just failed, with the most current admin data (apps with an
 /// `admin_dir`), highest priority, then lowest id; failing that, the one
 /// that just failed; failing that (on-grant modes: one must run), a
 /// crash-looping one.
 pub(super) fn best_candidate<'a>(
     app: &'a App,
+    hosts: &HostsState,
     status: &'a BTreeMap<String, InstanceStatus>,
     exclude: Option<&str>,
     avoid: Option<&str>,
@@ -138,6 +146,7 @@ pub(super) fn best_candidate<'a>(
         app.instances
             .iter()
             .filter(|i| Some(i.id.as_str()) != exclude)
+            .filter(|i| hosts.barred(app, &i.host).is_none())
             .filter(|i| !skip_avoided || Some(i.id.as_str()) != avoid)
             .filter_map(|i| {
                 let s = status.get(&i.id)?;

@@ -56,7 +56,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    AppRoles, EventDraft, Health, InstanceStatus, Intent, IntentState, ProcessState, Role,
+    AppRoles, EventDraft, EventKind, Health, InstanceStatus, Intent, IntentState, ProcessState,
+    Role,
 };
 use crate::topology::{App, Fencing};
 
@@ -141,6 +142,9 @@ pub struct HostsState {
     /// the agent session (lease) it fenced: statuses of that session are
     /// void; a later session is a host that came back.
     pub fenced: BTreeMap<String, i64>,
+    /// Each host's site as judged now ([`crate::sites::host_sites`]; empty:
+    /// sites bar nothing and no app is read-only).
+    pub sites: BTreeMap<String, crate::sites::HostSite>,
 }
 
 impl HostsState {
@@ -148,6 +152,7 @@ impl HostsState {
     pub const NONE: &'static HostsState = &HostsState {
         suspected: BTreeSet::new(),
         fenced: BTreeMap::new(),
+        sites: BTreeMap::new(),
     };
 
     /// Why the status `s` of an instance of `app` on `host` no longer
@@ -166,6 +171,17 @@ impl HostsState {
         } else {
             None
         }
+    }
+
+    /// Why an instance of `app` on `host` may not hold its primary or be
+    /// an active member, if it may not: its site's state
+    /// ([`crate::sites::HostSite::barred`]).
+    pub fn barred(&self, app: &App, host: &str) -> Option<Unfit> {
+        let why = self.sites.get(host)?.barred(app)?;
+        Some(Unfit::SiteBarred {
+            host: host.to_string(),
+            why,
+        })
     }
 
     /// Why an instance of `app` on `host` has no status.
@@ -219,13 +235,58 @@ pub fn awaits_first_reports(app: &App, status: &BTreeMap<String, InstanceStatus>
 
 /// Decides the roles of one app.
 pub fn decide(input: &AppInput<'_>) -> Decision {
-    match counted_status(input) {
+    let d = match counted_status(input) {
         Cow::Borrowed(_) => decide_counted(input),
         Cow::Owned(status) => decide_counted(&AppInput {
             status: &status,
             ..*input
         }),
+    };
+    read_only(input, d)
+}
+
+/// Says whether a pinned app is read-only now (no active site that is up
+/// has an instance of it), with an event when that changes.
+fn read_only(input: &AppInput<'_>, mut d: Decision) -> Decision {
+    let app = input.app;
+    let now = crate::sites::read_only(app, &input.hosts.sites);
+    if now == d.roles.read_only {
+        return d;
     }
+    let name = &app.name;
+    let event = match &now {
+        Some(ro) => {
+            let spares: Vec<&str> = app
+                .instances
+                .iter()
+                .filter_map(|i| input.hosts.sites.get(&i.host))
+                .filter(|h| !h.active && h.out.is_none())
+                .map(|h| h.site.as_str())
+                .collect();
+            let mut m = format!(
+                "{name} is read-only: {}; it is pinned to the active site and does not move by itself",
+                ro.reason
+            );
+            if let Some(spare) = spares.first() {
+                m.push_str(&format!("; `tandem site promote {spare}` starts it there"));
+            }
+            EventDraft::app(EventKind::Site, name, m).with_reason("read_only")
+        }
+        None => EventDraft::app(
+            EventKind::Site,
+            name,
+            format!("{name} is writable again: an active site that is up has an instance of it"),
+        )
+        .with_reason("writable"),
+    };
+    d.roles.read_only = now;
+    if !d.changed {
+        d.changed = true;
+        d.roles.generation = input.roles.generation + 1;
+        d.roles.reason = event.message.clone();
+    }
+    d.events.push(event);
+    d
 }
 
 /// The statuses that count as signs of life: without those
@@ -331,6 +392,7 @@ fn same_assignment(a: &AppRoles, b: &AppRoles) -> bool {
         && a.maintenance == b.maintenance
         && a.link_switched_at_ms == b.link_switched_at_ms
         && a.link_held == b.link_held
+        && a.read_only == b.read_only
 }
 
 #[cfg(test)]
@@ -355,6 +417,7 @@ mod tests {
             drain: std::time::Duration::ZERO,
             link_failover: Default::default(),
             admin_dir: None,
+            pinned: false,
             instances: ids
                 .iter()
                 .map(|id| Instance {

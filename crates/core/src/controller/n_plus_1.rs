@@ -1,9 +1,9 @@
-//! `n-plus-1`: keep `replicas` instances active on live hosts; the others
-//! wait stopped.
+//! `n-plus-1`: keep `replicas` instances active on live hosts (not on a
+//! failed site's); the others wait stopped.
 
 use std::collections::BTreeMap;
 
-use super::{AppInput, Decision, assign_roles, pending};
+use super::{AppInput, Decision, HostsState, assign_roles, pending};
 use crate::model::{EventDraft, EventKind, InstanceStatus, IntentState, Role};
 use crate::topology::App;
 
@@ -18,14 +18,22 @@ pub(super) fn decide_n_plus_1(input: &AppInput<'_>) -> Decision {
         .filter(|i| input.roles.roles.get(&i.id) == Some(&Role::Active))
         .map(|i| i.id.as_str())
         .collect();
-    let mut keep = still_active(app, input.status, &active_before, &mut events);
+    let mut keep = still_active(app, input.hosts, input.status, &active_before, &mut events);
     let want = app.replicas as usize;
     // Too many (fewer replicas declared): drop the lowest priority.
     by_priority(app, &mut keep);
     keep.truncate(want);
     // Too few: add the best instances on live hosts.
     let announce = !active_before.is_empty() || input.roles.generation > 0;
-    add_spares(app, input.status, &mut keep, want, announce, &mut events);
+    add_spares(
+        app,
+        input.hosts,
+        input.status,
+        &mut keep,
+        want,
+        announce,
+        &mut events,
+    );
     let mut next = input.roles.clone();
     next.primary = None;
     next.stepping_down = None;
@@ -55,6 +63,7 @@ pub(super) fn decide_n_plus_1(input: &AppInput<'_>) -> Decision {
 /// are not crash-looping. The others are replaced, with an event each.
 fn still_active<'a>(
     app: &App,
+    hosts: &HostsState,
     status: &BTreeMap<String, InstanceStatus>,
     active: &[&'a str],
     events: &mut Vec<EventDraft>,
@@ -62,6 +71,19 @@ fn still_active<'a>(
     let name = &app.name;
     let mut keep = Vec::new();
     for id in active {
+        let barred = app.instance(id).and_then(|i| hosts.barred(app, &i.host));
+        if let Some(why) = barred {
+            events.push(
+                EventDraft::instance(
+                    EventKind::Site,
+                    name,
+                    id,
+                    format!("{name}/{id} is {why}: replacing it"),
+                )
+                .with_reason(why.name()),
+            );
+            continue;
+        }
         match status.get(*id) {
             Some(s) if !s.crash_looping => keep.push(*id),
             Some(_) => events.push(
@@ -91,6 +113,7 @@ fn still_active<'a>(
 /// event each if `announce` (not the app's first assignment).
 fn add_spares<'a>(
     app: &'a App,
+    hosts: &HostsState,
     status: &BTreeMap<String, InstanceStatus>,
     keep: &mut Vec<&'a str>,
     want: usize,
@@ -103,6 +126,10 @@ fn add_spares<'a>(
         .iter()
         .map(|i| i.id.as_str())
         .filter(|id| !keep.contains(id))
+        .filter(|id| {
+            app.instance(id)
+                .is_some_and(|i| hosts.barred(app, &i.host).is_none())
+        })
         .filter(|id| status.get(*id).is_some_and(|s| !s.crash_looping))
         .collect();
     by_priority(app, &mut spares);

@@ -26,6 +26,14 @@ pub enum Unfit {
         /// The instance's host.
         host: String,
     },
+    /// Its site may not hold the app's primary or active members:
+    /// declared failed, or not an active site that is up for a pinned app.
+    SiteBarred {
+        /// The instance's host.
+        host: String,
+        /// Why ([`crate::sites::HostSite::barred`]).
+        why: String,
+    },
     /// Quick exits in a row.
     CrashLooping,
     /// Being started.
@@ -74,6 +82,7 @@ impl Unfit {
             Unfit::HostLost { .. } => CauseName::HostLost,
             Unfit::HostSuspected { .. } => CauseName::HostSuspected,
             Unfit::HostFenced { .. } => CauseName::HostFenced,
+            Unfit::SiteBarred { .. } => CauseName::SiteBarred,
             Unfit::CrashLooping => CauseName::CrashLooping,
             Unfit::Starting => CauseName::Starting,
             Unfit::NotRunning { .. } => CauseName::NotRunning,
@@ -100,6 +109,7 @@ impl fmt::Display for Unfit {
             Unfit::HostFenced { host } => {
                 write!(f, "host {host} fenced by its fence device")
             }
+            Unfit::SiteBarred { host, why } => write!(f, "on host {host}: {why}"),
             Unfit::CrashLooping => f.write_str("crash-looping"),
             Unfit::Starting => f.write_str("starting"),
             Unfit::NotRunning {

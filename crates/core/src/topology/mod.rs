@@ -219,6 +219,70 @@ fn check_admin_dirs(
     }
 }
 
+/// Each pinned app: a mode with a primary, an instance in an active site
+/// (where it runs) and one in a spare site (what `tandem site promote`
+/// starts), reported at its `pinned`.
+fn check_pinned(topology: &Topology, facts: &walk::Facts, sink: &mut Sink) {
+    for (app, f) in topology.apps.iter().zip(&facts.apps) {
+        let (true, Some(span)) = (app.pinned, &f.pinned) else {
+            continue;
+        };
+        let name = &app.name;
+        if !matches!(
+            crate::mode::style(app.ha),
+            crate::mode::Style::Hooked | crate::mode::Style::OnGrant
+        ) {
+            sink.error(
+                span,
+                format!(
+                    "app \"{name}\": \"pinned\" applies to the modes with a primary (hot-standby, warm-standby, cold-standby, singleton), not \"{}\": only a primary is kept in the active site",
+                    app.ha
+                ),
+            );
+            continue;
+        }
+        let in_role = |role: SiteRole| {
+            app.instances.iter().any(|i| {
+                topology
+                    .host(&i.host)
+                    .and_then(|h| topology.sites.iter().find(|s| s.name == h.site))
+                    .is_some_and(|s| s.role == role)
+            })
+        };
+        let sites_of = |role: SiteRole| {
+            let names: Vec<&str> = topology
+                .sites
+                .iter()
+                .filter(|s| s.role == role)
+                .map(|s| s.name.as_str())
+                .collect();
+            if names.is_empty() {
+                format!("the topology has no {role} site")
+            } else {
+                format!("{role} sites: {}", names.join(", "))
+            }
+        };
+        if !in_role(SiteRole::Active) {
+            sink.error(
+                span,
+                format!(
+                    "app \"{name}\" is pinned but has no instance in an active site ({}): place its live instance on a host of one",
+                    sites_of(SiteRole::Active)
+                ),
+            );
+        }
+        if !in_role(SiteRole::Spare) {
+            sink.error(
+                span,
+                format!(
+                    "app \"{name}\" is pinned but has no instance in a spare site ({}): `tandem site promote` would have nothing to start; place its standby on a host of a spare site",
+                    sites_of(SiteRole::Spare)
+                ),
+            );
+        }
+    }
+}
+
 /// Tells whether a fence device's program can run: `Err(why)` if not
 /// ("not found", "not executable (mode 0644)"). Core reads no files: the
 /// caller, on the machine that validates, supplies it.
@@ -282,6 +346,9 @@ pub fn parse_checked(
     };
     let (topology, facts) = walk::walk(file, root.get_ref(), &mut sink);
     validate::validate(text, &facts, &mut sink, programs);
+    if sink.is_empty() {
+        check_pinned(&topology, &facts, &mut sink);
+    }
     if sink.is_empty() {
         check_admin_dirs(&topology, &facts, &mut sink, checks.directories);
     }

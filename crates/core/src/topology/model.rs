@@ -415,6 +415,12 @@ pub struct App {
     /// to every backup in real time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_dir: Option<String>,
+    /// Modes with a primary: the primary runs only in an active site and
+    /// never moves to another site by itself. While every active site
+    /// with an instance of it is lost, the app is read-only
+    /// ([`AppRoles::read_only`](crate::model::AppRoles::read_only)) until
+    /// an operator promotes a spare site (`tandem site promote`).
+    pub pinned: bool,
     /// The copies of this app, in file order.
     pub instances: Vec<Instance>,
 }

@@ -149,6 +149,8 @@ pub(crate) struct AppFacts {
     pub link_failover: Option<Named>,
     /// `admin_dir`, where given and not empty.
     pub admin_dir: Option<Named>,
+    /// Where `pinned = true` is written.
+    pub pinned: Option<Span>,
     /// None if `instances` was not an array of tables.
     pub instances: Option<Vec<InstanceFacts>>,
 }
@@ -1013,6 +1015,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         "link_hold_down",
         "link_switchover_interval",
         "admin_dir",
+        "pinned",
         "restart",
         "checks",
         "hook",
@@ -1133,6 +1136,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         }
         _ => None,
     };
+    let pinned = tab.boolean(sink, "pinned").ok();
     let workdir = match tab.string(sink, "workdir") {
         Got::Ok("", span) => {
             sink.error(
@@ -1219,6 +1223,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         drain: drain.as_ref().map_or(Duration::ZERO, |d| d.0),
         link_failover,
         admin_dir: admin_dir.as_ref().map(|d| d.0.clone()),
+        pinned: pinned.as_ref().is_some_and(|p| p.0),
         instances,
     };
     let facts = AppFacts {
@@ -1234,6 +1239,7 @@ fn walk_app(name: &str, tab: &Tab<'_, '_>, sink: &mut Sink) -> (App, AppFacts) {
         drain,
         link_failover: link_failover_keys,
         admin_dir,
+        pinned: pinned.filter(|p| p.0).map(|p| p.1),
         instances: instance_facts,
     };
     (app, facts)

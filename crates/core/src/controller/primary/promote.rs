@@ -101,7 +101,7 @@ impl<'a> Pass<'_, 'a> {
                 .as_ref()
                 .map(|sd| sd.grant.instance.clone())
         });
-        best_candidate(input.app, input.status, None, avoid.as_deref())
+        best_candidate(input.app, input.hosts, input.status, None, avoid.as_deref())
             .map(|(id, s)| (id.to_string(), s, cause))
     }
 

@@ -269,7 +269,7 @@ fn plan_switchover(
             }
             t.to_string()
         }
-        None => match best_candidate(app, status, Some(&from), None) {
+        None => match best_candidate(app, hosts, status, Some(&from), None) {
             Some((id, _)) => id.to_string(),
             None => {
                 return Err(format!("{name} has no fit instance to switch over to"));
