@@ -115,6 +115,10 @@ enum Msg {
     AdminStarted(crate::admin::Started),
     /// Time to publish the admin-data state that changed.
     AdminTick,
+    /// Time to tell followers of pinned apps what they were not told yet.
+    FollowersTick,
+    /// A follower hook ended (local, link, incarnation, read-only, result).
+    FollowerDone(usize, String, u64, bool, Result<(), String>),
 }
 
 impl From<crate::admin::Started> for Msg {
@@ -148,12 +152,17 @@ struct Agent {
     secret: Option<ClusterSecret>,
     /// Admin-data mirroring of the local instances.
     admin: crate::admin::Admin,
+    /// What followers of pinned apps were told.
+    followers: crate::followers::Followers,
     /// The admin-data state last published, per local.
     admin_published: Vec<tandem_core::model::AdminSync>,
 }
 
 /// How often admin-data mirroring state that changed is published.
 const ADMIN_PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How often followers of pinned apps not yet told (a failed hook) are
+/// told again.
+const FOLLOWERS_EVERY: Duration = Duration::from_millis(250);
 
 /// Starts the agent of `config.host`; it runs until `cancel`, then stops
 /// every instance it started, revokes its lease and returns.
@@ -333,6 +342,7 @@ async fn run(
         secret,
         admin,
         admin_published: Vec::new(),
+        followers: crate::followers::Followers::default(),
     };
 
     // Hold a lease before starting anything.
@@ -377,6 +387,31 @@ async fn run(
                     _ = cancel.cancelled() => return,
                     _ = every.tick() => {
                         if tx.send(Msg::AdminTick).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    // Followers of pinned apps are told again until their hook succeeds
+    // (a process starting up does not answer yet).
+    if agent.machine.topology().apps.iter().any(|a| {
+        tandem_core::sites::follower_links(agent.machine.topology(), &a.name)
+            .next()
+            .is_some()
+    }) {
+        let tx = agent.tx.clone();
+        let cancel = cancel.child_token();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FOLLOWERS_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => {
+                        if tx.send(Msg::FollowersTick).await.is_err() {
                             return;
                         }
                     }
@@ -505,10 +540,13 @@ impl Agent {
                             continue;
                         };
                         match serde_json::from_slice::<AppRoles>(&kv.value) {
-                            Ok(roles) => self.handle(HostInput::Assigned {
-                                app: app.to_string(),
-                                roles: Box::new(roles),
-                            }),
+                            Ok(roles) => {
+                                self.followers.set(app, roles.read_only.is_some());
+                                self.handle(HostInput::Assigned {
+                                    app: app.to_string(),
+                                    roles: Box::new(roles),
+                                })
+                            }
                             Err(e) => {
                                 warn!(key = %kv.key, error = %e, "unreadable role assignment")
                             }
@@ -577,7 +615,13 @@ impl Agent {
                 self.start_link_probes(i, incarnation);
                 self.handle(HostInput::Instance(i, Input::Spawned { pid }));
             }
-            Msg::Roles(app, roles) => self.handle(HostInput::Assigned { app, roles }),
+            Msg::Roles(app, roles) => {
+                let changed = self.followers.set(&app, roles.read_only.is_some());
+                self.handle(HostInput::Assigned { app, roles });
+                if changed {
+                    self.tell_followers();
+                }
+            }
             Msg::Answers(answers) => self.handle(HostInput::Answers(answers)),
             Msg::Topology(t) => {
                 self.handle(HostInput::Topology(t));
@@ -603,6 +647,67 @@ impl Agent {
                 self.publish_admin();
             }
             Msg::AdminTick => self.publish_admin(),
+            Msg::FollowersTick => self.tell_followers(),
+            Msg::FollowerDone(i, link, incarnation, read_only, result) => {
+                let warn_now =
+                    self.followers
+                        .done(i, &link, incarnation, read_only, result.is_ok());
+                let name = self.machine.locals().get(i).map(|l| l.name());
+                match (&result, name) {
+                    (Ok(()), Some(name)) => info!(
+                        instance = %name,
+                        link = %link,
+                        "told {name} through link {link}'s hook: {}",
+                        if read_only { "read-only" } else { "read-write" }
+                    ),
+                    (Err(e), Some(name)) if warn_now => warn!(
+                        instance = %name,
+                        link = %link,
+                        error = %e,
+                        "cannot tell {name} through link {link}'s hook that its target is {}; retrying",
+                        if read_only { "read-only" } else { "writable again" }
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Tells every running local follower of a pinned app what it was not
+    /// told yet (see [`crate::followers`]).
+    fn tell_followers(&mut self) {
+        let topology = self.machine.topology().clone();
+        for i in 0..self.procs.len() {
+            let Some(pid) = self.procs[i].pid else {
+                continue;
+            };
+            let Some(local) = self.machine.locals().get(i) else {
+                continue;
+            };
+            let incarnation = local.machine().incarnation();
+            let app = local.app.name.clone();
+            for (link, read_only) in self.followers.due(&topology, i, &app, incarnation) {
+                let Some(hook) = topology.link(&link).and_then(|l| l.hook.clone()) else {
+                    continue;
+                };
+                self.followers.started(i, &link);
+                let tx = self.tx.clone();
+                let ctx = self.hook_context(i, pid);
+                let http = self.http.clone();
+                tokio::spawn(async move {
+                    let result = crate::hook::run_follower_hook(
+                        &hook,
+                        &ctx.target(),
+                        &link,
+                        read_only,
+                        &http,
+                    )
+                    .await;
+                    let _ = tx
+                        .send(Msg::FollowerDone(i, link, incarnation, read_only, result))
+                        .await;
+                });
+            }
         }
     }
 

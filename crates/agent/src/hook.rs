@@ -2,7 +2,8 @@
 //! command with ROLE and EPOCH as its last arguments, POST JSON to the
 //! instance, or write `$TANDEM_ROLE_FILE` and send a signal. Link hooks
 //! (exclusive link groups) are command or HTTP hooks too, asked to enable
-//! or disable a link ([`run_link_hook`]).
+//! or disable a link ([`run_link_hook`]), or told that the app a link
+//! goes to is read-only or writable again ([`run_follower_hook`]).
 //!
 //! A hook that fails reports whether the process was frozen at that moment
 //! (stopped by a signal), which decides between killing it and fencing it
@@ -40,8 +41,9 @@ pub struct HookTarget<'a> {
 enum Ask<'a> {
     /// Its role (a role hook).
     Role { role: Role, epoch: u64 },
-    /// To enable or disable a link (a link hook).
-    Link { link: &'a str, action: LinkAction },
+    /// To enable or disable a link, or that the app at its other end is
+    /// read-only or writable again (a link hook).
+    Link { link: &'a str, action: &'a str },
 }
 
 /// Delivers `role` and `epoch` through the app's hook.
@@ -70,6 +72,29 @@ pub async fn run_link_hook(
     action: LinkAction,
     http: &reqwest::Client,
 ) -> Result<(), String> {
+    run(
+        hook,
+        target,
+        Ask::Link {
+            link,
+            action: action.as_str(),
+        },
+        http,
+    )
+    .await
+}
+
+/// Tells the instance through the hook of `link` (to an app pinned to the
+/// active site) that the app is read-only (`read-only`) or writable again
+/// (`read-write`), as [`run_link_hook`] delivers an action.
+pub async fn run_follower_hook(
+    hook: &Hook,
+    target: &HookTarget<'_>,
+    link: &str,
+    read_only: bool,
+    http: &reqwest::Client,
+) -> Result<(), String> {
+    let action = if read_only { "read-only" } else { "read-write" };
     run(hook, target, Ask::Link { link, action }, http).await
 }
 
@@ -111,15 +136,12 @@ async fn deliver(
                 "app": t.app.name,
                 "instance": t.instance.id,
                 "link": link,
-                "action": action.as_str(),
+                "action": action,
             }),
-            [action.as_str().to_string(), link.to_string()],
+            [action.to_string(), link.to_string()],
             vec![
                 ("TANDEM_LINK".to_string(), link.to_string()),
-                (
-                    "TANDEM_LINK_ACTION".to_string(),
-                    action.as_str().to_string(),
-                ),
+                ("TANDEM_LINK_ACTION".to_string(), action.to_string()),
             ],
         ),
     };

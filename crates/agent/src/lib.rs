@@ -21,6 +21,7 @@ mod admin;
 pub mod agent;
 pub mod checks;
 pub mod controller;
+mod followers;
 pub mod heartbeat;
 pub mod hook;
 pub mod launch;

@@ -46,6 +46,7 @@ fn concerns(event: &Event, app: &str) -> bool {
                 | EventKind::PrimaryFailed
                 | EventKind::Demoted
                 | EventKind::Maintenance
+                | EventKind::Site
         )
 }
 

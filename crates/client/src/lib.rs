@@ -38,8 +38,8 @@ use serde::de::DeserializeOwned;
 
 pub use tandem_wire as types;
 pub use tandem_wire::{
-    AppDoc, ErrorDoc, Event, EventsDoc, InstanceDoc, MemberDoc, MembersDoc, PrimaryDoc, StatusDoc,
-    SwitchoverProgress, SwitchoverRequest, SwitchoverResponse,
+    AppDoc, ErrorDoc, Event, EventsDoc, InstanceDoc, MemberDoc, MembersDoc, PrimaryDoc, ReadOnly,
+    StatusDoc, SwitchoverProgress, SwitchoverRequest, SwitchoverResponse,
 };
 
 use sse::SseParser;
@@ -99,6 +99,30 @@ pub enum ClientError {
     /// The API answered something this client does not understand.
     #[error("unexpected answer from the tandem API: {0}")]
     Protocol(String),
+    /// A write to an app pinned to the active site while that site is lost
+    /// ([`ApiClient::primary_for_write`], [`PrimaryState::writable`]):
+    /// read what you have; writes wait until the site returns or an
+    /// operator promotes a spare site.
+    #[error(
+        "read-only: {reason} ({app} takes no writes until the site returns or an operator promotes a spare site)"
+    )]
+    ReadOnly {
+        /// The app.
+        app: String,
+        /// The active site that is lost.
+        site: String,
+        /// Why: `site dc1 is lost`.
+        reason: String,
+    },
+    /// A write to an app that has no primary right now (one is being
+    /// promoted, or none can run): ask again shortly.
+    #[error("no primary for {app} right now: {reason}")]
+    NoPrimary {
+        /// The app.
+        app: String,
+        /// Why, as the controller last explained it.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -121,6 +145,10 @@ pub enum PrimaryState {
     Draining(PrimaryDoc),
     /// The app has no primary right now.
     None,
+    /// The app is pinned to the active site and that site is lost: it has
+    /// no primary, and takes no writes until the site returns or an
+    /// operator promotes a spare site.
+    ReadOnly(tandem_wire::ReadOnly),
 }
 
 impl PrimaryState {
@@ -128,7 +156,28 @@ impl PrimaryState {
     pub fn serving(self) -> Option<PrimaryDoc> {
         match self {
             PrimaryState::Serving(doc) => Some(doc),
-            PrimaryState::Draining(_) | PrimaryState::None => None,
+            PrimaryState::Draining(_) | PrimaryState::None | PrimaryState::ReadOnly(_) => None,
+        }
+    }
+
+    /// The primary of `app` to send a write to: an error that says why
+    /// there is none ([`ClientError::ReadOnly`] while its site is lost).
+    pub fn writable(&self, app: &str) -> Result<&PrimaryDoc, ClientError> {
+        match self {
+            PrimaryState::Serving(doc) => Ok(doc),
+            PrimaryState::ReadOnly(ro) => Err(ClientError::ReadOnly {
+                app: app.to_string(),
+                site: ro.site.clone(),
+                reason: ro.reason.clone(),
+            }),
+            PrimaryState::Draining(doc) => Err(ClientError::NoPrimary {
+                app: app.to_string(),
+                reason: format!("{} drains before a planned switchover", doc.instance),
+            }),
+            PrimaryState::None => Err(ClientError::NoPrimary {
+                app: app.to_string(),
+                reason: "none is serving".to_string(),
+            }),
         }
     }
 }
@@ -306,14 +355,23 @@ impl ApiClient {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE
             && let Ok(doc) = serde_json::from_slice::<ErrorDoc>(&body)
-            && doc.reason.is_some()
+            && (doc.reason.is_some() || doc.read_only.is_some())
         {
-            return Ok(match doc.draining {
-                Some(doc) => PrimaryState::Draining(*doc),
-                None => PrimaryState::None,
+            return Ok(match (doc.read_only, doc.draining) {
+                (Some(ro), _) => PrimaryState::ReadOnly(*ro),
+                (None, Some(doc)) => PrimaryState::Draining(*doc),
+                (None, None) => PrimaryState::None,
             });
         }
         Err(api_error(status, &body))
+    }
+
+    /// The primary of `app` to send a write to: [`ClientError::ReadOnly`]
+    /// ("read-only: site dc1 is lost ...") while the app is pinned to a
+    /// lost active site, [`ClientError::NoPrimary`] while it has none.
+    pub async fn primary_for_write(&self, app: &str) -> Result<PrimaryDoc, ClientError> {
+        let state = self.primary_state(app).await?;
+        state.writable(app).cloned()
     }
 
     /// `POST /v1/apps/{app}/switchover`: asks for a switchover, to `to` or

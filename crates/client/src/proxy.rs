@@ -98,6 +98,10 @@ pub fn follow_primary(api: ApiClient, app: &str) -> watch::Receiver<Target> {
                     tracing::info!(%app, "no primary");
                     Target::default()
                 }
+                Ok(PrimaryState::ReadOnly(ro)) => {
+                    tracing::warn!(%app, site = %ro.site, "no primary: read-only: {}", ro.reason);
+                    Target::default()
+                }
                 Err(e) => {
                     tracing::warn!(%app, error = %e, "cannot follow the primary; retrying");
                     continue;

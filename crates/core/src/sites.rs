@@ -35,7 +35,7 @@ use crate::model::{
     EventDraft, EventKind, IntentState, ReadOnly, SiteAction, SiteFailure, SiteIntent, SitesRecord,
     asked_by,
 };
-use crate::topology::{App, SiteRole, Topology};
+use crate::topology::{App, Link, SiteRole, Topology};
 
 /// One site as judged now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +198,37 @@ pub fn read_only(app: &App, sites: &BTreeMap<String, HostSite>) -> Option<ReadOn
             reason: "no active site has an instance of it".to_string(),
         },
     })
+}
+
+/// The links of `app` with a hook to an app pinned to the active site:
+/// their instances are told when that app is read-only.
+pub fn follower_links<'t>(topology: &'t Topology, app: &'t str) -> impl Iterator<Item = &'t Link> {
+    topology.links_from(app).filter(move |l| {
+        l.hook.is_some() && l.exclusive.is_none() && topology.app(&l.to).is_some_and(|t| t.pinned)
+    })
+}
+
+/// What an instance of `app` (running as incarnation `incarnation`) must
+/// be told now: for each of its [`follower_links`], whether the app it
+/// goes to is read-only, where that differs from what it was last told in
+/// this incarnation (`told`; a new process has been told nothing, which
+/// is "writable").
+pub fn follower_notices(
+    topology: &Topology,
+    app: &str,
+    incarnation: u64,
+    read_only: impl Fn(&str) -> bool,
+    told: impl Fn(&str) -> Option<(u64, bool)>,
+) -> Vec<(String, bool)> {
+    follower_links(topology, app)
+        .filter_map(|l| {
+            let want = read_only(&l.to);
+            let last = told(&l.name)
+                .filter(|(inc, _)| *inc == incarnation)
+                .is_some_and(|(_, ro)| ro);
+            (want != last).then(|| (l.name.clone(), want))
+        })
+        .collect()
 }
 
 /// The events of sites lost, or up (again), between two judgements

@@ -444,3 +444,70 @@ fn a_pinned_app_needs_a_primary_and_an_instance_in_an_active_and_a_spare_site() 
         assert!(all.contains("workspace.toml:"), "a place: {all}");
     }
 }
+
+#[test]
+fn followers_of_a_pinned_app_are_told_once_per_incarnation_when_it_turns_read_only_and_back() {
+    let with_proxy = format!(
+        "{WORKSPACE}
+[apps.proxy]
+ha = \"n-plus-1\"
+command = [\"proxy\"]
+[[apps.proxy.instances]]
+id = \"p1\"
+host = \"h2\"
+
+[[links]]
+from = \"proxy\"
+to = \"conf\"
+cardinality = \"optional\"
+hook = {{ kind = \"command\", command = [\"notify\"] }}
+
+[[links]]
+from = \"proxy\"
+to = \"web\"
+cardinality = \"optional\"
+"
+    );
+    let t = parse("workspace.toml", &with_proxy).expect("a hook on a link to a pinned app");
+    use tandem_core::sites::{follower_links, follower_notices};
+    let links: Vec<&str> = follower_links(&t, "proxy")
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        links,
+        ["proxy->conf"],
+        "only the hooked link to the pinned app"
+    );
+    let ro = |on: bool| move |app: &str| on && app == "conf";
+    // Writable, nothing told yet: nothing to tell a new process.
+    assert!(follower_notices(&t, "proxy", 1, ro(false), |_| None).is_empty());
+    // Read-only: tell it.
+    assert_eq!(
+        follower_notices(&t, "proxy", 1, ro(true), |_| None),
+        [("proxy->conf".to_string(), true)]
+    );
+    // Told in this incarnation: nothing more; a restarted process is told again.
+    assert!(follower_notices(&t, "proxy", 1, ro(true), |_| Some((1, true))).is_empty());
+    assert_eq!(
+        follower_notices(&t, "proxy", 2, ro(true), |_| Some((1, true))).len(),
+        1
+    );
+    // Writable again: told so; a new process was never told otherwise.
+    assert_eq!(
+        follower_notices(&t, "proxy", 2, ro(false), |_| Some((2, true))),
+        [("proxy->conf".to_string(), false)]
+    );
+    assert!(follower_notices(&t, "proxy", 3, ro(false), |_| Some((2, true))).is_empty());
+
+    // A hook on a link to an app that is not pinned (nor exclusive) is refused.
+    let bad = with_proxy.replace(
+        "to = \"web\"\ncardinality = \"optional\"\n",
+        "to = \"web\"\ncardinality = \"optional\"\nhook = { kind = \"command\", command = [\"notify\"] }\n",
+    );
+    let e = parse("workspace.toml", &bad).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("link \"proxy->web\" has a hook but no exclusive group"),
+        "{e}"
+    );
+}

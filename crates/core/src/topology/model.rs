@@ -713,7 +713,9 @@ pub struct Link {
     pub exclusive: Option<String>,
     /// With `exclusive`: how tandem enables and disables the link on an
     /// instance (a command or HTTP hook; see [`LinkAction`]). A hook that
-    /// succeeds confirms the action is done.
+    /// succeeds confirms the action is done. On a link to an app pinned to
+    /// the active site: how its instances are told that app is read-only
+    /// (`read-only`) or writable again (`read-write`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<Hook>,
 }

@@ -690,11 +690,19 @@ fn check_links(text: &str, sink: &mut Sink, facts: &Facts, sites: &BTreeMap<Stri
     check_exclusive_groups(text, sink, facts);
 }
 
-/// A link's hook: only for a link of an exclusive group, which must have
-/// one; its port and placeholders are the `from` app's instances'.
+/// A link's hook: for a link of an exclusive group, which must have one,
+/// or a link to a pinned app (told when that app is read-only); its port
+/// and placeholders are the `from` app's instances'.
 fn check_link_hook(text: &str, sink: &mut Sink, facts: &Facts, link: &super::walk::LinkFacts) {
     let name = link.resolved.as_deref().unwrap_or("?");
+    let to_pinned = link.to.as_ref().is_some_and(|(to, _)| {
+        facts
+            .apps
+            .iter()
+            .any(|a| &a.name == to && a.pinned.is_some())
+    });
     match (&link.exclusive, &link.hook) {
+        (None, Some(_)) if to_pinned => {}
         (Some((group, span)), None) => sink.error(
             span,
             format!(
@@ -704,7 +712,7 @@ fn check_link_hook(text: &str, sink: &mut Sink, facts: &Facts, link: &super::wal
         (None, Some(hook)) => sink.error(
             &hook.table,
             format!(
-                "link \"{name}\" has a hook but no exclusive group: a link hook enables and disables the links of an exclusive group (add exclusive = \"GROUP\")"
+                "link \"{name}\" has a hook but no exclusive group: a link hook enables and disables the links of an exclusive group (add exclusive = \"GROUP\"), or tells the instances of a link to a pinned app when that app is read-only"
             ),
         ),
         _ => {}
