@@ -52,7 +52,10 @@
 //!   `oldest` is etcd's compact revision). When the stream breaks (the
 //!   member died, the connection dropped or stopped answering HTTP/2
 //!   pings, the member lost its leader for three election timeouts, etcd
-//!   cancelled the watch) it yields one [`StoreError::WatchLost`] and
+//!   cancelled the watch, or the member left another request of this
+//!   store unanswered within its budget, so that a member cut off
+//!   silently is left within a request's budget rather than after the
+//!   pings' 15 s) it yields one [`StoreError::WatchLost`] and
 //!   ends: it never re-subscribes by itself, so it cannot skip a change;
 //!   the caller resumes from the last revision it saw + 1. The stream
 //!   holds at most one etcd answer; a consumer that does not read slows
@@ -832,6 +835,7 @@ impl Store for EtcdStore {
             start,
             self.pool.members[index].endpoint.clone(),
             prefix.to_owned(),
+            self.pool.members[index].silence(),
         ))
     }
 }

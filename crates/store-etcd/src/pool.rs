@@ -45,6 +45,10 @@ pub(crate) struct Attempt {
 pub(crate) struct Member {
     pub endpoint: String,
     client: OnceCell<Client>,
+    /// Counts the requests this member left unanswered (timed out): a
+    /// watch open on it breaks at the next count, rather than waiting for
+    /// its HTTP/2 pings (up to 15 s) to find the member gone.
+    silent: tokio::sync::watch::Sender<u64>,
 }
 
 impl Member {
@@ -52,7 +56,18 @@ impl Member {
         Member {
             endpoint,
             client: OnceCell::new(),
+            silent: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A request to it went unanswered within its budget.
+    pub fn found_silent(&self) {
+        self.silent.send_modify(|n| *n += 1);
+    }
+
+    /// Follows [`Member::found_silent`] from now on.
+    pub fn silence(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.silent.subscribe()
     }
 
     /// This member's client (cheap to clone: it shares one connection).
@@ -158,9 +173,12 @@ impl Pool {
             // Connecting (and authenticating) sends nothing of the request
             // itself: any failure there is "not applied".
             let outcome = match tokio::time::timeout(budget, member.client(&self.options)).await {
-                Err(_) => Err(Failure::NotApplied(format!(
-                    "no connection within {budget:?}"
-                ))),
+                Err(_) => {
+                    member.found_silent();
+                    Err(Failure::NotApplied(format!(
+                        "no connection within {budget:?}"
+                    )))
+                }
                 Ok(Err(Failure::Ambiguous(m))) => Err(Failure::NotApplied(m)),
                 Ok(Err(f)) => Err(f),
                 Ok(Ok(client)) => {
@@ -168,6 +186,7 @@ impl Pool {
                     tokio::time::timeout(left, request(client, attempt))
                         .await
                         .unwrap_or_else(|_| {
+                            member.found_silent();
                             Err(Failure::Ambiguous(format!("no answer within {budget:?}")))
                         })
                 }

@@ -1,6 +1,7 @@
 //! An etcd watch as a [`tandem_store::WatchStream`]: one [`WatchEvent`]
 //! per etcd event, in order; the stream yields one error and ends when the
-//! etcd watch breaks, and never restarts by itself.
+//! etcd watch breaks, or when its member leaves any other request of this
+//! store unanswered, and never restarts by itself.
 
 use std::collections::VecDeque;
 
@@ -63,6 +64,9 @@ struct State {
     prefix: String,
     /// Set once the stream yielded its error: it ends next.
     ended: bool,
+    /// Its member's unanswered requests ([`crate::pool::Member::silence`]);
+    /// `None` once the pool is gone.
+    silence: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Wraps an established etcd watch (its `created` answer already read)
@@ -72,6 +76,7 @@ pub(crate) fn stream(
     start: Revision,
     endpoint: String,
     prefix: String,
+    silence: tokio::sync::watch::Receiver<u64>,
 ) -> WatchStream {
     let state = State {
         stream,
@@ -81,6 +86,7 @@ pub(crate) fn stream(
         endpoint,
         prefix,
         ended: false,
+        silence: Some(silence),
     };
     Box::pin(futures::stream::unfold(state, |mut s| async move {
         if s.ended {
@@ -107,7 +113,24 @@ async fn next(s: &mut State) -> Result<WatchEvent, StoreError> {
             s.resume = e.revision() + 1;
             return Ok(e);
         }
-        let response = match s.stream.next().await {
+        let message = loop {
+            let silence = async {
+                match s.silence.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                m = s.stream.next() => break m,
+                found = silence => {
+                    if found {
+                        return Err(lost(s, "the member left another request unanswered (it is cut off or stopped)"));
+                    }
+                    s.silence = None;
+                }
+            }
+        };
+        let response = match message {
             Some(Ok(r)) => r.0,
             Some(Err(e)) => return Err(lost(s, e)),
             None => return Err(lost(s, "the stream ended")),

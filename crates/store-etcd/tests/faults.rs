@@ -376,6 +376,54 @@ async fn watch_across_a_member_kill_sees_every_change_exactly_once_in_order() {
     );
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_member_that_stops_answering_breaks_at_its_next_unanswered_request() {
+    let cluster = blocking(Cluster::start);
+    let store = cluster.store(Duration::from_secs(3)).await;
+    let prefix = "/watch-stop/";
+    let from = store.list(prefix).await.unwrap().revision + 1;
+    let mut stream = store.watch(prefix, from).await.expect("watch");
+    let watched = cluster.member_of(store.preferred_endpoint());
+    let pid = cluster.pid(watched).expect("the watched member runs");
+    // Frozen: its connections stay open, nothing answers (as a member cut
+    // off by a partition).
+    signal(pid, "STOP");
+    let frozen = Instant::now();
+    // A read finds it silent and is answered by another member.
+    until_available("a read", HEAL, || store.get("/watch-stop/x")).await;
+    // The watch breaks now, not after the HTTP/2 pings (up to 15 s).
+    let item = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+    let broke_after = frozen.elapsed();
+    signal(pid, "CONT");
+    match item {
+        Ok(Some(Err(StoreError::WatchLost(why)))) => {
+            assert!(why.contains("left another request unanswered"), "{why}")
+        }
+        other => panic!("the watch on the frozen member did not break: {other:?}"),
+    }
+    println!(
+        "a watch on a frozen member broke {} ms after the freeze",
+        broke_after.as_millis()
+    );
+    // Resumed elsewhere, it sees what is written next.
+    let mut watch = ResumingWatch::open(store.clone(), prefix, from).await;
+    let rev = store
+        .put("/watch-stop/after", b"1".to_vec(), None)
+        .await
+        .expect("put");
+    assert_eq!(watch.next().await.revision(), rev);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn epochs_bumped_by_cas_from_several_tasks_strictly_increase_across_a_member_kill() {
     const TASKS: usize = 4;

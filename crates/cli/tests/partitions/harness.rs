@@ -720,27 +720,28 @@ name = "dc1"
 
     /// The safety invariant: no two primary intervals of one app overlap.
     pub fn assert_no_overlap(&self) {
-        let mut problems = Vec::new();
         for app in APPS {
-            let intervals = self.intervals(app);
-            let bad = overlapping_intervals(&intervals);
-            if bad.is_empty() {
-                continue;
-            }
-            problems.push(format!(
-                "two primaries of {app} at once: {}\nall intervals of {app}:\n{}",
-                bad.iter()
-                    .map(|(a, b)| format!(
-                        "{}/{} (pid {}, epoch {}) acted until {} while {}/{} (pid {}, epoch {}) started at {} ({} ms of overlap)",
-                        app, a.instance, a.pid, a.epoch, a.last_ms, app, b.instance, b.pid, b.epoch, b.first_ms,
-                        a.last_ms.min(b.last_ms) - b.first_ms
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                describe(&intervals)
-            ));
+            self.assert_no_overlap_of(app);
         }
-        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    /// The safety invariant for `app` (its instances a and b).
+    pub fn assert_no_overlap_of(&self, app: &str) {
+        let intervals = self.intervals(app);
+        let bad = overlapping_intervals(&intervals);
+        assert!(
+            bad.is_empty(),
+            "two primaries of {app} at once: {}\nall intervals of {app}:\n{}",
+            bad.iter()
+                .map(|(a, b)| format!(
+                    "{}/{} (pid {}, epoch {}) acted until {} while {}/{} (pid {}, epoch {}) started at {} ({} ms of overlap)",
+                    app, a.instance, a.pid, a.epoch, a.last_ms, app, b.instance, b.pid, b.epoch, b.first_ms,
+                    a.last_ms.min(b.last_ms) - b.first_ms
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            describe(&intervals)
+        );
     }
 
     /// A planned switchover of `web` to `to` through host `via`'s API,

@@ -306,6 +306,11 @@ impl Cluster {
             .unwrap_or_else(|| panic!("{endpoint} is not a member of this cluster"))
     }
 
+    /// The pid of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.lock()[i].as_ref().map(|c| c.id())
+    }
+
     /// Kills member `i` with SIGKILL (no-op if it is not running).
     pub fn kill_member(&self, i: usize) {
         let child = self.lock()[i].take();
