@@ -251,6 +251,14 @@ pub fn status_table(doc: &StatusDoc) -> String {
         out.push('\n');
         out.push_str(&sites_table(doc));
     }
+    for app in &doc.apps {
+        if let Some(ro) = &app.read_only {
+            out.push_str(&format!(
+                "\nREAD-ONLY: {} ({}): its primary runs only in an active site; writes wait until the site returns or `tandem site promote` moves it\n",
+                app.name, ro.reason
+            ));
+        }
+    }
     let admin = admin_rows(doc);
     if !admin.is_empty() {
         out.push('\n');
