@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![allow(clippy::disallowed_methods)] // a client keeps time: request timeouts
 
+pub mod browser;
 pub mod discovery;
 pub mod endpoint;
 pub mod pool;
