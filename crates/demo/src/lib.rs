@@ -40,6 +40,7 @@
 
 mod client;
 pub mod cms;
+pub mod desk;
 pub mod hot;
 mod http;
 mod journal;
