@@ -217,6 +217,8 @@ enum Command {
     DemoSwitch(tandem_demo::cms::SwitchArgs),
     /// Demo: a CMS reporting server with two switch links, enabled by tandem.
     DemoCms(tandem_demo::cms::CmsArgs),
+    /// Demo: an agent desktop (web) whose browser client fails over between sites by itself.
+    DemoDesk(tandem_demo::desk::DeskArgs),
     /// Deliver a role to a demo component (a command hook).
     #[command(hide = true)]
     DemoAppRole {
@@ -522,6 +524,12 @@ fn main() -> ExitCode {
             Command::DemoCms(args) => {
                 init_logging(LogFormat::Text, "warn");
                 tandem_demo::cms::run_cms(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::DemoDesk(args) => {
+                init_logging(LogFormat::Text, "warn");
+                tandem_demo::desk::run_desk(args)
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
