@@ -217,7 +217,9 @@ impl Channel {
             let left = deadline.saturating_duration_since(Instant::now());
             let chunk = tokio::time::timeout(left, self.response.chunk())
                 .await
-                .unwrap_or_else(|_| panic!("no event within {PATIENCE:?}; got so far {:?}", self.buf))
+                .unwrap_or_else(|_| {
+                    panic!("no event within {PATIENCE:?}; got so far {:?}", self.buf)
+                })
                 .expect("the channel reads")
                 .expect("the channel stays open");
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
@@ -253,7 +255,10 @@ async fn a_password_login_gives_a_token_the_other_site_accepts_with_the_same_ses
     let first = password_login(&dc1, "alice").await;
     assert_eq!(first.body["user"], "alice");
     assert_eq!(first.body["site"], "dc1");
-    let session = first.body["session"].as_str().expect("a session").to_owned();
+    let session = first.body["session"]
+        .as_str()
+        .expect("a session")
+        .to_owned();
     assert!(token::check_session(&session).is_ok(), "{session}");
     let token = token_of(&first);
     let set = first.cookie.clone().expect("a session cookie");
@@ -281,7 +286,9 @@ async fn a_password_login_gives_a_token_the_other_site_accepts_with_the_same_ses
     );
     assert_eq!(
         dc2.journal(),
-        vec![format!("login user=alice session={session} site=dc2 via=token")]
+        vec![format!(
+            "login user=alice session={session} site=dc2 via=token"
+        )]
     );
 
     // A second password login is a new session.
@@ -353,28 +360,16 @@ async fn a_wrong_password_is_401_and_malformed_logins_are_400_with_the_reason() 
         (r#"{"user":"alice"}"#, "missing field \"password\""),
         (r#"{"password":"x"}"#, "missing field \"user\""),
         ("{}", "missing fields"),
-        (
-            r#"{"user":"a","password":"x","token":"t"}"#,
-            "not both",
-        ),
-        (
-            r#"{"user":"al ice","password":"x"}"#,
-            "is not a user name",
-        ),
-        (
-            r#"{"user":"a|b","password":"x"}"#,
-            "is not a user name",
-        ),
+        (r#"{"user":"a","password":"x","token":"t"}"#, "not both"),
+        (r#"{"user":"al ice","password":"x"}"#, "is not a user name"),
+        (r#"{"user":"a|b","password":"x"}"#, "is not a user name"),
     ] {
         let answer = login(&dc1, body).await;
         assert_eq!(answer.status, 400, "{body:?}: {}", answer.body);
         let error = error_of(&answer);
         assert!(error.contains(says), "{body:?}: {error}");
     }
-    let huge = format!(
-        r#"{{"user":"alice","password":"{}"}}"#,
-        "x".repeat(100_000)
-    );
+    let huge = format!(r#"{{"user":"alice","password":"{}"}}"#, "x".repeat(100_000));
     assert_eq!(login(&dc1, &huge).await.status, 413);
     assert!(dc1.journal().is_empty());
 }
@@ -401,7 +396,11 @@ async fn the_channel_register_and_init_need_a_session() {
         assert!(error_of(&none).contains("log in first"), "{}", none.body);
         let bad = send(request(Some(cookie(&foreign)))).await;
         assert_eq!(bad.status, 401, "{method} {path}");
-        assert!(error_of(&bad).contains("not valid at site dc1"), "{}", bad.body);
+        assert!(
+            error_of(&bad).contains("not valid at site dc1"),
+            "{}",
+            bad.body
+        );
     }
 
     // With a session: hello (the site, the user, the session), then pings.
@@ -468,7 +467,8 @@ async fn voice_state_changes_reach_every_open_channel() {
     let token = token_of(&password_login(&dc1, "alice").await);
     let mut a = Channel::open(&dc1, &token).await;
     let mut b = Channel::open(&dc1, &token).await;
-    let is = |available: bool| move |d: &Value| d["service"] == "voice" && d["available"] == available;
+    let is =
+        |available: bool| move |d: &Value| d["service"] == "voice" && d["available"] == available;
     for channel in [&mut a, &mut b] {
         channel.wait_for("service", is(true)).await;
     }
@@ -485,7 +485,10 @@ async fn voice_state_changes_reach_every_open_channel() {
     let mut late = Channel::open(&dc1, &token).await;
     assert_eq!(late.next().await.0, "hello");
     let (name, state) = late.next().await;
-    assert_eq!((name.as_str(), &state["available"]), ("service", &json!(false)));
+    assert_eq!(
+        (name.as_str(), &state["available"]),
+        ("service", &json!(false))
+    );
     // /init says it too.
     let init = send(
         http()
@@ -494,7 +497,11 @@ async fn voice_state_changes_reach_every_open_channel() {
     )
     .await;
     assert_eq!(init.status, 200);
-    assert_eq!(init.body["services"][0]["available"], false, "{}", init.body);
+    assert_eq!(
+        init.body["services"][0]["available"], false,
+        "{}",
+        init.body
+    );
 
     healthy.store(true, Ordering::SeqCst);
     for channel in [&mut a, &mut b, &mut late] {
@@ -504,7 +511,9 @@ async fn voice_state_changes_reach_every_open_channel() {
     voice_task.abort();
     let gone = a.wait_for("service", is(false)).await;
     assert!(
-        gone["detail"].as_str().is_some_and(|d| d.contains("failed")),
+        gone["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("failed")),
         "{gone}"
     );
 }
@@ -521,7 +530,13 @@ async fn fault_switches_fail_register_and_init_until_cleared_and_unregister_reac
                 .header("cookie", cookie(&token)),
         )
     };
-    let init = || send(http().get(dc1.url("/init")).header("cookie", cookie(&token)));
+    let init = || {
+        send(
+            http()
+                .get(dc1.url("/init"))
+                .header("cookie", cookie(&token)),
+        )
+    };
     let fault = |name: &str| send(http().post(dc1.url(&format!("/fault/{name}"))));
 
     let ok = register().await;
@@ -537,7 +552,10 @@ async fn fault_switches_fail_register_and_init_until_cleared_and_unregister_reac
     }
     assert_eq!(init().await.status, 200, "only registration fails");
     let both = fault("init").await;
-    assert_eq!(both.body, json!({"faults": {"register": true, "init": true}}));
+    assert_eq!(
+        both.body,
+        json!({"faults": {"register": true, "init": true}})
+    );
     let refused = init().await;
     assert_eq!(refused.status, 503);
     assert!(error_of(&refused).contains("initialisation failed at site dc1"));
@@ -573,10 +591,7 @@ async fn the_page_the_library_and_health_are_served() {
     let dc1 = Desk::start(dir.path(), "dc1", SHARED, None).await;
     let page = http().get(dc1.url("/")).send().await.expect("GET /");
     assert_eq!(page.status(), 200);
-    assert_eq!(
-        page.headers()["content-type"],
-        "text/html; charset=utf-8"
-    );
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     let page = page.text().await.expect("page");
     for needle in [
         "TandemSite.start(",

@@ -177,8 +177,7 @@ impl Desk {
     }
 
     /// The claims of the request's session cookie; a 401 without a valid one.
-    #[allow(clippy::result_large_err)] // the error is the answer itself
-    fn session(&self, headers: &HeaderMap) -> Result<Claims, Response> {
+    fn session(&self, headers: &HeaderMap) -> Result<Claims, Unauthorized> {
         let now = unix_now_s();
         let mut refused = None;
         let candidates = headers
@@ -193,16 +192,19 @@ impl Desk {
                 Err(err) => refused = Some(err),
             }
         }
-        Err(match refused {
-            None => error(
-                StatusCode::UNAUTHORIZED,
-                "no session: log in first (POST /login)",
-            ),
-            Some(err) => error(
-                StatusCode::UNAUTHORIZED,
-                format!("the session is not valid at site {}: {err}", self.site),
-            ),
-        })
+        Err(Unauthorized(match refused {
+            None => "no session: log in first (POST /login)".to_owned(),
+            Some(err) => format!("the session is not valid at site {}: {err}", self.site),
+        }))
+    }
+}
+
+/// A request without a valid session: answered 401 with the reason.
+struct Unauthorized(String);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        error(StatusCode::UNAUTHORIZED, self.0)
     }
 }
 
@@ -240,7 +242,8 @@ pub(super) async fn serve(
         registered: Mutex::new(HashMap::new()),
         shutdown: shutdown_rx.clone(),
     });
-    let poller = voice.map(|(client, url)| tokio::spawn(poll_voice(Arc::clone(&desk), client, url)));
+    let poller =
+        voice.map(|(client, url)| tokio::spawn(poll_voice(Arc::clone(&desk), client, url)));
 
     let app = router(Arc::clone(&desk));
     let mut server_shutdown = shutdown_rx;
@@ -276,7 +279,11 @@ pub(super) async fn serve(
     }
     // Ends the channels too; nobody may be listening any more.
     let _ = shutdown_tx.send(true);
-    if !server_done && tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+    if !server_done
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+    {
         tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}; dropping them");
         server.abort();
     }
@@ -319,7 +326,10 @@ async fn page(State(desk): State<Arc<Desk>>) -> Response {
 async fn site_js() -> Response {
     (
         [
-            (header::CONTENT_TYPE, "application/javascript; charset=utf-8"),
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
             (header::CACHE_CONTROL, "no-store"),
         ],
         tandem_client::browser::SITE_JS,
@@ -514,7 +524,7 @@ impl Feed {
 async fn channel(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Response {
     let claims = match desk.session(&headers) {
         Ok(claims) => claims,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     let Some(open) = OpenChannel::acquire(&desk) else {
         return error(
@@ -552,7 +562,7 @@ async fn channel(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Response 
 async fn register(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Response {
     let claims = match desk.session(&headers) {
         Ok(claims) => claims,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     if desk.register_fault.load(Ordering::SeqCst) {
         return error(
@@ -585,7 +595,7 @@ async fn register(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Response
 async fn init(State(desk): State<Arc<Desk>>, headers: HeaderMap) -> Response {
     let claims = match desk.session(&headers) {
         Ok(claims) => claims,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     if desk.init_fault.load(Ordering::SeqCst) {
         return error(
@@ -644,8 +654,9 @@ async fn fault_unregister(State(desk): State<Arc<Desk>>) -> Response {
 
 /// The HTTP client and URL of the voice poller.
 fn voice_poller(url: &str) -> anyhow::Result<(reqwest::Client, reqwest::Url)> {
-    let parsed = reqwest::Url::parse(url)
-        .with_context(|| format!("--voice {url:?} is not a URL (e.g. http://127.0.0.1:8080/health)"))?;
+    let parsed = reqwest::Url::parse(url).with_context(|| {
+        format!("--voice {url:?} is not a URL (e.g. http://127.0.0.1:8080/health)")
+    })?;
     anyhow::ensure!(
         matches!(parsed.scheme(), "http" | "https"),
         "--voice {url:?}: only http:// and https:// URLs are polled"
@@ -671,7 +682,10 @@ async fn poll_voice(desk: Arc<Desk>, client: reqwest::Client, url: reqwest::Url)
             Ok(answer) => (false, format!("{url} answered {}", answer.status())),
             Err(err) if err.is_timeout() => (
                 false,
-                format!("{url} did not answer within {} ms", VOICE_TIMEOUT.as_millis()),
+                format!(
+                    "{url} did not answer within {} ms",
+                    VOICE_TIMEOUT.as_millis()
+                ),
             ),
             Err(err) => (false, format!("{url} failed: {}", root_cause(&err))),
         };

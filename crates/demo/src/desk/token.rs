@@ -102,7 +102,9 @@ pub enum TokenError {
     #[error("the token is malformed: {0}")]
     Malformed(&'static str),
     /// It was not signed with this secret.
-    #[error("the token's signature does not match: it was not issued with this site's single-sign-on secret")]
+    #[error(
+        "the token's signature does not match: it was not issued with this site's single-sign-on secret"
+    )]
     BadSignature,
     /// It was, but it is too old.
     #[error("the token expired {ago_s} s ago")]
@@ -143,8 +145,8 @@ pub fn verify(secret: &Secret, token: &str, now_unix_s: u64) -> Result<Claims, T
     let payload =
         b64url_decode(payload).ok_or(TokenError::Malformed("the payload is not base64url"))?;
     let tag = b64url_decode(tag).ok_or(TokenError::Malformed("the signature is not base64url"))?;
-    let payload =
-        String::from_utf8(payload).map_err(|_| TokenError::Malformed("the payload is not UTF-8"))?;
+    let payload = String::from_utf8(payload)
+        .map_err(|_| TokenError::Malformed("the payload is not UTF-8"))?;
     secret
         .mac(&payload)
         .verify_slice(&tag)
