@@ -17,8 +17,9 @@
 //! A request presents its token as `Authorization: Bearer TOKEN`. Every
 //! mutation (any method but GET and HEAD) needs an `operate` token; reads
 //! need a `read` or `operate` token unless the file opens them. Open to
-//! all whatever the file says: `GET /healthz` and the dashboard's own
-//! assets (`/`, `/ui/...`), which hold no cluster data. A missing or
+//! all whatever the file says: `GET /healthz`, the dashboard's own
+//! assets (`/`, `/ui/...`) and the browser client (`/v1/client.js`),
+//! which hold no cluster data. A missing or
 //! unknown token gets 401, a `read` token on a mutation 403, each with one
 //! clear sentence; the request changes nothing. The presented token is
 //! hashed and compared with every known hash in constant time.
@@ -274,7 +275,8 @@ impl Access {
 
 /// What a request needs.
 fn needs(method: &Method, path: &str, reads: Reads) -> Option<Role> {
-    let open_path = path == "/healthz" || path == "/" || path.starts_with("/ui/");
+    let open_path =
+        path == "/healthz" || path == "/" || path == "/v1/client.js" || path.starts_with("/ui/");
     if open_path && (method == Method::GET || method == Method::HEAD) {
         return None;
     }
@@ -481,6 +483,7 @@ mod tests {
         assert_eq!(needs(&get, "/healthz", Reads::Token), None);
         assert_eq!(needs(&get, "/", Reads::Token), None);
         assert_eq!(needs(&get, "/ui/app.js", Reads::Token), None);
+        assert_eq!(needs(&get, "/v1/client.js", Reads::Token), None);
         assert_eq!(needs(&get, "/v1/status", Reads::Token), Some(Role::Read));
         assert_eq!(needs(&get, "/metrics", Reads::Token), Some(Role::Read));
         assert_eq!(needs(&get, "/v1/status", Reads::Open), None);

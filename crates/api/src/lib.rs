@@ -15,6 +15,7 @@
 //! | `GET /` | the live web dashboard (HTML; no token needed): status, events, failover timeline, operator actions |
 //! | `GET /ui/{file}` | the dashboard's embedded files (`app.js`, `style.css`, `views/*.js`; no token needed); 404 for any other |
 //! | `GET /healthz` | 200 `{"status":"ok"}`: the API itself is alive |
+//! | `GET /v1/client.js` | the browser client a web page embeds to fail over between sites by itself (`TandemSite`; no token needed) |
 //! | `GET /v1/status` | [`StatusDoc`](types::StatusDoc): every app and instance, roles, health, epochs |
 //! | `GET /v1/links` | [`LinksDoc`](types::LinksDoc): every link judged for each instance of the app it goes from (`up`, `down`, `unknown`, why), with what its host sees of each target |
 //! | `GET /v1/apps/{app}` | [`AppDoc`](types::AppDoc) with its `switchover` and `intent` |
@@ -154,6 +155,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/{*file}", get(ui::asset))
+        .route("/v1/client.js", get(ui::site_js))
         .route("/healthz", get(handlers::healthz))
         .route("/v1/status", get(handlers::status))
         .route("/v1/apps/{app}", get(handlers::app))

@@ -62,6 +62,20 @@ pub(crate) async fn asset(Path(file): Path<String>) -> Result<Response, ApiError
     Ok(with_headers(found.data.into_owned(), mime))
 }
 
+/// The browser client that fails over between sites by itself
+/// (`tandem_client::browser::SITE_JS`; its own file, so that the API does
+/// not depend on the client crate).
+const SITE_JS: &str = include_str!("../../client/assets/tandem-site.js");
+
+/// `GET /v1/client.js`: the browser client a web page embeds (no token
+/// needed, like the dashboard's files).
+pub(crate) async fn site_js() -> Response {
+    with_headers(
+        SITE_JS.as_bytes().to_vec(),
+        "text/javascript; charset=utf-8",
+    )
+}
+
 fn mime_of(file: &str) -> &'static str {
     match file.rsplit_once('.').map(|(_, ext)| ext) {
         Some("html") => "text/html; charset=utf-8",

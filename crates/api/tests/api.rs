@@ -1174,3 +1174,113 @@ async fn metrics_show_roles_epochs_primaries_and_count_failovers_from_the_log() 
     metrics_when(&h, |t| t.contains("tandem_app_primary{app=\"web\"} 0")).await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_browser_client_is_served_as_javascript() {
+    let h = Harness::start().await;
+    let r = h.raw_get("/v1/client.js").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/javascript; charset=utf-8")
+    );
+    let body = r.text().await.expect("body");
+    assert!(
+        body.contains("TandemSite"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_only_app_answers_why_and_the_client_library_refuses_writes() {
+    let h = Harness::start().await;
+    let ro = AppRoles {
+        generation: 2,
+        epoch: 1,
+        read_only: Some(tandem_core::model::ReadOnly {
+            site: "dc1".into(),
+            reason: "site dc1 is lost".into(),
+        }),
+        reason: "web is read-only: site dc1 is lost".into(),
+        ..AppRoles::default()
+    };
+    h.set_roles("web", &ro).await;
+    let r = h.raw_get("/v1/apps/web/primary").await;
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["read_only"]["site"], "dc1");
+    assert_eq!(v["read_only"]["reason"], "site dc1 is lost");
+    match h.client.primary_for_write("web").await {
+        Err(e @ ClientError::ReadOnly { .. }) => {
+            assert!(
+                e.to_string().starts_with("read-only: site dc1 is lost"),
+                "{e}"
+            )
+        }
+        other => panic!("expected the read-only error, got {other:?}"),
+    }
+    let doc = h.client.app("web").await.expect("app");
+    assert_eq!(doc.read_only.map(|r| r.site), Some("dc1".into()));
+    // Writable again: the primary is answered.
+    h.set_status("web", "a", &status(Role::Primary, 3)).await;
+    h.set_roles("web", &roles("a", 3)).await;
+    let p = h.client.primary_for_write("web").await.expect("writable");
+    assert_eq!(p.instance, "a");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_site_requests_are_refused_and_record_nothing() {
+    let h = Harness::start().await;
+    for (path, body, code, says) in [
+        ("/v1/sites/dc9/fail", "", 404, "no site named \"dc9\""),
+        (
+            "/v1/sites/dc1/explode",
+            "",
+            404,
+            "no site action \"explode\"",
+        ),
+        ("/v1/sites/dc1/fail", "[1]", 400, "invalid site request"),
+        (
+            "/v1/sites/dc1/fail",
+            "{\"forse\": true}",
+            400,
+            "invalid site request",
+        ),
+        (
+            "/v1/sites/dc1/fail",
+            "{\"force\": true}",
+            400,
+            "needs \"confirm\"",
+        ),
+        (
+            "/v1/sites/dc1/fail",
+            "{\"force\": true, \"confirm\": \"dc2\"}",
+            400,
+            "names no site",
+        ),
+        (
+            "/v1/sites/dc1/restore",
+            "{\"force\": true, \"confirm\": \"dc1\"}",
+            400,
+            "cannot be forced",
+        ),
+    ] {
+        let r = h.raw_post(path, body).await;
+        assert_eq!(r.status(), code, "{path} {body}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{path} {body}: {error}");
+    }
+    let written = h
+        .store
+        .list(tandem_core::model::keys::SITE_INTENTS)
+        .await
+        .expect("list");
+    assert!(written.kvs.is_empty(), "{:?}", written.kvs);
+    h.stop().await;
+}
