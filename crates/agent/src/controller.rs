@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tandem_core::controller::fence::{FenceAction, FenceBook, FenceInput};
-use tandem_core::controller::{AppInput, HostsState, awaits_first_reports, decide, status_events};
+use tandem_core::controller::{
+    AppInput, HostsState, awaits_first_reports, decide, status_events_with,
+};
 use tandem_core::model::{
     AppRoles, EventDraft, EventKind, FenceIntent, InstanceStatus, Intent, IntentState, SiteIntent,
     SitesRecord, keys,
@@ -595,7 +597,31 @@ impl Leader {
                 None => map.remove(instance),
             };
             if live {
-                let evs = status_events(app, instance, old.as_ref(), new.as_ref());
+                // A link to a cold standby (or a singleton's spare) that is
+                // stopped by design: its reachability is no news.
+                let resting = |link: &str, target: &str| {
+                    let Some(to) = self
+                        .topology
+                        .link(link)
+                        .and_then(|l| self.topology.app(&l.to))
+                    else {
+                        return false;
+                    };
+                    if tandem_core::controller::style(to.ha)
+                        != tandem_core::controller::Style::OnGrant
+                    {
+                        return false;
+                    }
+                    let roles = self.roles.get(&to.name).map(|(r, _)| r);
+                    let holds = roles.is_some_and(|r| {
+                        r.primary.as_ref().is_some_and(|g| g.instance == target)
+                            || r.stepping_down
+                                .as_ref()
+                                .is_some_and(|s| s.grant.instance == target)
+                    });
+                    !holds
+                };
+                let evs = status_events_with(app, instance, old.as_ref(), new.as_ref(), resting);
                 self.pending.entry(app.to_string()).or_default().extend(evs);
                 // The grant holder now reports its role at the grant's epoch:
                 // it serves (the API's "acknowledged" rule).

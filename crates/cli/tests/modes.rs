@@ -497,3 +497,129 @@ async fn wait_built(up: &Up, id: &str, epoch: u64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The shipped Workspace example runs as its comments say: conf pinned to
+/// dc1, a forced site failure makes it read-only and moves web to dc2, a
+/// promotion starts conf in dc2 where the proxy reaches it, and the
+/// restored dc1 comes back as a spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_example_runs_and_a_failed_site_is_promoted_over_and_restored() {
+    use tandem_api::types::SiteRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workspace.toml"
+    ));
+    let up = Up::start_in(dir, example, [0, 0]);
+    let api = up.client();
+    up.wait_for_app("conf", "conf/a primary", 30, |a| {
+        a.primary.as_deref() == Some("a")
+    })
+    .await;
+    let active = |a: &tandem_api::types::AppDoc, ids: &[&str]| {
+        ids.iter().all(|id| {
+            a.instances
+                .iter()
+                .any(|i| i.id == *id && i.role == Role::Active && i.health == Health::Healthy)
+        })
+    };
+    up.wait_for_app("web", "d1a, d1b and d2a serving", 30, |a| {
+        active(a, &["d1a", "d1b", "d2a"])
+    })
+    .await;
+    let through_proxy = async |addr: &str| -> Option<String> {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{addr}:8631/"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["instance"].as_str().map(str::to_owned)
+    };
+    let ask = async |action: &str, site: &str, confirm: Option<&str>| {
+        let request = SiteRequest {
+            force: confirm.is_some(),
+            confirm: confirm.map(str::to_owned),
+        };
+        api.site_action(site, action, &request, Duration::from_secs(10))
+            .await
+            .expect("asked")
+    };
+    // Refused while dc1 holds its leases.
+    assert!(matches!(
+        ask("promote", "dc2", None).await,
+        SwitchoverOutcome::Refused { .. }
+    ));
+    assert!(matches!(
+        ask("fail", "dc1", None).await,
+        SwitchoverOutcome::Refused { .. }
+    ));
+    // Forced: dc1 declared failed.
+    assert!(matches!(
+        ask("fail", "dc1", Some("dc1")).await,
+        SwitchoverOutcome::Done { .. }
+    ));
+    up.wait_for_app("web", "web serving from dc2 only", 30, |a| {
+        active(a, &["d2a", "d2b"])
+            && a.instances
+                .iter()
+                .filter(|i| i.id.starts_with("d1"))
+                .all(|i| i.role != Role::Active)
+    })
+    .await;
+    let doc = up
+        .wait_for_app("conf", "conf read-only", 30, |a| a.read_only.is_some())
+        .await;
+    assert!(doc.primary.is_none());
+    let err = api.primary_for_write("conf").await.expect_err("read-only");
+    assert!(
+        err.to_string()
+            .starts_with("read-only: site dc1 was declared failed"),
+        "{err}"
+    );
+    let notices = up.dir.path().join("workspace-notices.p2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&notices)
+        .unwrap_or_default()
+        .contains("read-only confproxy->conf")
+    {
+        assert!(std::time::Instant::now() < deadline, "p2 was never told");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Promote dc2: conf starts there with the next epoch, the proxy there
+    // reaches it.
+    assert!(matches!(
+        ask("promote", "dc2", None).await,
+        SwitchoverOutcome::Done { .. }
+    ));
+    let doc = up
+        .wait_for_app("conf", "conf/b primary", 30, |a| {
+            a.primary.as_deref() == Some("b")
+        })
+        .await;
+    assert_eq!(doc.epoch, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while through_proxy("127.0.0.2").await.as_deref() != Some("b") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dc2 proxy never reached conf/b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Restored: dc1 a spare, its desktop runs again, conf stays in dc2.
+    assert!(matches!(
+        ask("restore", "dc1", None).await,
+        SwitchoverOutcome::Done { .. }
+    ));
+    up.wait_for_app("web", "d1a serving again", 30, |a| active(a, &["d1a"]))
+        .await;
+    let status = up.status().await;
+    let dc1 = status.sites.iter().find(|s| s.name == "dc1").expect("dc1");
+    assert_eq!((dc1.role.as_str(), dc1.state.as_str()), ("spare", "up"));
+    let conf = status.apps.iter().find(|a| a.name == "conf").expect("conf");
+    assert_eq!(conf.primary.as_deref(), Some("b"));
+    assert_eq!(conf.epoch, 2);
+}

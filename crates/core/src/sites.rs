@@ -353,6 +353,15 @@ fn action_reason(action: SiteAction) -> &'static str {
     }
 }
 
+/// `host h1 still holds a lease` / `hosts h1, h2 still hold leases`.
+fn holding(hosts: &[String], still: bool) -> String {
+    let still = if still { "still " } else { "" };
+    match hosts {
+        [one] => format!("host {one} {still}holds a lease"),
+        many => format!("hosts {} {still}hold leases", many.join(", ")),
+    }
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = it.collect();
     if v.is_empty() {
@@ -374,8 +383,8 @@ fn fail(intent: &SiteIntent, target: &SiteState, record: &SitesRecord, now_ms: u
     }
     if !target.hosts_up.is_empty() && !forced_for(intent, site) {
         return Err(format!(
-            "its hosts {} still hold leases: their agents may still act there; if site {site} is really lost, force it (--force --confirm {site})",
-            target.hosts_up.join(", ")
+            "its {}: its agents may still act there; if site {site} is really lost, force it (--force --confirm {site})",
+            holding(&target.hosts_up, true)
         ));
     }
     let mut next = record.clone();
@@ -389,8 +398,8 @@ fn fail(intent: &SiteIntent, target: &SiteState, record: &SitesRecord, now_ms: u
     let mut message = format!("site {site} ({}) declared failed", target.role);
     if !target.hosts_up.is_empty() {
         message.push_str(&format!(
-            " although {} still hold leases (forced): nothing is placed there, and what runs there steps down",
-            target.hosts_up.join(", ")
+            " although its {} (forced): nothing is placed there, and what runs there steps down",
+            holding(&target.hosts_up, true)
         ));
     }
     message.push_str(&format!(
@@ -440,9 +449,9 @@ fn promote(
         .find(|s| !s.out() && !forced_for(intent, &s.name))
     {
         return Err(format!(
-            "the active site {} is up (its hosts {} hold leases) and may still act: a second live site would serve beside it; if it is really lost, force it (--force --confirm {})",
+            "the active site {} is up (its {}) and may still act: a second live site would serve beside it; if it is really lost, force it (--force --confirm {})",
             up.name,
-            up.hosts_up.join(", "),
+            holding(&up.hosts_up, false),
             up.name
         ));
     }

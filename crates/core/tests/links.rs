@@ -328,6 +328,20 @@ fn a_target_lost_or_regained_is_an_event_but_a_first_sighting_or_a_restart_is_no
     assert!(ev(Unknown, Up).is_empty());
     assert!(ev(Up, Unknown).is_empty());
     assert!(ev(Down, Down).is_empty());
+    // A target stopped by design (a cold standby) is no news either way;
+    // the others of the same status still are.
+    let quiet = tandem_core::controller::status_events_with(
+        "cms",
+        "a",
+        Some(&status_with(&[("acd", &[("switch", Up), ("standby", Up)])])),
+        Some(&status_with(&[(
+            "acd",
+            &[("switch", Down), ("standby", Down)],
+        )])),
+        |link, target| link == "acd" && target == "standby",
+    );
+    let messages: Vec<&str> = quiet.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["cms/a: link acd to switch is down (refused)"]);
 }
 
 #[test]

@@ -1708,7 +1708,7 @@ host = "h1"
 "#,
         3,
         36,
-        r#"unknown placeholder "{epoch}" in command of app "web" (expected one of: {app}, {instance}, {host}, {address}, {ports.NAME}"#,
+        r#"unknown placeholder "{epoch}" in command of app "web" (expected one of: {app}, {instance}, {host}, {site}, {address}, {ports.NAME}"#,
     ),
     (
         "unknown placeholder in env",

@@ -46,7 +46,8 @@ fn args(dir: &Path, site: &str, secret: &str, voice: Option<String>) -> DeskArgs
         port: 0,
         bind: [127, 0, 0, 1].into(),
         site: site.into(),
-        sso_secret_file: secret_file,
+        sso_secret_file: Some(secret_file),
+        sso_secret: None,
         password: PASSWORD.into(),
         voice,
         hysteresis_ms: 1500,
@@ -640,7 +641,7 @@ async fn a_desk_refuses_to_start_with_a_short_secret_a_bad_site_or_voice_url() {
     let short = start(args(dir.path(), "dc1", "short", None)).await;
     assert!(short.contains("at least 16"), "{short}");
     let mut missing = args(dir.path(), "dc1", SHARED, None);
-    missing.sso_secret_file = dir.path().join("absent");
+    missing.sso_secret_file = Some(dir.path().join("absent"));
     assert!(start(missing).await.contains("cannot open"));
     let mut bad_site = args(dir.path(), "dc1", SHARED, None);
     bad_site.site = "<script>".into();

@@ -63,7 +63,7 @@ use crate::topology::{App, Fencing};
 
 pub use crate::mode::{Style, default_role, style};
 pub use reasons::{Cause, Unfit};
-pub use status_events::status_events;
+pub use status_events::{status_events, status_events_with};
 
 mod candidates;
 pub mod fence;

@@ -13,6 +13,20 @@ pub fn status_events(
     old: Option<&InstanceStatus>,
     new: Option<&InstanceStatus>,
 ) -> Vec<EventDraft> {
+    status_events_with(app, instance, old, new, |_, _| false)
+}
+
+/// [`status_events`], without the link events of targets that are not
+/// meant to run now (`resting(link, target)`: a cold standby or a
+/// singleton's spare, stopped by design): their reachability changes are
+/// no news.
+pub fn status_events_with(
+    app: &str,
+    instance: &str,
+    old: Option<&InstanceStatus>,
+    new: Option<&InstanceStatus>,
+    resting: impl Fn(&str, &str) -> bool,
+) -> Vec<EventDraft> {
     match (old, new) {
         (Some(o), None) => vec![
             EventDraft::instance(
@@ -27,7 +41,7 @@ pub fn status_events(
             .with_reason("host_lost"),
         ],
         (None, Some(_)) | (None, None) => Vec::new(),
-        (Some(o), Some(n)) => changes(app, instance, o, n),
+        (Some(o), Some(n)) => changes(app, instance, o, n, &resting),
     }
 }
 
@@ -39,10 +53,14 @@ fn link_events(
     instance: &str,
     o: &InstanceStatus,
     n: &InstanceStatus,
+    resting: &dyn Fn(&str, &str) -> bool,
 ) -> Vec<EventDraft> {
     let mut out = Vec::new();
     for (link, targets) in &n.links {
         for (target, now) in targets {
+            if resting(link, target) {
+                continue;
+            }
             let old = o.links.get(link).and_then(|t| t.get(target));
             let was_expiring = old
                 .and_then(|r| r.cert.as_ref())
@@ -167,8 +185,14 @@ fn admin_events(
 }
 
 /// What changed between two statuses of a running agent.
-fn changes(app: &str, instance: &str, o: &InstanceStatus, n: &InstanceStatus) -> Vec<EventDraft> {
-    let mut out = link_events(app, instance, o, n);
+fn changes(
+    app: &str,
+    instance: &str,
+    o: &InstanceStatus,
+    n: &InstanceStatus,
+    resting: &dyn Fn(&str, &str) -> bool,
+) -> Vec<EventDraft> {
+    let mut out = link_events(app, instance, o, n, resting);
     out.extend(active_link_events(app, instance, o, n));
     out.extend(admin_events(app, instance, o, n));
     let mut ev = |kind, reason: &'static str, msg: String| {

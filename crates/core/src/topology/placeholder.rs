@@ -1,11 +1,11 @@
 //! Placeholders in commands and environment values: `{app}`, `{instance}`,
-//! `{host}`, `{address}`, `{ports.NAME}`; `{{` and `}}` stand for literal
+//! `{host}`, `{site}` (the host's), `{address}`, `{ports.NAME}`; `{{` and `}}` stand for literal
 //! braces. The model keeps them unexpanded; the agent expands them per instance.
 
 use super::model::{App, FenceDevice, Host, Instance};
 
 /// The placeholders a template may use, for messages.
-pub(crate) const PLACEHOLDERS: &str = "{app}, {instance}, {host}, {address}, {ports.NAME}";
+pub(crate) const PLACEHOLDERS: &str = "{app}, {instance}, {host}, {site}, {address}, {ports.NAME}";
 
 /// The placeholders a fence command may use, for messages.
 pub(crate) const FENCE_PLACEHOLDERS: &str = "{host}, {address}, {site}";
@@ -31,6 +31,7 @@ pub(crate) enum Placeholder<'a> {
     App,
     Instance,
     Host,
+    Site,
     Address,
     Port(&'a str),
     Unknown,
@@ -43,6 +44,7 @@ impl<'a> Placeholder<'a> {
             "app" => Placeholder::App,
             "instance" => Placeholder::Instance,
             "host" => Placeholder::Host,
+            "site" => Placeholder::Site,
             "address" => Placeholder::Address,
             _ => match name.strip_prefix("ports.") {
                 Some(port) if !port.is_empty() => Placeholder::Port(port),
@@ -114,6 +116,7 @@ pub fn expand(template: &str, app: &App, instance: &Instance, host: &Host) -> St
                 Placeholder::App => out.push_str(&app.name),
                 Placeholder::Instance => out.push_str(&instance.id),
                 Placeholder::Host => out.push_str(&host.name),
+                Placeholder::Site => out.push_str(&host.site),
                 Placeholder::Address => out.push_str(&host.address.to_string()),
                 Placeholder::Port(port) => match instance.port(port) {
                     Some(number) => out.push_str(&number.to_string()),

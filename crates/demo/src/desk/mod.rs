@@ -79,8 +79,17 @@ pub struct DeskArgs {
 
     /// File holding the single-sign-on secret that every site reads (at
     /// least 16 bytes; whitespace at its ends is ignored).
-    #[arg(long)]
-    pub sso_secret_file: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "sso_secret",
+        conflicts_with = "sso_secret"
+    )]
+    pub sso_secret_file: Option<PathBuf>,
+
+    /// The single-sign-on secret itself, instead of a file (at least 16
+    /// bytes).
+    #[arg(long, env = "TANDEM_DESK_SSO_SECRET", hide_env_values = true)]
+    pub sso_secret: Option<String>,
 
     /// The password every demo user logs in with.
     #[arg(long, env = "TANDEM_DESK_PASSWORD", default_value = "demo")]

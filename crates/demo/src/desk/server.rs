@@ -217,7 +217,15 @@ pub(super) async fn serve(
 ) -> anyhow::Result<()> {
     let site = parse_site(&args.site).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(!args.password.is_empty(), "the demo password is empty");
-    let secret = Secret::read(&args.sso_secret_file).map_err(anyhow::Error::msg)?;
+    let secret = match (&args.sso_secret_file, &args.sso_secret) {
+        (Some(path), _) => Secret::read(path),
+        (None, Some(text)) => Secret::new(text.trim().as_bytes()),
+        (None, None) => Err(
+            "no single-sign-on secret: give --sso-secret-file or --sso-secret (TANDEM_DESK_SSO_SECRET)"
+                .to_owned(),
+        ),
+    }
+    .map_err(anyhow::Error::msg)?;
     let journal = args.journal.as_deref().map(Journal::open).transpose()?;
     let voice = match args.voice.as_deref() {
         Some(url) => Some(voice_poller(url)?),
