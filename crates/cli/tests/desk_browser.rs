@@ -645,6 +645,35 @@ async fn a_pause_of_the_site_shorter_than_the_hysteresis_does_not_move_the_page(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_gone_silent_longer_than_the_hysteresis_moves_the_page() {
+    // As a site cut off by the network: nothing is closed, nothing
+    // answers (SIGSTOP of dc1's desk, held until the page has moved).
+    let _serial = SERIAL.lock().await;
+    let scene = Scene::start().await;
+    scene.open_dc1().await;
+    let session = scene.log_in("erin", &scene.dc1).await;
+    let pid = scene.dc1.proc.pid();
+    signal(pid, "STOP");
+    let silent = Instant::now();
+    let (_, banner, _) = scene.wait_moved_to_dc2("erin", Some(&session)).await;
+    let after = silent.elapsed();
+    signal(pid, "CONT");
+    println!(
+        "dc1 silent (SIGSTOP): the page was logged in at dc2 {} ms later (hysteresis {HYSTERESIS_MS} ms); banner: {banner}",
+        after.as_millis()
+    );
+    assert!(
+        banner.contains("dc2"),
+        "the banner names the site it moved to: {banner}"
+    );
+    assert!(
+        after >= Duration::from_millis(HYSTERESIS_MS),
+        "moved before the hysteresis: {after:?}"
+    );
+    scene.assert_no_page_errors().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_and_init_failures_and_unregistered_move_the_page() {
     let _serial = SERIAL.lock().await;
     let mut scene = Scene::start().await;
