@@ -22,9 +22,6 @@ use crate::params::Params;
 use crate::switchover::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, new_intent_id};
 use crate::types::{FenceResponse, SwitchoverProgress};
 
-/// How often the request's key is read while waiting for the outcome.
-const POLL: Duration = Duration::from_millis(20);
-
 /// The handler.
 pub(crate) async fn fence(
     State(state): State<ApiState>,
@@ -106,43 +103,15 @@ pub(crate) async fn fence(
         )
             .into_response()
     };
-    loop {
-        if let Ok(Some(kv)) = state.store.get(&key).await {
-            match serde_json::from_slice::<FenceIntent>(&kv.value) {
-                Ok(now) if now.id != intent.id => {
-                    return Err(ApiError::conflict(format!(
-                        "fence request {} for host {host} was replaced before the controller resolved it",
-                        intent.id
-                    )));
-                }
-                Ok(FenceIntent {
-                    outcome: IntentState::Done { message },
-                    ..
-                }) => {
-                    return Ok(respond(
-                        StatusCode::OK,
-                        SwitchoverProgress::Done,
-                        Some(message),
-                    ));
-                }
-                Ok(FenceIntent {
-                    outcome: IntentState::Refused { reason },
-                    ..
-                }) => {
-                    let mut e = ApiError::conflict(reason);
-                    e.doc.intent = Some(intent.id.clone());
-                    return Err(e);
-                }
-                _ => {}
-            }
-        }
-        if Instant::now() >= deadline || state.shutdown.is_cancelled() {
-            return Ok(respond(
-                StatusCode::ACCEPTED,
-                SwitchoverProgress::Pending,
-                None,
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let what = format!("fence request {} for host {host}", intent.id);
+    Ok(
+        match crate::outcome::await_outcome::<FenceIntent>(
+            &state, &key, &intent.id, &what, deadline,
+        )
+        .await?
+        {
+            Some(message) => respond(StatusCode::OK, SwitchoverProgress::Done, Some(message)),
+            None => respond(StatusCode::ACCEPTED, SwitchoverProgress::Pending, None),
+        },
+    )
 }

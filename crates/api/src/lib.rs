@@ -48,6 +48,7 @@ mod fence;
 mod handlers;
 mod maintenance;
 mod metrics;
+mod outcome;
 mod params;
 mod sites;
 mod status;
