@@ -6,8 +6,9 @@
 //! trial: on this machine under an in-process agent and controller
 //! ([`failover`], [`cold`], [`singleton`], [`hot`], [`discovery`],
 //! [`proxy`], and [`pool`] for dispatch), or as `tandem agent`
-//! processes on an etcd cluster ([`etcd_load`]; [`host_loss`] on a cluster
-//! of network namespaces it builds itself); and what
+//! processes on an etcd cluster ([`etcd_load`]; [`host_loss`] and
+//! [`site_loss`] on a cluster of network namespaces they build
+//! themselves); and what
 //! N apps cost a real `tandem up` ([`scale`]); admin-data mirroring's
 //! lag ([`admin_sync`]) and an exclusive link group's switch
 //! ([`exclusive_switch`]). The `tandem`
@@ -24,6 +25,7 @@ mod host_loss;
 mod hosts;
 mod local;
 mod scale;
+mod site_loss;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -37,6 +39,7 @@ pub use host_loss::{Fault, Fencing, HostLoss, host_loss};
 pub use hosts::{EtcdLoad, etcd_load};
 pub use local::{cold, discovery, failover, hot, pool, proxy, singleton};
 pub use scale::{Scale, scale};
+pub use site_loss::{SiteLoss, site_loss};
 
 /// The trials of a bench on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
