@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tandem_bench::{Connect, EtcdLoad, Fault, Fencing, HostLoss};
+use tandem_bench::{Connect, EtcdLoad, Fault, Fencing, HostLoss, SiteLoss};
 use tandem_store::Store;
 
 use crate::cluster::StoreArgs;
@@ -38,6 +38,11 @@ enum BenchKind {
     /// backup on another host answers as primary (on a cluster the bench
     /// builds in network namespaces: needs root).
     HostLoss(HostLossArgs),
+    /// Sites: the active site dc1 is cut off → reported lost and its
+    /// pinned app read-only; `site promote dc2` → the app serves in dc2,
+    /// and through dc2's proxy (each trial on a fresh cluster the bench
+    /// builds in network namespaces: needs root).
+    SiteLoss(SiteLossArgs),
     /// Production mode: etcd writes per managed instance and lease
     /// keep-alives per host, in steady state.
     EtcdLoad(EtcdLoadArgs),
@@ -148,6 +153,24 @@ struct HostLossArgs {
     keep_logs: bool,
 }
 
+/// Flags of `tandem bench site-loss`.
+#[derive(clap::Args, Debug)]
+struct SiteLossArgs {
+    /// Number of trials, each on a fresh cluster.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    trials: u64,
+    /// The agents' lease TTL in ms (etcd grants whole seconds); the renew
+    /// interval is a sixth of it and the fence margin a third.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1000..=60_000))]
+    lease_ttl_ms: u64,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Keep the agents' and etcd's logs (the directories are printed).
+    #[arg(long)]
+    keep_logs: bool,
+}
+
 /// `--fencing` of `tandem bench host-loss`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum FencingArg {
@@ -240,6 +263,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 keep_logs: a.keep_logs,
             };
             tandem_bench::host_loss(&options, &Etcd).await
+        }
+        BenchKind::SiteLoss(a) => {
+            let options = SiteLoss {
+                trials: a.trials as usize,
+                lease_ttl_ms: a.lease_ttl_ms,
+                json: a.json,
+                keep_logs: a.keep_logs,
+            };
+            tandem_bench::site_loss(&options, &Etcd).await
         }
         BenchKind::EtcdLoad(a) => {
             let options = EtcdLoad {
