@@ -87,7 +87,9 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait for a controller, and for conf/a serving through the
 /// dc2 proxy, on a fresh cluster.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// The longest wait for each timed figure.
+/// The longest wait for each timed figure, beyond three lease TTLs (a
+/// site is lost a lease TTL after its last renewal at the earliest, more
+/// if etcd elects a new leader meanwhile: see [`figure_timeout`]).
 const FIGURE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the bench lets the controller answer the promotion.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,6 +220,12 @@ fn layout() -> String {
         "dc1 active (h1, etcd e1), dc2 spare (h2, h3, etcd e2), witness etcd e3, in network namespaces (subnet {}.0/24); conf cold-standby pinned (a on h1, b on h2), a tandem proxy per site (p1 h1, p2 h2), web n-plus-1 (h1, h2); controller on h2; dc1 cut from dc2, the witness and the bench",
         default_subnet()
     )
+}
+
+/// The bound of each timed figure for a lease TTL: [`FIGURE_TIMEOUT`]
+/// plus three TTLs.
+fn figure_timeout(lease_ttl_ms: u64) -> Duration {
+    FIGURE_TIMEOUT + Duration::from_millis(3 * lease_ttl_ms)
 }
 
 /// Lease TTL, renew interval and fence margin (ms) for a TTL.
@@ -804,6 +812,7 @@ ports = {{ http = {WEB_PORT} }}
             .await
             .context("the cluster did not get ready")?;
         let ready_s = setup.elapsed().as_secs_f64();
+        let limit = figure_timeout(args.lease_ttl_ms);
         let etcd_leader = self.etcd_leader(&http).await;
 
         // Cut dc1: time from the moment every rule is in.
@@ -813,7 +822,7 @@ ports = {{ http = {WEB_PORT} }}
         let cut_ms = (t0 - cutting).as_secs_f64() * 1000.0;
         let lost = poll(
             t0,
-            FIGURE_TIMEOUT,
+            limit,
             "site dc1 \"lost\" in GET /v1/status of h2's API after the cut",
             async || match bounded(api.status()).await {
                 Some(Ok(d)) => match d.sites.iter().find(|s| s.name == "dc1") {
@@ -832,7 +841,7 @@ ports = {{ http = {WEB_PORT} }}
         );
         let read_only = poll(
             t0,
-            FIGURE_TIMEOUT,
+            limit,
             "primary_for_write(\"conf\") failing with ReadOnly through h2's API after the cut",
             async || match bounded(api.primary_for_write(APP)).await {
                 Some(Err(ClientError::ReadOnly { site, .. })) => Ok(site),
@@ -868,7 +877,7 @@ ports = {{ http = {WEB_PORT} }}
         };
         let (epoch, serving_ms) = poll(
             asked,
-            FIGURE_TIMEOUT,
+            limit,
             "primary_for_write(\"conf\") returning conf/b through h2's API after the promotion",
             async || match bounded(api.primary_for_write(APP)).await {
                 Some(Ok(p)) if p.instance == "b" => Ok(p.epoch),
@@ -880,7 +889,7 @@ ports = {{ http = {WEB_PORT} }}
         .await?;
         let ((), proxy_ms) = poll(
             asked,
-            FIGURE_TIMEOUT,
+            limit,
             "GET / through the dc2 proxy (h2) answered by conf/b after the promotion",
             async || match self.through_proxy(&http, VIA).await {
                 Ok(i) if i == "b" => Ok(()),
