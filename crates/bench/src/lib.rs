@@ -24,6 +24,7 @@ pub mod figures;
 mod host_loss;
 mod hosts;
 mod local;
+mod netrig;
 mod scale;
 mod site_loss;
 
