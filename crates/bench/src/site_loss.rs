@@ -38,34 +38,22 @@
 //! the directory is kept. It needs root (namespaces, iptables), `ip`,
 //! `iptables` and `etcd`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tandem_agent::controller::ControllerRecord;
 use tandem_api::types::{Health, Role, SiteRequest, StatusDoc};
 use tandem_client::{ApiClient, ClientError, SwitchoverOutcome};
-use tandem_core::model::keys;
 use tandem_demo::topology::{WarmPair, app_block};
-use tandem_store::Store;
-use tandem_testnet::{Host, Net, default_subnet};
+use tandem_testnet::default_subnet;
 use tokio::time::Instant;
 
 use crate::Connect;
 use crate::figures::{percentile, stats};
+use crate::netrig::{AGENT_PORT, ETCD_CLIENT_PORT, ETCD_MEMBERS, NetRig, Spec, timings};
 
-/// etcd's client port on each member's address.
-const ETCD_CLIENT_PORT: u16 = 2379;
-/// etcd's peer port.
-const ETCD_PEER_PORT: u16 = 2380;
-/// The agents' port (heartbeats, liveness connections).
-const AGENT_PORT: u16 = 7410;
 /// Each agent serves the API on its host's address at this port.
 const API_PORT: u16 = 7420;
 /// conf's port on h1 and h2.
@@ -78,12 +66,10 @@ const WEB_PORT: u16 = 8403;
 const APP: &str = "conf";
 /// The agent hosts and their sites; dc2's first (the order they start in).
 const AGENT_HOSTS: [(&str, &str); 3] = [("h2", "dc2"), ("h3", "dc2"), ("h1", "dc1")];
-/// The etcd members: e1 in dc1, e2 in dc2, e3 the witness.
-const ETCD_MEMBERS: [&str; 3] = ["e1", "e2", "e3"];
+/// The agent hosts' names, in [`AGENT_HOSTS`]' order.
+const AGENT_NAMES: [&str; 3] = [AGENT_HOSTS[0].0, AGENT_HOSTS[1].0, AGENT_HOSTS[2].0];
 /// The agent whose API the bench asks (in dc2, the site that survives).
 const VIA: &str = "h2";
-/// The longest wait for etcd to be healthy.
-const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait for a controller, and for conf/a serving through the
 /// dc2 proxy, on a fresh cluster.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -228,71 +214,20 @@ fn figure_timeout(lease_ttl_ms: u64) -> Duration {
     FIGURE_TIMEOUT + Duration::from_millis(3 * lease_ttl_ms)
 }
 
-/// Lease TTL, renew interval and fence margin (ms) for a TTL.
-fn timings(lease_ttl_ms: u64) -> (u64, u64, u64) {
-    (lease_ttl_ms, lease_ttl_ms / 6, lease_ttl_ms / 3)
-}
-
 /// One trial on a fresh cluster.
 fn session(args: &SiteLoss, connect: &impl Connect, trial: usize) -> anyhow::Result<Sample> {
-    let mut net = Net::new(&default_subnet()).context(
-        "bench site-loss builds its own etcd cluster and hosts in network namespaces: run it as root, with iproute2 and iptables installed",
-    )?;
-    let etcd = ETCD_MEMBERS
-        .iter()
-        .map(|n| net.add_host(n))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut hosts = BTreeMap::new();
-    for (n, _) in AGENT_HOSTS {
-        hosts.insert(n, net.add_host(n)?);
-    }
-    let ctl = net.add_host("ctl")?;
-    let dir = tempfile::Builder::new()
-        .prefix("tandem-site-loss-")
-        .tempdir_in("/dev/shm")
-        .or_else(|_| {
-            tempfile::Builder::new()
-                .prefix("tandem-site-loss-")
-                .tempdir()
-        })
-        .context("cannot create a temporary directory")?;
-    let sample = net.run_in(&ctl.clone(), || -> anyhow::Result<Sample> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start a runtime in the control namespace")?;
-        let mut rig = Rig {
-            net: &net,
-            etcd,
-            hosts,
-            ctl,
-            dir: dir.path().to_path_buf(),
-            etcd_procs: Vec::new(),
-            agents: BTreeMap::new(),
-            store: None,
-        };
-        let out = rt.block_on(rig.trial(args, connect, trial));
-        if out.is_err() {
-            eprintln!("{}", rig.logs_tail());
-        }
-        rig.stop();
-        out
+    let rig = NetRig::new(Spec {
+        bench: "site-loss",
+        agent_hosts: &AGENT_NAMES,
+        other_hosts: &[],
+        api_port: Some(API_PORT),
+        log_tail_lines: LOG_TAIL_LINES,
     })?;
-    let sample = match sample {
-        Ok(s) => s,
-        Err(e) => {
-            let kept = dir.keep();
-            eprintln!("the bench's logs are kept in {}", kept.display());
-            return Err(e.context(format!("bench site-loss, trial {trial}")));
-        }
-    };
-    net.close()
-        .context("cannot remove the bench's namespaces")?;
-    if args.keep_logs {
-        let kept = dir.keep();
-        eprintln!("trial {trial}: logs kept in {}", kept.display());
-    }
-    Ok(sample)
+    rig.run(args.keep_logs, &format!("trial {trial}"), async |rig| {
+        self::trial(rig, args, connect, trial)
+            .await
+            .with_context(|| format!("bench site-loss, trial {trial}"))
+    })
 }
 
 /// min, p50, p99, max, mean of `samples`.
@@ -303,6 +238,7 @@ fn five(samples: &[f64]) -> (f64, f64, f64, f64, f64) {
     (percentile(&sorted, 0.0), p50, p99, max, mean)
 }
 
+/// Prints the figures of every trial.
 fn report(args: &SiteLoss, samples: &[Sample]) {
     let (ttl, renew, margin) = timings(args.lease_ttl_ms);
     let granted: BTreeSet<u64> = samples.iter().filter_map(|s| s.granted_ttl_ms).collect();
@@ -374,33 +310,6 @@ fn report(args: &SiteLoss, samples: &[Sample]) {
     );
 }
 
-/// The working state, on the control namespace's thread.
-struct Rig<'n> {
-    net: &'n Net,
-    etcd: Vec<Host>,
-    hosts: BTreeMap<&'static str, Host>,
-    ctl: Host,
-    dir: PathBuf,
-    etcd_procs: Vec<Child>,
-    agents: BTreeMap<&'static str, Child>,
-    store: Option<std::sync::Arc<dyn Store>>,
-}
-
-/// Dies with the thread that spawned it (the control thread, which lives
-/// as long as the trial); the `Net` kills whatever is left anyway.
-fn pdeathsig(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child
-    // before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// `fut`, or `None` once [`REQUEST_TIMEOUT`] passed.
 async fn bounded<T>(fut: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout(REQUEST_TIMEOUT, fut).await.ok()
@@ -432,40 +341,18 @@ async fn poll<T>(
     }
 }
 
-impl Rig<'_> {
-    fn host(&self, name: &str) -> anyhow::Result<&Host> {
-        self.hosts
-            .get(name)
-            .with_context(|| format!("no host {name}"))
-    }
+/// A client of `name`'s API.
+fn api(rig: &NetRig, name: &str) -> anyhow::Result<ApiClient> {
+    let addr = format!("{}:{API_PORT}", rig.host(name)?.addr);
+    ApiClient::new(&addr).with_context(|| format!("no API client for {addr}"))
+}
 
-    fn store_url(&self) -> String {
-        let members: Vec<String> = self
-            .etcd
-            .iter()
-            .map(|h| format!("{}:{ETCD_CLIENT_PORT}", h.addr))
-            .collect();
-        format!("etcd://{}", members.join(","))
-    }
-
-    fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
-        let path = self.dir.join(format!("{name}.log"));
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))
-    }
-
-    fn api(&self, name: &str) -> anyhow::Result<ApiClient> {
-        let addr = format!("{}:{API_PORT}", self.host(name)?.addr);
-        ApiClient::new(&addr).with_context(|| format!("no API client for {addr}"))
-    }
-
-    fn topology(&self, args: &SiteLoss) -> anyhow::Result<String> {
-        let (ttl, renew, margin) = timings(args.lease_ttl_ms);
-        let mut text = format!(
-            r#"[cluster]
+/// The bench's topology: two sites, conf pinned to dc1, a proxy per site,
+/// web in both.
+fn topology(rig: &NetRig, args: &SiteLoss) -> anyhow::Result<String> {
+    let (ttl, renew, margin) = timings(args.lease_ttl_ms);
+    let mut text = format!(
+        r#"[cluster]
 lease_ttl = "{ttl}ms"
 renew_interval = "{renew}ms"
 fence_margin = "{margin}ms"
@@ -478,44 +365,44 @@ name = "dc1"
 name = "dc2"
 role = "spare"
 "#
-        );
-        for name in ["h1", "h2", "h3"] {
-            let site = AGENT_HOSTS
-                .iter()
-                .find(|(h, _)| *h == name)
-                .map(|(_, s)| *s)
-                .with_context(|| format!("no site for {name}"))?;
-            text.push_str(&format!(
-                "\n[[hosts]]\nname = \"{name}\"\nsite = \"{site}\"\naddress = \"{}\"\n",
-                self.host(name)?.addr
-            ));
-        }
-        let conf = WarmPair {
-            app: APP.into(),
-            mode: "cold-standby".into(),
-            ports: [CONF_PORT, CONF_PORT],
-            check_interval_ms: 200,
-            check_timeout_ms: 150,
-            failures_before_unhealthy: 3,
-            successes_before_healthy: 1,
-            stable_after_ms: 1000,
-            stop_timeout_ms: Some(1000),
-            extra_args: vec!["--bind".into(), "{address}".into()],
-            agent_port: AGENT_PORT,
-            ..WarmPair::default()
-        };
-        let block = app_block(&conf, ["h1", "h2"]);
-        let mode = "ha = \"cold-standby\"\n";
-        anyhow::ensure!(block.contains(mode), "unexpected app block: {block}");
-        text.push('\n');
-        text.push_str(&block.replacen(mode, &format!("{mode}pinned = true\n"), 1));
-        let notices = self.dir.display().to_string();
+    );
+    for name in ["h1", "h2", "h3"] {
+        let site = AGENT_HOSTS
+            .iter()
+            .find(|(h, _)| *h == name)
+            .map(|(_, s)| *s)
+            .with_context(|| format!("no site for {name}"))?;
         text.push_str(&format!(
-            r#"
+            "\n[[hosts]]\nname = \"{name}\"\nsite = \"{site}\"\naddress = \"{}\"\n",
+            rig.host(name)?.addr
+        ));
+    }
+    let conf = WarmPair {
+        app: APP.into(),
+        mode: "cold-standby".into(),
+        ports: [CONF_PORT, CONF_PORT],
+        check_interval_ms: 200,
+        check_timeout_ms: 150,
+        failures_before_unhealthy: 3,
+        successes_before_healthy: 1,
+        stable_after_ms: 1000,
+        stop_timeout_ms: Some(1000),
+        extra_args: vec!["--bind".into(), "{address}".into()],
+        agent_port: AGENT_PORT,
+        ..WarmPair::default()
+    };
+    let block = app_block(&conf, ["h1", "h2"]);
+    let mode = "ha = \"cold-standby\"\n";
+    anyhow::ensure!(block.contains(mode), "unexpected app block: {block}");
+    text.push('\n');
+    text.push_str(&block.replacen(mode, &format!("{mode}pinned = true\n"), 1));
+    let notices = rig.dir().display().to_string();
+    text.push_str(&format!(
+        r#"
 [apps.confproxy]
 ha = "n-plus-1"
 command = ["tandem", "proxy", "--listen", "{{address}}:{{ports.main}}", "--app", "{APP}",
-           "--api", "{{address}}:{API_PORT}"]
+       "--api", "{{address}}:{API_PORT}"]
 
 [[apps.confproxy.instances]]
 id = "p1"
@@ -555,400 +442,236 @@ id = "w2"
 host = "h2"
 ports = {{ http = {WEB_PORT} }}
 "#
-        ));
-        Ok(text)
-    }
-
-    fn start_etcd(&mut self) -> anyhow::Result<()> {
-        let initial: Vec<String> = self
-            .etcd
-            .iter()
-            .map(|m| format!("{}=http://{}:{ETCD_PEER_PORT}", m.name, m.addr))
-            .collect();
-        let initial = initial.join(",");
-        for m in self.etcd.clone() {
-            let client = format!("http://{}:{ETCD_CLIENT_PORT}", m.addr);
-            let peer = format!("http://{}:{ETCD_PEER_PORT}", m.addr);
-            let data = self.dir.join("etcd").join(&m.name);
-            let args = tandem_store_etcd::testing::Member {
-                name: &m.name,
-                client_url: &client,
-                peer_url: &peer,
-                initial_cluster: &initial,
-                token: "tandem-site-loss",
-                data_dir: &data,
-            }
-            .args();
-            let log = self.log(&m.name)?;
-            let mut cmd = Command::new("etcd");
-            cmd.args(args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            pdeathsig(&mut cmd);
-            let child = self
-                .net
-                .spawn(&m, &mut cmd)
-                .context("cannot start etcd (apt-get install etcd-server)")?;
-            self.etcd_procs.push(child);
-        }
-        Ok(())
-    }
-
-    async fn wait_etcd(&self) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(1))
-            .build()?;
-        let deadline = Instant::now() + ETCD_TIMEOUT;
-        for m in &self.etcd {
-            let url = format!("http://{}:{ETCD_CLIENT_PORT}/health", m.addr);
-            loop {
-                let ok = match http.get(&url).send().await {
-                    Ok(r) => r
-                        .text()
-                        .await
-                        .is_ok_and(|b| b.contains("\"health\":\"true\"")),
-                    Err(_) => false,
-                };
-                if ok {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "etcd member {} not healthy within {} s",
-                        m.name,
-                        ETCD_TIMEOUT.as_secs()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts `tandem agent` on `name`, serving the API on its address
-    /// (its log appends to agent-NAME.log).
-    fn start_agent(&mut self, name: &'static str) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
-        let host = self.host(name)?.clone();
-        let log = self.log(&format!("agent-{name}"))?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["agent", "--store", &self.store_url(), "--host", name])
-            .arg("--api")
-            .arg(format!("{}:{API_PORT}", host.addr))
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("{name}.agent")))
-            .args(["--log-level", "info"])
-            .env("NO_COLOR", "1")
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        pdeathsig(&mut cmd);
-        let child = self
-            .net
-            .spawn(&host, &mut cmd)
-            .with_context(|| format!("cannot start the agent of {name}"))?;
-        if let Some(mut old) = self.agents.insert(name, child) {
-            let _ = old.kill();
-            let _ = old.wait();
-        }
-        Ok(())
-    }
-
-    /// The host whose agent is the controller now.
-    async fn controller(&self) -> Option<String> {
-        let kv = self.store.as_ref()?.get(keys::CONTROLLER).await.ok()??;
-        serde_json::from_slice::<ControllerRecord>(&kv.value)
-            .ok()
-            .map(|r| r.host)
-    }
-
-    async fn wait_controller(&self, host: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let now = self.controller().await;
-            if now.as_deref() == Some(host) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{host} was not elected controller within {} s (controller: {})",
-                    READY_TIMEOUT.as_secs(),
-                    now.as_deref().unwrap_or("none")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The instance that answered `GET /` through host `h`'s proxy.
-    async fn through_proxy(&self, http: &reqwest::Client, h: &str) -> Result<String, String> {
-        let url = format!(
-            "http://{}:{PROXY_PORT}/",
-            self.host(h).map_err(|e| e.to_string())?.addr
-        );
-        let answer = bounded(async {
-            let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
-            let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-            v["instance"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("an answer without \"instance\": {v}"))
-        })
-        .await;
-        answer.unwrap_or_else(|| Err("no answer in time".into()))
-    }
-
-    /// Waits until h2's API shows conf/a as primary, every host up, both
-    /// sites up, both web members serving, and the dc2 proxy forwarding to
-    /// conf/a. Returns the lease TTL h2's API says etcd granted h2.
-    async fn wait_ready(
-        &self,
-        api: &ApiClient,
-        http: &reqwest::Client,
-    ) -> anyhow::Result<Option<u64>> {
-        let t0 = Instant::now();
-        let (doc, _) = poll(
-            t0,
-            READY_TIMEOUT,
-            "conf/a primary with every host and site up and both web members serving (h2's API)",
-            async || match bounded(api.status()).await {
-                Some(Ok(d)) if ready(&d) => Ok(d),
-                Some(Ok(d)) => Err(summary(&d)),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("no answer in time".into()),
-            },
-        )
-        .await?;
-        poll(
-            t0,
-            READY_TIMEOUT,
-            "GET / through the dc2 proxy (h2) answered by conf/a",
-            async || match self.through_proxy(http, VIA).await {
-                Ok(i) if i == "a" => Ok(()),
-                Ok(i) => Err(format!("answered by {i}")),
-                Err(e) => Err(e),
-            },
-        )
-        .await?;
-        Ok(doc
-            .hosts
-            .iter()
-            .find(|h| h.name == VIA)
-            .and_then(|h| h.lease_ttl_ms))
-    }
-
-    /// The etcd member that says it is the raft leader.
-    async fn etcd_leader(&self, http: &reqwest::Client) -> Option<String> {
-        for m in &self.etcd {
-            let url = format!("http://{}:{ETCD_CLIENT_PORT}/metrics", m.addr);
-            let metrics = bounded(async { http.get(&url).send().await?.text().await })
-                .await
-                .and_then(Result::ok);
-            if metrics.is_some_and(|t| t.lines().any(|l| l == "etcd_server_is_leader 1")) {
-                return Some(m.name.clone());
-            }
-        }
-        None
-    }
-
-    /// Cuts dc1 (h1 and e1) from everything outside it; returns once
-    /// every rule is in.
-    fn cut_dc1(&self) -> anyhow::Result<()> {
-        let dc1 = [self.host("h1")?.clone(), self.etcd[0].clone()];
-        let outside = [
-            self.host("h2")?.clone(),
-            self.host("h3")?.clone(),
-            self.etcd[1].clone(),
-            self.etcd[2].clone(),
-            self.ctl.clone(),
-        ];
-        for a in &dc1 {
-            for b in &outside {
-                self.net
-                    .cut(a, b)
-                    .with_context(|| format!("cannot cut {} from {}", a.name, b.name))?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn trial(
-        &mut self,
-        args: &SiteLoss,
-        connect: &impl Connect,
-        trial: usize,
-    ) -> anyhow::Result<Sample> {
-        let setup = Instant::now();
-        let text = self.topology(args)?;
-        std::fs::write(self.dir.join("bench-site-loss.toml"), &text)?;
-        let topology = tandem_core::topology::parse("bench-site-loss.toml", &text)
-            .map_err(|d| anyhow::anyhow!("bench topology invalid: {d}"))?;
-        self.start_etcd()?;
-        self.wait_etcd().await?;
-        let store = connect.connect(&self.store_url()).await?;
-        store
-            .put(keys::TOPOLOGY, serde_json::to_vec(&topology)?, None)
-            .await
-            .context("cannot store the topology")?;
-        self.store = Some(store);
-        // dc2's agents first: the controller is elected there.
-        let (first, _) = AGENT_HOSTS[0];
-        self.start_agent(first)?;
-        self.wait_controller(first).await?;
-        for (name, _) in &AGENT_HOSTS[1..] {
-            self.start_agent(name)?;
-        }
-        let api = self.api(VIA)?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(1))
-            .build()?;
-        let granted_ttl_ms = self
-            .wait_ready(&api, &http)
-            .await
-            .context("the cluster did not get ready")?;
-        let ready_s = setup.elapsed().as_secs_f64();
-        let limit = figure_timeout(args.lease_ttl_ms);
-        let etcd_leader = self.etcd_leader(&http).await;
-
-        // Cut dc1: time from the moment every rule is in.
-        let cutting = Instant::now();
-        self.cut_dc1()?;
-        let t0 = Instant::now();
-        let cut_ms = (t0 - cutting).as_secs_f64() * 1000.0;
-        let lost = poll(
-            t0,
-            limit,
-            "site dc1 \"lost\" in GET /v1/status of h2's API after the cut",
-            async || match bounded(api.status()).await {
-                Some(Ok(d)) => match d.sites.iter().find(|s| s.name == "dc1") {
-                    Some(s) if s.state == "lost" => Ok(()),
-                    Some(s) => Err(format!(
-                        "dc1 {} (hosts up: {:?}){}",
-                        s.state,
-                        s.hosts_up,
-                        if d.stale { ", stale" } else { "" }
-                    )),
-                    None => Err("no site dc1 in the status".into()),
-                },
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("no answer in time".into()),
-            },
-        );
-        let read_only = poll(
-            t0,
-            limit,
-            "primary_for_write(\"conf\") failing with ReadOnly through h2's API after the cut",
-            async || match bounded(api.primary_for_write(APP)).await {
-                Some(Err(ClientError::ReadOnly { site, .. })) => Ok(site),
-                Some(Ok(p)) => Err(format!("{APP}/{} serving", p.instance)),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("no answer in time".into()),
-            },
-        );
-        let (lost, read_only) = tokio::join!(lost, read_only);
-        let ((), lost_ms) = lost?;
-        let (ro_site, read_only_ms) = read_only?;
-        anyhow::ensure!(
-            ro_site == "dc1",
-            "{APP} is read-only because of site {ro_site}, not dc1"
-        );
-
-        // Promote dc2: time from just before the request.
-        let asked = Instant::now();
-        let outcome = api
-            .site_action("dc2", "promote", &SiteRequest::default(), PROMOTE_TIMEOUT)
-            .await
-            .context("POST /v1/sites/dc2/promote through h2's API")?;
-        let promote_answer_ms = asked.elapsed().as_secs_f64() * 1000.0;
-        let promoted = match outcome {
-            SwitchoverOutcome::Done { message, .. } => message,
-            SwitchoverOutcome::Refused { reason, .. } => {
-                bail!("site promote dc2 was refused: {reason}")
-            }
-            SwitchoverOutcome::InProgress { progress, .. } => bail!(
-                "site promote dc2 not carried out within {} s ({progress:?})",
-                PROMOTE_TIMEOUT.as_secs()
-            ),
-        };
-        let (epoch, serving_ms) = poll(
-            asked,
-            limit,
-            "primary_for_write(\"conf\") returning conf/b through h2's API after the promotion",
-            async || match bounded(api.primary_for_write(APP)).await {
-                Some(Ok(p)) if p.instance == "b" => Ok(p.epoch),
-                Some(Ok(p)) => Err(format!("{APP}/{} serving", p.instance)),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("no answer in time".into()),
-            },
-        )
-        .await?;
-        let ((), proxy_ms) = poll(
-            asked,
-            limit,
-            "GET / through the dc2 proxy (h2) answered by conf/b after the promotion",
-            async || match self.through_proxy(&http, VIA).await {
-                Ok(i) if i == "b" => Ok(()),
-                Ok(i) => Err(format!("answered by {i}")),
-                Err(e) => Err(e),
-            },
-        )
-        .await?;
-        if !args.json {
-            println!(
-                "  trial {trial:>3}: ready after {ready_s:.1} s; etcd leader {}; dc1 cut ({cut_ms:.0} ms to add the rules) → lost {lost_ms:.0} ms, read-only {read_only_ms:.0} ms; promote dc2 (answered in {promote_answer_ms:.0} ms: {promoted}) → conf/b serving at epoch {epoch} {serving_ms:.0} ms, through the dc2 proxy {proxy_ms:.0} ms; granted lease TTL {}",
-                etcd_leader.as_deref().unwrap_or("unknown"),
-                granted_ttl_ms.map_or("unknown".to_string(), |t| format!("{t} ms"))
-            );
-        }
-        Ok(Sample {
-            lost: lost_ms,
-            read_only: read_only_ms,
-            serving: serving_ms,
-            proxy: proxy_ms,
-            promote_answer: promote_answer_ms,
-            granted_ttl_ms,
-            epoch,
-            etcd_leader,
-        })
-    }
-
-    /// The last lines of every agent's log, for error messages.
-    fn logs_tail(&self) -> String {
-        let mut out = String::new();
-        for (h, _) in AGENT_HOSTS {
-            let path = self.dir.join(format!("agent-{h}.log"));
-            out.push_str(&format!(
-                "--- agent-{h}.log ---\n{}\n",
-                tail(&path, LOG_TAIL_LINES)
-            ));
-        }
-        out
-    }
-
-    /// Kills the agents and etcd (the `Net` would, too, when dropped).
-    fn stop(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.agents) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for mut c in self.etcd_procs.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    ));
+    Ok(text)
+}
+/// The instance that answered `GET /` through host `h`'s proxy.
+async fn through_proxy(rig: &NetRig, http: &reqwest::Client, h: &str) -> Result<String, String> {
+    let url = format!(
+        "http://{}:{PROXY_PORT}/",
+        rig.host(h).map_err(|e| e.to_string())?.addr
+    );
+    let answer = bounded(async {
+        let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
+        let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        v["instance"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("an answer without \"instance\": {v}"))
+    })
+    .await;
+    answer.unwrap_or_else(|| Err("no answer in time".into()))
 }
 
-impl Drop for Rig<'_> {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Waits until h2's API shows conf/a as primary, every host up, both
+/// sites up, both web members serving, and the dc2 proxy forwarding to
+/// conf/a. Returns the lease TTL h2's API says etcd granted h2.
+async fn wait_ready(
+    rig: &NetRig,
+    api: &ApiClient,
+    http: &reqwest::Client,
+) -> anyhow::Result<Option<u64>> {
+    let t0 = Instant::now();
+    let (doc, _) = poll(
+        t0,
+        READY_TIMEOUT,
+        "conf/a primary with every host and site up and both web members serving (h2's API)",
+        async || match bounded(api.status()).await {
+            Some(Ok(d)) if ready(&d) => Ok(d),
+            Some(Ok(d)) => Err(summary(&d)),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("no answer in time".into()),
+        },
+    )
+    .await?;
+    poll(
+        t0,
+        READY_TIMEOUT,
+        "GET / through the dc2 proxy (h2) answered by conf/a",
+        async || match through_proxy(rig, http, VIA).await {
+            Ok(i) if i == "a" => Ok(()),
+            Ok(i) => Err(format!("answered by {i}")),
+            Err(e) => Err(e),
+        },
+    )
+    .await?;
+    Ok(doc
+        .hosts
+        .iter()
+        .find(|h| h.name == VIA)
+        .and_then(|h| h.lease_ttl_ms))
 }
 
+/// The etcd member that says it is the raft leader.
+async fn etcd_leader(rig: &NetRig, http: &reqwest::Client) -> Option<String> {
+    for m in rig.etcd() {
+        let url = format!("http://{}:{ETCD_CLIENT_PORT}/metrics", m.addr);
+        let metrics = bounded(async { http.get(&url).send().await?.text().await })
+            .await
+            .and_then(Result::ok);
+        if metrics.is_some_and(|t| t.lines().any(|l| l == "etcd_server_is_leader 1")) {
+            return Some(m.name.clone());
+        }
+    }
+    None
+}
+
+/// Cuts dc1 (h1 and e1) from everything outside it; returns once
+/// every rule is in.
+fn cut_dc1(rig: &NetRig) -> anyhow::Result<()> {
+    let dc1 = [rig.host("h1")?.clone(), rig.etcd()[0].clone()];
+    let outside = [
+        rig.host("h2")?.clone(),
+        rig.host("h3")?.clone(),
+        rig.etcd()[1].clone(),
+        rig.etcd()[2].clone(),
+        rig.ctl().clone(),
+    ];
+    for a in &dc1 {
+        for b in &outside {
+            rig.net()
+                .cut(a, b)
+                .with_context(|| format!("cannot cut {} from {}", a.name, b.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the cluster (etcd, the agents, dc2's first), waits until it is
+/// ready, cuts dc1, promotes dc2 and times each figure.
+async fn trial(
+    rig: &mut NetRig,
+    args: &SiteLoss,
+    connect: &impl Connect,
+    trial: usize,
+) -> anyhow::Result<Sample> {
+    let setup = Instant::now();
+    let text = topology(rig, args)?;
+    let topology = rig.write_topology("bench-site-loss.toml", &text)?;
+    rig.start_etcd()?;
+    rig.wait_etcd().await?;
+    rig.connect(connect, &topology).await?;
+    // dc2's agents first: the controller is elected there.
+    let (first, _) = AGENT_HOSTS[0];
+    rig.start_agent(first)?;
+    rig.wait_controller(first, READY_TIMEOUT).await?;
+    for (name, _) in &AGENT_HOSTS[1..] {
+        rig.start_agent(name)?;
+    }
+    let api = api(rig, VIA)?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let granted_ttl_ms = wait_ready(rig, &api, &http)
+        .await
+        .context("the cluster did not get ready")?;
+    let ready_s = setup.elapsed().as_secs_f64();
+    let limit = figure_timeout(args.lease_ttl_ms);
+    let etcd_leader = etcd_leader(rig, &http).await;
+
+    // Cut dc1: time from the moment every rule is in.
+    let cutting = Instant::now();
+    cut_dc1(rig)?;
+    let t0 = Instant::now();
+    let cut_ms = (t0 - cutting).as_secs_f64() * 1000.0;
+    let lost = poll(
+        t0,
+        limit,
+        "site dc1 \"lost\" in GET /v1/status of h2's API after the cut",
+        async || match bounded(api.status()).await {
+            Some(Ok(d)) => match d.sites.iter().find(|s| s.name == "dc1") {
+                Some(s) if s.state == "lost" => Ok(()),
+                Some(s) => Err(format!(
+                    "dc1 {} (hosts up: {:?}){}",
+                    s.state,
+                    s.hosts_up,
+                    if d.stale { ", stale" } else { "" }
+                )),
+                None => Err("no site dc1 in the status".into()),
+            },
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("no answer in time".into()),
+        },
+    );
+    let read_only = poll(
+        t0,
+        limit,
+        "primary_for_write(\"conf\") failing with ReadOnly through h2's API after the cut",
+        async || match bounded(api.primary_for_write(APP)).await {
+            Some(Err(ClientError::ReadOnly { site, .. })) => Ok(site),
+            Some(Ok(p)) => Err(format!("{APP}/{} serving", p.instance)),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("no answer in time".into()),
+        },
+    );
+    let (lost, read_only) = tokio::join!(lost, read_only);
+    let ((), lost_ms) = lost?;
+    let (ro_site, read_only_ms) = read_only?;
+    anyhow::ensure!(
+        ro_site == "dc1",
+        "{APP} is read-only because of site {ro_site}, not dc1"
+    );
+
+    // Promote dc2: time from just before the request.
+    let asked = Instant::now();
+    let outcome = api
+        .site_action("dc2", "promote", &SiteRequest::default(), PROMOTE_TIMEOUT)
+        .await
+        .context("POST /v1/sites/dc2/promote through h2's API")?;
+    let promote_answer_ms = asked.elapsed().as_secs_f64() * 1000.0;
+    let promoted = match outcome {
+        SwitchoverOutcome::Done { message, .. } => message,
+        SwitchoverOutcome::Refused { reason, .. } => {
+            bail!("site promote dc2 was refused: {reason}")
+        }
+        SwitchoverOutcome::InProgress { progress, .. } => bail!(
+            "site promote dc2 not carried out within {} s ({progress:?})",
+            PROMOTE_TIMEOUT.as_secs()
+        ),
+    };
+    let (epoch, serving_ms) = poll(
+        asked,
+        limit,
+        "primary_for_write(\"conf\") returning conf/b through h2's API after the promotion",
+        async || match bounded(api.primary_for_write(APP)).await {
+            Some(Ok(p)) if p.instance == "b" => Ok(p.epoch),
+            Some(Ok(p)) => Err(format!("{APP}/{} serving", p.instance)),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("no answer in time".into()),
+        },
+    )
+    .await?;
+    let ((), proxy_ms) = poll(
+        asked,
+        limit,
+        "GET / through the dc2 proxy (h2) answered by conf/b after the promotion",
+        async || match through_proxy(rig, &http, VIA).await {
+            Ok(i) if i == "b" => Ok(()),
+            Ok(i) => Err(format!("answered by {i}")),
+            Err(e) => Err(e),
+        },
+    )
+    .await?;
+    if !args.json {
+        println!(
+            "  trial {trial:>3}: ready after {ready_s:.1} s; etcd leader {}; dc1 cut ({cut_ms:.0} ms to add the rules) → lost {lost_ms:.0} ms, read-only {read_only_ms:.0} ms; promote dc2 (answered in {promote_answer_ms:.0} ms: {promoted}) → conf/b serving at epoch {epoch} {serving_ms:.0} ms, through the dc2 proxy {proxy_ms:.0} ms; granted lease TTL {}",
+            etcd_leader.as_deref().unwrap_or("unknown"),
+            granted_ttl_ms.map_or("unknown".to_string(), |t| format!("{t} ms"))
+        );
+    }
+    Ok(Sample {
+        lost: lost_ms,
+        read_only: read_only_ms,
+        serving: serving_ms,
+        proxy: proxy_ms,
+        promote_answer: promote_answer_ms,
+        granted_ttl_ms,
+        epoch,
+        etcd_leader,
+    })
+}
 /// conf/a is the acknowledged primary, every host holds a lease, every
 /// site is up, both web members serve, and the state is fresh.
 fn ready(d: &StatusDoc) -> bool {
@@ -1005,12 +728,6 @@ fn summary(d: &StatusDoc) -> String {
         web.join(", "),
         if d.stale { "; stale" } else { "" }
     )
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]
