@@ -565,12 +565,19 @@ pub async fn proxy(
         api.api
     );
     let target = tandem_client::proxy::follow_primary(client, app);
+    // Ctrl-C or SIGTERM (how tandem stops it when it runs as an instance):
+    // a clean stop.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     tandem_client::proxy::serve(
         listener,
         target,
         tandem_client::proxy::ProxyOptions::default(),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
+        async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm.recv() => {}
+            }
         },
     )
     .await;

@@ -570,6 +570,17 @@ async fn the_workspace_example_runs_and_a_failed_site_is_promoted_over_and_resto
                 .all(|i| i.role != Role::Active)
     })
     .await;
+    // The proxy in dc1, stopped by tandem (SIGTERM), stops cleanly.
+    up.wait_for_app("confproxy", "p1 stopped cleanly", 30, |a| {
+        a.instances.iter().any(|i| {
+            i.id == "p1"
+                && i.role != Role::Active
+                && i.last_exit
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("exited with code 0"))
+        })
+    })
+    .await;
     let doc = up
         .wait_for_app("conf", "conf read-only", 30, |a| a.read_only.is_some())
         .await;
