@@ -787,3 +787,72 @@ async fn dashboard_shows_each_links_state_live() {
     assert_eq!(recorded, json!([]));
     client.close().await.expect("close the browser");
 }
+
+/// Sites on the dashboard: each site's role and state, and a pinned app's
+/// read-only state, live, on the shipped Workspace example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_site_states_and_a_read_only_app_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workspace.toml"
+    ));
+    let up = Up::start_in(dir, example, [0, 0]);
+    up.wait_for_app("conf", "conf/a primary", 30, |a| {
+        a.primary.as_deref() == Some("a")
+    })
+    .await;
+    let driver = Driver::start();
+    let client = driver.session(1280, 900).await;
+    client
+        .goto(&format!("http://{}/", up.api))
+        .await
+        .expect("open the dashboard");
+    wait_js(
+        &client,
+        "dc1 active and up, dc2 a spare",
+        "const a = document.querySelector('[data-site=\"dc1\"]'), b = document.querySelector('[data-site=\"dc2\"]');
+         return !!a && !!b && a.dataset.siteRole === 'active' && a.dataset.siteState === 'up'
+           && b.dataset.siteRole === 'spare' && a.innerText.includes('site dc1 (active, up)');",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        js(
+            &client,
+            "return document.querySelectorAll('.read-only').length;",
+            vec![]
+        )
+        .await,
+        json!(0)
+    );
+    let request = tandem_api::types::SiteRequest {
+        force: true,
+        confirm: Some("dc1".into()),
+    };
+    let outcome = up
+        .client()
+        .site_action("dc1", "fail", &request, Duration::from_secs(10))
+        .await
+        .expect("fail dc1");
+    assert!(
+        matches!(outcome, tandem_client::SwitchoverOutcome::Done { .. }),
+        "{outcome:?}"
+    );
+    let took = wait_js(
+        &client,
+        "dc1 failed and conf read-only",
+        "const a = document.querySelector('[data-site=\"dc1\"]');
+         const ro = document.querySelector('[data-app=\"conf\"] [data-read-only=\"dc1\"]');
+         return !!a && a.dataset.siteState === 'failed' && !!ro
+           && ro.innerText.includes('read-only: site dc1 was declared failed');",
+        vec![],
+    )
+    .await;
+    println!(
+        "site failure shown on the dashboard {} ms after it was done",
+        took.as_millis()
+    );
+    let (severe, _) = console_errors(&driver, &client).await;
+    assert!(severe.is_empty(), "console errors: {severe:#?}");
+}

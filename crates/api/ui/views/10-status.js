@@ -69,12 +69,16 @@ function appCard(app, hostsByName) {
       ` · epoch ${app.epoch}`)
     : h("p", { class: "primary-line", "data-primary": "" },
       WITH_PRIMARY.includes(app.ha) ? "⚠ no acknowledged primary" : `no primary role (${app.ha})`);
+  const readOnly = app.read_only
+    ? h("p", { class: "read-only", "data-read-only": app.read_only.site }, `⚠ read-only: ${app.read_only.reason} (pinned to the active site; \`tandem site promote\` moves it)`)
+    : null;
   const sw = app.switchover
     ? h("p", { class: "switchover" }, `⇄ switchover under way to ${app.name}/${app.switchover.to} (intent ${app.switchover.intent})`)
     : null;
   return h("article", { class: "app", "data-app": app.name },
     h("h3", {}, app.name, h("span", { class: "muted" }, ` · ${app.ha}`)),
     primaryLine,
+    readOnly,
     sw,
     app.reason ? h("p", { class: "reason muted" }, `why: ${app.reason}`) : null,
     h("table", { class: "instances" },
@@ -89,8 +93,17 @@ function hostsList(doc) {
     if (!sites.has(host.site)) sites.set(host.site, []);
     sites.get(host.site).push(host);
   }
+  const judged = new Map((doc.sites || []).map((s) => [s.name, s]));
+  const siteLabel = (site) => {
+    const s = judged.get(site);
+    if (!s) return `site ${site}: `;
+    const role = s.declared_role && s.declared_role !== s.role ? `${s.role}, declared ${s.declared_role}` : s.role;
+    const why = s.failed ? ` (${s.failed})` : "";
+    return `site ${site} (${role}, ${s.state}${why}): `;
+  };
   return h("ul", { class: "sites" }, [...sites.entries()].map(([site, hosts]) =>
-    h("li", { "data-site": site }, h("strong", {}, `site ${site}: `),
+    h("li", { "data-site": site, "data-site-state": judged.get(site)?.state ?? "", "data-site-role": judged.get(site)?.role ?? "" },
+      h("strong", {}, siteLabel(site)),
       hosts.map((host) => h("span", { class: "host", "data-host": host.name, "data-up": host.up ? "1" : "0" },
         `${host.up ? "▲ up" : "▼ down"} ${host.name} (${host.address})`,
         host.lease_ttl_ms ? h("span", { class: "muted" }, ` lease ${host.lease_ttl_ms} ms`) : null)))));
