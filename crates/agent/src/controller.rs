@@ -27,7 +27,9 @@ use tandem_core::model::{
     AppRoles, EventDraft, EventKind, FenceIntent, InstanceStatus, Intent, IntentState, SiteIntent,
     SitesRecord, keys,
 };
-use tandem_core::sites::{SiteState, host_sites, resolve, site_events, site_states};
+use tandem_core::sites::{
+    SiteState, host_sites, resolve, site_events, site_states, sites_found_lost,
+};
 use tandem_core::topology::Topology;
 use tandem_store::watch::{AfterBreak, FollowItem, Start, follow};
 use tandem_store::{
@@ -465,6 +467,10 @@ impl Leader {
                 message: format!("controller elected on host {}", self.host),
                 reason: None,
             });
+        for e in sites_found_lost(&self.sites) {
+            warn!("{}", e.message);
+            self.cluster_event(e);
+        }
         for app in &self.topology.apps {
             self.dirty.insert(app.name.clone());
         }

@@ -271,6 +271,26 @@ pub fn site_events(before: &[SiteState], after: &[SiteState]) -> Vec<EventDraft>
         .collect()
 }
 
+/// The events of the sites a controller finds lost as it takes the lead
+/// (their loss may have happened while no controller led: nobody said it).
+pub fn sites_found_lost(states: &[SiteState]) -> Vec<EventDraft> {
+    states
+        .iter()
+        .filter(|s| s.lost)
+        .map(|s| {
+            site_event(
+                format!(
+                    "site {} ({}) is lost: none of its hosts ({}) holds a lease (found so by this controller as it took the lead)",
+                    s.name,
+                    s.role,
+                    s.hosts.join(", ")
+                ),
+                "site_lost",
+            )
+        })
+        .collect()
+}
+
 fn site_event(message: String, reason: &'static str) -> EventDraft {
     EventDraft {
         kind: EventKind::Site,

@@ -59,8 +59,18 @@ fn a_site_is_lost_when_every_host_lease_ended_and_says_so_once() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].reason, Some("site_up"));
     assert_eq!(evs[0].message, "site dc1 (active) is up: h1 holds a lease");
-    // A site first judged has no event (nothing to compare with).
+    // A site first judged has no event (nothing to compare with); a
+    // controller taking the lead says which sites it finds lost.
     assert!(site_events(&[], &lost).is_empty());
+    let found = tandem_core::sites::sites_found_lost(&lost);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].reason, Some("site_lost"));
+    assert!(
+        found[0].message.starts_with("site dc1 (active) is lost"),
+        "{}",
+        found[0].message
+    );
+    assert!(tandem_core::sites::sites_found_lost(&all).is_empty());
 }
 
 // ---- site intents, pinned apps, read-only ----
