@@ -158,6 +158,27 @@ struct Agent {
     admin_published: Vec<tandem_core::model::AdminSync>,
 }
 
+/// Sends `msg()` to the agent's inbox `every` interval until `cancel`
+/// (a late tick is delayed, not doubled).
+fn tick(tx: &mpsc::Sender<Msg>, cancel: &CancellationToken, every: Duration, msg: fn() -> Msg) {
+    let tx = tx.clone();
+    let cancel = cancel.child_token();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = interval.tick() => {
+                    if tx.send(msg()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// How often admin-data mirroring state that changed is published.
 const ADMIN_PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// How often followers of pinned apps not yet told (a failed hook) are
@@ -377,22 +398,7 @@ async fn run(
         .iter()
         .any(|a| a.admin_dir.is_some())
     {
-        let tx = agent.tx.clone();
-        let cancel = cancel.child_token();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(ADMIN_PUBLISH_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = every.tick() => {
-                        if tx.send(Msg::AdminTick).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        tick(&agent.tx, &cancel, ADMIN_PUBLISH_EVERY, || Msg::AdminTick);
     }
 
     // Followers of pinned apps are told again until their hook succeeds
@@ -402,22 +408,7 @@ async fn run(
             .next()
             .is_some()
     }) {
-        let tx = agent.tx.clone();
-        let cancel = cancel.child_token();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(FOLLOWERS_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = every.tick() => {
-                        if tx.send(Msg::FollowersTick).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        tick(&agent.tx, &cancel, FOLLOWERS_EVERY, || Msg::FollowersTick);
     }
 
     let mut stop_deadline: Option<Instant> = None;
